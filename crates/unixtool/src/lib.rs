@@ -1,0 +1,179 @@
+//! What two or more of the tools share, and nothing else: the exit codes, the
+//! one-line messages (`name: fatal: unable to VERB OBJ: reason`), the exec of
+//! `prog...` through PATH, number and argument parsing, descriptor helpers.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fmt::Display;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::str::FromStr;
+
+use nix::errno::Errno;
+
+/// Usage or permanent error: bad option, bad number, bad address.
+pub const EXIT_USAGE: i32 = 100;
+/// Temporary or system failure: bind failed, lock busy, exec failed.
+pub const EXIT_TEMPORARY: i32 = 111;
+
+/// A tool's identity: its name (the prefix of every message) and its synopsis.
+pub struct Tool {
+    pub name: &'static str,
+    pub usage: &'static str,
+    pub help: &'static str,
+}
+
+impl Tool {
+    /// `name: fatal: msg` on stderr, exit with `code`.
+    pub fn fatal(&self, code: i32, msg: impl Display) -> ! {
+        eprintln!("{}: fatal: {}", self.name, msg);
+        std::process::exit(code)
+    }
+
+    /// `name: fatal: unable to WHAT: reason`, exit with `code`.
+    pub fn fatal_errno(&self, code: i32, what: impl Display, err: Errno) -> ! {
+        self.fatal(code, format_args!("unable to {}: {}", what, strerror(err)))
+    }
+
+    /// A usage error: the reason and the synopsis on one line, exit 100.
+    pub fn usage(&self, msg: impl Display) -> ! {
+        eprintln!("{}: usage: {} (usage: {})", self.name, msg, self.usage);
+        std::process::exit(EXIT_USAGE)
+    }
+
+    pub fn warn(&self, msg: impl Display) {
+        eprintln!("{}: warning: {}", self.name, msg);
+    }
+
+    pub fn info(&self, msg: impl Display) {
+        eprintln!("{}: info: {}", self.name, msg);
+    }
+
+    /// Turn a lexopt error into a usage error.
+    pub fn bad_arg(&self, err: lexopt::Error) -> ! {
+        self.usage(err)
+    }
+
+    /// `-h/--help`: the synopsis and the option list on stdout, exit 0.
+    pub fn print_help(&self) -> ! {
+        println!("usage: {}\n{}", self.usage, self.help.trim_end());
+        std::process::exit(0)
+    }
+
+    /// `-V/--version`.
+    pub fn print_version(&self) -> ! {
+        println!("{} {}", self.name, env!("CARGO_PKG_VERSION"));
+        std::process::exit(0)
+    }
+
+    /// Parse `value` of option `opt` as a number in `min..=max`; anything else
+    /// (empty, junk, trailing characters, out of range) is a usage error.
+    pub fn number<T>(&self, opt: &str, value: &OsStr, min: T, max: T) -> T
+    where
+        T: FromStr + PartialOrd + Display + Copy,
+    {
+        match parse_number(value, min, max) {
+            Some(n) => n,
+            None => self.usage(format_args!(
+                "{} wants a number from {} to {}, not {:?}",
+                opt,
+                min,
+                max,
+                value.to_string_lossy()
+            )),
+        }
+    }
+
+    /// exec `argv` through PATH; on failure `name: fatal: unable to run PROG: reason`, exit 111.
+    pub fn exec(&self, argv: &[OsString]) -> ! {
+        let err = exec_errno(argv);
+        let prog = argv.first().map(|p| p.to_string_lossy()).unwrap_or_default();
+        self.fatal_errno(EXIT_TEMPORARY, format_args!("run {prog}"), err)
+    }
+}
+
+/// Parse a whole decimal number in `min..=max`.
+pub fn parse_number<T>(value: &OsStr, min: T, max: T) -> Option<T>
+where
+    T: FromStr + PartialOrd + Copy,
+{
+    let s = value.to_str()?;
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: T = s.parse().ok()?;
+    (n >= min && n <= max).then_some(n)
+}
+
+/// The text of an errno, without the `(os error N)` Rust adds.
+pub fn strerror(err: Errno) -> &'static str {
+    err.desc()
+}
+
+/// execvp `argv`; returns only on failure, with the errno.
+pub fn exec_errno(argv: &[OsString]) -> Errno {
+    let Some(prog) = argv.first() else {
+        return Errno::ENOENT;
+    };
+    let cargs: Result<Vec<CString>, _> = argv.iter().map(|a| CString::new(a.as_bytes())).collect();
+    let Ok(cargs) = cargs else {
+        return Errno::EINVAL;
+    };
+    let Ok(cprog) = CString::new(prog.as_bytes()) else {
+        return Errno::EINVAL;
+    };
+    match nix::unistd::execvp(&cprog, &cargs) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// The positional arguments: `first` (the value lexopt already returned) and
+/// everything after it, untouched, so prog's own options are never parsed.
+pub fn rest_of_args(first: OsString, parser: &mut lexopt::Parser) -> Vec<OsString> {
+    let mut v = vec![first];
+    v.extend(parser.raw_args().map(|mut raw| raw.by_ref().collect::<Vec<_>>()).unwrap_or_default());
+    v
+}
+
+/// Set or clear FD_CLOEXEC on `fd`.
+pub fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
+    let flags = Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+    if new != flags {
+        Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, new) })?;
+    }
+    Ok(())
+}
+
+/// Whether `fd` is an open descriptor.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    flags != -1
+}
+
+/// Put the open file `from` on descriptor `to`, inheritable, and close `from`
+/// (unless they are the same, in which case only close-on-exec is cleared).
+pub fn move_fd(from: RawFd, to: RawFd) -> Result<(), Errno> {
+    if from == to {
+        return set_cloexec(to, false);
+    }
+    loop {
+        match Errno::result(unsafe { libc::dup2(from, to) }) {
+            Err(Errno::EINTR) | Err(Errno::EBUSY) => continue,
+            Err(e) => return Err(e),
+            Ok(_) => break,
+        }
+    }
+    unsafe { libc::close(from) };
+    Ok(())
+}
+
+/// Retry `f` while it fails with EINTR.
+pub fn retry_eintr<T>(mut f: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
+    loop {
+        match f() {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}

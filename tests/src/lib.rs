@@ -1,0 +1,225 @@
+//! Helpers for the integration tests: find the built binaries, start processes
+//! that are killed (by pid, with their process group) when the test ends, pass or
+//! fail, wait on conditions with a deadline, and make private temporary directories.
+//!
+//! The binaries are built before the tests run (`cargo build --workspace`, see
+//! README.md); a test binary finds them next to its own `deps/` directory, or in
+//! `$TOOLS_BIN_DIR` when that is set.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+/// The path of a workspace binary, e.g. `bin("setlock")`.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("TOOLS_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("current_exe");
+            // target/<profile>/deps/<test> -> target/<profile>
+            exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+        }
+    };
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --workspace` before `cargo test` (see README.md)",
+        p.display()
+    );
+    p
+}
+
+/// A `Command` for a workspace binary.
+pub fn cmd(name: &str) -> Command {
+    Command::new(bin(name))
+}
+
+/// Whether a program is on PATH (for tests against peers such as daemontools).
+pub fn have(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false)
+}
+
+/// A peer the test suite needs: the test setup (scripts/test) installs it, so a
+/// missing one is a failure, not a skip — unless `ALLOW_MISSING_PEERS=1`.
+pub fn require_peer(prog: &str) -> bool {
+    if have(prog) {
+        return true;
+    }
+    if std::env::var_os("ALLOW_MISSING_PEERS").is_some() {
+        eprintln!("skipping: {prog} is not installed");
+        return false;
+    }
+    panic!("{prog} is not installed: run scripts/test (it installs the peers) or set ALLOW_MISSING_PEERS=1");
+}
+
+/// A process started by a test, in a process group of its own. When the guard
+/// is dropped (test passed or panicked) the whole group gets SIGKILL and the
+/// process is reaped.
+pub struct Proc {
+    pub child: Child,
+    reaped: bool,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        Proc { child, reaped: false }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(self.pid(), sig);
+    }
+
+    pub fn stdout(&mut self) -> ChildStdout {
+        self.child.stdout.take().expect("stdout was not piped")
+    }
+
+    /// Wait for the process to exit, at most `timeout`; its status if it did.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.reaped = true;
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = self.pid();
+        let _ = killpg(pid, Signal::SIGKILL);
+        if !self.reaped {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Poll `cond` every few milliseconds until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Read one line from a child's stdout, giving up after `timeout`.
+pub fn read_line_timeout(out: ChildStdout, timeout: Duration) -> Option<(String, BufReader<ChildStdout>)> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        let mut line = String::new();
+        let res = r.read_line(&mut line).map(|_| line);
+        let _ = tx.send((res, r));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok((Ok(line), r)) => Some((line.trim_end().to_string(), r)),
+        _ => None,
+    }
+}
+
+/// Read everything from `r` until EOF, giving up after `timeout`.
+pub fn read_all_timeout(mut r: impl Read + Send + 'static, timeout: Duration) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    rx.recv_timeout(timeout).ok()
+}
+
+/// A private temporary directory, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "itest-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Run a command to completion with piped output, at most `timeout`
+/// (killed by pid if it takes longer): (exit code or -signal, stdout, stderr).
+pub fn run(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
+    use std::os::unix::process::ExitStatusExt;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    let what = format!("{cmd:?}");
+    let mut p = Proc::spawn(cmd);
+    let out = p.child.stdout.take().expect("stdout");
+    let err = p.child.stderr.take().expect("stderr");
+    let (to, te) = (mpsc::channel(), mpsc::channel());
+    spawn_reader(out, to.0);
+    spawn_reader(err, te.0);
+    let st = p.wait_timeout(timeout).unwrap_or_else(|| panic!("{what} did not finish in {timeout:?}"));
+    let code = st.code().unwrap_or_else(|| -st.signal().unwrap_or(0));
+    let o = to.1.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+    let e = te.1.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+    (code, o, e)
+}
+
+fn spawn_reader(mut r: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit(')').next().map(|r| !r.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
