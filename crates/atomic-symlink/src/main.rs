@@ -1,0 +1,237 @@
+//! atomic-symlink: point linkname at target with rename(2), so every reader at
+//! every instant sees the old or the new target, never nothing. See README.md.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use lexopt::prelude::*;
+use nix::errno::Errno;
+use nix::fcntl::{open, renameat, renameat2, OFlag, RenameFlags};
+use nix::sys::stat::{fstatat, Mode, SFlag};
+use nix::unistd::{fsync, symlinkat, unlinkat, UnlinkatFlags};
+use unixtool::{Tool, EXIT_TEMPORARY, EXIT_USAGE};
+
+/// `-c`: linkname exists already, nothing was changed.
+const EXIT_EXISTS: i32 = 1;
+/// The temporaries are `.<linkname>.atomic-symlink.<pid>.<16 hex digits>`.
+const TEMP_TAG: &str = "atomic-symlink";
+
+const TOOL: Tool = Tool {
+    name: "atomic-symlink",
+    usage: "atomic-symlink [-p] [-c|-f] target linkname",
+    help: "
+  -p, --print-previous  print linkname's previous target on stdout (for rollback)
+  -c, --if-absent       create linkname only if nothing is there (else exit 1)
+  -f, --force           also replace a regular file, or move a real directory aside
+  -h, --help            this text
+  -V, --version         the version
+",
+};
+
+fn main() {
+    let mut print_previous = false;
+    let mut if_absent = false;
+    let mut force = false;
+
+    let mut parser = lexopt::Parser::from_env();
+    let args = loop {
+        let arg = match parser.next() {
+            Ok(Some(arg)) => arg,
+            Ok(None) => break Vec::new(),
+            Err(e) => TOOL.bad_arg(e),
+        };
+        match arg {
+            Short('p') | Long("print-previous") => print_previous = true,
+            Short('c') | Long("if-absent") => if_absent = true,
+            Short('f') | Long("force") => force = true,
+            Short('h') | Long("help") => TOOL.print_help(),
+            Short('V') | Long("version") => TOOL.print_version(),
+            Value(first) => break unixtool::rest_of_args(first, &mut parser),
+            other => TOOL.bad_arg(other.unexpected()),
+        }
+    };
+    if if_absent && force {
+        TOOL.usage("-c and -f conflict");
+    }
+    let [target, linkname] = match <[OsString; 2]>::try_from(args) {
+        Ok(two) => two,
+        Err(v) if v.len() < 2 => TOOL.usage("missing target or linkname"),
+        Err(_) => TOOL.usage("too many arguments"),
+    };
+    if target.is_empty() {
+        TOOL.usage("target is empty");
+    }
+    let link = linkname.to_string_lossy().into_owned();
+    let (dir, base) = split_linkname(&linkname);
+
+    // The directory that holds linkname: every step below is relative to it.
+    let dir_name = dir.to_string_lossy();
+    let dirfd = match unixtool::retry_eintr(|| {
+        open(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+    }) {
+        Ok(fd) => fd,
+        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("open directory {dir_name}"), e),
+    };
+    remove_stale_temporaries(dir);
+
+    // -c: symlink(2) itself fails if anything is there; nothing to rename.
+    if if_absent {
+        match symlinkat(target.as_os_str(), Some(dirfd), base) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => TOOL.fatal(EXIT_EXISTS, format_args!("{link} exists: left unchanged")),
+            Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("create {link}"), e),
+        }
+        sync_dir(dirfd, &dir_name);
+        return;
+    }
+
+    // What is there now: nothing and a symlink are fine; the rest needs -f.
+    let kind = match fstatat(Some(dirfd), base, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Some(SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT),
+        Err(Errno::ENOENT) => None,
+        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("stat {link}"), e),
+    };
+    let is_dir = kind == Some(SFlag::S_IFDIR);
+    match kind {
+        None | Some(SFlag::S_IFLNK) => {}
+        Some(_) if force => {}
+        Some(SFlag::S_IFDIR) => TOOL.fatal(
+            EXIT_USAGE,
+            format_args!("refusing to replace {link}: it is a directory, not a symlink (-f moves it aside)"),
+        ),
+        Some(_) => TOOL.fatal(
+            EXIT_USAGE,
+            format_args!("refusing to replace {link}: it is a file, not a symlink (-f replaces it)"),
+        ),
+    }
+    let previous = match kind {
+        Some(SFlag::S_IFLNK) if print_previous => match nix::fcntl::readlinkat(Some(dirfd), base) {
+            Ok(p) => Some(p),
+            Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("read symlink {link}"), e),
+        },
+        _ => None,
+    };
+
+    // The new link under a unique temporary name beside linkname...
+    let temp = make_temporary(dirfd, &target, base, &dir_name);
+
+    // ...renamed over linkname in one step (or, for a real directory under -f,
+    // exchanged with it; the directory then moves to `<linkname>.replaced-<pid>`).
+    let switched = if is_dir {
+        renameat2(Some(dirfd), temp.as_os_str(), Some(dirfd), base, RenameFlags::RENAME_EXCHANGE)
+    } else {
+        renameat(Some(dirfd), temp.as_os_str(), Some(dirfd), base)
+    };
+    if let Err(e) = switched {
+        let _ = unlinkat(Some(dirfd), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("rename a new symlink over {link}"), e);
+    }
+    if is_dir {
+        let mut aside = base.to_os_string();
+        aside.push(format!(".replaced-{}", std::process::id()));
+        let aside_name = aside.to_string_lossy();
+        match renameat2(Some(dirfd), temp.as_os_str(), Some(dirfd), aside.as_os_str(), RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => TOOL.info(format_args!("the directory {link} was moved aside to {aside_name}")),
+            Err(e) => TOOL.warn(format_args!(
+                "the directory {link} was left as {}: unable to rename it to {aside_name}: {}",
+                temp.to_string_lossy(),
+                unixtool::strerror(e)
+            )),
+        }
+    }
+    if let Some(p) = previous {
+        let mut line = p.into_vec();
+        line.push(b'\n');
+        if let Err(e) = std::io::stdout().write_all(&line) {
+            let e = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+            TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("print the previous target of {link}"), e);
+        }
+    }
+    sync_dir(dirfd, &dir_name);
+}
+
+/// `a/b/c` -> (`a/b`, `c`); `c` -> (`.`, `c`); `/c` -> (`/`, `c`). A linkname
+/// that ends in `/`, `.` or `..` names a directory to descend into: refused.
+fn split_linkname(linkname: &OsStr) -> (&OsStr, &OsStr) {
+    let bytes = linkname.as_bytes();
+    let (dir, base) = match bytes.iter().rposition(|&b| b == b'/') {
+        Some(0) => (&b"/"[..], &bytes[1..]),
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (&b"."[..], bytes),
+    };
+    if base.is_empty() || base == b"." || base == b".." {
+        TOOL.usage(format_args!(
+            "linkname {} names a directory, not a link (no trailing / . or ..)",
+            linkname.to_string_lossy()
+        ));
+    }
+    (OsStr::from_bytes(dir), OsStr::from_bytes(base))
+}
+
+/// symlink(2) `target` to `.<base>.atomic-symlink.<pid>.<random>` in the directory.
+fn make_temporary(dirfd: RawFd, target: &OsStr, base: &OsStr, dir_name: &str) -> OsString {
+    let mut attempt = 0;
+    loop {
+        let mut temp = OsString::from(".");
+        temp.push(base);
+        temp.push(format!(".{TEMP_TAG}.{}.{:016x}", std::process::id(), random64()));
+        match symlinkat(target, Some(dirfd), temp.as_os_str()) {
+            Ok(()) => return temp,
+            Err(Errno::EEXIST) if attempt < 10 => attempt += 1,
+            Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("create a symlink in {dir_name}"), e),
+        }
+    }
+}
+
+fn random64() -> u64 {
+    let mut buf = [0u8; 8];
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
+    if n == buf.len() as isize {
+        return u64::from_ne_bytes(buf);
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    (t as u64) ^ ((std::process::id() as u64) << 32)
+}
+
+/// Remove the temporaries a run killed between symlink(2) and rename(2) left
+/// in this directory: symlinks named by the pattern whose pid no longer lives.
+fn remove_stale_temporaries(dir: &OsStr) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = temporary_pid(name.as_bytes()) else { continue };
+        let dead = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH);
+        let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+        if dead && is_link {
+            let path = entry.path();
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    TOOL.warn(format_args!("unable to remove stale temporary {}: {e}", path.display()));
+                }
+            }
+        }
+    }
+}
+
+/// The pid in `.<base>.atomic-symlink.<pid>.<16 hex>`, if `name` is one.
+fn temporary_pid(name: &[u8]) -> Option<i32> {
+    let rest = name.strip_prefix(b".")?;
+    let mut parts = rest.rsplitn(3, |&b| b == b'.');
+    let hex = parts.next()?;
+    let pid = parts.next()?;
+    let head = parts.next()?;
+    let base = head.strip_suffix(format!(".{TEMP_TAG}").as_bytes())?;
+    let is_hex = hex.len() == 16 && hex.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    if base.is_empty() || !is_hex {
+        return None;
+    }
+    unixtool::parse_number(OsStr::from_bytes(pid), 1, i32::MAX)
+}
+
+fn sync_dir(dirfd: RawFd, dir_name: &str) {
+    if let Err(e) = unixtool::retry_eintr(|| fsync(dirfd)) {
+        TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("sync directory {dir_name}"), e);
+    }
+}
