@@ -2,6 +2,11 @@
 //! one-line messages (`name: fatal: unable to VERB OBJ: reason`), the exec of
 //! `prog...` through PATH, number and argument parsing, descriptor helpers.
 
+pub mod backoff;
+pub mod child;
+pub mod readiness;
+pub mod signals;
+
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt::Display;
 use std::os::fd::RawFd;

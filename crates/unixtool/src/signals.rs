@@ -1,0 +1,177 @@
+//! Signals handled in the main loop, never lost: a self-pipe.
+//!
+//! [`SignalPipe::install`] puts a tiny handler on each signal asked for; the
+//! handler writes the signal's number, one byte, to a non-blocking pipe whose
+//! read end the main loop polls beside its other descriptors. Two signals of one
+//! kind that arrive together are two bytes, so nothing is counted twice or lost
+//! (a TTIN sent three times is three bytes), and the order is kept.
+//!
+//! Both ends are close-on-exec. A child must not run the handlers between fork
+//! and exec (they would write into the parent's pipe): [`block_all`] before
+//! fork, then [`reset_for_child`] in the child and [`restore_mask`] in the
+//! parent. `crate::child::Spawn` does all of this.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+
+/// The write end of the pipe, for the handler (-1: none yet).
+static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
+/// Bit n set: signal n has our handler (reset to default in children).
+static HANDLED: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Only async-signal-safe calls here: write(2), and errno put back as it was.
+    let saved = Errno::last_raw();
+    let fd = WRITE_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = sig as u8;
+        unsafe { libc::write(fd, &b as *const u8 as *const libc::c_void, 1) };
+    }
+    Errno::set_raw(saved);
+}
+
+/// The read end of the self-pipe; see the module documentation.
+pub struct SignalPipe {
+    read: OwnedFd,
+}
+
+impl SignalPipe {
+    /// Create the pipe and catch every signal of `sigs` (SIGCHLD included if
+    /// asked for, with SA_NOCLDSTOP). Call once per process.
+    pub fn install(sigs: &[Signal]) -> Result<SignalPipe, Errno> {
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        // The write end lives as long as the process: the handler may run at any time.
+        WRITE_FD.store(std::os::fd::IntoRawFd::into_raw_fd(write), Ordering::SeqCst);
+        for &sig in sigs {
+            let flags = if sig == Signal::SIGCHLD {
+                SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP
+            } else {
+                SaFlags::SA_RESTART
+            };
+            let act = SigAction::new(SigHandler::Handler(on_signal), flags, SigSet::empty());
+            unsafe { sigaction(sig, &act) }?;
+            HANDLED.fetch_or(1u64 << (sig as i32 as u32), Ordering::SeqCst);
+        }
+        Ok(SignalPipe { read })
+    }
+
+    /// The descriptor to poll for POLLIN.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// Every signal that arrived since the last call, in order of arrival.
+    pub fn drain(&self) -> Vec<Signal> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match nix::unistd::read(self.read.as_raw_fd(), &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    out.extend(
+                        buf[..n]
+                            .iter()
+                            .filter_map(|&b| Signal::try_from(b as i32).ok()),
+                    );
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+/// Block every signal; returns the mask to restore. Used around fork.
+pub fn block_all() -> SigSet {
+    let mut old = SigSet::empty();
+    let _ = nix::sys::signal::sigprocmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    );
+    old
+}
+
+/// Put back the mask [`block_all`] returned.
+pub fn restore_mask(old: &SigSet) {
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old), None);
+}
+
+/// In a freshly forked child (signals still blocked): every signal this
+/// process catches, and SIGPIPE (which the Rust runtime ignores), back to the
+/// default action. The mask is left blocked; [`unblock_all`] right before exec.
+pub fn reset_for_child() {
+    let handled = HANDLED.load(Ordering::SeqCst);
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if sig == Signal::SIGPIPE || handled & (1u64 << (sig as i32 as u32)) != 0 {
+            let _ = unsafe { sigaction(sig, &dfl) };
+        }
+    }
+    // The handler, should one still run, must not write into the parent's pipe.
+    WRITE_FD.store(-1, Ordering::SeqCst);
+}
+
+/// An empty signal mask (the child's, right before exec).
+pub fn unblock_all() {
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Parse a signal name as the classic tools spell it: `TERM`, `SIGTERM`,
+/// `term`, or a number (`15`).
+pub fn parse_signal(s: &str) -> Option<Signal> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse::<i32>().ok().and_then(|n| Signal::try_from(n).ok());
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    name.parse::<Signal>().ok()
+}
+
+/// `TERM` for SIGTERM: the name as the pages and messages write it.
+pub fn signal_name(sig: Signal) -> &'static str {
+    let s = sig.as_str();
+    s.strip_prefix("SIG").unwrap_or(s)
+}
+
+/// The main loop's wait: poll `fds` for input until one is readable or
+/// `timeout` passes (None: no limit). Returns, for each descriptor, whether it
+/// is readable (or hung up). EINTR counts as "nothing yet": all false.
+pub fn poll_readable(fds: &[RawFd], timeout: Option<std::time::Duration>) -> Vec<bool> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = match timeout {
+        None => -1,
+        // Round up, so a deadline is never polled for as 0 ms again and again.
+        Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+    };
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if n <= 0 {
+        return vec![false; fds.len()];
+    }
+    pfds.iter()
+        .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+        .collect()
+}
