@@ -1,0 +1,545 @@
+//! HTTP/1.1 on one connection: GET and HEAD of static files under htdocs, and
+//! `/release`; keep-alive; every response carries `X-Release`.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+
+use crate::sys;
+use crate::Site;
+
+/// The longest request head (request line and headers) read: 431 or 414 beyond.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// The longest request target: 414 beyond.
+const MAX_URI: usize = 4096;
+/// The largest request body a GET or HEAD may carry (it is read and dropped).
+const MAX_BODY: usize = 64 * 1024;
+const MAX_HEADERS: usize = 64;
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    allow: bool,
+    close: bool,
+}
+
+impl Response {
+    fn error(status: u16) -> Response {
+        let body = format!("{} {}\n", status, reason(status)).into_bytes();
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body,
+            allow: false,
+            close: false,
+        }
+    }
+}
+
+/// What became of reading one request head.
+enum Head {
+    /// A complete head of this many bytes is in the buffer.
+    Complete(usize),
+    /// The client closed, went silent before sending anything, or broke the connection.
+    Gone,
+    /// Answer this (400, 408, 414, 431) and close.
+    Reject(u16),
+}
+
+/// Serve one connection until the client closes, the connection goes idle past
+/// the read timeout, a response says `Connection: close`, or a stop comes while
+/// the connection is idle between requests.
+pub fn serve_connection(site: &Site, fd: RawFd, buf: &mut Vec<u8>) {
+    buf.clear();
+    sys::set_send_timeout(fd, site.read_timeout);
+    let mut served = 0u64;
+    loop {
+        let head_len = match read_head(site, fd, buf, served) {
+            Head::Complete(n) => n,
+            Head::Gone => return finish(fd, !buf.is_empty()),
+            Head::Reject(status) => {
+                let mut r = Response::error(status);
+                r.close = true;
+                let _ = send(site, fd, &r, false, 1, Some("-"));
+                return finish(fd, true);
+            }
+        };
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        // The head parsed Complete in read_head; parse again to borrow it here.
+        if !matches!(
+            req.parse(&buf[..head_len]),
+            Ok(httparse::Status::Complete(_))
+        ) {
+            return finish(fd, true);
+        }
+        let minor = req.version.unwrap_or(1);
+        let head_only = req.method == Some("HEAD");
+        let log = site
+            .verbose
+            .then(|| format!("{} {}", req.method.unwrap_or(""), req.path.unwrap_or("")));
+        let (mut resp, keep_alive, body_len) = answer(site, &req);
+        // Close when the client wants it, when we stop, or when other connections
+        // wait for this worker (fairness: a busy keep-alive client must not starve
+        // the backlog of a one-connection-at-a-time worker).
+        let others_waiting =
+            keep_alive && !resp.close && sys::poll_in(site.listener, 0).unwrap_or(false);
+        let we_close = resp.close || sys::stopping() || others_waiting;
+        resp.close = we_close || !keep_alive;
+        // Drop the body of the request (a GET may carry one) before answering.
+        let body_ok = resp.close || skip_body(site, fd, buf, head_len, body_len);
+        let sent = send(site, fd, &resp, head_only, minor, log.as_deref()).is_ok();
+        served += 1;
+        if !sent || !body_ok {
+            return finish(fd, true);
+        }
+        if resp.close {
+            // A close the client asked for needs no lingering; one we chose does,
+            // in case the client already sent more.
+            return finish(fd, we_close);
+        }
+        let consumed = (head_len + body_len).min(buf.len());
+        buf.drain(..consumed);
+    }
+}
+
+/// Read until `buf` holds a complete request head.
+fn read_head(site: &Site, fd: RawFd, buf: &mut Vec<u8>, served: u64) -> Head {
+    let deadline = Instant::now() + site.read_timeout;
+    loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    if req.path.map_or(0, str::len) > MAX_URI {
+                        return Head::Reject(414);
+                    }
+                    return Head::Complete(n);
+                }
+                Ok(httparse::Status::Partial) => {
+                    if buf.len() >= MAX_HEAD {
+                        let line_done = buf.contains(&b'\n');
+                        return Head::Reject(if line_done { 431 } else { 414 });
+                    }
+                    // A request line longer than MAX_URI is refused before it ends.
+                    if !buf.contains(&b'\n') && buf.len() > MAX_URI + 64 {
+                        return Head::Reject(414);
+                    }
+                }
+                Err(httparse::Error::TooManyHeaders) => return Head::Reject(431),
+                Err(_) => return Head::Reject(400),
+            }
+        }
+        // Idle between requests and told to stop: close, unless a request is
+        // already arriving. A fresh connection always gets its first request served.
+        if sys::stopping() && buf.is_empty() && served > 0 && !sys::poll_in(fd, 0).unwrap_or(false)
+        {
+            return Head::Gone;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return if buf.is_empty() {
+                Head::Gone
+            } else {
+                Head::Reject(408)
+            };
+        }
+        match sys::poll_in(fd, ms(left)) {
+            Ok(true) => {}
+            Ok(false) | Err(Errno::EINTR) => continue,
+            Err(_) => return Head::Gone,
+        }
+        let start = buf.len();
+        buf.resize(start + 4096, 0);
+        let r = sys::read(fd, &mut buf[start..]);
+        buf.truncate(start + *r.as_ref().unwrap_or(&0));
+        match r {
+            Ok(0) => return Head::Gone,
+            Ok(_) | Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
+            Err(_) => return Head::Gone,
+        }
+    }
+}
+
+/// Read and drop `body_len` bytes after the head; false if they did not come.
+fn skip_body(site: &Site, fd: RawFd, buf: &mut Vec<u8>, head_len: usize, body_len: usize) -> bool {
+    let deadline = Instant::now() + site.read_timeout;
+    while buf.len() < head_len + body_len {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match sys::poll_in(fd, ms(left)) {
+            Ok(true) => {}
+            Ok(false) | Err(Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+        let start = buf.len();
+        buf.resize(start + 4096, 0);
+        let r = sys::read(fd, &mut buf[start..]);
+        buf.truncate(start + *r.as_ref().unwrap_or(&0));
+        match r {
+            Ok(0) => return false,
+            Ok(_) | Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// The response to one parsed request, whether the client wants keep-alive,
+/// and the length of the request body to skip.
+fn answer(site: &Site, req: &httparse::Request) -> (Response, bool, usize) {
+    let minor = req.version.unwrap_or(1);
+    let mut conn_close = false;
+    let mut conn_keep = false;
+    let mut host = false;
+    let mut content_length: Option<usize> = None;
+    let mut bad = false;
+    let mut chunked = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection") {
+            for tok in String::from_utf8_lossy(h.value).split(',') {
+                let tok = tok.trim();
+                conn_close |= tok.eq_ignore_ascii_case("close");
+                conn_keep |= tok.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("host") {
+            bad |= host; // two Host headers
+            host = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                Some(n) if content_length.is_none() || content_length == Some(n) => {
+                    content_length = Some(n)
+                }
+                _ => bad = true,
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        }
+    }
+    let keep_alive = if minor == 0 {
+        conn_keep && !conn_close
+    } else {
+        !conn_close
+    };
+    let body_len = content_length.unwrap_or(0);
+    let reject = |status: u16| {
+        let mut r = Response::error(status);
+        r.close = true;
+        (r, keep_alive, 0)
+    };
+    // A body we will not read to its end (chunked) ends the connection after the answer.
+    if bad || chunked || (minor == 1 && !host) {
+        return reject(400);
+    }
+    let method = req.method.unwrap_or("");
+    if method != "GET" && method != "HEAD" {
+        let mut r = Response::error(405);
+        r.allow = true;
+        r.close = true;
+        return (r, keep_alive, 0);
+    }
+    if body_len > MAX_BODY {
+        return reject(413);
+    }
+    let resp = match resolve(req.path.unwrap_or("")) {
+        Err(status) => Response::error(status),
+        Ok(Target::Release) => Response {
+            status: 200,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{}\n", site.release).into_bytes(),
+            allow: false,
+            close: false,
+        },
+        Ok(Target::File(rel)) => serve_file(site, rel),
+    };
+    (resp, keep_alive, body_len)
+}
+
+enum Target {
+    Release,
+    /// A path relative to htdocs, normalized, no `..` left.
+    File(PathBuf),
+}
+
+/// The request target to what it names. `..` may not climb above htdocs (400),
+/// in any spelling: the target is percent-decoded first, then split on `/`.
+fn resolve(target: &str) -> Result<Target, u16> {
+    let mut t = target;
+    if let Some(i) = t.find(['?', '#']) {
+        t = &t[..i];
+    }
+    // absolute-form: http://host/path
+    let lower = t.get(..8).unwrap_or(t).to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        let after = &t[t.find("//").map_or(0, |i| i + 2)..];
+        t = after.find('/').map_or("/", |i| &after[i..]);
+    }
+    if !t.starts_with('/') {
+        return Err(400);
+    }
+    let decoded = percent_decode(t.as_bytes()).ok_or(400u16)?;
+    if decoded.contains(&0) {
+        return Err(400);
+    }
+    let mut segs: Vec<&[u8]> = Vec::new();
+    for seg in decoded.split(|&b| b == b'/') {
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                if segs.pop().is_none() {
+                    return Err(400);
+                }
+            }
+            s => segs.push(s),
+        }
+    }
+    if segs.len() == 1 && segs[0] == b"release" {
+        return Ok(Target::Release);
+    }
+    let mut rel = PathBuf::new();
+    for s in segs {
+        use std::os::unix::ffi::OsStrExt;
+        rel.push(std::ffi::OsStr::from_bytes(s));
+    }
+    Ok(Target::File(rel))
+}
+
+fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let hex = |b: u8| (b as char).to_digit(16);
+            let hi = hex(*s.get(i + 1)?)?;
+            let lo = hex(*s.get(i + 2)?)?;
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// A file under htdocs, read now. Its canonical path must stay under the
+/// canonical htdocs: a symlink pointing out is not followed out.
+fn serve_file(site: &Site, rel: PathBuf) -> Response {
+    let mut path = site.htdocs.join(&rel);
+    let mut canon = match std::fs::canonicalize(&path) {
+        Ok(c) => c,
+        Err(e) => return Response::error(io_status(&e)),
+    };
+    if !canon.starts_with(&site.htdocs) {
+        return Response::error(404);
+    }
+    if canon.is_dir() {
+        path = canon.join("index.html");
+        canon = match std::fs::canonicalize(&path) {
+            Ok(c) => c,
+            Err(e) => return Response::error(io_status(&e)),
+        };
+        if !canon.starts_with(&site.htdocs) {
+            return Response::error(404);
+        }
+    }
+    if !canon.is_file() {
+        return Response::error(404);
+    }
+    match std::fs::read(&canon) {
+        Ok(body) => Response {
+            status: 200,
+            content_type: content_type(&canon),
+            body,
+            allow: false,
+            close: false,
+        },
+        Err(e) => Response::error(io_status(&e)),
+    }
+}
+
+fn io_status(e: &std::io::Error) -> u16 {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => 403,
+        _ => 404,
+    }
+}
+
+fn content_type(p: &std::path::Path) -> &'static str {
+    match p
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("txt") => "text/plain; charset=utf-8",
+        Some("css") => "text/css",
+        Some("js") => "text/javascript",
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("ico") => "image/x-icon",
+        _ => "application/octet-stream",
+    }
+}
+
+fn send(
+    site: &Site,
+    fd: RawFd,
+    r: &Response,
+    head_only: bool,
+    minor: u8,
+    log: Option<&str>,
+) -> Result<(), Errno> {
+    let mut out = Vec::with_capacity(256 + r.body.len());
+    use std::io::Write;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\nDate: {}\r\nServer: app\r\nX-Release: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        r.status,
+        reason(r.status),
+        http_date(SystemTime::now()),
+        site.release,
+        r.content_type,
+        r.body.len()
+    );
+    if r.allow {
+        out.extend_from_slice(b"Allow: GET, HEAD\r\n");
+    }
+    if r.close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if minor == 0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(&r.body);
+    }
+    if let (true, Some(what)) = (site.verbose, log) {
+        eprintln!(
+            "app: info: {} {} {}{}",
+            what,
+            r.status,
+            r.body.len(),
+            if r.close { " close" } else { "" }
+        );
+    }
+    sys::write_all(fd, &out)
+}
+
+/// Close the connection. `linger`: we may close with unread input (or the client
+/// may still be sending); shut down our side first and drop what arrives for a
+/// moment, so the kernel does not answer with a reset that destroys our response.
+fn finish(fd: RawFd, linger: bool) {
+    if linger || sys::poll_in(fd, 0).unwrap_or(false) {
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+        let end = Instant::now() + Duration::from_millis(500);
+        let mut scratch = [0u8; 4096];
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match sys::poll_in(fd, ms(left)) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+            match sys::read(fd, &mut scratch) {
+                Ok(0) => break,
+                Ok(_) | Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    sys::close(fd);
+}
+
+fn ms(d: Duration) -> i32 {
+    d.as_millis().clamp(1, i32::MAX as u128) as i32
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        _ => "Error",
+    }
+}
+
+/// RFC 9110 IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn http_date(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // civil_from_days (Howard Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        WD[days.rem_euclid(7) as usize],
+        d,
+        MON[(m - 1) as usize],
+        y,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date() {
+        let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+
+    #[test]
+    fn traversal() {
+        assert!(matches!(resolve("/../etc/passwd"), Err(400)));
+        assert!(matches!(resolve("/%2e%2e/etc/passwd"), Err(400)));
+        assert!(matches!(resolve("/a%2f..%2f..%2fetc"), Err(400)));
+        assert!(matches!(resolve("/%zz"), Err(400)));
+        assert!(matches!(resolve("/release?x=1"), Ok(Target::Release)));
+        assert!(
+            matches!(resolve("/a/../index.html"), Ok(Target::File(p)) if p == std::path::Path::new("index.html"))
+        );
+    }
+}
