@@ -1,0 +1,615 @@
+//! tcplisten: the socket holder. Create a listening socket (TCP over IPv4 or
+//! IPv6, or a Unix-domain socket), put it on descriptor 0 (or on 3, systemd
+//! style), drop privileges, exec prog. No process of its own is left behind.
+//! See README.md.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::fmt::Display;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage,
+    UnixAddr,
+};
+use nix::sys::stat::{lstat, umask, Mode, SFlag};
+use nix::unistd::{Gid, Group, Uid, User};
+use unixtool::{parse_number, Tool, EXIT_TEMPORARY, EXIT_USAGE};
+
+const TOOL: Tool = Tool {
+    name: "tcplisten",
+    usage: "tcplisten [-1dDBN6sU] [-b backlog] [-m mode] [-u user] [-g group] [--fdname name] {host port | path} prog...",
+    help: "  host port: TCP (0 = 0.0.0.0, :: = any IPv6 and IPv4); path (it has a '/'): Unix-domain socket
+  -b, --backlog N     listen backlog (default: the kernel's maximum)
+  -1, --print-port    print the bound port number on stdout before exec
+  -d, --reuseaddr     set SO_REUSEADDR (default)
+  -D, --no-reuseaddr  do not set SO_REUSEADDR
+  -B, --blocking      leave the socket blocking (default)
+  -N, --nonblock      make the socket non-blocking (O_NONBLOCK)
+  -6, --ipv6-only     set IPV6_V6ONLY (default for an IPv6 address: off, dual stack)
+  -m, --mode MODE     Unix socket: create the socket file with this octal mode
+  -u, --user USER     after bind, run as USER (name or number; its group unless -g)
+  -g, --group GROUP   after bind, run with group GROUP (name or number)
+  -U, --env-uidgid    after bind, run as $UID and $GID (as set by envuidgid)
+  -s, --systemd       hand the socket on fd 3 with LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES
+      --fdname NAME   with -s: the LISTEN_FDNAMES entry (default: tcplisten)
+  -h, --help          this text
+  -V, --version       the version",
+};
+
+/// Where the socket is bound.
+enum Address {
+    Inet(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// `-u`: the user id, and the user's own group when it was given by name.
+type User_ = (Uid, Option<Gid>);
+
+fn main() {
+    let mut backlog = libc::c_int::MAX; // the kernel clamps it to its maximum
+    let mut print_port = false;
+    let mut reuseaddr = true;
+    let mut nonblock = false;
+    let mut v6only = false;
+    let mut mode: Option<u32> = None;
+    let mut user: Option<User_> = None;
+    let mut group: Option<Gid> = None;
+    let mut systemd = false;
+    let mut fdname: Option<String> = None;
+
+    let mut parser = lexopt::Parser::from_env();
+    let mut args = Vec::new();
+    while let Some(arg) = parser.next().unwrap_or_else(|e| TOOL.bad_arg(e)) {
+        use lexopt::prelude::*;
+        match arg {
+            Short('b') | Long("backlog") => {
+                backlog = TOOL.number("-b", &value(&mut parser), 1, libc::c_int::MAX)
+            }
+            Short('1') | Long("print-port") => print_port = true,
+            Short('d') | Long("reuseaddr") => reuseaddr = true,
+            Short('D') | Long("no-reuseaddr") => reuseaddr = false,
+            Short('B') | Long("blocking") => nonblock = false,
+            Short('N') | Long("nonblock") => nonblock = true,
+            Short('6') | Long("ipv6-only") => v6only = true,
+            Short('m') | Long("mode") => mode = Some(parse_mode(&value(&mut parser))),
+            Short('u') | Long("user") => user = Some(parse_user(&value(&mut parser))),
+            Short('g') | Long("group") => group = Some(parse_group(&value(&mut parser))),
+            Short('U') | Long("env-uidgid") => {
+                user = Some((Uid::from_raw(env_id("UID")), None));
+                group = Some(Gid::from_raw(env_id("GID")));
+            }
+            Short('s') | Long("systemd") => systemd = true,
+            Long("fdname") => fdname = Some(parse_fdname(&value(&mut parser))),
+            Short('h') | Long("help") => TOOL.print_help(),
+            Short('V') | Long("version") => TOOL.print_version(),
+            Value(v) => {
+                args = unixtool::rest_of_args(v, &mut parser);
+                break;
+            }
+            _ => TOOL.bad_arg(arg.unexpected()),
+        }
+    }
+
+    // host port prog... or path prog...; everything checked before any socket exists.
+    let Some(first) = args.first() else {
+        TOOL.usage("no address given")
+    };
+    let unix = first.as_bytes().contains(&b'/');
+    let (port, prog) = if unix {
+        (0, &args[1..])
+    } else {
+        let Some(port) = args.get(1) else {
+            TOOL.usage("no port given")
+        };
+        (parse_port(port), &args[2..])
+    };
+    if prog.is_empty() {
+        TOOL.usage("no program given");
+    }
+    if unix && print_port {
+        TOOL.usage("-1 prints a TCP port; a Unix socket has none");
+    }
+    if unix && v6only {
+        TOOL.usage("-6 applies to IPv6 addresses, not to a Unix socket");
+    }
+    if !unix && mode.is_some() {
+        TOOL.usage("-m applies to a Unix socket path only");
+    }
+    if fdname.is_some() && !systemd {
+        TOOL.usage("--fdname applies with -s only");
+    }
+    let gid = group.or_else(|| user.map(user_group));
+    let uid = user.map(|(uid, _)| uid);
+    let address = if unix {
+        Address::Unix(PathBuf::from(first))
+    } else {
+        Address::Inet(parse_host(first, port))
+    };
+    if v6only && matches!(address, Address::Inet(SocketAddr::V4(_))) {
+        TOOL.usage("-6 applies to IPv6 addresses only");
+    }
+
+    // Socket, bind, listen. From the bind on, a failure removes the socket file.
+    let (sock, socket_file) = match &address {
+        Address::Inet(sa) => (bind_inet(sa, reuseaddr, v6only), None),
+        Address::Unix(path) => (bind_unix(path, mode), Some(path.as_path())),
+    };
+    let fail =
+        |code: i32, what: &dyn Display, err: Errno| fatal_after_bind(socket_file, code, what, err);
+    if let Err(e) =
+        unixtool::retry_eintr(|| Errno::result(unsafe { libc::listen(sock.as_raw_fd(), backlog) }))
+    {
+        fail(EXIT_TEMPORARY, &"listen", e);
+    }
+    let fl = OFlag::from_bits_truncate(fcntl(sock.as_raw_fd(), FcntlArg::F_GETFL).unwrap_or(0));
+    let fl = if nonblock {
+        fl | OFlag::O_NONBLOCK
+    } else {
+        fl - OFlag::O_NONBLOCK
+    };
+    if let Err(e) = fcntl(sock.as_raw_fd(), FcntlArg::F_SETFL(fl)) {
+        fail(EXIT_TEMPORARY, &"set the socket's O_NONBLOCK flag", e);
+    }
+    let local = match &address {
+        Address::Inet(_) => match local_address(&sock) {
+            Ok(sa) => Some(sa),
+            Err(e) => fatal_after_bind(socket_file, EXIT_TEMPORARY, "read the bound address", e),
+        },
+        Address::Unix(_) => None,
+    };
+
+    // Privileges: groups first, then the user; if any step fails, nothing is exec'd.
+    if let Some(g) = gid {
+        if let Err(e) = nix::unistd::setgroups(&[g]) {
+            fail(EXIT_TEMPORARY, &format_args!("set groups to {g}"), e);
+        }
+        if let Err(e) = nix::unistd::setgid(g) {
+            fail(EXIT_TEMPORARY, &format_args!("set gid to {g}"), e);
+        }
+    }
+    if let Some(u) = uid {
+        if let Err(e) = nix::unistd::setuid(u) {
+            fail(EXIT_TEMPORARY, &format_args!("set uid to {u}"), e);
+        }
+    }
+
+    // The environment prog reads (ucspi, systemd).
+    for var in [
+        "PROTO",
+        "TCPLOCALIP",
+        "TCPLOCALPORT",
+        "TCP6LOCALIP",
+        "TCP6LOCALPORT",
+        "IPCLOCALPATH",
+    ] {
+        std::env::remove_var(var);
+    }
+    match (&address, local) {
+        (_, Some(SocketAddr::V4(a))) => {
+            std::env::set_var("PROTO", "TCP");
+            std::env::set_var("TCPLOCALIP", a.ip().to_string());
+            std::env::set_var("TCPLOCALPORT", a.port().to_string());
+        }
+        (_, Some(SocketAddr::V6(a))) => {
+            std::env::set_var("PROTO", "TCP6");
+            for (ip, port) in [
+                ("TCP6LOCALIP", "TCP6LOCALPORT"),
+                ("TCPLOCALIP", "TCPLOCALPORT"),
+            ] {
+                std::env::set_var(ip, a.ip().to_string());
+                std::env::set_var(port, a.port().to_string());
+            }
+        }
+        (Address::Unix(path), _) => {
+            std::env::set_var("PROTO", "IPC");
+            std::env::set_var("IPCLOCALPATH", path);
+        }
+        (Address::Inet(_), None) => {}
+    }
+    let target = if systemd {
+        std::env::set_var("LISTEN_FDS", "1");
+        std::env::set_var("LISTEN_PID", std::process::id().to_string());
+        std::env::set_var("LISTEN_FDNAMES", fdname.as_deref().unwrap_or("tcplisten"));
+        3
+    } else {
+        0
+    };
+
+    // The socket on its descriptor, inheritable; everything else stays close-on-exec.
+    let raw = sock.into_raw_fd();
+    if let Err(e) = unixtool::move_fd(raw, target) {
+        fail(
+            EXIT_TEMPORARY,
+            &format_args!("move the socket to descriptor {target}"),
+            e,
+        );
+    }
+    if print_port {
+        let port = local.map(|a| a.port()).unwrap_or(0);
+        if let Err(e) = write_all_stdout(format!("{port}\n").as_bytes()) {
+            fail(EXIT_TEMPORARY, &"print the port", e);
+        }
+    }
+
+    // Rust ignores SIGPIPE for itself; prog gets the default disposition back.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    let err = unixtool::exec_errno(prog);
+    fail(
+        EXIT_TEMPORARY,
+        &format_args!("run {}", prog[0].to_string_lossy()),
+        err,
+    );
+}
+
+/// A fatal error once the socket file exists: remove it first, so none is left behind.
+fn fatal_after_bind(socket_file: Option<&Path>, code: i32, what: impl Display, err: Errno) -> ! {
+    if let Some(p) = socket_file {
+        let _ = nix::unistd::unlink(p);
+    }
+    TOOL.fatal_errno(code, what, err)
+}
+
+fn value(parser: &mut lexopt::Parser) -> OsString {
+    parser.value().unwrap_or_else(|e| TOOL.bad_arg(e))
+}
+
+/// `-m`: an octal mode up to 0777.
+fn parse_mode(v: &OsStr) -> u32 {
+    v.to_str()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+        .and_then(|s| u32::from_str_radix(s, 8).ok())
+        .filter(|m| *m <= 0o777)
+        .unwrap_or_else(|| {
+            TOOL.usage(format_args!(
+                "-m wants an octal mode up to 0777, not {:?}",
+                v.to_string_lossy()
+            ))
+        })
+}
+
+/// `-u`: a user name (its group comes with it) or a number.
+fn parse_user(v: &OsStr) -> User_ {
+    if let Some(n) = parse_number::<u32>(v, 0, u32::MAX - 1) {
+        return (Uid::from_raw(n), None);
+    }
+    let name = v.to_string_lossy();
+    match User::from_name(&name) {
+        Ok(Some(u)) => (u.uid, Some(u.gid)),
+        Ok(None) => TOOL.usage(format_args!("unknown user {name:?}")),
+        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("look up user {name}"), e),
+    }
+}
+
+/// `-g`: a group name or a number.
+fn parse_group(v: &OsStr) -> Gid {
+    if let Some(n) = parse_number::<u32>(v, 0, u32::MAX - 1) {
+        return Gid::from_raw(n);
+    }
+    let name = v.to_string_lossy();
+    match Group::from_name(&name) {
+        Ok(Some(g)) => g.gid,
+        Ok(None) => TOOL.usage(format_args!("unknown group {name:?}")),
+        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("look up group {name}"), e),
+    }
+}
+
+/// The group for `-u` without `-g`: the user's own (never root's group by accident).
+fn user_group((uid, gid): User_) -> Gid {
+    if let Some(g) = gid {
+        return g;
+    }
+    match User::from_uid(uid) {
+        Ok(Some(u)) => u.gid,
+        Ok(None) => TOOL.usage(format_args!(
+            "uid {uid} has no passwd entry to take a group from: give -g"
+        )),
+        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("look up uid {uid}"), e),
+    }
+}
+
+/// `-U`: $UID or $GID as a number.
+fn env_id(var: &str) -> u32 {
+    match std::env::var_os(var) {
+        None => TOOL.usage(format_args!("-U wants ${var} set")),
+        Some(v) => parse_number::<u32>(&v, 0, u32::MAX - 1).unwrap_or_else(|| {
+            TOOL.usage(format_args!(
+                "-U: ${var} is not a number: {:?}",
+                v.to_string_lossy()
+            ))
+        }),
+    }
+}
+
+/// `--fdname`: what systemd accepts in LISTEN_FDNAMES (printable ASCII, no ':', 1 to 255 bytes).
+fn parse_fdname(v: &OsStr) -> String {
+    v.to_str()
+        .filter(|s| {
+            (1..=255).contains(&s.len())
+                && s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b':')
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            TOOL.usage(format_args!(
+                "--fdname wants 1 to 255 printable ASCII characters without ':', not {:?}",
+                v.to_string_lossy()
+            ))
+        })
+}
+
+/// A port: a number up to 65535 (0: any free port) or a service name from /etc/services.
+fn parse_port(v: &OsStr) -> u16 {
+    if let Some(n) = parse_number::<u16>(v, 0, u16::MAX) {
+        return n;
+    }
+    let bad = || TOOL.usage(format_args!("bad port {:?}", v.to_string_lossy()));
+    if v.is_empty() || v.as_bytes().iter().all(u8::is_ascii_digit) {
+        bad();
+    }
+    let Ok(name) = CString::new(v.as_bytes()) else {
+        bad()
+    };
+    let ent = unsafe { libc::getservbyname(name.as_ptr(), c"tcp".as_ptr()) };
+    if ent.is_null() {
+        bad();
+    }
+    u16::from_be(unsafe { (*ent).s_port } as u16)
+}
+
+/// The host: `0` (0.0.0.0), an IPv4 dotted quad, an IPv6 literal (brackets and
+/// `%scope` allowed), or a name, resolved once: the first address getaddrinfo gives.
+fn parse_host(host: &OsStr, port: u16) -> SocketAddr {
+    let s = host
+        .to_str()
+        .unwrap_or_else(|| TOOL.usage(format_args!("bad address {:?}", host.to_string_lossy())));
+    if s == "0" {
+        return SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    }
+    let literal = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    if literal.contains(':') {
+        let (ip, scope) = match literal.split_once('%') {
+            Some((ip, iface)) => (ip, scope_id(iface)),
+            None => (literal, 0),
+        };
+        let ip: Ipv6Addr = ip
+            .parse()
+            .unwrap_or_else(|_| TOOL.usage(format_args!("bad IPv6 address {s:?}")));
+        return SocketAddr::V6(SocketAddrV6::new(ip, port, 0, scope));
+    }
+    if s.is_empty() {
+        TOOL.usage("empty host");
+    }
+    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let ip: Ipv4Addr = s
+            .parse()
+            .unwrap_or_else(|_| TOOL.usage(format_args!("bad IPv4 address {s:?}")));
+        return SocketAddr::new(IpAddr::V4(ip), port);
+    }
+    let mut sa = resolve(s);
+    sa.set_port(port);
+    sa
+}
+
+/// An IPv6 scope: an interface name or index.
+fn scope_id(iface: &str) -> u32 {
+    if let Some(n) = parse_number::<u32>(OsStr::new(iface), 0, u32::MAX) {
+        return n;
+    }
+    nix::net::if_::if_nametoindex(iface).unwrap_or_else(|_| {
+        TOOL.usage(format_args!(
+            "unknown interface {iface:?} in the IPv6 address"
+        ))
+    })
+}
+
+/// Resolve a host name once with getaddrinfo; its first IPv4 or IPv6 address wins.
+fn resolve(host: &str) -> SocketAddr {
+    let Ok(c) = CString::new(host) else {
+        TOOL.usage(format_args!("bad host {host:?}"))
+    };
+    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_family = libc::AF_UNSPEC;
+    hints.ai_socktype = libc::SOCK_STREAM;
+    let mut res: *mut libc::addrinfo = std::ptr::null_mut();
+    let rc = unsafe { libc::getaddrinfo(c.as_ptr(), std::ptr::null(), &hints, &mut res) };
+    if rc != 0 {
+        let reason = if rc == libc::EAI_SYSTEM {
+            Errno::last().desc().to_string()
+        } else {
+            unsafe { CStr::from_ptr(libc::gai_strerror(rc)) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let code = if name_unknown(rc) {
+            EXIT_USAGE
+        } else {
+            EXIT_TEMPORARY
+        };
+        TOOL.fatal(code, format_args!("unable to resolve {host}: {reason}"));
+    }
+    let mut found = None;
+    let mut ai = res;
+    while let (None, Some(a)) = (found, unsafe { ai.as_ref() }) {
+        found = match a.ai_family {
+            libc::AF_INET => {
+                let sin = unsafe { &*(a.ai_addr as *const libc::sockaddr_in) };
+                Some(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),
+                    0,
+                ))
+            }
+            libc::AF_INET6 => {
+                let sin6 = unsafe { &*(a.ai_addr as *const libc::sockaddr_in6) };
+                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    ip,
+                    0,
+                    0,
+                    sin6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        };
+        ai = a.ai_next;
+    }
+    unsafe { libc::freeaddrinfo(res) };
+    found.unwrap_or_else(|| {
+        TOOL.usage(format_args!(
+            "unable to resolve {host}: no IPv4 or IPv6 address"
+        ))
+    })
+}
+
+/// Whether a getaddrinfo error says the name does not exist (permanent), not that the lookup failed.
+fn name_unknown(rc: libc::c_int) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if rc == libc::EAI_NODATA {
+        return true;
+    }
+    rc == libc::EAI_NONAME
+}
+
+/// A TCP socket bound to `sa`, close-on-exec until it is moved to its descriptor.
+fn bind_inet(sa: &SocketAddr, reuseaddr: bool, v6only: bool) -> OwnedFd {
+    let family = if sa.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "create a TCP socket", e));
+    if let Err(e) = socket::setsockopt(&fd, sockopt::ReuseAddr, &reuseaddr) {
+        TOOL.fatal_errno(EXIT_TEMPORARY, "set SO_REUSEADDR", e);
+    }
+    let bound = match sa {
+        SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(*a)),
+        SocketAddr::V6(a) => socket::setsockopt(&fd, sockopt::Ipv6V6Only, &v6only)
+            .and_then(|()| socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(*a))),
+    };
+    if let Err(e) = bound {
+        TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("bind {sa}"), e);
+    }
+    fd
+}
+
+/// The address the kernel bound (port 0 becomes the chosen port).
+fn local_address(fd: &OwnedFd) -> Result<SocketAddr, Errno> {
+    let ss: SockaddrStorage = socket::getsockname(fd.as_raw_fd())?;
+    if let Some(a) = ss.as_sockaddr_in() {
+        return Ok(SocketAddr::V4(SocketAddrV4::from(*a)));
+    }
+    ss.as_sockaddr_in6()
+        .map(|a| SocketAddr::V6(SocketAddrV6::from(*a)))
+        .ok_or(Errno::EAFNOSUPPORT)
+}
+
+/// A Unix-domain socket bound to `path`. A stale socket file there (nobody
+/// listening) is removed and the bind tried again; a live server, or a file that
+/// is not a socket, is refused.
+fn bind_unix(path: &Path, mode: Option<u32>) -> OwnedFd {
+    let addr = UnixAddr::new(path)
+        .unwrap_or_else(|_| TOOL.usage(format_args!("socket path {} is too long", path.display())));
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "create a Unix socket", e));
+    match bind_with_mode(&fd, &addr, mode) {
+        Ok(()) => return fd,
+        Err(Errno::EADDRINUSE) => {}
+        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("bind {}", path.display()), e),
+    }
+    match stale_socket(path, &addr) {
+        Ok(true) => {}
+        Ok(false) => TOOL.fatal(
+            EXIT_TEMPORARY,
+            format_args!(
+                "unable to bind {}: a server is listening there",
+                path.display()
+            ),
+        ),
+        Err(Errno::ENOTSOCK) => TOOL.fatal(
+            EXIT_TEMPORARY,
+            format_args!(
+                "unable to bind {}: the file exists and is not a socket",
+                path.display()
+            ),
+        ),
+        Err(e) => TOOL.fatal_errno(
+            EXIT_TEMPORARY,
+            format_args!("check the socket {}", path.display()),
+            e,
+        ),
+    }
+    match nix::unistd::unlink(path) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => TOOL.fatal_errno(
+            EXIT_TEMPORARY,
+            format_args!("remove the stale socket {}", path.display()),
+            e,
+        ),
+    }
+    if let Err(e) = bind_with_mode(&fd, &addr, mode) {
+        TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("bind {}", path.display()), e);
+    }
+    fd
+}
+
+/// bind(2), with the umask set so that the socket file gets exactly `mode`.
+fn bind_with_mode(fd: &OwnedFd, addr: &UnixAddr, mode: Option<u32>) -> Result<(), Errno> {
+    let old = mode.map(|m| umask(Mode::from_bits_truncate((!m & 0o777) as libc::mode_t)));
+    let r = socket::bind(fd.as_raw_fd(), addr);
+    if let Some(old) = old {
+        umask(old);
+    }
+    r
+}
+
+/// Whether the socket file at `path` is stale: a socket nobody accepts on
+/// (connect is refused). ENOTSOCK when the file is not a socket at all.
+fn stale_socket(path: &Path, addr: &UnixAddr) -> Result<bool, Errno> {
+    match lstat(path) {
+        Err(Errno::ENOENT) => return Ok(true), // gone meanwhile: bind again
+        Err(e) => return Err(e),
+        Ok(st)
+            if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFSOCK =>
+        {
+            return Err(Errno::ENOTSOCK)
+        }
+        Ok(_) => {}
+    }
+    let probe = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    match socket::connect(probe.as_raw_fd(), addr) {
+        Ok(()) | Err(Errno::EAGAIN) | Err(Errno::EINPROGRESS) => Ok(false), // live (EAGAIN: backlog full)
+        Err(Errno::ECONNREFUSED) | Err(Errno::ENOENT) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Write all of `buf` to descriptor 1, unbuffered (a closed stdout is an error, not silence).
+fn write_all_stdout(mut buf: &[u8]) -> Result<(), Errno> {
+    while !buf.is_empty() {
+        match nix::unistd::write(std::io::stdout(), buf) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
