@@ -85,11 +85,20 @@ fn main() {
     };
 
     // Open (creating it 0600 if missing), close-on-exec until we hand it down.
-    let flags = if shared { OFlag::O_RDONLY } else { OFlag::O_WRONLY | OFlag::O_APPEND };
+    let flags = if shared {
+        OFlag::O_RDONLY
+    } else {
+        OFlag::O_WRONLY | OFlag::O_APPEND
+    };
     let flags = flags | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
-    let fd = match unixtool::retry_eintr(|| open(file.as_os_str(), flags, Mode::from_bits_truncate(0o600))) {
+    let fd = match unixtool::retry_eintr(|| {
+        open(file.as_os_str(), flags, Mode::from_bits_truncate(0o600))
+    }) {
         Ok(fd) => fd,
-        Err(e) => give_up(EXIT_TEMPORARY, format_args!("unable to open {name}: {}", unixtool::strerror(e))),
+        Err(e) => give_up(
+            EXIT_TEMPORARY,
+            format_args!("unable to open {name}: {}", unixtool::strerror(e)),
+        ),
     };
 
     // Lock it: wait (-N), try once (-n, -t 0), or wait at most -t ms.
@@ -102,12 +111,21 @@ fn main() {
     };
     match result {
         Ok(()) => {}
-        Err(Errno::EWOULDBLOCK) => give_up(EXIT_TEMPORARY, format_args!("unable to lock {name}: locked by another process")),
+        Err(Errno::EWOULDBLOCK) => give_up(
+            EXIT_TEMPORARY,
+            format_args!("unable to lock {name}: locked by another process"),
+        ),
         Err(Errno::ETIMEDOUT) => give_up(
             EXIT_TIMEOUT,
-            format_args!("unable to lock {name}: still locked by another process after {} ms", timeout_ms.unwrap_or(0)),
+            format_args!(
+                "unable to lock {name}: still locked by another process after {} ms",
+                timeout_ms.unwrap_or(0)
+            ),
         ),
-        Err(e) => give_up(EXIT_TEMPORARY, format_args!("unable to lock {name}: {}", unixtool::strerror(e))),
+        Err(e) => give_up(
+            EXIT_TEMPORARY,
+            format_args!("unable to lock {name}: {}", unixtool::strerror(e)),
+        ),
     }
 
     // Hand the lock down: on -d fd, or where open put it; then become prog.
@@ -116,7 +134,11 @@ fn main() {
         None => unixtool::set_cloexec(fd, false),
     };
     if let Err(e) = handed {
-        TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("put the lock on descriptor {}", lock_fd.unwrap_or(fd)), e);
+        TOOL.fatal_errno(
+            EXIT_TEMPORARY,
+            format_args!("put the lock on descriptor {}", lock_fd.unwrap_or(fd)),
+            e,
+        );
     }
     TOOL.exec(prog)
 }
@@ -153,8 +175,14 @@ extern "C" fn on_alarm(_: libc::c_int) {
 /// SIGALRM disposition are put back before we return (prog inherits neither).
 fn flock_timeout(fd: RawFd, op: libc::c_int, ms: u32) -> Result<(), Errno> {
     let itimer = |ms: u32, every_us: i64| libc::itimerval {
-        it_value: libc::timeval { tv_sec: (ms / 1000) as libc::time_t, tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t },
-        it_interval: libc::timeval { tv_sec: 0, tv_usec: every_us as libc::suseconds_t },
+        it_value: libc::timeval {
+            tv_sec: (ms / 1000) as libc::time_t,
+            tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t,
+        },
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: every_us as libc::suseconds_t,
+        },
     };
     unsafe {
         let mut act: libc::sigaction = std::mem::zeroed();
