@@ -243,3 +243,30 @@ fn parent_of(pid: i32) -> Option<i32> {
     let rest = stat.rsplit_once(')')?.1;
     rest.split_whitespace().nth(1)?.parse().ok()
 }
+
+impl Options {
+    /// The readiness options every supervisor takes, short and long.
+    pub const SHORT: [char; 3] = ['d', 'a', 't'];
+    pub const LONG: [&'static str; 4] =
+        ["notification-fd", "notify", "ready-after", "ready-timeout"];
+
+    /// Take option `opt` (`-d`, `--notification-fd`, `--notify`, `-a`,
+    /// `--ready-after`, `-t`, `--ready-timeout`), reading its value from `parser`.
+    pub fn take(&mut self, opt: &str, parser: &mut lexopt::Parser, tool: &crate::Tool) {
+        let mut value = |name: &str, min: u32| -> u32 {
+            let v = parser.value().unwrap_or_else(|e| tool.bad_arg(e));
+            tool.number(name, &v, min, i32::MAX as u32)
+        };
+        match opt {
+            "-d" | "--notification-fd" => self.fd = Some(value("-d", 3) as RawFd),
+            "--notify" => self.notify = true,
+            "-a" | "--ready-after" => {
+                self.alive = Some(Duration::from_millis(value("-a", 0).into()))
+            }
+            "-t" | "--ready-timeout" => {
+                self.deadline = Some(Duration::from_millis(value("-t", 1).into()))
+            }
+            _ => tool.usage(format_args!("unknown option {opt}")),
+        }
+    }
+}

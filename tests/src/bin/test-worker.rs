@@ -1,0 +1,251 @@
+//! test-worker: the small server the supervisor tests run under loop-forever
+//! and forkpool. It accepts on descriptor 0 and answers each connection with
+//! one line naming itself, then closes:
+//!
+//! `pid=P gen=G worker=W listen_pid=L release=R cwd=C`
+//!
+//! (G, W, L, R from FORKPOOL_GENERATION, FORKPOOL_WORKER, LISTEN_PID,
+//! FORKPOOL_RELEASE, `-` when unset). A stop signal (TERM, HUP, INT, QUIT) is
+//! taken only between connections: the connection in hand is answered, then
+//! the worker exits 0.
+//!
+//! Options (behaviour the tests need):
+//!   --ready-delay MS  become ready after MS milliseconds (default 0)
+//!   --never-ready     never become ready, never accept (stop signals still work)
+//!   --notify-fd N     say ready by writing a newline to descriptor N
+//!   --notify          say ready by sending READY=1 to $NOTIFY_SOCKET
+//!   --exit CODE       exit CODE at once
+//!   --ignore-term     ignore SIGTERM
+//!   --crash-after K   exit 1 after answering K connections
+//!   --serve-delay MS  wait MS milliseconds before answering each connection
+//!   --start-log PATH  append "PID GEN WORKER" to PATH at start
+//!   --conf PATH       read more options (whitespace-separated) from PATH if it exists
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+static STOP: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop(sig: libc::c_int) {
+    STOP.store(sig, Ordering::SeqCst);
+}
+
+#[derive(Default)]
+struct Opts {
+    ready_delay: u64,
+    never_ready: bool,
+    notify_fd: Option<i32>,
+    notify: bool,
+    exit: Option<i32>,
+    ignore_term: bool,
+    crash_after: Option<u64>,
+    serve_delay: u64,
+    start_log: Option<String>,
+}
+
+fn parse(args: Vec<String>, o: &mut Opts) {
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .unwrap_or_else(|| die(&format!("{a} wants a value")))
+        };
+        match a.as_str() {
+            "--ready-delay" => o.ready_delay = num(&val()),
+            "--never-ready" => o.never_ready = true,
+            "--notify-fd" => o.notify_fd = Some(num(&val()) as i32),
+            "--notify" => o.notify = true,
+            "--exit" => o.exit = Some(num(&val()) as i32),
+            "--ignore-term" => o.ignore_term = true,
+            "--crash-after" => o.crash_after = Some(num(&val())),
+            "--serve-delay" => o.serve_delay = num(&val()),
+            "--start-log" => o.start_log = Some(val()),
+            "--conf" => {
+                let path = val();
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    parse(text.split_whitespace().map(str::to_string).collect(), o);
+                }
+            }
+            _ => die(&format!("unknown option {a}")),
+        }
+    }
+}
+
+fn num(s: &str) -> u64 {
+    s.parse()
+        .unwrap_or_else(|_| die(&format!("not a number: {s}")))
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("test-worker: fatal: {msg}");
+    std::process::exit(100)
+}
+
+fn env(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| "-".into())
+}
+
+/// Wait for `fd` (or only for a signal when fd < 0) at most `ms` (-1: forever),
+/// with every stop signal deliverable only during the wait; exit 0 on one.
+fn wait(fd: i32, ms: i64) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    let tsp = if ms < 0 {
+        std::ptr::null()
+    } else {
+        &ts as *const libc::timespec
+    };
+    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::sigemptyset(&mut empty) };
+    let n = unsafe { libc::ppoll(&mut p, if fd < 0 { 0 } else { 1 }, tsp, &empty) };
+    if STOP.load(Ordering::SeqCst) != 0 {
+        std::process::exit(0);
+    }
+    n > 0
+}
+
+fn main() {
+    let mut o = Opts::default();
+    parse(std::env::args().skip(1).collect(), &mut o);
+    if let Some(path) = &o.start_log {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(
+                f,
+                "{} {} {}",
+                std::process::id(),
+                env("FORKPOOL_GENERATION"),
+                env("FORKPOOL_WORKER")
+            );
+        }
+    }
+    if let Some(code) = o.exit {
+        std::process::exit(code);
+    }
+    // Stop signals: caught, and blocked except while waiting.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+            libc::sigaddset(&mut set, sig);
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = if sig == libc::SIGTERM && o.ignore_term {
+                libc::SIG_IGN
+            } else {
+                on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t
+            };
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    if o.never_ready {
+        loop {
+            wait(-1, -1);
+        }
+    }
+    if o.ready_delay > 0 {
+        let end = std::time::Instant::now() + Duration::from_millis(o.ready_delay);
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            if left.is_zero() {
+                break;
+            }
+            wait(-1, left.as_millis().max(1) as i64);
+        }
+    }
+    if let Some(fd) = o.notify_fd {
+        let mut f = unsafe { std::fs::File::from(OwnedFd::from_raw_fd(fd)) };
+        let _ = f.write_all(b"\n");
+    }
+    if o.notify {
+        notify();
+    }
+    serve(&o);
+}
+
+fn notify() {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        die("NOTIFY_SOCKET is not set")
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        die("unable to create a socket")
+    };
+    let res = if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|a| sock.send_to_addr(b"READY=1\n", &a))
+    } else {
+        sock.send_to(b"READY=1\n", &path)
+    };
+    if let Err(e) = res {
+        die(&format!("unable to notify {path}: {e}"));
+    }
+}
+
+fn serve(o: &Opts) {
+    // Shared flag of the socket, as gunicorn sets it: accept never blocks.
+    unsafe {
+        let fl = libc::fcntl(0, libc::F_GETFL);
+        libc::fcntl(0, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    let cwd = std::env::current_dir()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "-".into());
+    let line = format!(
+        "pid={} gen={} worker={} listen_pid={} release={} cwd={}\n",
+        std::process::id(),
+        env("FORKPOOL_GENERATION"),
+        env("FORKPOOL_WORKER"),
+        env("LISTEN_PID"),
+        env("FORKPOOL_RELEASE"),
+        cwd
+    );
+    let mut served = 0u64;
+    loop {
+        if !wait(0, -1) {
+            continue;
+        }
+        let fd = unsafe {
+            libc::accept4(
+                0,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            if e == libc::EAGAIN || e == libc::EINTR || e == libc::ECONNABORTED {
+                continue;
+            }
+            die(&format!(
+                "unable to accept: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut conn = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        // The connection inherits nothing from the listener on Linux, but be sure.
+        unsafe { libc::fcntl(conn.as_raw_fd(), libc::F_SETFL, 0) };
+        if o.serve_delay > 0 {
+            std::thread::sleep(Duration::from_millis(o.serve_delay));
+        }
+        let _ = conn.write_all(line.as_bytes());
+        drop(conn);
+        served += 1;
+        if o.crash_after.is_some_and(|k| served >= k) {
+            std::process::exit(1);
+        }
+    }
+}
