@@ -425,6 +425,54 @@ fn system_failures_exit_111_and_leave_no_temporary() {
         err.contains("unable to create a symlink in .: Permission denied"),
         "{err}"
     );
+    // -c in that directory: the one symlink(2) fails.
+    let mut c = Command::new(bin("atomic-symlink"));
+    c.args(["-c", "a", "current"]).current_dir(&ro);
+    if root {
+        c.uid(65534).gid(65534);
+    }
+    let (code, _, err) = run(c, T);
+    assert_eq!(code, 111, "{err}");
+    assert!(
+        err.starts_with("atomic-symlink: fatal: unable to create current: Permission denied"),
+        "{err}"
+    );
+    // A directory we may read but not search: linkname cannot be looked at.
+    let nox = d.join("nox");
+    std::fs::create_dir(&nox).unwrap();
+    std::fs::set_permissions(&nox, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let mut c = Command::new(bin("atomic-symlink"));
+    c.args(["a", "nox/current"]).current_dir(d.path());
+    if root {
+        c.uid(65534).gid(65534);
+    }
+    let (code, _, err) = run(c, T);
+    assert_eq!(code, 111, "{err}");
+    assert!(
+        err.starts_with("atomic-symlink: fatal: unable to stat nox/current: Permission denied"),
+        "{err}"
+    );
+    // -p with stdout full: the link was switched, the caller is told it lacks the old target.
+    std::fs::create_dir(d.join("w")).unwrap();
+    std::os::unix::fs::symlink("a", d.join("w/current")).unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(bin("atomic-symlink"))
+        .args(["-p", "b", "current"])
+        .current_dir(d.join("w"))
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(111), "{err}");
+    assert!(
+        err.starts_with("atomic-symlink: fatal: unable to print the previous target of current"),
+        "{err}"
+    );
+    assert_eq!(link_of(&d.join("w/current")), "b");
     // The rename itself fails (a sticky directory, linkname owned by someone
     // else): the temporary made a moment before is removed.
     if !root {
