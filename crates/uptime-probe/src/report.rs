@@ -1,0 +1,259 @@
+//! The results: a table for a person, or one JSON object for a script.
+
+use std::fmt::Write;
+
+use crate::stats::Second;
+use crate::Run;
+
+fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+fn rate(run: &Run) -> f64 {
+    let secs = run.elapsed.as_secs_f64();
+    if secs > 0.0 {
+        run.stats.requests() as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// The worst second: most failures, then the highest max latency.
+fn worst_second(run: &Run) -> Option<(usize, Second)> {
+    run.stats
+        .seconds
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, s)| s.requests > 0)
+        .max_by_key(|(i, s)| (s.failed, s.max_us, std::cmp::Reverse(*i)))
+}
+
+/// The whole second (not the last, partial one) with the fewest requests.
+fn fewest_second(run: &Run) -> Option<(usize, Second)> {
+    let whole = run.elapsed.as_secs() as usize;
+    run.stats
+        .seconds
+        .iter()
+        .copied()
+        .enumerate()
+        .take(whole)
+        .min_by_key(|(i, s)| (s.requests, *i))
+}
+
+fn release_counts(run: &Run) -> Vec<(String, u64, f64)> {
+    run.releases
+        .iter()
+        .map(|(r, at)| {
+            (
+                String::from_utf8_lossy(r).into_owned(),
+                run.stats.releases.get(r).copied().unwrap_or(0),
+                at.as_secs_f64(),
+            )
+        })
+        .collect()
+}
+
+pub fn table(run: &Run) -> String {
+    let s = &run.stats;
+    let mut t = String::new();
+    let mut line = |k: &str, v: String| {
+        let _ = writeln!(t, "{k:<13}{v}");
+    };
+    line("url", run.url.clone());
+    line(
+        "run",
+        format!(
+            "{:.2} s, {} client{}, {}",
+            run.elapsed.as_secs_f64(),
+            run.concurrency,
+            if run.concurrency == 1 { "" } else { "s" },
+            if run.keepalive {
+                "keep-alive"
+            } else {
+                "a connection per request"
+            }
+        ),
+    );
+    line("requests", format!("{} ({:.0}/s)", s.requests(), rate(run)));
+    line("ok", s.ok.to_string());
+    line(
+        "failed",
+        format!(
+            "{} (refused {}, reset {}, timeout {}, eof {}, bad status {}, error {})",
+            s.failed(),
+            s.refused,
+            s.reset,
+            s.timeout,
+            s.eof,
+            s.bad_status,
+            s.error
+        ),
+    );
+    line(
+        "retried",
+        format!(
+            "{} (failed before any response byte on a reused connection, then retried once)",
+            s.retried
+        ),
+    );
+    line(
+        "mixed",
+        format!(
+            "{} (X-Release differs from the content's data-release)",
+            s.mixed
+        ),
+    );
+    let rels = release_counts(run);
+    let list: Vec<String> = rels
+        .iter()
+        .map(|(r, n, at)| format!("{r} ({n}, first at {at:.3} s)"))
+        .collect();
+    line(
+        "releases",
+        if list.is_empty() {
+            "0".to_string()
+        } else {
+            format!("{}: {}", list.len(), list.join(", "))
+        },
+    );
+    if s.no_code_release > 0 || s.no_content_release > 0 {
+        line(
+            "unversioned",
+            format!(
+                "{} without X-Release, {} without data-release",
+                s.no_code_release, s.no_content_release
+            ),
+        );
+    }
+    line(
+        "flapping",
+        format!(
+            "{} (an older release after a newer one, same client)",
+            s.flapping
+        ),
+    );
+    let h = &s.latency;
+    line(
+        "latency",
+        format!(
+            "p50 {}, p99 {}, p99.9 {}, max {}",
+            ms(h.quantile(0.50)),
+            ms(h.quantile(0.99)),
+            ms(h.quantile(0.999)),
+            ms(h.max_us)
+        ),
+    );
+    if let Some((i, w)) = worst_second(run) {
+        line(
+            "worst second",
+            format!(
+                "{i}-{} s: {} requests, {} failed, max {}",
+                i + 1,
+                w.requests,
+                w.failed,
+                ms(w.max_us)
+            ),
+        );
+    }
+    if let Some((i, f)) = fewest_second(run) {
+        line(
+            "fewest/s",
+            format!("{} requests in {i}-{} s", f.requests, i + 1),
+        );
+    }
+    match run.failure() {
+        None => line("verdict", "OK: nothing failed, nothing mixed".to_string()),
+        Some(why) => line("verdict", format!("FAILED: {why}")),
+    }
+    t
+}
+
+fn jstr(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn jms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+pub fn json(run: &Run) -> String {
+    let s = &run.stats;
+    let h = &s.latency;
+    let rels: Vec<String> = release_counts(run)
+        .iter()
+        .map(|(r, n, at)| {
+            format!(
+                "{{\"id\":{},\"responses\":{n},\"first_seen_s\":{at:.3}}}",
+                jstr(r)
+            )
+        })
+        .collect();
+    let worst = match worst_second(run) {
+        Some((i, w)) => {
+            format!(
+                "{{\"at_s\":{i},\"requests\":{},\"failed\":{},\"max_ms\":{}}}",
+                w.requests,
+                w.failed,
+                jms(w.max_us)
+            )
+        }
+        None => "null".to_string(),
+    };
+    let fewest = match fewest_second(run) {
+        Some((i, f)) => format!("{{\"at_s\":{i},\"requests\":{}}}", f.requests),
+        None => "null".to_string(),
+    };
+    let failure = run.failure();
+    format!(
+        concat!(
+            "{{\"url\":{},\"elapsed_s\":{:.3},\"concurrency\":{},\"keepalive\":{},",
+            "\"requests\":{},\"requests_per_s\":{:.1},\"ok\":{},\"failed\":{},",
+            "\"refused\":{},\"reset\":{},\"timeout\":{},\"eof\":{},\"bad_status\":{},\"error\":{},",
+            "\"retried\":{},\"mixed\":{},\"flapping\":{},\"no_x_release\":{},\"no_data_release\":{},",
+            "\"releases\":[{}],",
+            "\"latency_ms\":{{\"p50\":{},\"p99\":{},\"p99_9\":{},\"max\":{}}},",
+            "\"worst_second\":{},\"fewest_second\":{},\"ok_verdict\":{},\"reason\":{}}}\n"
+        ),
+        jstr(&run.url),
+        run.elapsed.as_secs_f64(),
+        run.concurrency,
+        run.keepalive,
+        s.requests(),
+        rate(run),
+        s.ok,
+        s.failed(),
+        s.refused,
+        s.reset,
+        s.timeout,
+        s.eof,
+        s.bad_status,
+        s.error,
+        s.retried,
+        s.mixed,
+        s.flapping,
+        s.no_code_release,
+        s.no_content_release,
+        rels.join(","),
+        jms(h.quantile(0.50)),
+        jms(h.quantile(0.99)),
+        jms(h.quantile(0.999)),
+        jms(h.max_us),
+        worst,
+        fewest,
+        failure.is_none(),
+        failure.as_deref().map_or("null".to_string(), jstr),
+    )
+}

@@ -1,0 +1,219 @@
+//! What one client counts, merged at the end: outcomes, releases, latency
+//! (a log-linear histogram in microseconds, under 1% error), one-second windows.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    Ok,
+    Refused,
+    Reset,
+    Timeout,
+    Eof,
+    BadStatus,
+    Error,
+}
+
+/// Latency buckets: values below 128 us exactly, then 64 buckets per power of two.
+const SUB: u64 = 64;
+const BUCKETS: usize = 128 + 64 * 58;
+
+pub struct Histogram {
+    counts: Vec<u64>,
+    pub max_us: u64,
+    pub n: u64,
+}
+
+impl Histogram {
+    pub fn new() -> Histogram {
+        Histogram {
+            counts: vec![0; BUCKETS],
+            max_us: 0,
+            n: 0,
+        }
+    }
+
+    fn index(us: u64) -> usize {
+        if us < 128 {
+            return us as usize;
+        }
+        let shift = 63 - us.leading_zeros() as u64 - 6; // us >> shift is in 64..128
+        (128 + (shift - 1) * SUB + ((us >> shift) - SUB)) as usize
+    }
+
+    /// The upper end of a bucket (what a percentile in it reports).
+    fn value(i: usize) -> u64 {
+        if i < 128 {
+            return i as u64;
+        }
+        let k = (i - 128) as u64;
+        let shift = k / SUB + 1;
+        let m = k % SUB + SUB;
+        ((m + 1) << shift) - 1
+    }
+
+    pub fn record(&mut self, us: u64) {
+        let i = Self::index(us).min(BUCKETS - 1);
+        self.counts[i] += 1;
+        self.n += 1;
+        self.max_us = self.max_us.max(us);
+    }
+
+    pub fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+        self.n += o.n;
+        self.max_us = self.max_us.max(o.max_us);
+    }
+
+    /// The latency below which `q` (0..1) of the requests fall, in microseconds.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.n == 0 {
+            return 0;
+        }
+        let rank = ((q * self.n as f64).ceil() as u64).clamp(1, self.n);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::value(i).min(self.max_us);
+            }
+        }
+        self.max_us
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct Second {
+    pub requests: u64,
+    pub failed: u64,
+    pub max_us: u64,
+}
+
+/// One client's counts (and, merged, the run's).
+pub struct Stats {
+    pub ok: u64,
+    pub refused: u64,
+    pub reset: u64,
+    pub timeout: u64,
+    pub eof: u64,
+    pub bad_status: u64,
+    pub error: u64,
+    pub retried: u64,
+    pub mixed: u64,
+    pub flapping: u64,
+    /// Responses without an X-Release header / without a data-release in the body.
+    pub no_code_release: u64,
+    pub no_content_release: u64,
+    /// Responses per release (by X-Release, else the body's).
+    pub releases: HashMap<Vec<u8>, u64>,
+    pub latency: Histogram,
+    pub seconds: Vec<Second>,
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            ok: 0,
+            refused: 0,
+            reset: 0,
+            timeout: 0,
+            eof: 0,
+            bad_status: 0,
+            error: 0,
+            retried: 0,
+            mixed: 0,
+            flapping: 0,
+            no_code_release: 0,
+            no_content_release: 0,
+            releases: HashMap::new(),
+            latency: Histogram::new(),
+            seconds: Vec::new(),
+        }
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.refused + self.reset + self.timeout + self.eof + self.bad_status + self.error
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.ok + self.failed()
+    }
+
+    /// Count one finished request: its outcome, at `at` since the start, taking `took`.
+    pub fn count(&mut self, outcome: Outcome, at: Duration, took: Duration, answered: bool) {
+        match outcome {
+            Outcome::Ok => self.ok += 1,
+            Outcome::Refused => self.refused += 1,
+            Outcome::Reset => self.reset += 1,
+            Outcome::Timeout => self.timeout += 1,
+            Outcome::Eof => self.eof += 1,
+            Outcome::BadStatus => self.bad_status += 1,
+            Outcome::Error => self.error += 1,
+        }
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        if answered {
+            self.latency.record(us);
+        }
+        let s = at.as_secs() as usize;
+        if self.seconds.len() <= s {
+            self.seconds.resize(s + 1, Second::default());
+        }
+        let sec = &mut self.seconds[s];
+        sec.requests += 1;
+        sec.failed += u64::from(outcome != Outcome::Ok);
+        if answered {
+            sec.max_us = sec.max_us.max(us);
+        }
+    }
+
+    pub fn merge(&mut self, o: &Stats) {
+        self.ok += o.ok;
+        self.refused += o.refused;
+        self.reset += o.reset;
+        self.timeout += o.timeout;
+        self.eof += o.eof;
+        self.bad_status += o.bad_status;
+        self.error += o.error;
+        self.retried += o.retried;
+        self.mixed += o.mixed;
+        self.flapping += o.flapping;
+        self.no_code_release += o.no_code_release;
+        self.no_content_release += o.no_content_release;
+        for (k, v) in &o.releases {
+            *self.releases.entry(k.clone()).or_insert(0) += v;
+        }
+        self.latency.merge(&o.latency);
+        if self.seconds.len() < o.seconds.len() {
+            self.seconds.resize(o.seconds.len(), Second::default());
+        }
+        for (a, b) in self.seconds.iter_mut().zip(&o.seconds) {
+            a.requests += b.requests;
+            a.failed += b.failed;
+            a.max_us = a.max_us.max(b.max_us);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_close() {
+        for us in [0u64, 1, 127, 128, 129, 1000, 12_345, 1_000_000, 123_456_789] {
+            let v = Histogram::value(Histogram::index(us));
+            assert!(v >= us, "{us} -> {v}");
+            assert!((v - us) as f64 <= us as f64 / 64.0 + 1.0, "{us} -> {v}");
+        }
+        let mut h = Histogram::new();
+        for us in 1..=1000 {
+            h.record(us);
+        }
+        assert!((500..=508).contains(&h.quantile(0.5)));
+        assert!((990..=1000).contains(&h.quantile(0.99)));
+        assert_eq!(h.quantile(1.0), 1000);
+    }
+}
