@@ -20,6 +20,9 @@
 //!   --serve-delay MS  wait MS milliseconds before answering each connection
 //!   --start-log PATH  append "PID GEN WORKER" to PATH at start
 //!   --conf PATH       read more options (whitespace-separated) from PATH if it exists
+//!   --stamp PATH      append "start PID NS" at start and "exit PID NS" before an
+//!                     --exit / --exit-after exit (NS: wall clock, for benchmarks)
+//!   --exit-after MS   stay alive MS milliseconds (not accepting), then exit 0
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -43,6 +46,8 @@ struct Opts {
     crash_after: Option<u64>,
     serve_delay: u64,
     start_log: Option<String>,
+    stamp: Option<String>,
+    exit_after: Option<u64>,
 }
 
 fn parse(args: Vec<String>, o: &mut Opts) {
@@ -62,6 +67,8 @@ fn parse(args: Vec<String>, o: &mut Opts) {
             "--crash-after" => o.crash_after = Some(num(&val())),
             "--serve-delay" => o.serve_delay = num(&val()),
             "--start-log" => o.start_log = Some(val()),
+            "--stamp" => o.stamp = Some(val()),
+            "--exit-after" => o.exit_after = Some(num(&val())),
             "--conf" => {
                 let path = val();
                 if let Ok(text) = std::fs::read_to_string(&path) {
@@ -113,9 +120,32 @@ fn wait(fd: i32, ms: i64) -> bool {
     n > 0
 }
 
+/// Append "WHAT PID NS" to the --stamp file.
+fn stamp(o: &Opts, what: &str) {
+    if let Some(path) = &o.stamp {
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{what} {} {ns}", std::process::id());
+        }
+    }
+}
+
 fn main() {
     let mut o = Opts::default();
     parse(std::env::args().skip(1).collect(), &mut o);
+    stamp(&o, "start");
+    if let Some(ms) = o.exit_after {
+        std::thread::sleep(Duration::from_millis(ms));
+        stamp(&o, "exit");
+        std::process::exit(0);
+    }
     if let Some(path) = &o.start_log {
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
@@ -132,6 +162,7 @@ fn main() {
         }
     }
     if let Some(code) = o.exit {
+        stamp(&o, "exit");
         std::process::exit(code);
     }
     // Stop signals: caught, and blocked except while waiting.
