@@ -478,6 +478,22 @@ fn systemd_form_hands_the_socket_on_fd3() {
     let t = start(tcplisten(&with_probe(&["-s", "-1", "127.0.0.1", "0"], "3")));
     t.port();
     assert_eq!(t.probe()["env.LISTEN_FDNAMES"], "tcplisten");
+
+    // An inherited descriptor 3 is replaced, with a warning.
+    let mut c = tcplisten(&["-s", "127.0.0.1", "0", "sh", "-c", "ls -l /proc/self/fd/3"]);
+    unsafe {
+        c.pre_exec(|| {
+            libc::dup2(2, 3);
+            Ok(())
+        });
+    }
+    let (code, out, err) = run(c, T);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("socket:"), "{out}");
+    assert!(
+        err.starts_with("tcplisten: warning: descriptor 3 was open"),
+        "{err}"
+    );
 }
 
 const WSGI_APP: &str = r#"

@@ -63,6 +63,8 @@ fn main() {
     let mut systemd = false;
     let mut fdname: Option<String> = None;
 
+    // Before tcplisten opens anything: is descriptor 3 someone else's (-s replaces it)?
+    let fd3_inherited = unixtool::fd_is_open(3);
     let mut parser = lexopt::Parser::from_env();
     let mut args = Vec::new();
     while let Some(arg) = parser.next().unwrap_or_else(|e| TOOL.bad_arg(e)) {
@@ -147,7 +149,10 @@ fn main() {
     {
         fail(EXIT_TEMPORARY, &"listen", e);
     }
-    let fl = OFlag::from_bits_truncate(fcntl(sock.as_raw_fd(), FcntlArg::F_GETFL).unwrap_or(0));
+    let fl = match fcntl(sock.as_raw_fd(), FcntlArg::F_GETFL) {
+        Ok(fl) => OFlag::from_bits_truncate(fl),
+        Err(e) => fatal_after_bind(socket_file, EXIT_TEMPORARY, "read the socket's flags", e),
+    };
     let fl = if nonblock {
         fl | OFlag::O_NONBLOCK
     } else {
@@ -213,6 +218,11 @@ fn main() {
         (Address::Inet(_), None) => {}
     }
     let target = if systemd {
+        if fd3_inherited {
+            TOOL.warn(
+                "descriptor 3 was open when tcplisten started; -s replaces it with the socket",
+            );
+        }
         std::env::set_var("LISTEN_FDS", "1");
         std::env::set_var("LISTEN_PID", std::process::id().to_string());
         std::env::set_var("LISTEN_FDNAMES", fdname.as_deref().unwrap_or("tcplisten"));
