@@ -87,8 +87,7 @@ pub fn serve_connection(site: &Site, fd: RawFd, buf: &mut Vec<u8>) {
         // the backlog of a one-connection-at-a-time worker).
         let others_waiting =
             keep_alive && !resp.close && sys::poll_in(site.listener, 0).unwrap_or(false);
-        let we_close = resp.close || sys::stopping() || others_waiting;
-        resp.close = we_close || !keep_alive;
+        resp.close = resp.close || sys::stopping() || others_waiting || !keep_alive;
         // Drop the body of the request (a GET may carry one) before answering.
         let body_ok = resp.close || skip_body(site, fd, buf, head_len, body_len);
         let sent = send(site, fd, &resp, head_only, minor, log.as_deref()).is_ok();
@@ -97,9 +96,9 @@ pub fn serve_connection(site: &Site, fd: RawFd, buf: &mut Vec<u8>) {
             return finish(fd, true);
         }
         if resp.close {
-            // A close the client asked for needs no lingering; one we chose does,
-            // in case the client already sent more.
-            return finish(fd, we_close);
+            // The response said `Connection: close`, so the client sends no more;
+            // finish() still lingers if it already had (a pipelining client).
+            return finish(fd, resp.status >= 400);
         }
         let consumed = (head_len + body_len).min(buf.len());
         buf.drain(..consumed);
