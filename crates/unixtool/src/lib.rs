@@ -114,8 +114,11 @@ pub fn strerror(err: Errno) -> &'static str {
     err.desc()
 }
 
-/// execvp `argv`; returns only on failure, with the errno.
+/// execvp `argv`; returns only on failure, with the errno. SIGPIPE, which the
+/// Rust runtime ignores (and an ignored disposition survives exec), is put back
+/// to its default first, so prog starts as it would from a shell.
 pub fn exec_errno(argv: &[OsString]) -> Errno {
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let Some(prog) = argv.first() else {
         return Errno::ENOENT;
     };
