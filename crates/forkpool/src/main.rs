@@ -1,0 +1,200 @@
+//! forkpool: keep N copies of prog running, all inheriting descriptor 0, and
+//! replace them on HUP without ever serving with fewer ready workers than
+//! asked for. See README.md.
+//!
+//! main.rs parses the options, sets up the signals and the notification
+//! socket, resolves the pinned release, then runs the loop: wait for a signal,
+//! a readiness message or the next deadline; hand it to the pool (pool.rs);
+//! write the status file. The pool decides what to start, what to retire.
+
+mod pool;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lexopt::prelude::*;
+use nix::sys::signal::Signal;
+use unixtool::readiness::{self, NotifySocket};
+use unixtool::signals::{parse_signal, poll_readable, SignalPipe};
+use unixtool::{Tool, EXIT_TEMPORARY};
+
+use pool::{Config, Mode, Pool};
+
+const TOOL: Tool = Tool {
+    name: "forkpool",
+    usage: "forkpool [-v] [-n workers] [-s sig] [-k ms] [-d fd | --notify] [-a ms] [-t ms] [-p symlink] [-S statusfile] [-m rolling|all-at-once] [-b ms] prog...",
+    help: "
+  -n, --workers N           keep N workers running (default 4)
+  -s, --stop-signal SIG     the signal that tells a worker to finish and exit
+                            (default TERM; HUP, INT, QUIT, USR1, USR2 or a number)
+  -k, --drain MS            a stopped worker still alive after MS ms gets KILL (default 10000)
+  -d, --notification-fd FD  a worker is ready when it writes a newline to FD (>= 3)
+      --notify              a worker is ready when it sends READY=1 to $NOTIFY_SOCKET
+  -a, --ready-after MS      a worker is ready once alive MS ms (default 1000 when
+                            neither -d nor --notify is given)
+  -t, --ready-timeout MS    a worker must be ready within MS ms (default 30000)
+  -p, --pin SYMLINK         resolve SYMLINK at start and at each HUP; each generation
+                            runs in the directory it resolved to
+  -S, --status FILE         keep FILE up to date with the pool's state (key=value)
+  -m, --mode MODE           rolling (default): retire one old worker per new ready one;
+                            all-at-once: retire the old generation when the new one is ready
+  -b, --backoff-max MS      let the wait after failures in a row double up to MS ms
+                            (default 1000: one second, as runsv)
+  -v, --verbose             one info line per transition
+  -h, --help                this text
+  -V, --version             the version
+",
+};
+
+/// Signals forkpool handles; those not named in pool.rs are forwarded to every worker.
+const CAUGHT: [Signal; 11] = [
+    Signal::SIGCHLD,
+    Signal::SIGHUP,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGALRM,
+];
+
+fn main() {
+    let mut workers = 4usize;
+    let mut stop_signal = Signal::SIGTERM;
+    let mut drain = Duration::from_secs(10);
+    let mut ready = readiness::Options::default();
+    let mut pin: Option<PathBuf> = None;
+    let mut status: Option<PathBuf> = None;
+    let mut mode = Mode::Rolling;
+    let mut backoff_max = Duration::from_secs(1);
+    let mut verbose = false;
+
+    let mut parser = lexopt::Parser::from_env();
+    let prog: Vec<OsString> = loop {
+        let arg = match parser.next() {
+            Ok(Some(arg)) => arg,
+            Ok(None) => break Vec::new(),
+            Err(e) => TOOL.bad_arg(e),
+        };
+        match arg {
+            Short(c) if readiness::Options::SHORT.contains(&c) => {
+                ready.take(&format!("-{c}"), &mut parser, &TOOL)
+            }
+            Long(l) if readiness::Options::LONG.contains(&l) => {
+                let opt = format!("--{l}");
+                ready.take(&opt, &mut parser, &TOOL)
+            }
+            Short('n') | Long("workers") => {
+                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                workers = TOOL.number("-n", &v, 1, 10_000);
+            }
+            Short('s') | Long("stop-signal") => {
+                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                stop_signal = match v.to_str().and_then(parse_signal) {
+                    Some(s) if s != Signal::SIGKILL && s != Signal::SIGSTOP => s,
+                    _ => TOOL.usage(format_args!(
+                        "-s wants a signal name such as TERM, not {:?}",
+                        v.to_string_lossy()
+                    )),
+                };
+            }
+            Short('k') | Long("drain") => {
+                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                drain = Duration::from_millis(TOOL.number("-k", &v, 0, 86_400_000));
+            }
+            Short('p') | Long("pin") => {
+                pin = Some(parser.value().unwrap_or_else(|e| TOOL.bad_arg(e)).into())
+            }
+            Short('S') | Long("status") => {
+                status = Some(parser.value().unwrap_or_else(|e| TOOL.bad_arg(e)).into())
+            }
+            Short('m') | Long("mode") => {
+                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                mode = match v.to_str() {
+                    Some("rolling") => Mode::Rolling,
+                    Some("all-at-once") => Mode::AllAtOnce,
+                    _ => TOOL.usage(format_args!(
+                        "-m wants rolling or all-at-once, not {:?}",
+                        v.to_string_lossy()
+                    )),
+                };
+            }
+            Short('b') | Long("backoff-max") => {
+                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                backoff_max = Duration::from_millis(TOOL.number("-b", &v, 1000, 86_400_000));
+            }
+            Short('v') | Long("verbose") => verbose = true,
+            Short('h') | Long("help") => TOOL.print_help(),
+            Short('V') | Long("version") => TOOL.print_version(),
+            Value(first) => break unixtool::rest_of_args(first, &mut parser),
+            other => TOOL.bad_arg(other.unexpected()),
+        }
+    };
+    if prog.is_empty() {
+        TOOL.usage("missing prog");
+    }
+    if ready.fd.is_some() && ready.notify {
+        TOOL.usage("-d and --notify exclude each other");
+    }
+    if !ready.told() && ready.alive.is_none() {
+        ready.alive = Some(Duration::from_secs(1));
+    }
+    let deadline = *ready.deadline.get_or_insert(Duration::from_secs(30));
+    if ready.alive.is_some_and(|a| a >= deadline) {
+        TOOL.usage("-a must be shorter than -t");
+    }
+
+    let sigs = SignalPipe::install(&CAUGHT)
+        .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
+    let notify = ready.notify.then(|| {
+        NotifySocket::new(TOOL.name).unwrap_or_else(|e| {
+            TOOL.fatal_errno(EXIT_TEMPORARY, "create the notification socket", e)
+        })
+    });
+    let release = pin.as_ref().map(|p| {
+        pool::resolve(p).unwrap_or_else(|e| {
+            TOOL.fatal(
+                EXIT_TEMPORARY,
+                format_args!("unable to resolve {}: {e}", p.display()),
+            )
+        })
+    });
+
+    let cfg = Config {
+        prog,
+        stop_signal,
+        drain,
+        ready,
+        pin,
+        status,
+        mode,
+        backoff_max,
+        verbose,
+    };
+    let mut pool = Pool::new(cfg, notify, release, workers);
+
+    loop {
+        pool.step(Instant::now());
+        if pool.finished() {
+            pool.write_status();
+            std::process::exit(0);
+        }
+        pool.write_status();
+        let mut fds = vec![sigs.raw_fd()];
+        fds.extend(pool.poll_fds());
+        let timeout = pool
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        poll_readable(&fds, timeout);
+        let now = Instant::now();
+        pool.check_readiness(now);
+        for sig in sigs.drain() {
+            pool.signal(sig, now);
+        }
+        pool.reap(now);
+    }
+}
