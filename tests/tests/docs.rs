@@ -1,0 +1,177 @@
+//! The documentation stays true to the binaries: every tool answers --help and
+//! --version, every option its --help names is on its page, the page has the
+//! sections every page has, the man page generated from the page carries the
+//! options, and scripts/install puts binaries and man pages in a prefix (and
+//! --uninstall takes them away); a binary copied alone runs with an empty
+//! environment and needs nothing but the C library.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use integration_tests::{bin, run, TempDir};
+
+const TOOLS: &[(&str, &str)] = &[
+    ("setlock", "crates/setlock/README.md"),
+    ("atomic-symlink", "crates/atomic-symlink/README.md"),
+    ("tcplisten", "crates/tcplisten/README.md"),
+    ("loop-forever", "crates/loop-forever/README.md"),
+    ("forkpool", "crates/forkpool/README.md"),
+    ("uptime-probe", "crates/uptime-probe/README.md"),
+    ("app", "demo/app/README.md"),
+];
+
+/// Run `tool arg`: (exit code, stdout, stderr).
+fn run_tool(tool: &str, arg: &str) -> (i32, String, String) {
+    let mut c = Command::new(bin(tool));
+    c.arg(arg);
+    run(c, Duration::from_secs(10))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo")
+        .to_path_buf()
+}
+
+/// The options a --help text names: `-x` and `--long` at the start of its lines.
+fn options_in_help(help: &str) -> Vec<String> {
+    let mut opts = Vec::new();
+    for line in help.lines() {
+        let l = line.trim_start();
+        if !l.starts_with('-') {
+            continue;
+        }
+        for word in l
+            .split([' ', ','])
+            .take_while(|w| w.starts_with('-') || w.is_empty())
+        {
+            if word.len() >= 2 {
+                opts.push(word.to_string());
+            }
+        }
+    }
+    opts
+}
+
+#[test]
+fn help_version_and_page_agree() {
+    for (tool, page) in TOOLS {
+        let (code, help, err) = run_tool(tool, "--help");
+        assert_eq!(code, 0, "{tool} --help: {err}");
+        assert!(
+            help.starts_with(&format!("usage: {tool}")),
+            "{tool} --help starts with its synopsis:\n{help}"
+        );
+        let (code, version, _) = run_tool(tool, "-V");
+        assert_eq!(code, 0);
+        assert!(
+            version.starts_with(&format!("{tool} ")),
+            "{tool} -V: {version}"
+        );
+
+        let text =
+            std::fs::read_to_string(repo().join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        let opts = options_in_help(&help);
+        assert!(opts.len() >= 2, "{tool}: no options found in --help");
+        for opt in &opts {
+            assert!(
+                text.contains(opt.as_str()),
+                "{tool}: option {opt} of --help is not on {page}"
+            );
+        }
+        let lower = text.to_lowercase();
+        for section in [
+            "## interface",
+            "## options",
+            "## exit codes",
+            "## environment",
+            "## signals",
+            "## notes",
+        ] {
+            assert!(lower.contains(section), "{page} has no '{section}' section");
+        }
+    }
+}
+
+#[test]
+fn man_pages_are_generated_from_the_pages() {
+    for (tool, page) in TOOLS {
+        let mut c = Command::new(repo().join("scripts/mkman"));
+        c.arg(repo().join(page)).arg(tool);
+        let (code, roff, err) = run(c, Duration::from_secs(20));
+        assert_eq!(code, 0, "mkman {page}: {err}");
+        assert!(
+            roff.starts_with(&format!(".TH {}", tool.to_uppercase())),
+            "{tool}: {roff:.80}"
+        );
+        assert!(
+            roff.contains(".SH NAME")
+                && roff.contains(".SH OPTIONS")
+                && roff.contains(".SH EXIT CODES")
+        );
+        let (_, help, _) = run_tool(tool, "--help");
+        for opt in options_in_help(&help)
+            .iter()
+            .filter(|o| o.starts_with("--"))
+        {
+            let escaped = opt.replace('-', "\\-");
+            assert!(roff.contains(&escaped), "{tool}: man page lacks {opt}");
+        }
+    }
+}
+
+#[test]
+fn install_and_uninstall_into_a_prefix() {
+    let prefix = TempDir::new("install");
+    let bindir = bin("setlock").parent().expect("bin dir").to_path_buf();
+    let mut c = Command::new(repo().join("scripts/install"));
+    c.arg(prefix.path()).env("BIN", &bindir);
+    let (code, _, err) = run(c, Duration::from_secs(60));
+    assert_eq!(code, 0, "install: {err}");
+    for tool in [
+        "setlock",
+        "atomic-symlink",
+        "tcplisten",
+        "loop-forever",
+        "forkpool",
+        "uptime-probe",
+    ] {
+        let b = prefix.join("bin").join(tool);
+        assert!(b.is_file(), "{} not installed", b.display());
+        assert!(
+            prefix.join(format!("share/man/man1/{tool}.1")).is_file(),
+            "{tool}.1 not installed"
+        );
+        // a binary alone, with an empty environment, runs
+        let mut c = Command::new(&b);
+        c.arg("--version").env_clear();
+        let (code, out, err) = run(c, Duration::from_secs(10));
+        assert_eq!(code, 0, "{tool} --version with no environment: {err}");
+        assert!(out.starts_with(tool));
+        // it needs nothing but the C library (and the C runtime's own helpers)
+        if integration_tests::have("readelf") {
+            let mut c = Command::new("readelf");
+            c.arg("-d").arg(&b);
+            let (_, dynamic, _) = run(c, Duration::from_secs(10));
+            for line in dynamic.lines().filter(|l| l.contains("(NEEDED)")) {
+                let ok = ["libc.so", "libgcc_s.so", "libm.so", "ld-linux"]
+                    .iter()
+                    .any(|l| line.contains(l));
+                assert!(ok, "{tool} needs more than libc: {line}");
+            }
+        }
+    }
+    let mut c = Command::new(repo().join("scripts/install"));
+    c.arg("--uninstall").arg(prefix.path());
+    let (code, _, err) = run(c, Duration::from_secs(30));
+    assert_eq!(code, 0, "uninstall: {err}");
+    for tool in ["setlock", "forkpool"] {
+        assert!(
+            !prefix.join("bin").join(tool).exists(),
+            "{tool} still installed after --uninstall"
+        );
+        assert!(!prefix.join(format!("share/man/man1/{tool}.1")).exists());
+    }
+}
