@@ -390,6 +390,16 @@ fn usage_errors_exit_100() {
     assert_eq!(link_of(&d.join("current")), "-odd");
     assert_eq!(go(d.path(), &["-h"]).0, 0);
     assert_eq!(go(d.path(), &["-V"]).0, 0);
+    // The longest name a directory takes: the temporary's name still fits.
+    let long = "x".repeat(255);
+    assert_eq!(
+        go(d.path(), &["-odd", &long]).0,
+        100,
+        "options end at the first non-option only"
+    );
+    let (code, _, err) = go(d.path(), &["--", "a", &long]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(link_of(&d.join(&long)), "a");
 }
 
 #[test]

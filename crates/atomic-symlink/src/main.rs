@@ -69,7 +69,11 @@ fn main() {
     // The directory that holds linkname: every step below is relative to it.
     let dir_name = dir.to_string_lossy();
     let dirfd = match unixtool::retry_eintr(|| {
-        open(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        open(
+            dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
     }) {
         Ok(fd) => fd,
         Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("open directory {dir_name}"), e),
@@ -80,7 +84,9 @@ fn main() {
     if if_absent {
         match symlinkat(target.as_os_str(), Some(dirfd), base) {
             Ok(()) => {}
-            Err(Errno::EEXIST) => TOOL.fatal(EXIT_EXISTS, format_args!("{link} exists: left unchanged")),
+            Err(Errno::EEXIST) => {
+                TOOL.fatal(EXIT_EXISTS, format_args!("{link} exists: left unchanged"))
+            }
             Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("create {link}"), e),
         }
         sync_dir(dirfd, &dir_name);
@@ -99,11 +105,15 @@ fn main() {
         Some(_) if force => {}
         Some(SFlag::S_IFDIR) => TOOL.fatal(
             EXIT_USAGE,
-            format_args!("refusing to replace {link}: it is a directory, not a symlink (-f moves it aside)"),
+            format_args!(
+                "refusing to replace {link}: it is a directory, not a symlink (-f moves it aside)"
+            ),
         ),
         Some(_) => TOOL.fatal(
             EXIT_USAGE,
-            format_args!("refusing to replace {link}: it is a file, not a symlink (-f replaces it)"),
+            format_args!(
+                "refusing to replace {link}: it is a file, not a symlink (-f replaces it)"
+            ),
         ),
     }
     let previous = match kind {
@@ -120,20 +130,38 @@ fn main() {
     // ...renamed over linkname in one step (or, for a real directory under -f,
     // exchanged with it; the directory then moves to `<linkname>.replaced-<pid>`).
     let switched = if is_dir {
-        renameat2(Some(dirfd), temp.as_os_str(), Some(dirfd), base, RenameFlags::RENAME_EXCHANGE)
+        renameat2(
+            Some(dirfd),
+            temp.as_os_str(),
+            Some(dirfd),
+            base,
+            RenameFlags::RENAME_EXCHANGE,
+        )
     } else {
         renameat(Some(dirfd), temp.as_os_str(), Some(dirfd), base)
     };
     if let Err(e) = switched {
         let _ = unlinkat(Some(dirfd), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-        TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("rename a new symlink over {link}"), e);
+        TOOL.fatal_errno(
+            EXIT_TEMPORARY,
+            format_args!("rename a new symlink over {link}"),
+            e,
+        );
     }
     if is_dir {
         let mut aside = base.to_os_string();
         aside.push(format!(".replaced-{}", std::process::id()));
         let aside_name = aside.to_string_lossy();
-        match renameat2(Some(dirfd), temp.as_os_str(), Some(dirfd), aside.as_os_str(), RenameFlags::RENAME_NOREPLACE) {
-            Ok(()) => TOOL.info(format_args!("the directory {link} was moved aside to {aside_name}")),
+        match renameat2(
+            Some(dirfd),
+            temp.as_os_str(),
+            Some(dirfd),
+            aside.as_os_str(),
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => TOOL.info(format_args!(
+                "the directory {link} was moved aside to {aside_name}"
+            )),
             Err(e) => TOOL.warn(format_args!(
                 "the directory {link} was left as {}: unable to rename it to {aside_name}: {}",
                 temp.to_string_lossy(),
@@ -146,7 +174,11 @@ fn main() {
         line.push(b'\n');
         if let Err(e) = std::io::stdout().write_all(&line) {
             let e = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-            TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("print the previous target of {link}"), e);
+            TOOL.fatal_errno(
+                EXIT_TEMPORARY,
+                format_args!("print the previous target of {link}"),
+                e,
+            );
         }
     }
     sync_dir(dirfd, &dir_name);
@@ -174,13 +206,22 @@ fn split_linkname(linkname: &OsStr) -> (&OsStr, &OsStr) {
 fn make_temporary(dirfd: RawFd, target: &OsStr, base: &OsStr, dir_name: &str) -> OsString {
     let mut attempt = 0;
     loop {
+        // At most 200 bytes of linkname, so that the name fits NAME_MAX (255).
         let mut temp = OsString::from(".");
-        temp.push(base);
-        temp.push(format!(".{TEMP_TAG}.{}.{:016x}", std::process::id(), random64()));
+        temp.push(OsStr::from_bytes(&base.as_bytes()[..base.len().min(200)]));
+        temp.push(format!(
+            ".{TEMP_TAG}.{}.{:016x}",
+            std::process::id(),
+            random64()
+        ));
         match symlinkat(target, Some(dirfd), temp.as_os_str()) {
             Ok(()) => return temp,
             Err(Errno::EEXIST) if attempt < 10 => attempt += 1,
-            Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("create a symlink in {dir_name}"), e),
+            Err(e) => TOOL.fatal_errno(
+                EXIT_TEMPORARY,
+                format_args!("create a symlink in {dir_name}"),
+                e,
+            ),
         }
     }
 }
@@ -191,24 +232,35 @@ fn random64() -> u64 {
     if n == buf.len() as isize {
         return u64::from_ne_bytes(buf);
     }
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     (t as u64) ^ ((std::process::id() as u64) << 32)
 }
 
 /// Remove the temporaries a run killed between symlink(2) and rename(2) left
 /// in this directory: symlinks named by the pattern whose pid no longer lives.
 fn remove_stale_temporaries(dir: &OsStr) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = temporary_pid(name.as_bytes()) else { continue };
-        let dead = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH);
+        let Some(pid) = temporary_pid(name.as_bytes()) else {
+            continue;
+        };
+        let dead = pid > 0
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH);
         let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
         if dead && is_link {
             let path = entry.path();
             if let Err(e) = std::fs::remove_file(&path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
-                    TOOL.warn(format_args!("unable to remove stale temporary {}: {e}", path.display()));
+                    TOOL.warn(format_args!(
+                        "unable to remove stale temporary {}: {e}",
+                        path.display()
+                    ));
                 }
             }
         }
@@ -223,7 +275,10 @@ fn temporary_pid(name: &[u8]) -> Option<i32> {
     let pid = parts.next()?;
     let head = parts.next()?;
     let base = head.strip_suffix(format!(".{TEMP_TAG}").as_bytes())?;
-    let is_hex = hex.len() == 16 && hex.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let is_hex = hex.len() == 16
+        && hex
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
     if base.is_empty() || !is_hex {
         return None;
     }
