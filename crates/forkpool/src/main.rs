@@ -8,6 +8,7 @@
 //! write the status file. The pool decides what to start, what to retire.
 
 mod pool;
+mod upstream;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -148,6 +149,9 @@ fn main() {
         TOOL.usage("-a must be shorter than -t");
     }
 
+    // forkpool's own supervisor (systemd Type=notify): taken out of the
+    // environment before any worker starts.
+    let mut upstream = upstream::Upstream::from_env();
     let sigs = SignalPipe::install(&CAUGHT)
         .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
     let notify = ready.notify.then(|| {
@@ -179,6 +183,9 @@ fn main() {
 
     loop {
         pool.step(Instant::now());
+        if let Some(u) = upstream.as_mut() {
+            u.update(&pool.summary());
+        }
         if pool.finished() {
             pool.write_status();
             std::process::exit(0);

@@ -51,6 +51,19 @@ impl Mode {
     }
 }
 
+/// What forkpool's own supervisor is told about (see upstream.rs).
+pub struct Summary {
+    pub newest: u64,
+    /// The serving generation, 0 while none was ever wholly ready.
+    pub serving: u64,
+    pub ready: usize,
+    /// The last reload failed (the serving generation stays).
+    pub failed: bool,
+    pub reason: String,
+    pub release: String,
+    pub stopping: bool,
+}
+
 pub struct Config {
     pub prog: Vec<OsString>,
     pub stop_signal: Signal,
@@ -655,6 +668,22 @@ impl Pool {
                 State::Starting => self.failed(i, now, format!("{what} before it was ready")),
             }
             self.workers.remove(i);
+        }
+    }
+
+    pub fn summary(&self) -> Summary {
+        let serving = self.serving.as_ref();
+        Summary {
+            newest: self.newest,
+            serving: serving.map(|g| g.id).unwrap_or(0),
+            ready: self.ready_count(),
+            failed: self.reload == Reload::Failed,
+            reason: self.reason.clone(),
+            release: serving
+                .and_then(|g| g.release.as_ref())
+                .map(|r| r.display().to_string())
+                .unwrap_or_default(),
+            stopping: self.stop != Stop::No,
         }
     }
 
