@@ -55,6 +55,8 @@ struct Running {
     pipe: Option<ReadinessPipe>,
     /// The last signal loop-forever forwarded to it (HUP: "restart with the new code").
     forwarded: Option<Signal>,
+    /// It was sent a HUP: whatever its end, the next start is at once.
+    hup: bool,
     /// It missed the readiness deadline and was told to stop.
     too_slow: bool,
     kill_at: Option<Instant>,
@@ -259,6 +261,7 @@ fn main() {
                 _ => match child.as_mut() {
                     Some(c) => {
                         c.forwarded = Some(sig);
+                        c.hup |= sig == Signal::SIGHUP;
                         child::signal(c.pid, sig);
                     }
                     None => info(format_args!(
@@ -311,7 +314,16 @@ fn main() {
             } else {
                 ""
             };
-            if failed {
+            if failed && c.hup {
+                // It failed, but it was told to restart with the new code: a HUP
+                // is never lost, even when it reaches a child already on its way out.
+                backoff.succeeded();
+                TOOL.warn(format_args!(
+                    "{name} {ended} after {}{before}; restarting now (HUP)",
+                    secs(ran)
+                ));
+                start_at = Some(now);
+            } else if failed {
                 let wait = backoff.failed(ran);
                 TOOL.warn(format_args!(
                     "{name} {ended} after {}{before}; restarting in {}",
@@ -362,6 +374,7 @@ fn start(
         ready: false,
         pipe,
         forwarded: None,
+        hup: false,
         too_slow: false,
         kill_at: None,
     })
