@@ -183,14 +183,14 @@ fn main() {
 
     loop {
         pool.step(Instant::now());
+        // The status file first: a supervisor told READY=1 may read it at once.
+        pool.write_status();
         if let Some(u) = upstream.as_mut() {
             u.update(&pool.summary());
         }
         if pool.finished() {
-            pool.write_status();
             std::process::exit(0);
         }
-        pool.write_status();
         let mut fds = vec![sigs.raw_fd()];
         fds.extend(pool.poll_fds());
         let timeout = pool
