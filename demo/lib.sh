@@ -4,29 +4,53 @@ BIN=${BIN:-$top/target/release}
 me=demo/$(basename "$0")
 t0=$(date +%s%N 2>/dev/null || echo 0)
 
-# A line with the time since the script started: `demo/deploy: [0.412s] switched current`.
+# A line with the time since the script started: `demo/deploy: [0.412s] switched current`,
+# on stderr and, once the state directory exists, in $STATE/logs/serve.log or deploy.log.
 say() {
     now=$(date +%s%N 2>/dev/null || echo 0)
     ms=$(( (now - t0) / 1000000 ))
-    printf '%s: [%d.%03ds] %s\n' "$me" $((ms / 1000)) $((ms % 1000)) "$*" >&2
+    line=$(printf '%s: [%d.%03ds] %s' "$me" $((ms / 1000)) $((ms % 1000)) "$*")
+    printf '%s\n' "$line" >&2
+    if [ -d "$STATE/logs" ]; then
+        printf '%s %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$line" >>"$STATE/logs/${me#demo/}.log" 2>/dev/null || :
+    fi
 }
 
 die() {
     code=$1
     shift
     echo "$me: fatal: $*" >&2
+    if [ -d "$STATE/logs" ]; then
+        printf '%s %s: fatal: %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$me" "$*" >>"$STATE/logs/${me#demo/}.log" 2>/dev/null || :
+    fi
     exit "$code"
 }
 
+# The state directory as an absolute path without symlinks: it is compared with
+# the working directories of running workers and with the chain's environment,
+# so `STATE=x` and `STATE=./x` must name the same thing.
+canonical_state() {
+    STATE=$(cd -P "$STATE" && pwd) || die 111 "unable to enter the state directory $STATE"
+}
+
+# ensure_built [always]: the tools must be in $BIN. With the default BIN
+# (target/release) they are built when one is missing, or always with `always`
+# (cargo does nothing when they are fresh); a BIN given by the caller is only checked.
 ensure_built() {
+    missing=""
     for b in tcplisten forkpool loop-forever setlock atomic-symlink app; do
-        if [ ! -x "$BIN/$b" ]; then
-            [ "$BIN" = "$top/target/release" ] || die 111 "$BIN/$b is missing"
+        [ -x "$BIN/$b" ] || missing="$missing $b"
+    done
+    if [ "$BIN" = "$top/target/release" ] && { [ -n "$missing" ] || [ "${1:-}" = always ]; }; then
+        if command -v cargo >/dev/null 2>&1; then
             say "building the tools (cargo build --release)"
-            (cd "$top" && cargo build --release --workspace --quiet) || die 111 "unable to build the tools"
+            (cd "$top" && cargo build --release --workspace --quiet) || die 111 "unable to build the tools (cargo build --release)"
             return
         fi
-    done
+        [ -z "$missing" ] && return
+        die 111 "cargo is not installed and$missing is missing in $BIN"
+    fi
+    [ -z "$missing" ] || die 111 "missing in $BIN:$missing (cargo build --workspace?)"
 }
 
 # A fresh release id that sorts after every earlier one.
@@ -41,17 +65,17 @@ new_release_id() {
 build_release() {
     id=$1
     kind=${2:-good}
-    d="$STATE/releases/$id"
-    tmp="$STATE/releases/.building.$id"
-    rm -rf "$tmp"
-    mkdir -p "$tmp/bin" "$tmp/htdocs"
-    cp "$BIN/app" "$tmp/bin/app.real"
     case $kind in
         good) flags="" ;;
         broken) flags="--fail-start" ;;
         slow) flags="--slow-start 2000" ;;
         *) die 100 "unknown release kind $kind" ;;
     esac
+    d="$STATE/releases/$id"
+    tmp="$STATE/releases/.building.$id"
+    rm -rf "$tmp"
+    mkdir -p "$tmp/bin" "$tmp/htdocs" || die 111 "unable to create $tmp"
+    cp "$BIN/app" "$tmp/bin/app.real" || die 111 "unable to copy $BIN/app into $tmp"
     # bin/app is the release's code: the binary and the flags it runs with.
     printf '#!/bin/sh\nexec "$(dirname "$0")/app.real" %s "$@"\n' "$flags" >"$tmp/bin/app"
     chmod +x "$tmp/bin/app"
@@ -65,5 +89,5 @@ build_release() {
 this page names the content's. They always agree.</p>
 </body></html>
 HTML
-    mv "$tmp" "$d"
+    mv "$tmp" "$d" || die 111 "unable to move $tmp to $d"
 }

@@ -1,0 +1,636 @@
+//! The demo, run as a newcomer would: demo/serve on a free port, demo/deploy while
+//! uptime-probe hammers the site (with and without keep-alive, forkpool and
+//! loop-forever), a deploy that fails and rolls back, two deploys at once, hostile
+//! requests through the served chain, --rollback and pruning, and the refusals
+//! (stale pid file, a pid that is not the chain, serving twice).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::*;
+use nix::sys::signal::Signal;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// The repository (demo/serve, demo/deploy live there).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository")
+        .to_path_buf()
+}
+
+/// The directory of the built tools (BIN for the scripts).
+fn tools() -> PathBuf {
+    bin("forkpool").parent().expect("bin dir").to_path_buf()
+}
+
+/// A site: demo/serve in a process group of its own, its state in a TempDir.
+struct Site {
+    serve: Proc,
+    port: u16,
+    state: PathBuf,
+    dir: TempDir,
+}
+
+impl Site {
+    fn start(tag: &str, env: &[(&str, &str)]) -> Site {
+        let dir = TempDir::new(tag);
+        let state = dir.join("state");
+        let serve = Proc::spawn(serve_cmd(&dir, &state, env));
+        let mut site = Site {
+            serve,
+            port: 0,
+            state,
+            dir,
+        };
+        let portfile = site.state.join("port");
+        let ok = wait_until(LONG, || {
+            std::fs::read_to_string(&portfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<u16>().ok())
+                .map(|p| site.port = p)
+                .is_some()
+        });
+        assert!(ok, "demo/serve wrote no port: {}", site.log());
+        // ready: the site answers its release
+        let want = site.current();
+        assert!(
+            wait_until(LONG, || try_get(site.port, "/release")
+                .map(|r| r.body == format!("{want}\n"))
+                .unwrap_or(false)),
+            "the site did not answer /release: {}",
+            site.log()
+        );
+        site
+    }
+
+    /// demo/serve's stderr so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serve.err")).unwrap_or_default()
+    }
+
+    /// The release `current` points at.
+    fn current(&self) -> String {
+        let l = std::fs::read_link(self.state.join("current")).expect("current");
+        l.file_name().expect("name").to_string_lossy().into_owned()
+    }
+
+    /// The release directories (not the temporaries), sorted.
+    fn releases(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.state.join("releases"))
+            .expect("releases")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// demo/deploy ARGS with extra environment: (exit code, stderr, seconds).
+    fn deploy(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, f64) {
+        let t = Instant::now();
+        let (code, _out, err) = run(deploy_cmd(&self.state, args, env), Duration::from_secs(90));
+        (code, err, t.elapsed().as_secs_f64())
+    }
+
+    /// The worker lines of forkpool's status file (slot gen pid state).
+    fn workers(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state.join("status"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("worker=").map(str::to_string))
+            .collect()
+    }
+
+    /// Wait until no retired worker is left (each still holds its release).
+    fn wait_drained(&self) {
+        assert!(
+            wait_until(LONG, || {
+                let w = self.workers();
+                !w.is_empty() && w.iter().all(|l| l.ends_with(" ready"))
+            }),
+            "workers still stopping: {:?}",
+            self.workers()
+        );
+    }
+}
+
+fn serve_cmd(dir: &TempDir, state: &Path, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(repo().join("demo/serve"));
+    c.env("BIN", tools())
+        .env("STATE", state)
+        .env("PORT", "0")
+        .env("WORKERS", "2")
+        .env_remove("SERVE_MODE")
+        .env_remove("RELOAD_MODE")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("serve.err"))
+                .expect("log"),
+        );
+    c
+}
+
+fn deploy_cmd(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(repo().join("demo/deploy"));
+    c.args(args)
+        .env("BIN", tools())
+        .env("STATE", state)
+        .env_remove("KEEP")
+        .env_remove("DEADLINE")
+        .envs(env.iter().copied());
+    c
+}
+
+struct Resp {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Send raw bytes on a fresh connection and read until the server closes.
+fn raw(port: u16, req: &[u8]) -> Option<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(LONG)).ok()?;
+    s.write_all(req).ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some(Resp {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
+}
+
+fn try_get(port: u16, path: &str) -> Option<Resp> {
+    raw(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+fn get(port: u16, path: &str) -> Resp {
+    try_get(port, path).unwrap_or_else(|| panic!("no response to GET {path}"))
+}
+
+/// uptime-probe hammering the site until stopped; its stderr goes to a file so
+/// a test can wait until it has seen a release.
+struct Probe {
+    p: Proc,
+    err: PathBuf,
+}
+
+impl Probe {
+    fn start(site: &Site, keepalive: bool) -> Probe {
+        let err = site.dir.join(format!("probe-{keepalive}.err"));
+        let mut c = cmd("uptime-probe");
+        c.args(["--json", "-c", "8"]);
+        if !keepalive {
+            c.arg("--no-keepalive");
+        }
+        c.arg(format!("http://127.0.0.1:{}/", site.port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&err).expect("probe log"));
+        let probe = Probe {
+            p: Proc::spawn(c),
+            err,
+        };
+        probe.wait_seen(&site.current());
+        probe
+    }
+
+    /// Wait until the probe has had a response from `release`.
+    fn wait_seen(&self, release: &str) {
+        let line = format!("release {release} first seen");
+        assert!(
+            wait_until(LONG, || std::fs::read_to_string(&self.err)
+                .map(|s| s.contains(&line))
+                .unwrap_or(false)),
+            "the probe never saw {release}: {}",
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        );
+    }
+
+    /// Stop it with INT: (exit code, the JSON line).
+    fn stop(mut self) -> (i32, String) {
+        let out = self.p.stdout();
+        self.p.signal(Signal::SIGINT);
+        let json = read_all_timeout(out, LONG).expect("the probe's results");
+        let st = self
+            .p
+            .wait_timeout(LONG)
+            .expect("the probe exits after INT");
+        (st.code().unwrap_or(-1), json)
+    }
+}
+
+/// A number field of the probe's JSON.
+fn field(json: &str, key: &str) -> u64 {
+    let k = format!("\"{key}\":");
+    let at = json
+        .find(&k)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + k.len();
+    json[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {json}"))
+}
+
+/// The probe saw no failure, no mixed response, and checked every response.
+fn assert_clean(code: i32, json: &str, what: &str) {
+    eprintln!("{what}: {json}");
+    assert!(field(json, "requests") > 0, "{what}: no requests: {json}");
+    for k in ["failed", "mixed", "no_x_release", "no_data_release"] {
+        assert_eq!(field(json, k), 0, "{what}: {k}: {json}");
+    }
+    assert_eq!(field(json, "ok"), field(json, "requests"), "{what}: {json}");
+    assert_eq!(code, 0, "{what}: the probe's exit status: {json}");
+}
+
+fn releases_seen(json: &str) -> usize {
+    json.matches("{\"id\":").count()
+}
+
+/// 20 deploys while the probe hammers: every deploy exits 0, nothing failed,
+/// nothing mixed, and the probe saw the releases come.
+fn twenty_deploys(mode: &str, keepalive: bool) {
+    let site = Site::start(
+        &format!("demo-{mode}-{keepalive}"),
+        &[("SERVE_MODE", mode), ("WORKERS", "3")],
+    );
+    let probe = Probe::start(&site, keepalive);
+    let mut times = Vec::new();
+    let mut last = String::new();
+    for i in 0..20 {
+        let (code, err, secs) = site.deploy(&[], &[]);
+        assert_eq!(code, 0, "deploy {i}: {err}\nserve: {}", site.log());
+        times.push(secs);
+        last = site.current();
+        assert_eq!(get(site.port, "/release").body, format!("{last}\n"));
+    }
+    probe.wait_seen(&last);
+    let (code, json) = probe.stop();
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "{mode} keepalive={keepalive}: deploys min {:.3}s median {:.3}s max {:.3}s; flapping {}",
+        times[0],
+        times[10],
+        times[19],
+        field(&json, "flapping")
+    );
+    assert_clean(code, &json, &format!("{mode} keepalive={keepalive}"));
+    // the first release and (nearly) every deployed one answered the probe
+    assert!(
+        releases_seen(&json) >= 20,
+        "the probe saw {} releases of 21: {json}",
+        releases_seen(&json)
+    );
+    // the pool is whole and on the last release
+    if mode == "forkpool" {
+        let status = std::fs::read_to_string(site.state.join("status")).unwrap_or_default();
+        assert!(status.contains("ready=3\n"), "{status}");
+        assert!(status.contains(&format!(
+            "release={}\n",
+            site.state.join("releases").join(&last).display()
+        )));
+    }
+}
+
+#[test]
+fn forkpool_twenty_deploys_keepalive() {
+    twenty_deploys("forkpool", true);
+}
+
+#[test]
+fn forkpool_twenty_deploys_no_keepalive() {
+    twenty_deploys("forkpool", false);
+}
+
+#[test]
+fn loop_twenty_deploys_keepalive() {
+    twenty_deploys("loop", true);
+}
+
+#[test]
+fn loop_twenty_deploys_no_keepalive() {
+    twenty_deploys("loop", false);
+}
+
+/// A release that fails to start: deploy exits 1, `current` is back on the old
+/// release, the old release answered throughout, nothing failed. A slow one
+/// (2 s to be ready) deploys fine, with nothing failed either.
+#[test]
+fn a_broken_deploy_rolls_back_and_a_slow_one_deploys() {
+    for mode in ["forkpool", "loop"] {
+        let site = Site::start(&format!("demo-broken-{mode}"), &[("SERVE_MODE", mode)]);
+        let old = site.current();
+        let probe = Probe::start(&site, true);
+        let (code, err, _) = site.deploy(&["--broken"], &[]);
+        assert_eq!(code, 1, "{mode}: {err}");
+        assert!(err.contains("failed"), "{mode}: {err}");
+        assert_eq!(site.current(), old, "{mode}: current is back: {err}");
+        assert_eq!(get(site.port, "/release").body, format!("{old}\n"));
+        if mode == "forkpool" {
+            // forkpool tried it and gave up; the deploy switched back
+            assert!(err.contains("reload to generation 2 failed"), "{err}");
+            assert!(err.contains("switched current back"), "{err}");
+        } else {
+            // under loop-forever it is caught before the switch
+            assert!(err.contains("before the switch"), "{err}");
+        }
+        // the broken release is gone (nothing uses it)
+        assert_eq!(site.releases(), vec![old.clone()], "{mode}: {err}");
+        let (code, json) = probe.stop();
+        assert_clean(code, &json, &format!("broken deploy, {mode}"));
+        assert_eq!(
+            releases_seen(&json),
+            1,
+            "only the old release answered: {json}"
+        );
+
+        let probe = Probe::start(&site, false);
+        let (code, err, secs) = site.deploy(&["--slow"], &[]);
+        assert_eq!(code, 0, "{mode}: {err}");
+        eprintln!("{mode}: slow deploy took {secs:.3}s");
+        let new = site.current();
+        assert_ne!(new, old);
+        probe.wait_seen(&new);
+        let (code, json) = probe.stop();
+        assert_clean(code, &json, &format!("slow deploy, {mode}"));
+    }
+}
+
+/// Two deploys at once: the second fails at once with 75 and says why; the
+/// first completes; current is what the site answers.
+#[test]
+fn two_concurrent_deploys() {
+    let site = Site::start("demo-concurrent", &[]);
+    let first = site.current();
+    let mut c = deploy_cmd(&site.state, &["--slow"], &[]);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(site.dir.join("a.err")).expect("a.err"));
+    let mut a = Proc::spawn(c);
+    let running = site.state.join("deploy.running");
+    assert!(
+        wait_until(LONG, || std::fs::metadata(&running)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)),
+        "the first deploy never ran"
+    );
+    let (code, err, _) = site.deploy(&[], &[]);
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains("another deploy is running"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert!(
+        a.child.try_wait().expect("wait").is_none(),
+        "the second deploy did not fail at once"
+    );
+    let (code, err, _) = site.deploy(&["--rollback"], &[]);
+    assert_eq!(code, 75, "a rollback waits its turn too: {err}");
+    let st = a
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the first deploy ends");
+    let aerr = std::fs::read_to_string(site.dir.join("a.err")).unwrap_or_default();
+    assert_eq!(st.code(), Some(0), "{aerr}");
+    let now = site.current();
+    assert_ne!(now, first);
+    assert_eq!(get(site.port, "/release").body, format!("{now}\n"));
+    // one release was built, not two
+    assert_eq!(site.releases().len(), 2, "{:?}", site.releases());
+    assert!(!running.exists(), "deploy.running is removed at the end");
+}
+
+/// Hostile requests through tcplisten + forkpool + the app: the right status,
+/// and the workers keep serving; a silent client is timed out and does not
+/// stall a deploy.
+#[test]
+fn hostile_requests_through_the_chain() {
+    let site = Site::start("demo-hostile", &[]);
+    let rel = site.current();
+    let htdocs = site.state.join("releases").join(&rel).join("htdocs");
+    std::os::unix::fs::symlink("../RELEASE", htdocs.join("leak")).expect("symlink");
+    std::os::unix::fs::symlink("/etc/hostname", htdocs.join("host")).expect("symlink");
+    for (path, want) in [
+        ("/../RELEASE", 400),
+        ("/%2e%2e/RELEASE", 400),
+        ("/%2e%2e%2fRELEASE", 400),
+        ("/leak", 404),
+        ("/host", 404),
+        ("/nothing-here", 404),
+    ] {
+        let r = get(site.port, path);
+        assert_eq!(r.status, want, "{path}");
+        assert!(!r.body.contains(&rel), "{path} escaped htdocs: {}", r.body);
+        assert_eq!(r.header("x-release"), Some(rel.clone()), "{path}");
+    }
+    for (req, want) in [
+        (&b"BLAH\r\n\r\n"[..], 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+            405,
+        ),
+    ] {
+        let r = raw(site.port, req).expect("a response");
+        assert_eq!(r.status, want, "{}", String::from_utf8_lossy(req));
+    }
+    let long = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(5000));
+    assert_eq!(raw(site.port, long.as_bytes()).expect("414").status, 414);
+
+    // One silent client holds one worker; the other serves meanwhile.
+    let mut silent = TcpStream::connect(("127.0.0.1", site.port)).expect("connect");
+    silent.set_read_timeout(Some(LONG)).expect("timeout");
+    for _ in 0..20 {
+        assert_eq!(get(site.port, "/release").body, format!("{rel}\n"));
+    }
+    // A deploy is not stalled by it...
+    let (code, err, _) = site.deploy(&[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let new = site.current();
+    assert_eq!(get(site.port, "/release").body, format!("{new}\n"));
+    // ...and the silent connection ends by the read timeout (closed, maybe a 408).
+    let mut buf = Vec::new();
+    let t = Instant::now();
+    let _ = silent.read_to_end(&mut buf);
+    assert!(
+        t.elapsed() < Duration::from_secs(25),
+        "the silent client was never dropped"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    site.wait_drained();
+}
+
+/// --rollback goes back through the history; pruning keeps KEEP releases, and
+/// never the current one, the previous one, or one a process works in.
+#[test]
+fn rollback_and_pruning() {
+    let site = Site::start("demo-prune", &[]);
+    let r1 = site.current();
+    let mut deployed = vec![r1.clone()];
+    let deploy = |keep: &str| {
+        let (code, err, _) = site.deploy(&[], &[("KEEP", keep)]);
+        assert_eq!(code, 0, "{err}");
+        site.wait_drained();
+        site.current()
+    };
+    for _ in 0..3 {
+        deployed.push(deploy("1"));
+    }
+    // KEEP=1: the current one, and the previous one (--rollback's target)
+    assert_eq!(site.releases(), deployed[2..4].to_vec());
+
+    // a process working in r4 (as a draining worker would) keeps it
+    let r4 = deployed[3].clone();
+    let mut c = Command::new("sleep");
+    c.arg("60")
+        .current_dir(site.state.join("releases").join(&r4));
+    let sleeper = Proc::spawn(c);
+    deployed.push(deploy("1"));
+    deployed.push(deploy("1"));
+    assert_eq!(
+        site.releases(),
+        vec![r4.clone(), deployed[4].clone(), deployed[5].clone()]
+    );
+    drop(sleeper);
+    deployed.push(deploy("1"));
+    assert_eq!(site.releases(), deployed[5..7].to_vec());
+
+    // --rollback: r7 -> r6; again: r5 is gone, nothing changes
+    let (code, err, _) = site.deploy(&["--rollback"], &[("KEEP", "1")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(site.current(), deployed[5]);
+    assert_eq!(
+        get(site.port, "/release").body,
+        format!("{}\n", deployed[5])
+    );
+    site.wait_drained();
+    let (code, err, _) = site.deploy(&["--rollback"], &[("KEEP", "1")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no earlier release"), "{err}");
+    assert_eq!(site.current(), deployed[5]);
+
+    // KEEP=3: three more; then back two steps through the history
+    let r8 = deploy("3");
+    let r9 = deploy("3");
+    let r10 = deploy("3");
+    assert_eq!(site.releases(), vec![r8.clone(), r9.clone(), r10.clone()]);
+    for want in [&r9, &r8] {
+        let (code, err, _) = site.deploy(&["--rollback"], &[("KEEP", "3")]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(&site.current(), want);
+        assert_eq!(&get(site.port, "/release").body, &format!("{want}\n"));
+        site.wait_drained();
+    }
+    let history = std::fs::read_to_string(site.state.join("history")).expect("history");
+    assert_eq!(history.lines().last(), Some(r8.as_str()), "{history}");
+}
+
+/// deploy refuses a site that is not running, a stale pid file, a pid that is
+/// not the chain or serves another state directory (exit 3, nothing changed);
+/// serve refuses to start twice.
+#[test]
+fn refusals() {
+    let nothing = TempDir::new("demo-nothing");
+    let (code, _, err) = run(
+        deploy_cmd(&nothing.join("state"), &[], &[]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("start demo/serve first"), "{err}");
+
+    let site = Site::start("demo-refuse", &[]);
+    let pidfile = site.state.join("serve.pid");
+    let real = std::fs::read_to_string(&pidfile).expect("pid file");
+    assert_eq!(
+        real.trim().parse::<u32>().ok(),
+        Some(site.serve.child.id()),
+        "serve's pid is the chain's"
+    );
+    let before = site.releases();
+
+    // a pid that is gone
+    let mut gone = Command::new("true").spawn().expect("true");
+    let gone_pid = gone.id();
+    gone.wait().expect("wait");
+    // a live process that is not the chain
+    let mut c = Command::new("sleep");
+    c.arg("60");
+    let other = Proc::spawn(c);
+    // the chain of another site
+    let site2 = Site::start("demo-refuse-2", &[("SERVE_MODE", "loop")]);
+    for (pid, says) in [
+        (gone_pid.to_string(), "not running"),
+        (other.child.id().to_string(), "not the serve chain"),
+        (site2.serve.child.id().to_string(), "does not serve"),
+        ("junk".to_string(), "bad pid file"),
+    ] {
+        std::fs::write(&pidfile, format!("{pid}\n")).expect("write pid");
+        let (code, err, _) = site.deploy(&[], &[]);
+        assert_eq!(code, 3, "{says}: {err}");
+        assert!(err.contains(says), "{says}: {err}");
+        assert_eq!(site.releases(), before, "nothing changed");
+    }
+    std::fs::remove_file(&pidfile).expect("rm pid");
+    let (code, err, _) = site.deploy(&[], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no pid file"), "{err}");
+    std::fs::write(&pidfile, &real).expect("write pid");
+    let (code, err, _) = site.deploy(&[], &[]);
+    assert_eq!(code, 0, "{err}");
+
+    // serve twice on the same state: refused at once, the first serves on
+    for mode in ["forkpool", "loop"] {
+        let (code, _, err) = run(
+            serve_cmd(&site.dir, &site.state, &[("SERVE_MODE", mode)]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, 111, "{mode}: {err}");
+        assert!(err.contains("already serving"), "{err}");
+        assert_eq!(std::fs::read_to_string(&pidfile).expect("pid"), real);
+        assert_eq!(
+            std::fs::read_to_string(site.state.join("port"))
+                .expect("port")
+                .trim(),
+            site.port.to_string()
+        );
+        assert_eq!(
+            get(site.port, "/release").body,
+            format!("{}\n", site.current())
+        );
+    }
+    assert!(alive(site.serve.child.id() as i32));
+    drop(site2);
+}
