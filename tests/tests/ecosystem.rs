@@ -250,6 +250,7 @@ impl Load {
         let out = self.0.stdout();
         let json = read_all_timeout(out, T).expect("probe output");
         let st = self.0.wait_timeout(T).expect("probe exits");
+        eprintln!("uptime-probe: {json}");
         assert_eq!(field(&json, "failed"), 0, "{json}");
         assert!(field(&json, "ok") > 0, "{json}");
         assert_eq!(st.code(), Some(0), "{json}");
