@@ -953,7 +953,7 @@ fn ansible_playbook_deploys_host_by_host_and_stops_at_the_first_failure() {
                     .ok()
                     .and_then(|p| p.trim().parse().ok())
                     .unwrap_or(0);
-                port != 0 && release(port) != ""
+                port != 0 && !release(port).is_empty()
             });
             assert!(ok, "{} never served", st.display());
             port
