@@ -7,12 +7,13 @@ t0=$(date +%s%N 2>/dev/null || echo 0)
 # A line with the time since the script started: `demo/deploy: [0.412s] switched current`,
 # on stderr and, once the state directory exists, in $STATE/logs/serve.log or deploy.log.
 say() {
-    now=$(date +%s%N 2>/dev/null || echo 0)
-    ms=$(( (now - t0) / 1000000 ))
-    line=$(printf '%s: [%d.%03ds] %s' "$me" $((ms / 1000)) $((ms % 1000)) "$*")
+    # one date(1) for both the elapsed time and the log's timestamp
+    set -- "$(date '+%s%N %Y-%m-%d %H:%M:%S' 2>/dev/null || echo 0)" "$*"
+    ms=$(( (${1%% *} - t0) / 1000000 ))
+    line=$(printf '%s: [%d.%03ds] %s' "$me" $((ms / 1000)) $((ms % 1000)) "$2")
     printf '%s\n' "$line" >&2
     if [ -d "$STATE/logs" ]; then
-        printf '%s %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$line" >>"$STATE/logs/${me#demo/}.log" 2>/dev/null || :
+        printf '%s %s\n' "${1#* }" "$line" >>"$STATE/logs/${me#demo/}.log" 2>/dev/null || :
     fi
 }
 

@@ -208,7 +208,7 @@ impl Probe {
     fn start(site: &Site, keepalive: bool) -> Probe {
         let err = site.dir.join(format!("probe-{keepalive}.err"));
         let mut c = cmd("uptime-probe");
-        c.args(["--json", "-c", "8"]);
+        c.args(["--json", "-c", "4"]);
         if !keepalive {
             c.arg("--no-keepalive");
         }
@@ -279,14 +279,13 @@ fn releases_seen(json: &str) -> usize {
     json.matches("{\"id\":").count()
 }
 
-/// 20 deploys while the probe hammers: every deploy exits 0, nothing failed,
-/// nothing mixed, and the probe saw the releases come.
-fn twenty_deploys(mode: &str, keepalive: bool) {
-    let site = Site::start(
-        &format!("demo-{mode}-{keepalive}"),
-        &[("SERVE_MODE", mode), ("WORKERS", "3")],
-    );
-    let probe = Probe::start(&site, keepalive);
+/// 20 deploys while two probes hammer the site at once, one on keep-alive
+/// connections and one with a fresh connection per request (4 clients each):
+/// every deploy exits 0, nothing failed, nothing mixed, and both probes saw the
+/// releases come.
+fn twenty_deploys(mode: &str) {
+    let site = Site::start(&format!("demo-{mode}"), &[("SERVE_MODE", mode)]);
+    let probes = [Probe::start(&site, true), Probe::start(&site, false)];
     let mut times = Vec::new();
     let mut last = String::new();
     for i in 0..20 {
@@ -296,52 +295,44 @@ fn twenty_deploys(mode: &str, keepalive: bool) {
         last = site.current();
         assert_eq!(get(site.port, "/release").body, format!("{last}\n"));
     }
-    probe.wait_seen(&last);
-    let (code, json) = probe.stop();
     times.sort_by(f64::total_cmp);
     eprintln!(
-        "{mode} keepalive={keepalive}: deploys min {:.3}s median {:.3}s max {:.3}s; flapping {}",
-        times[0],
-        times[10],
-        times[19],
-        field(&json, "flapping")
+        "{mode}: 20 deploys: min {:.3}s median {:.3}s max {:.3}s",
+        times[0], times[10], times[19]
     );
-    assert_clean(code, &json, &format!("{mode} keepalive={keepalive}"));
-    // the first release and (nearly) every deployed one answered the probe
-    assert!(
-        releases_seen(&json) >= 20,
-        "the probe saw {} releases of 21: {json}",
-        releases_seen(&json)
-    );
+    for (probe, keepalive) in probes.into_iter().zip([true, false]) {
+        probe.wait_seen(&last);
+        let (code, json) = probe.stop();
+        let what = format!("{mode}, keep-alive {keepalive}");
+        eprintln!("{what}: flapping {}", field(&json, "flapping"));
+        assert_clean(code, &json, &what);
+        // the first release and (nearly) every deployed one answered the probe
+        assert!(
+            releases_seen(&json) >= 20,
+            "{what}: the probe saw {} releases of 21: {json}",
+            releases_seen(&json)
+        );
+    }
     // the pool is whole and on the last release
     if mode == "forkpool" {
         let status = std::fs::read_to_string(site.state.join("status")).unwrap_or_default();
-        assert!(status.contains("ready=3\n"), "{status}");
-        assert!(status.contains(&format!(
-            "release={}\n",
-            site.state.join("releases").join(&last).display()
-        )));
+        assert!(status.contains("ready=2\n"), "{status}");
+        let release = site.state.join("releases").join(&last);
+        assert!(
+            status.contains(&format!("release={}\n", release.display())),
+            "{status}"
+        );
     }
 }
 
 #[test]
-fn forkpool_twenty_deploys_keepalive() {
-    twenty_deploys("forkpool", true);
+fn forkpool_twenty_deploys_under_probes() {
+    twenty_deploys("forkpool");
 }
 
 #[test]
-fn forkpool_twenty_deploys_no_keepalive() {
-    twenty_deploys("forkpool", false);
-}
-
-#[test]
-fn loop_twenty_deploys_keepalive() {
-    twenty_deploys("loop", true);
-}
-
-#[test]
-fn loop_twenty_deploys_no_keepalive() {
-    twenty_deploys("loop", false);
+fn loop_twenty_deploys_under_probes() {
+    twenty_deploys("loop");
 }
 
 /// A release that fails to start: deploy exits 1, `current` is back on the old
