@@ -2,7 +2,9 @@
 STATE=${STATE:-$top/demo/state}
 BIN=${BIN:-$top/target/release}
 me=demo/$(basename "$0")
-t0=$(date +%s%N 2>/dev/null || echo 0)
+# the clock of the whole command: kept across the re-exec under the lock
+t0=${DEMO_T0:-$(date +%s%N 2>/dev/null || echo 0)}
+unset DEMO_T0
 
 # A line with the time since the script started: `demo/deploy: [0.412s] switched current`,
 # on stderr and, once the state directory exists, in $STATE/logs/serve.log or deploy.log.
