@@ -24,7 +24,7 @@ use pool::{Config, Mode, Pool};
 
 const TOOL: Tool = Tool {
     name: "forkpool",
-    usage: "forkpool [-v] [-n workers] [-s sig] [-k ms] [-d fd | --notify] [-a ms] [-t ms] [-p symlink] [-S statusfile] [-m rolling|all-at-once] [-b ms] prog...",
+    usage: "forkpool [-v] [-n workers] [-s sig] [-k ms] [-d fd | --notify] [-a ms] [-t ms] [-p symlink] [-S statusfile] [-m rolling|all-at-once|cutover] [-b ms] prog...",
     help: "
   -n, --workers N           keep N workers running (default 4)
   -s, --stop-signal SIG     the signal that tells a worker to finish and exit
@@ -39,7 +39,9 @@ const TOOL: Tool = Tool {
                             runs in the directory it resolved to
   -S, --status FILE         keep FILE up to date with the pool's state (key=value)
   -m, --mode MODE           rolling (default): retire one old worker per new ready one;
-                            all-at-once: retire the old generation when the new one is ready
+                            all-at-once: retire the old generation when the new one is ready;
+                            cutover: hold the new generation (SIGSTOP, $FORKPOOL_HOLD_FD)
+                            until it is whole and the old one is gone, then release it
   -b, --backoff-max MS      let the wait after failures in a row double up to MS ms
                             (default 1000: one second, as runsv)
   -v, --verbose             one info line per transition
@@ -118,8 +120,9 @@ fn main() {
                 mode = match v.to_str() {
                     Some("rolling") => Mode::Rolling,
                     Some("all-at-once") => Mode::AllAtOnce,
+                    Some("cutover") => Mode::Cutover,
                     _ => TOOL.usage(format_args!(
-                        "-m wants rolling or all-at-once, not {:?}",
+                        "-m wants rolling, all-at-once or cutover, not {:?}",
                         v.to_string_lossy()
                     )),
                 };

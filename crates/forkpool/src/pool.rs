@@ -17,6 +17,15 @@
 //! back to the serving generation: the same rule then brings back whatever old
 //! worker was already retired and retires the broken new ones, and ready
 //! workers never drop below N on the way.
+//!
+//! Cutover adds one more thing, the *accepting* generation: a worker of a
+//! newer generation is *held* from the moment it is ready (SIGSTOP, and the
+//! hold descriptor it reads before its first accept), retired like the
+//! all-at-once rule says, and:
+//!
+//! 4. once no worker older than the serving generation remains (they exited,
+//!    or were killed at the drain deadline), the serving generation becomes
+//!    the accepting one: every held worker of it is released at once.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -24,6 +33,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::{FcntlArg, OFlag};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use unixtool::backoff::Backoff;
@@ -40,6 +52,9 @@ pub enum Mode {
     Rolling,
     /// Retire every old worker once the whole new generation is ready.
     AllAtOnce,
+    /// Hold the new generation, ready, until the whole of it is ready and
+    /// every old worker is gone; then release it at once.
+    Cutover,
 }
 
 impl Mode {
@@ -47,6 +62,7 @@ impl Mode {
         match self {
             Mode::Rolling => "rolling",
             Mode::AllAtOnce => "all-at-once",
+            Mode::Cutover => "cutover",
         }
     }
 }
@@ -99,6 +115,11 @@ struct Worker {
     pipe: Option<ReadinessPipe>,
     /// When a stopping worker gets KILL.
     kill_at: Option<Instant>,
+    /// Cutover: ready, but stopped (SIGSTOP) and not released yet.
+    held: bool,
+    /// Cutover: the write end of the hold descriptor, until the release (or
+    /// until the worker ends: one that is retired while held gets no EOF).
+    hold: Option<OwnedFd>,
 }
 
 impl Worker {
@@ -144,6 +165,11 @@ pub struct Pool {
     slots: Vec<Slot>,
     target: Generation,
     serving: Option<Generation>,
+    /// The newest generation whose workers may accept (cutover; in the other
+    /// modes it follows `serving`).
+    accepting: Generation,
+    /// Cutover: when the old generation was told to stop for the switch.
+    switch_since: Option<Instant>,
     newest: u64,
     reload: Reload,
     reason: String,
@@ -159,6 +185,20 @@ pub fn resolve(pin: &Path) -> Result<PathBuf, String> {
         return Err(format!("{} is not a directory", dir.display()));
     }
     Ok(dir)
+}
+
+/// A pipe for the hold descriptor, both ends close-on-exec; the read end is
+/// moved off `avoid` (the -d descriptor, which the worker gets for readiness).
+fn hold_pipe(avoid: Option<RawFd>) -> Result<(OwnedFd, OwnedFd), nix::errno::Errno> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    match avoid {
+        Some(fd) if fd == read.as_raw_fd() => {
+            let n = nix::fcntl::fcntl(read.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(fd + 1))?;
+            // SAFETY: fcntl just returned this new descriptor, owned by no one else.
+            Ok((unsafe { OwnedFd::from_raw_fd(n) }, write))
+        }
+        _ => Ok((read, write)),
+    }
 }
 
 /// An io::Error's text without Rust's "(os error N)".
@@ -187,6 +227,11 @@ impl Pool {
             notify,
             workers: Vec::new(),
             slots,
+            accepting: Generation {
+                id: 1,
+                release: release.clone(),
+            },
+            switch_since: None,
             target: Generation { id: 1, release },
             serving: None,
             newest: 1,
@@ -221,11 +266,28 @@ impl Pool {
         self.stop != Stop::No && self.workers.is_empty()
     }
 
+    /// Workers ready and accepting (held ones are not).
     fn ready_count(&self) -> usize {
         self.workers
             .iter()
-            .filter(|w| w.state == State::Ready)
+            .filter(|w| w.state == State::Ready && !w.held)
             .count()
+    }
+
+    fn held_count(&self) -> usize {
+        self.workers.iter().filter(|w| w.held).count()
+    }
+
+    /// The generation that serves as a client sees it: the serving one, or
+    /// during a cutover's switch the one that still accepts until then.
+    fn shown_serving(&self) -> Option<&Generation> {
+        self.serving.as_ref().map(|s| {
+            if s.id > self.accepting.id {
+                &self.accepting
+            } else {
+                s
+            }
+        })
     }
 
     /// Whether every slot has a ready worker of the target generation.
@@ -266,10 +328,14 @@ impl Pool {
                 self.slots[slot].not_before = Some(now + Duration::from_secs(1));
             }
         }
-        // 2. Retire outgoing workers: the ones not ready at once...
+        // 2. Retire outgoing workers: the ones not serving at once (not ready,
+        // or held in a generation that is not about to serve)...
+        let serving_id = self.serving.as_ref().map(|g| g.id);
         let idle: Vec<usize> = (0..self.workers.len())
             .filter(|&i| {
-                self.is_outgoing(&self.workers[i]) && self.workers[i].state != State::Ready
+                let w = &self.workers[i];
+                self.is_outgoing(w)
+                    && (w.state != State::Ready || (w.held && Some(w.generation) != serving_id))
             })
             .collect();
         for i in idle {
@@ -278,7 +344,7 @@ impl Pool {
         // ... the ready ones while N ready workers remain without them, or
         // (all-at-once) when the whole target generation is ready. Slots
         // beyond N (TTOU) go first, then the oldest generation.
-        let all_at_once_go = self.cfg.mode == Mode::AllAtOnce && self.target_ready();
+        let all_at_once_go = self.cfg.mode != Mode::Rolling && self.target_ready();
         loop {
             let n = self.slots.len();
             let mut candidates: Vec<usize> = (0..self.workers.len())
@@ -304,6 +370,18 @@ impl Pool {
         }
         // 3. A wholly ready target generation serves.
         if self.serving.as_ref().map(|g| g.id) != Some(self.target.id) && self.target_ready() {
+            if self.cfg.mode == Mode::Cutover && self.target.id > self.accepting.id {
+                // The switch: the old generations go now; the new one stays
+                // held until they are gone (4.). The reload is done then.
+                self.info(format_args!(
+                    "cutover to generation {}: every worker ready and held until the older ones are gone",
+                    self.target.id
+                ));
+                self.switch_since = Some(now);
+                self.serving = Some(self.target.clone());
+                self.step(now);
+                return;
+            }
             if let Reload::Running { since } = self.reload {
                 self.info(format_args!(
                     "reload to generation {} done in {}: every worker ready",
@@ -319,8 +397,56 @@ impl Pool {
                 ));
             }
             self.serving = Some(self.target.clone());
+            self.accepting = self.target.clone();
             // All-at-once: the old generation goes now that the new one is whole.
             self.step(now);
+        }
+        // 4. Cutover: release the serving generation once nothing older is left.
+        if let Some(s) = self.serving.clone() {
+            if s.id > self.accepting.id && self.workers.iter().all(|w| w.generation >= s.id) {
+                self.release(s, now);
+            }
+        }
+    }
+
+    /// Let generation `gen` accept: write a byte to and close each of its
+    /// hold descriptors, then SIGCONT its held workers, all in one go.
+    fn release(&mut self, gen: Generation, now: Instant) {
+        let id = gen.id;
+        self.accepting = gen;
+        let mut n = 0;
+        for w in self.workers.iter_mut().filter(|w| w.generation == id) {
+            if let Some(h) = w.hold.take() {
+                let _ = nix::unistd::write(&h, b"\n");
+            }
+        }
+        for w in self
+            .workers
+            .iter_mut()
+            .filter(|w| w.generation == id && w.held)
+        {
+            w.held = false;
+            child::signal(w.pid, Signal::SIGCONT);
+            n += 1;
+        }
+        let drained = self
+            .switch_since
+            .take()
+            .map(|t| now - t)
+            .unwrap_or_default();
+        if let (Reload::Running { since }, true) = (&self.reload, self.target.id == id) {
+            self.info(format_args!(
+                "reload to generation {id} done in {}: the old workers were gone after {}; released {n} workers",
+                secs(now - *since),
+                secs(drained)
+            ));
+            self.reload = Reload::Ok;
+            self.reason.clear();
+        } else {
+            self.info(format_args!(
+                "cutover to generation {id}: the old workers were gone after {}; released {n} workers",
+                secs(drained)
+            ));
         }
     }
 
@@ -344,10 +470,24 @@ impl Pool {
             spawn.fds.push((p.write_fd(), fd));
             pipe = Some(p);
         }
+        // Cutover: the hold descriptor, on the number the read end has here
+        // (free in the worker too), never on the -d descriptor.
+        let mut hold = None;
+        if self.cfg.mode == Mode::Cutover {
+            let (read, write) = hold_pipe(self.cfg.ready.fd)?;
+            let n = read.as_raw_fd();
+            spawn.fds.push((n, n));
+            spawn.env("FORKPOOL_HOLD_FD", n.to_string());
+            hold = Some((read, write));
+        }
         let pid = spawn.spawn()?;
         if let Some(p) = pipe.as_mut() {
             p.close_write();
         }
+        // A worker of a generation that accepts already is not held: EOF at once.
+        let hold = hold
+            .map(|(_read, write)| write)
+            .filter(|_| gen.id > self.accepting.id);
         self.info(format_args!(
             "worker {slot} (generation {}) started as pid {pid}",
             gen.id
@@ -360,6 +500,8 @@ impl Pool {
             started: now,
             pipe,
             kill_at: None,
+            held: false,
+            hold,
         });
         Ok(())
     }
@@ -376,6 +518,11 @@ impl Pool {
         w.pipe = None;
         w.kill_at = Some(now + drain);
         child::signal(w.pid, sig);
+        if w.held {
+            // It gets the stop signal, not the release: its hold stays shut.
+            w.held = false;
+            child::signal(w.pid, Signal::SIGCONT);
+        }
         let name = w.name();
         self.info(format_args!(
             "{name} stopping ({why}): sent {}",
@@ -472,7 +619,18 @@ impl Pool {
             if became {
                 w.state = State::Ready;
                 w.pipe = None;
-                let msg = format!("{} ready after {}", w.name(), secs(now - w.started));
+                let held = self.cfg.mode == Mode::Cutover && w.generation > self.accepting.id;
+                if held {
+                    // At once: the window in which it may accept is this long.
+                    child::signal(w.pid, Signal::SIGSTOP);
+                    w.held = true;
+                }
+                let msg = format!(
+                    "{} ready after {}{}",
+                    w.name(),
+                    secs(now - w.started),
+                    if held { "; held (sent STOP)" } else { "" }
+                );
                 self.info(format_args!("{msg}"));
             } else if self
                 .cfg
@@ -507,7 +665,10 @@ impl Pool {
             self.workers[i].started,
         );
         let reloading = matches!(self.reload, Reload::Running { .. });
-        if generation == self.target.id && reloading && self.serving.is_some() {
+        // (A cutover's new generation, once whole, is the serving one: a crash
+        // of it while the old one drains is replaced, not a failed reload.)
+        let whole = self.serving.as_ref().map(|g| g.id) == Some(generation);
+        if generation == self.target.id && reloading && self.serving.is_some() && !whole {
             self.abandon(now, what);
         } else if generation == self.target.id && slot < self.slots.len() {
             let wait = self.slots[slot].backoff.failed(now - started);
@@ -636,6 +797,10 @@ impl Pool {
                 w.pipe = None;
                 w.kill_at.get_or_insert(now + self.cfg.drain);
                 child::signal(w.pid, sig);
+                if w.held {
+                    w.held = false;
+                    child::signal(w.pid, Signal::SIGCONT);
+                }
             }
         }
     }
@@ -672,7 +837,7 @@ impl Pool {
     }
 
     pub fn summary(&self) -> Summary {
-        let serving = self.serving.as_ref();
+        let serving = self.shown_serving();
         Summary {
             newest: self.newest,
             serving: serving.map(|g| g.id).unwrap_or(0),
@@ -734,7 +899,7 @@ impl Pool {
             Reload::Ok => "ok",
             Reload::Failed => "failed",
         };
-        let serving = self.serving.as_ref();
+        let serving = self.shown_serving();
         let release = serving
             .and_then(|g| g.release.as_ref())
             .map(|r| r.display().to_string())
@@ -753,11 +918,13 @@ impl Pool {
         let _ = writeln!(s, "reason={}", self.reason.replace('\n', " "));
         let _ = writeln!(s, "release={release}");
         let _ = writeln!(s, "mode={}", self.cfg.mode.name());
+        let _ = writeln!(s, "held={}", self.held_count());
         let mut ws: Vec<&Worker> = self.workers.iter().collect();
         ws.sort_by_key(|w| (w.slot, w.generation));
         for w in ws {
             let st = match w.state {
                 State::Starting => "starting",
+                State::Ready if w.held => "held",
                 State::Ready => "ready",
                 State::Stopping => "stopping",
             };

@@ -23,6 +23,19 @@
 //!   --stamp PATH      append "start PID NS" at start and "exit PID NS" before an
 //!                     --exit / --exit-after exit (NS: wall clock, for benchmarks)
 //!   --exit-after MS   stay alive MS milliseconds (not accepting), then exit 0
+//!   --accept-log PATH append "accept PID" to PATH after each accept
+//!   --ignore-hold     do not read FORKPOOL_HOLD_FD (a program that does not
+//!                     cooperate with forkpool's cutover: only SIGSTOP holds it)
+//!   --window-log PATH after saying ready, read the clock in a loop (yielding the
+//!                     CPU each time) instead of accepting, until a SIGCONT comes
+//!                     (3 s at most); append "window PID NS" to PATH, NS the time
+//!                     from just before the readiness message to the last reading
+//!                     before the process was stopped ("window PID none" if no
+//!                     SIGCONT came): the window of forkpool's SIGSTOP hold
+//!
+//! With FORKPOOL_HOLD_FD set (forkpool -m cutover) and without --ignore-hold,
+//! the worker reads that descriptor after saying ready and before its first
+//! accept, until a byte or end of file; a stop signal meanwhile ends it (exit 0).
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -30,6 +43,11 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 static STOP: AtomicI32 = AtomicI32::new(0);
+static CONT: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_cont(_: libc::c_int) {
+    CONT.store(1, Ordering::SeqCst);
+}
 
 extern "C" fn on_stop(sig: libc::c_int) {
     STOP.store(sig, Ordering::SeqCst);
@@ -48,6 +66,9 @@ struct Opts {
     start_log: Option<String>,
     stamp: Option<String>,
     exit_after: Option<u64>,
+    ignore_hold: bool,
+    window_log: Option<String>,
+    accept_log: Option<String>,
 }
 
 fn parse(args: Vec<String>, o: &mut Opts) {
@@ -69,6 +90,9 @@ fn parse(args: Vec<String>, o: &mut Opts) {
             "--start-log" => o.start_log = Some(val()),
             "--stamp" => o.stamp = Some(val()),
             "--exit-after" => o.exit_after = Some(num(&val())),
+            "--ignore-hold" => o.ignore_hold = true,
+            "--accept-log" => o.accept_log = Some(val()),
+            "--window-log" => o.window_log = Some(val()),
             "--conf" => {
                 let path = val();
                 if let Ok(text) = std::fs::read_to_string(&path) {
@@ -116,6 +140,15 @@ fn wait(fd: i32, ms: i64) -> bool {
     let n = unsafe { libc::ppoll(&mut p, if fd < 0 { 0 } else { 1 }, tsp, &empty) };
     if STOP.load(Ordering::SeqCst) != 0 {
         std::process::exit(0);
+    }
+    // ppoll that finds fd ready returns with a stop signal still pending (the
+    // handler runs only on EINTR): that signal too means stop, not accept.
+    let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::sigpending(&mut pending) };
+    for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+        if unsafe { libc::sigismember(&pending, sig) } == 1 {
+            std::process::exit(0);
+        }
     }
     n > 0
 }
@@ -195,6 +228,14 @@ fn main() {
             wait(-1, left.as_millis().max(1) as i64);
         }
     }
+    if o.window_log.is_some() {
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_cont as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigaction(libc::SIGCONT, &sa, std::ptr::null_mut());
+        }
+    }
+    let t_ready = std::time::Instant::now();
     if let Some(fd) = o.notify_fd {
         let mut f = unsafe { std::fs::File::from(OwnedFd::from_raw_fd(fd)) };
         let _ = f.write_all(b"\n");
@@ -202,7 +243,47 @@ fn main() {
     if o.notify {
         notify();
     }
+    if let Some(path) = &o.window_log {
+        window(t_ready, path);
+    }
+    if !o.ignore_hold {
+        if let Ok(v) = std::env::var("FORKPOOL_HOLD_FD") {
+            hold(num(&v) as i32);
+        }
+    }
     serve(&o);
+}
+
+/// Wait on the hold descriptor until a byte or EOF; a stop signal ends us.
+fn hold(fd: i32) {
+    while !wait(fd, -1) {}
+    let mut b = [0u8; 1];
+    unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+    unsafe { libc::close(fd) };
+}
+
+/// --window-log: tick until SIGCONT; the last tick before it is when we were stopped.
+fn window(t_ready: std::time::Instant, path: &str) {
+    let mut last = std::time::Instant::now();
+    let end = t_ready + Duration::from_secs(3);
+    let got = loop {
+        std::thread::yield_now();
+        if CONT.load(Ordering::SeqCst) != 0 {
+            break Some(last.duration_since(t_ready).as_nanos());
+        }
+        last = std::time::Instant::now();
+        if last > end {
+            break None;
+        }
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let ns = got.map_or("none".to_string(), |u| u.to_string());
+        let _ = writeln!(f, "window {} {ns}", std::process::id());
+    }
 }
 
 fn notify() {
@@ -267,6 +348,15 @@ fn serve(o: &Opts) {
             ));
         }
         let mut conn = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if let Some(path) = &o.accept_log {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "accept {}", std::process::id());
+            }
+        }
         // The connection inherits nothing from the listener on Linux, but be sure.
         unsafe { libc::fcntl(conn.as_raw_fd(), libc::F_SETFL, 0) };
         if o.serve_delay > 0 {
