@@ -91,6 +91,8 @@ impl Proc {
     /// Wait for the process to exit, at most `timeout`; its status if it did.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
+        // Short processes are the common case: poll often at first, then back off.
+        let mut pause = Duration::from_micros(50);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
                 self.reaped = true;
@@ -99,7 +101,8 @@ impl Proc {
             if Instant::now() >= deadline {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
     }
 }
@@ -118,6 +121,7 @@ impl Drop for Proc {
 /// Poll `cond` every few milliseconds until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(100);
     loop {
         if cond() {
             return true;
@@ -125,7 +129,8 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
     }
 }
 
