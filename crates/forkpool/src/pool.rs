@@ -187,6 +187,11 @@ pub fn resolve(pin: &Path) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// `3.2ms`: a short duration (a cutover's switch) as the log lines write it.
+fn millis(d: Duration) -> String {
+    format!("{:.1}ms", d.as_secs_f64() * 1000.0)
+}
+
 /// A pipe for the hold descriptor, both ends close-on-exec; the read end is
 /// moved off `avoid` (the -d descriptor, which the worker gets for readiness).
 fn hold_pipe(avoid: Option<RawFd>) -> Result<(OwnedFd, OwnedFd), nix::errno::Errno> {
@@ -438,14 +443,14 @@ impl Pool {
             self.info(format_args!(
                 "reload to generation {id} done in {}: the old workers were gone after {}; released {n} workers",
                 secs(now - *since),
-                secs(drained)
+                millis(drained)
             ));
             self.reload = Reload::Ok;
             self.reason.clear();
         } else {
             self.info(format_args!(
                 "cutover to generation {id}: the old workers were gone after {}; released {n} workers",
-                secs(drained)
+                millis(drained)
             ));
         }
     }

@@ -1,0 +1,241 @@
+#!/bin/sh
+# forkpool's reload modes beside gunicorn's HUP, in one run (issue 9): the demo app
+# (4 workers) under uptime-probe at $CONCURRENCY keep-alive clients, first $DURATION s
+# without deploys (steady), then while $DEPLOYS deploys run back to back. A deploy:
+# a new release directory (demo/lib.sh's build_release; for gunicorn the same files),
+# atomic-symlink `current`, HUP, wait until /release answers the new release (and,
+# for forkpool, until its status file says the reload is over). Failed, mixed,
+# flapping, p99 steady against p99 during the deploys, max; for the cutover rows,
+# the switch (from the old generation's stop signal to the release of the new one).
+#
+# Rows: forkpool -m rolling, -m all-at-once, -m cutover (the app reads the hold
+# descriptor), -m cutover with the app not reading it (SIGSTOP alone holds it), and
+# gunicorn (sync workers) reloaded with HUP.
+#
+# Run by scripts/bench ($BIN = target/release on PATH, .venv/bin on PATH).
+# Environment: DEPLOYS (default 50), CONCURRENCY (32), DURATION (10 s), WORKERS (4),
+# ROWS (any of rolling all-at-once cutover cutover-stop gunicorn; default all),
+# GUNICORN (default: gunicorn on PATH, else .venv/bin/gunicorn; its row is left out
+# without it), BENCH_QUICK=1 (a smoke run: 5 deploys, 8 clients, 2 s).
+set -eu
+top=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${BIN:-$top/target/release}
+export BIN
+PATH="$BIN:$top/.venv/bin:$PATH"
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+    DEPLOYS=${DEPLOYS:-5} CONCURRENCY=${CONCURRENCY:-8} DURATION=${DURATION:-2}
+else
+    DEPLOYS=${DEPLOYS:-50} CONCURRENCY=${CONCURRENCY:-32} DURATION=${DURATION:-10}
+fi
+WORKERS=${WORKERS:-4}
+GUNICORN=${GUNICORN:-$(command -v gunicorn || echo "$top/.venv/bin/gunicorn")}
+ROWS=${ROWS:-"rolling all-at-once cutover cutover-stop gunicorn"}
+
+work=$(mktemp -d)
+srv_pid= probe_pid=
+stop_pid() { # PID: TERM, wait (it is our child)
+    [ -n "$1" ] || return 0
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+cleanup() {
+    stop_pid "$probe_pid"
+    stop_pid "$srv_pid"
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# build_release ID: demo/lib.sh's release layout (RELEASE, htdocs with data-release,
+# bin/app), in $STATE/releases. (It sets the globals tmp, d, id, kind and flags:
+# this script uses none of those names.)
+# shellcheck source=../../demo/lib.sh
+. "$top/demo/lib.sh"
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+fail() { echo "45-cutover: fatal: $*" >&2; exit 111; }
+
+# wait_release ID: until GET /release on $port answers ID (30 s).
+wait_release() {
+    end=$(($(now_ms) + 30000))
+    while [ "$(curl -s --max-time 2 "http://127.0.0.1:$port/release" 2>/dev/null || true)" != "$1" ]; do
+        [ "$(now_ms)" -lt "$end" ] || fail "release $1 never answered on port $port"
+        sleep 0.01
+    done
+}
+
+# st_get KEY: KEY's value in forkpool's status file.
+st_get() { sed -n "s/^$1=//p" "$STATE/status" 2>/dev/null | head -n 1; }
+
+# json KEY FILE: the first value of KEY in the probe's JSON.
+json() { grep -o "\"$1\":[0-9.]*" "$2" | head -n 1 | cut -d: -f2; }
+
+cat >"$work/benchwsgi.py" <<'PY'
+import os
+
+CURRENT = os.environ["BENCH_CURRENT"]
+
+
+def _load():
+    d = os.path.realpath(CURRENT)
+    with open(os.path.join(d, "RELEASE")) as f:
+        release = f.read().strip()
+    with open(os.path.join(d, "htdocs", "index.html"), "rb") as f:
+        body = f.read()
+    return os.getpid(), release, body
+
+
+_pinned = _load()
+
+
+def app(environ, start_response):
+    global _pinned
+    if _pinned[0] != os.getpid():
+        _pinned = _load()
+    _, release, body = _pinned
+    if environ.get("PATH_INFO") == "/release":
+        body, ctype = (release + "\n").encode(), "text/plain"
+    else:
+        ctype = "text/html; charset=utf-8"
+    start_response("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body))), ("X-Release", release)])
+    return [body]
+PY
+
+n_rel=0
+new_release() { # a fresh release in $STATE, switched to; its id in $rel
+    n_rel=$((n_rel + 1))
+    rel=b$n_rel-$$
+    build_release "$rel" >/dev/null 2>&1
+    "$BIN/atomic-symlink" "releases/$rel" "$STATE/current"
+}
+
+# start ROW: the server for ROW on a free port ($srv_pid, $port).
+start() {
+    STATE=$work/$1
+    mkdir -p "$STATE/releases" "$STATE/logs"
+    new_release
+    case $1 in
+    gunicorn)
+        BENCH_CURRENT=$STATE/current "$GUNICORN" -w "$WORKERS" -k sync -b 127.0.0.1:0 \
+            --graceful-timeout 10 --log-level info --pythonpath "$work" benchwsgi:app \
+            </dev/null >/dev/null 2>"$STATE/log" &
+        srv_pid=$!
+        i=0
+        until grep -q 'Listening at: ' "$STATE/log"; do
+            i=$((i + 1))
+            [ $i -lt 1000 ] || fail "gunicorn did not start: $(tail -n 3 "$STATE/log")"
+            sleep 0.01
+        done
+        port=$(sed -n 's/.*Listening at: http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$STATE/log" | head -n 1)
+        ;;
+    *)
+        mode=${1%-stop}
+        hold=
+        [ "$1" = cutover-stop ] && hold="env -u FORKPOOL_HOLD_FD"
+        # shellcheck disable=SC2086
+        "$BIN/tcplisten" -1 127.0.0.1 0 "$BIN/forkpool" -v -n "$WORKERS" -m "$mode" -d 3 \
+            -t 10000 -k 10000 -p "$STATE/current" -S "$STATE/status" \
+            $hold ./bin/app --root . --ready-fd 3 </dev/null >"$STATE/port" 2>"$STATE/log" &
+        srv_pid=$!
+        i=0
+        until [ -s "$STATE/port" ]; do
+            i=$((i + 1))
+            [ $i -lt 1000 ] || fail "tcplisten printed no port: $(tail -n 3 "$STATE/log")"
+            sleep 0.01
+        done
+        port=$(head -n 1 "$STATE/port")
+        ;;
+    esac
+    wait_release "$rel"
+}
+
+# deploy ROW: one deploy, over when the new release answers (and forkpool's reload is).
+deploy() {
+    [ "$1" = gunicorn ] || g0=$(st_get generation)
+    new_release
+    kill -HUP "$srv_pid"
+    if [ "$1" != gunicorn ]; then
+        end=$(($(now_ms) + 30000))
+        while :; do
+            g=$(st_get generation) r=$(st_get reload)
+            [ "$g" -gt "$g0" ] && [ "$r" = ok ] && [ "$(st_get serving_generation)" = "$g" ] && break
+            [ "$r" = failed ] && fail "reload failed: $(st_get reason)"
+            [ "$(now_ms)" -lt "$end" ] || fail "reload $g not over in 30 s"
+            sleep 0.005
+        done
+    fi
+    wait_release "$rel"
+}
+
+row() {
+    start "$1"
+    url=http://127.0.0.1:$port/
+    "$BIN/uptime-probe" --json -q -c "$CONCURRENCY" -d "$DURATION" "$url" >"$work/steady.json" 2>>"$work/probe.err" || true
+    "$BIN/uptime-probe" --json -q -c "$CONCURRENCY" "$url" >"$work/during.json" 2>>"$work/probe.err" &
+    probe_pid=$!
+    sleep 0.5
+    n=0
+    t0=$(now_ms)
+    while [ $n -lt "$DEPLOYS" ]; do
+        deploy "$1"
+        n=$((n + 1))
+    done
+    t1=$(now_ms)
+    sleep 0.5
+    stop_pid "$probe_pid"
+    probe_pid=
+    stop_pid "$srv_pid"
+    srv_pid=
+    sj=$work/steady.json dj=$work/during.json
+    p99s=$(json p99 "$sj") p99d=$(json p99 "$dj")
+    ratio=$(awk -v a="$p99d" -v b="$p99s" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "-" }')
+    failed=$(json failed "$dj")
+    if [ "${failed:-0}" != 0 ]; then
+        why=
+        for o in refused reset timeout eof bad_status error; do
+            v=$(json $o "$dj")
+            [ "${v:-0}" = 0 ] || why="$why${why:+, }$o $v"
+        done
+        failed="$failed ($why)"
+    fi
+    # the switch: "the old workers were gone after 3.2ms" per cutover (forkpool -v)
+    sw=$(sed -n 's/.*the old workers were gone after \([0-9.]*\)ms.*/\1/p' "$STATE/log" | sort -n |
+        awk '{ v[NR] = $1 } END { if (NR) printf "%.1f / %.1f ms", v[int((NR + 1) / 2)], v[NR]; else print "-" }')
+    case $1 in
+    gunicorn) label="gunicorn, HUP" ;;
+    cutover-stop) label="forkpool -m cutover, SIGSTOP only (app ignores the hold fd)" ;;
+    *) label="forkpool -m $1" ;;
+    esac
+    printf '| %s | %s | %.2f s | %s | %s | %s | %s | %s | %s ms | %s ms | %s | %s ms | %s |\n' \
+        "$label" "$n" "$(awk -v t=$((t1 - t0)) -v n="$n" 'BEGIN { print t / n / 1000 }')" \
+        "$(json requests "$dj")" "$failed" "$(json retried "$dj")" "$(json mixed "$dj")" \
+        "$(json flapping "$dj")" "$p99s" "$p99d" "$ratio" "$(json max "$dj")" "$sw"
+}
+
+gver=
+if [ -x "$GUNICORN" ]; then
+    gver=$("$GUNICORN" --version 2>&1 | head -n 1)
+else
+    ROWS=$(echo "$ROWS" | sed 's/gunicorn//')
+fi
+
+echo "## Cutover: no client sees the old release after the new one"
+echo
+echo "The demo app with $WORKERS workers, uptime-probe with $CONCURRENCY keep-alive clients. *steady*:"
+echo "$DURATION s without deploys; then $DEPLOYS deploys back to back while the probe runs (the"
+echo "counts are from that run). A deploy: new release, atomic-symlink, HUP, until /release"
+echo "answers it (forkpool: and its status says the reload is over). flapping: responses"
+echo "older than a release the same client had already seen. switch: cutover only, from the"
+echo "old generation's stop signal to the new one's release, median / max (the queueing"
+echo "delay of a deploy). $(nproc) cores, shared by server, probe and deploys."
+[ -n "$gver" ] || echo "gunicorn not found: its row is left out."
+echo
+echo "| server | deploys | s/deploy | requests | failed | retried | mixed | flapping | p99 steady | p99 deploys | ratio | max | switch |"
+echo "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+for r in $ROWS; do
+    row "$r"
+done
+if [ -n "$gver" ] && echo "$ROWS" | grep -q gunicorn; then
+    echo
+    echo "gunicorn: $gver, \`-k sync\`, each worker loads the release \`current\` names when it starts."
+fi
