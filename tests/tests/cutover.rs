@@ -430,7 +430,10 @@ fn the_sigstop_window_is_measured_and_every_new_worker_is_stopped_before_it_acce
         chain.p.signal(Signal::SIGHUP);
         chain.serving(g);
     }
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    // Each writes its line once released (after the status says generation g serves).
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(LONG, || lines().lines().count() >= 20);
+    let text = lines();
     let mut ns: Vec<u64> = text
         .lines()
         .map(|l| {

@@ -281,8 +281,9 @@ fn window(t_ready: std::time::Instant, path: &str) {
         .append(true)
         .open(path)
     {
+        // One write(2), so that lines of workers writing at once do not mix.
         let ns = got.map_or("none".to_string(), |u| u.to_string());
-        let _ = writeln!(f, "window {} {ns}", std::process::id());
+        let _ = f.write_all(format!("window {} {ns}\n", std::process::id()).as_bytes());
     }
 }
 
@@ -354,7 +355,7 @@ fn serve(o: &Opts) {
                 .append(true)
                 .open(path)
             {
-                let _ = writeln!(f, "accept {}", std::process::id());
+                let _ = f.write_all(format!("accept {}\n", std::process::id()).as_bytes());
             }
         }
         // The connection inherits nothing from the listener on Linux, but be sure.
