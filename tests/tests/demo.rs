@@ -625,3 +625,48 @@ fn refusals() {
     assert!(alive(site.serve.child.id() as i32));
     drop(site2);
 }
+
+/// A deploy interrupted (TERM to its process group, as Ctrl-C would send INT)
+/// after the switch puts `current` back and reloads: what `current` names serves.
+#[test]
+fn an_interrupted_deploy_switches_back() {
+    let site = Site::start("demo-interrupted", &[]);
+    let old = site.current();
+    let mut c = deploy_cmd(&site.state, &["--slow"], &[]);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(site.dir.join("d.err")).expect("d.err"));
+    let mut d = Proc::spawn(c);
+    assert!(
+        wait_until(LONG, || site.current() != old),
+        "the deploy never switched"
+    );
+    let release = site.state.join("releases").join(&old);
+    let _ = nix::sys::signal::killpg(d.pid(), Signal::SIGTERM);
+    d.wait_timeout(LONG).expect("the deploy ends");
+    let err = std::fs::read_to_string(site.dir.join("d.err")).unwrap_or_default();
+    assert!(err.contains("interrupted: switched current back"), "{err}");
+    assert_eq!(site.current(), old, "{err}");
+    assert!(
+        wait_until(LONG, || {
+            // one HUP or two (the TERM may come before the first): the last
+            // generation is whole and runs the old release
+            let s = std::fs::read_to_string(site.state.join("status")).unwrap_or_default();
+            let v = |k: &str| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string))
+                    .unwrap_or_default()
+            };
+            v("reload") == "ok"
+                && v("generation") == v("serving_generation")
+                && v("release") == release.display().to_string()
+        }),
+        "the chain did not reload the old release"
+    );
+    assert_eq!(get(site.port, "/release").body, format!("{old}\n"));
+    assert!(!site.state.join("deploy.running").exists());
+    // the next deploy prunes the interrupted release and works
+    let (code, err, _) = site.deploy(&[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(site.releases().len(), 2, "{:?}", site.releases());
+}
