@@ -283,8 +283,12 @@ fn releases_seen(json: &str) -> usize {
 /// connections and one with a fresh connection per request (4 clients each):
 /// every deploy exits 0, nothing failed, nothing mixed, and both probes saw the
 /// releases come.
-fn twenty_deploys(mode: &str) {
-    let site = Site::start(&format!("demo-{mode}"), &[("SERVE_MODE", mode)]);
+/// With RELOAD_MODE=cutover no client sees the old release after the new one.
+fn twenty_deploys(mode: &str, reload: &str) {
+    let site = Site::start(
+        &format!("demo-{mode}-{reload}"),
+        &[("SERVE_MODE", mode), ("RELOAD_MODE", reload)],
+    );
     let probes = [Probe::start(&site, true), Probe::start(&site, false)];
     let mut times = Vec::new();
     let mut last = String::new();
@@ -297,14 +301,20 @@ fn twenty_deploys(mode: &str) {
     }
     times.sort_by(f64::total_cmp);
     eprintln!(
-        "{mode}: 20 deploys: min {:.3}s median {:.3}s max {:.3}s",
+        "{mode} {reload}: 20 deploys: min {:.3}s median {:.3}s max {:.3}s",
         times[0], times[10], times[19]
     );
     for (probe, keepalive) in probes.into_iter().zip([true, false]) {
         probe.wait_seen(&last);
         let (code, json) = probe.stop();
-        let what = format!("{mode}, keep-alive {keepalive}");
+        let what = format!(
+            "{}, keep-alive {keepalive}",
+            format!("{mode} {reload}").trim_end()
+        );
         eprintln!("{what}: flapping {}", field(&json, "flapping"));
+        if reload == "cutover" {
+            assert_eq!(field(&json, "flapping"), 0, "{what}: {json}");
+        }
         assert_clean(code, &json, &what);
         // the first release and (nearly) every deployed one answered the probe
         assert!(
@@ -327,12 +337,17 @@ fn twenty_deploys(mode: &str) {
 
 #[test]
 fn forkpool_twenty_deploys_under_probes() {
-    twenty_deploys("forkpool");
+    twenty_deploys("forkpool", "rolling");
+}
+
+#[test]
+fn forkpool_cutover_twenty_deploys_under_probes() {
+    twenty_deploys("forkpool", "cutover");
 }
 
 #[test]
 fn loop_twenty_deploys_under_probes() {
-    twenty_deploys("loop");
+    twenty_deploys("loop", "");
 }
 
 /// A release that fails to start: deploy exits 1, `current` is back on the old
