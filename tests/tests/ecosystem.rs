@@ -931,6 +931,8 @@ fn gunicorn_behind_forkpool_reloads_under_load() {
         &["-n", "2", "--notify", "-t", "20000", "-k", "30000"],
         &[
             "gunicorn",
+            // one control socket per gunicorn master would be one path for all
+            "--no-control-socket",
             "--preload",
             "--workers",
             "1",
