@@ -11,7 +11,8 @@
 #
 # Run by scripts/bench ($BIN = target/release on PATH, .venv/bin on PATH).
 # Environment: DEPLOYS (default 50), CONCURRENCY (32), DURATION (10 s), WORKERS (4),
-# MODES (forkpool -m modes, default "rolling all-at-once"), TP_SECS (seconds per wrk
+# RESTART_DEPLOYS (at most this many for gunicorn stop/start, 10: each is slow and
+# its failures are plain after a few), MODES (forkpool -m modes, default "rolling all-at-once"), TP_SECS (seconds per wrk
 # run, 3), TP_ROUNDS (wrk runs per row and server, the median is shown, 5),
 # BENCH_QUICK=1 (a smoke run: 3 deploys, 8 clients, 2 s, one 2 s wrk run), SERVERS
 # (which rows: any of forkpool-MODE loop gunicorn-hup gunicorn-restart; default all),
@@ -30,6 +31,7 @@ else
     TP_SECS=${TP_SECS:-3} TP_ROUNDS=${TP_ROUNDS:-5}
 fi
 WORKERS=${WORKERS:-4}
+RESTART_DEPLOYS=${RESTART_DEPLOYS:-10}
 MODES=${MODES:-"rolling all-at-once"}
 GUNICORN=${GUNICORN:-$(command -v gunicorn || echo "$top/.venv/bin/gunicorn")}
 C=$CONCURRENCY
@@ -203,9 +205,11 @@ scenario() {
     "$BIN/uptime-probe" --json -q -c "$C" $ka "$url" >"$tmp/during.json" 2>>"$tmp/probe.err" &
     probe_pid=$!
     sleep 0.5 # the clients connect and settle before the first deploy
+    want=$DEPLOYS
+    [ "$1" != gunicorn-restart ] || [ "$RESTART_DEPLOYS" -ge "$want" ] || want=$RESTART_DEPLOYS
     n=0 bad=0
     t0=$(now_ms)
-    while [ $n -lt "$DEPLOYS" ] || [ $(($(now_ms) - t0)) -lt $((DURATION * 1000)) ]; do
+    while [ $n -lt "$want" ] || [ $(($(now_ms) - t0)) -lt $((DURATION * 1000)) ]; do
         deploy "$1" || bad=$((bad + 1))
         n=$((n + 1))
     done
@@ -223,7 +227,7 @@ scenario() {
             v=$(json $o "$d")
             [ "${v:-0}" = 0 ] || why="$why${why:+, }$o $v"
         done
-        failed="$failed ($why)"
+        failed="$failed = $(awk -v f="$failed" -v r="$(json requests "$d")" 'BEGIN { printf "%.1f%%", 100 * f / r }') ($why)"
     fi
     per=$(awk -v t=$((t1 - t0)) -v n=$n 'BEGIN { printf "%.2f", t / n / 1000 }')
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s ms | %s ms | %s | %s ms |\n' \
@@ -251,7 +255,9 @@ echo "the new release answers), or for gunicorn the same steps with gunicorn's H
 echo "and a fresh start on the same port (a plain restart). retried: failed before any byte on"
 echo "a reused keep-alive connection, then served on a fresh one. flapping: a client saw an"
 echo "older release after a newer one (expected with a rolling reload). $(nproc) cores, shared"
-echo "by server, probe and deploys (and here with other engineers' test runs)."
+echo "by server, probe and deploys (and here with other engineers' test runs). gunicorn"
+echo "stop/start: at most $RESTART_DEPLOYS restarts; a refused connect fails at once and its client"
+echo "tries again at once, so there *requests* counts attempts, not users."
 [ -n "$gver" ] || echo "gunicorn not found: its rows are left out."
 echo
 echo "| server | keep-alive | deploys ok | s/deploy | requests | failed | retried | mixed | flapping | p99 steady | p99 deploys | ratio | max |"
@@ -306,8 +312,8 @@ echo
 echo "wrk ($(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2), 2 threads) against the demo app with $WORKERS workers: behind"
 echo "demo/serve (setlock, tcplisten, forkpool -n $WORKERS; the workers accept on the inherited fd 0)"
 echo "and binding its own socket (\`app --listen 127.0.0.1:0 --workers $WORKERS\`). Median of $TP_ROUNDS runs of"
-echo "$TP_SECS s each, the two alternating; same release, $(nproc) cores shared by wrk, the app (and"
-echo "here other engineers' test runs). Target: within 5%."
+echo "$TP_SECS s each, the two alternating (each first in every other round); same release,"
+echo "$(nproc) cores shared by wrk, the app (and here other engineers' test runs). Target: within 5%."
 echo
 echo "| connections | keep-alive | tcplisten + forkpool (req/s) | self-bound app (req/s) | ratio | each run: ours / self-bound |"
 echo "|---:|---|---:|---:|---:|---|"
@@ -318,10 +324,17 @@ for conns in "$WORKERS" "$C"; do
         all_fp= all_app=
         r=0
         while [ $r -lt "$TP_ROUNDS" ]; do
-            url=http://127.0.0.1:$fp_port/
-            all_fp="$all_fp $(wrk_rps "$conns" "$kav")"
+            # each goes first in every other round
+            if [ $((r % 2)) = 0 ]; then
+                url=http://127.0.0.1:$fp_port/
+                all_fp="$all_fp $(wrk_rps "$conns" "$kav")"
+            fi
             url=http://127.0.0.1:$app_port/
             all_app="$all_app $(wrk_rps "$conns" "$kav")"
+            if [ $((r % 2)) = 1 ]; then
+                url=http://127.0.0.1:$fp_port/
+                all_fp="$all_fp $(wrk_rps "$conns" "$kav")"
+            fi
             r=$((r + 1))
         done
         # shellcheck disable=SC2086
