@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use integration_tests::*;
 use nix::sys::signal::Signal;
 
-const LONG: Duration = Duration::from_secs(20);
+const LONG: Duration = Duration::from_secs(45);
 
 /// The status file's key=value lines, and its worker lines (slot, generation, pid, state).
 #[derive(Debug, Default)]
@@ -196,7 +196,7 @@ struct Probe {
 impl Probe {
     fn start(port: u16) -> Probe {
         let mut c = cmd("uptime-probe");
-        c.args(["-c", "16", "--json", "-t", "10000"])
+        c.args(["-c", "16", "--json", "-t", "30000"])
             .arg(format!("http://127.0.0.1:{port}/"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -269,7 +269,7 @@ fn twenty_deploys(mode: &str) -> String {
     let chain = Chain::start(
         site,
         &[
-            "-n", "4", "-m", mode, "-d", "3", "-t", "10000", "-k", "5000", "-p",
+            "-n", "4", "-m", mode, "-d", "3", "-t", "30000", "-k", "5000", "-p",
         ],
         &[current.as_os_str(), "./bin/app".as_ref()],
     );
