@@ -23,7 +23,10 @@ pub fn bin(name: &str) -> PathBuf {
         None => {
             let exe = std::env::current_exe().expect("current_exe");
             // target/<profile>/deps/<test> -> target/<profile>
-            exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_path_buf()
         }
     };
     let p = dir.join(name);
@@ -73,7 +76,10 @@ impl Proc {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        Proc { child, reaped: false }
+        Proc {
+            child,
+            reaped: false,
+        }
     }
 
     pub fn pid(&self) -> Pid {
@@ -135,7 +141,10 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Read one line from a child's stdout, giving up after `timeout`.
-pub fn read_line_timeout(out: ChildStdout, timeout: Duration) -> Option<(String, BufReader<ChildStdout>)> {
+pub fn read_line_timeout(
+    out: ChildStdout,
+    timeout: Duration,
+) -> Option<(String, BufReader<ChildStdout>)> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut r = BufReader::new(out);
@@ -198,7 +207,9 @@ impl Drop for TempDir {
 /// (killed by pid if it takes longer): (exit code or -signal, stdout, stderr).
 pub fn run(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
     use std::os::unix::process::ExitStatusExt;
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
     let what = format!("{cmd:?}");
     let mut p = Proc::spawn(cmd);
     let out = p.child.stdout.take().expect("stdout");
@@ -206,10 +217,16 @@ pub fn run(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
     let (to, te) = (mpsc::channel(), mpsc::channel());
     spawn_reader(out, to.0);
     spawn_reader(err, te.0);
-    let st = p.wait_timeout(timeout).unwrap_or_else(|| panic!("{what} did not finish in {timeout:?}"));
+    let st = p
+        .wait_timeout(timeout)
+        .unwrap_or_else(|| panic!("{what} did not finish in {timeout:?}"));
     let code = st.code().unwrap_or_else(|| -st.signal().unwrap_or(0));
-    let o = to.1.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
-    let e = te.1.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+    let o =
+        to.1.recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
+    let e =
+        te.1.recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
     (code, o, e)
 }
 
@@ -224,7 +241,11 @@ fn spawn_reader(mut r: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().map(|r| !r.trim_start().starts_with('Z')).unwrap_or(false),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .map(|r| !r.trim_start().starts_with('Z'))
+            .unwrap_or(false),
         Err(_) => false,
     }
 }

@@ -37,10 +37,8 @@ fn main() {
 
     let mut parser = lexopt::Parser::from_env();
     let args = loop {
-        let arg = match parser.next() {
-            Ok(Some(arg)) => arg,
-            Ok(None) => break Vec::new(),
-            Err(e) => TOOL.bad_arg(e),
+        let Some(arg) = TOOL.next_arg(&mut parser) else {
+            break Vec::new();
         };
         match arg {
             Short('p') | Long("print-previous") => print_previous = true,

@@ -78,10 +78,8 @@ fn main() {
 
     let mut parser = lexopt::Parser::from_env();
     let prog: Vec<OsString> = loop {
-        let arg = match parser.next() {
-            Ok(Some(arg)) => arg,
-            Ok(None) => break Vec::new(),
-            Err(e) => TOOL.bad_arg(e),
+        let Some(arg) = TOOL.next_arg(&mut parser) else {
+            break Vec::new();
         };
         match arg {
             Short(c) if readiness::Options::SHORT.contains(&c) => {
@@ -92,11 +90,11 @@ fn main() {
                 ready.take(&opt, &mut parser, &TOOL)
             }
             Short('n') | Long("workers") => {
-                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                let v = TOOL.value(&mut parser);
                 workers = TOOL.number("-n", &v, 1, 10_000);
             }
             Short('s') | Long("stop-signal") => {
-                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                let v = TOOL.value(&mut parser);
                 stop_signal = match v.to_str().and_then(parse_signal) {
                     Some(s) if s != Signal::SIGKILL && s != Signal::SIGSTOP => s,
                     _ => TOOL.usage(format_args!(
@@ -106,17 +104,13 @@ fn main() {
                 };
             }
             Short('k') | Long("drain") => {
-                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                let v = TOOL.value(&mut parser);
                 drain = Duration::from_millis(TOOL.number("-k", &v, 0, 86_400_000));
             }
-            Short('p') | Long("pin") => {
-                pin = Some(parser.value().unwrap_or_else(|e| TOOL.bad_arg(e)).into())
-            }
-            Short('S') | Long("status") => {
-                status = Some(parser.value().unwrap_or_else(|e| TOOL.bad_arg(e)).into())
-            }
+            Short('p') | Long("pin") => pin = Some(TOOL.value(&mut parser).into()),
+            Short('S') | Long("status") => status = Some(TOOL.value(&mut parser).into()),
             Short('m') | Long("mode") => {
-                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                let v = TOOL.value(&mut parser);
                 mode = match v.to_str() {
                     Some("rolling") => Mode::Rolling,
                     Some("all-at-once") => Mode::AllAtOnce,
@@ -128,7 +122,7 @@ fn main() {
                 };
             }
             Short('b') | Long("backoff-max") => {
-                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                let v = TOOL.value(&mut parser);
                 backoff_max = Duration::from_millis(TOOL.number("-b", &v, 1000, 86_400_000));
             }
             Short('v') | Long("verbose") => verbose = true,

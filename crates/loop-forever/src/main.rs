@@ -70,10 +70,8 @@ fn main() {
 
     let mut parser = lexopt::Parser::from_env();
     let prog = loop {
-        let arg = match parser.next() {
-            Ok(Some(arg)) => arg,
-            Ok(None) => break Vec::new(),
-            Err(e) => TOOL.bad_arg(e),
+        let Some(arg) = TOOL.next_arg(&mut parser) else {
+            break Vec::new();
         };
         match arg {
             Short(c) if readiness::Options::SHORT.contains(&c) => {
@@ -84,11 +82,11 @@ fn main() {
                 ready_opts.take(&opt, &mut parser, &TOOL)
             }
             Short('b') | Long("backoff-max") => {
-                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                let v = TOOL.value(&mut parser);
                 backoff_max = Duration::from_millis(TOOL.number("-b", &v, 1000, 86_400_000));
             }
             Short('k') | Long("drain") => {
-                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                let v = TOOL.value(&mut parser);
                 drain = Duration::from_millis(TOOL.number("-k", &v, 0, 86_400_000));
             }
             Short('v') | Long("verbose") => verbose = true,

@@ -40,10 +40,8 @@ fn main() {
 
     let mut parser = lexopt::Parser::from_env();
     let args = loop {
-        let arg = match parser.next() {
-            Ok(Some(arg)) => arg,
-            Ok(None) => break Vec::new(),
-            Err(e) => TOOL.bad_arg(e),
+        let Some(arg) = TOOL.next_arg(&mut parser) else {
+            break Vec::new();
         };
         match arg {
             Short('n') | Long("nonblock") => wait = Some(false),
@@ -53,11 +51,11 @@ fn main() {
             Short('r') | Long("shared") => set_once(&mut shared, true),
             Short('w') | Long("exclusive") => set_once(&mut shared, false),
             Short('t') | Long("timeout") => {
-                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                let v = TOOL.value(&mut parser);
                 timeout_ms = Some(TOOL.number("-t", &v, 0, i32::MAX as u32));
             }
             Short('d') | Long("fd") => {
-                let v = parser.value().unwrap_or_else(|e| TOOL.bad_arg(e));
+                let v = TOOL.value(&mut parser);
                 lock_fd = Some(TOOL.number("-d", &v, 0, i32::MAX));
             }
             Short('h') | Long("help") => TOOL.print_help(),

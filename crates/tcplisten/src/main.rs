@@ -3,7 +3,7 @@
 //! style), drop privileges, exec prog. No process of its own is left behind.
 //! See README.md.
 
-use std::ffi::{CStr, CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr};
 use std::fmt::Display;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
@@ -67,11 +67,11 @@ fn main() {
     let fd3_inherited = unixtool::fd_is_open(3);
     let mut parser = lexopt::Parser::from_env();
     let mut args = Vec::new();
-    while let Some(arg) = parser.next().unwrap_or_else(|e| TOOL.bad_arg(e)) {
+    while let Some(arg) = TOOL.next_arg(&mut parser) {
         use lexopt::prelude::*;
         match arg {
             Short('b') | Long("backlog") => {
-                backlog = TOOL.number("-b", &value(&mut parser), 1, libc::c_int::MAX)
+                backlog = TOOL.number("-b", &TOOL.value(&mut parser), 1, libc::c_int::MAX)
             }
             Short('1') | Long("print-port") => print_port = true,
             Short('d') | Long("reuseaddr") => reuseaddr = true,
@@ -79,15 +79,15 @@ fn main() {
             Short('B') | Long("blocking") => nonblock = false,
             Short('N') | Long("nonblock") => nonblock = true,
             Short('6') | Long("ipv6-only") => v6only = true,
-            Short('m') | Long("mode") => mode = Some(parse_mode(&value(&mut parser))),
-            Short('u') | Long("user") => user = Some(parse_user(&value(&mut parser))),
-            Short('g') | Long("group") => group = Some(parse_group(&value(&mut parser))),
+            Short('m') | Long("mode") => mode = Some(parse_mode(&TOOL.value(&mut parser))),
+            Short('u') | Long("user") => user = Some(parse_user(&TOOL.value(&mut parser))),
+            Short('g') | Long("group") => group = Some(parse_group(&TOOL.value(&mut parser))),
             Short('U') | Long("env-uidgid") => {
                 user = Some((Uid::from_raw(env_id("UID")), None));
                 group = Some(Gid::from_raw(env_id("GID")));
             }
             Short('s') | Long("systemd") => systemd = true,
-            Long("fdname") => fdname = Some(parse_fdname(&value(&mut parser))),
+            Long("fdname") => fdname = Some(parse_fdname(&TOOL.value(&mut parser))),
             Short('h') | Long("help") => TOOL.print_help(),
             Short('V') | Long("version") => TOOL.print_version(),
             Value(v) => {
@@ -263,10 +263,6 @@ fn fatal_after_bind(socket_file: Option<&Path>, code: i32, what: impl Display, e
         let _ = nix::unistd::unlink(p);
     }
     TOOL.fatal_errno(code, what, err)
-}
-
-fn value(parser: &mut lexopt::Parser) -> OsString {
-    parser.value().unwrap_or_else(|e| TOOL.bad_arg(e))
 }
 
 /// `-m`: an octal mode up to 0777.

@@ -58,6 +58,16 @@ impl Tool {
         self.usage(err)
     }
 
+    /// The next option or argument, None at the end; a parse error is a usage error.
+    pub fn next_arg<'a>(&self, parser: &'a mut lexopt::Parser) -> Option<lexopt::Arg<'a>> {
+        parser.next().unwrap_or_else(|e| self.bad_arg(e))
+    }
+
+    /// The value of the option just returned; a missing one is a usage error.
+    pub fn value(&self, parser: &mut lexopt::Parser) -> OsString {
+        parser.value().unwrap_or_else(|e| self.bad_arg(e))
+    }
+
     /// `-h/--help`: the synopsis and the option list on stdout, exit 0.
     pub fn print_help(&self) -> ! {
         println!("usage: {}\n{}", self.usage, self.help.trim_end());
@@ -91,7 +101,10 @@ impl Tool {
     /// exec `argv` through PATH; on failure `name: fatal: unable to run PROG: reason`, exit 111.
     pub fn exec(&self, argv: &[OsString]) -> ! {
         let err = exec_errno(argv);
-        let prog = argv.first().map(|p| p.to_string_lossy()).unwrap_or_default();
+        let prog = argv
+            .first()
+            .map(|p| p.to_string_lossy())
+            .unwrap_or_default();
         self.fatal_errno(EXIT_TEMPORARY, format_args!("run {prog}"), err)
     }
 }
@@ -139,14 +152,23 @@ pub fn exec_errno(argv: &[OsString]) -> Errno {
 /// everything after it, untouched, so prog's own options are never parsed.
 pub fn rest_of_args(first: OsString, parser: &mut lexopt::Parser) -> Vec<OsString> {
     let mut v = vec![first];
-    v.extend(parser.raw_args().map(|mut raw| raw.by_ref().collect::<Vec<_>>()).unwrap_or_default());
+    v.extend(
+        parser
+            .raw_args()
+            .map(|mut raw| raw.by_ref().collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
     v
 }
 
 /// Set or clear FD_CLOEXEC on `fd`.
 pub fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
     let flags = Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
-    let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+    let new = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
     if new != flags {
         Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, new) })?;
     }

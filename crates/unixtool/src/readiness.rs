@@ -254,7 +254,7 @@ impl Options {
     /// `--ready-after`, `-t`, `--ready-timeout`), reading its value from `parser`.
     pub fn take(&mut self, opt: &str, parser: &mut lexopt::Parser, tool: &crate::Tool) {
         let mut value = |name: &str, min: u32| -> u32 {
-            let v = parser.value().unwrap_or_else(|e| tool.bad_arg(e));
+            let v = tool.value(parser);
             tool.number(name, &v, min, i32::MAX as u32)
         };
         match opt {

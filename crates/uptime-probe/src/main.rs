@@ -6,7 +6,6 @@ mod client;
 mod report;
 mod stats;
 
-use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -86,25 +85,20 @@ fn main() {
     let mut url: Option<String> = None;
 
     let mut p = lexopt::Parser::from_env();
-    loop {
-        let arg = match p.next() {
-            Ok(Some(a)) => a,
-            Ok(None) => break,
-            Err(e) => TOOL.bad_arg(e),
-        };
+    while let Some(arg) = TOOL.next_arg(&mut p) {
         match arg {
             Short('c') | Long("concurrency") => {
-                concurrency = TOOL.number("-c", &value(&mut p), 1, 4096)
+                concurrency = TOOL.number("-c", &TOOL.value(&mut p), 1, 4096)
             }
             Short('d') | Long("duration") => {
-                duration = Some(TOOL.number("-d", &value(&mut p), 1, 100 * 365 * 86_400))
+                duration = Some(TOOL.number("-d", &TOOL.value(&mut p), 1, 100 * 365 * 86_400))
             }
             Short('n') | Long("requests") => {
-                limit = Some(TOOL.number("-n", &value(&mut p), 1, u64::MAX / 2))
+                limit = Some(TOOL.number("-n", &TOOL.value(&mut p), 1, u64::MAX / 2))
             }
             Long("no-keepalive") => keepalive = false,
             Short('t') | Long("timeout") => {
-                timeout_ms = TOOL.number("-t", &value(&mut p), 1, 86_400_000)
+                timeout_ms = TOOL.number("-t", &TOOL.value(&mut p), 1, 86_400_000)
             }
             Long("json") => json = true,
             Long("flapping-fails") => flapping_fails = true,
@@ -285,13 +279,6 @@ fn main() {
     } else {
         0
     });
-}
-
-fn value(p: &mut lexopt::Parser) -> OsString {
-    match p.value() {
-        Ok(v) => v,
-        Err(e) => TOOL.bad_arg(e),
-    }
 }
 
 /// `http://HOST[:PORT][/PATH]` to (host, port, path); HOST may be `[v6]`.

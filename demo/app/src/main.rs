@@ -4,7 +4,6 @@
 mod http;
 mod sys;
 
-use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,30 +53,25 @@ fn main() {
     let mut verbose = false;
 
     let mut p = lexopt::Parser::from_env();
-    loop {
-        let arg = match p.next() {
-            Ok(Some(a)) => a,
-            Ok(None) => break,
-            Err(e) => TOOL.bad_arg(e),
-        };
+    while let Some(arg) = TOOL.next_arg(&mut p) {
         match arg {
-            Short('r') | Long("root") => root = PathBuf::from(value(&mut p)),
+            Short('r') | Long("root") => root = PathBuf::from(TOOL.value(&mut p)),
             Short('d') | Long("ready-fd") => {
-                ready_fd = Some(TOOL.number("--ready-fd", &value(&mut p), 0, i32::MAX))
+                ready_fd = Some(TOOL.number("--ready-fd", &TOOL.value(&mut p), 0, i32::MAX))
             }
             Long("slow-start") => {
-                slow_start_ms = TOOL.number("--slow-start", &value(&mut p), 0, 86_400_000)
+                slow_start_ms = TOOL.number("--slow-start", &TOOL.value(&mut p), 0, 86_400_000)
             }
             Long("fail-start") => fail_start = true,
             Short('t') | Long("read-timeout") => {
-                read_timeout_ms = TOOL.number("--read-timeout", &value(&mut p), 1, 86_400_000)
+                read_timeout_ms = TOOL.number("--read-timeout", &TOOL.value(&mut p), 1, 86_400_000)
             }
-            Short('l') | Long("listen") => match value(&mut p).into_string() {
+            Short('l') | Long("listen") => match TOOL.value(&mut p).into_string() {
                 Ok(s) => listen = Some(s),
                 Err(v) => TOOL.usage(format_args!("bad address {:?}", v.to_string_lossy())),
             },
             Short('w') | Long("workers") => {
-                workers = TOOL.number("--workers", &value(&mut p), 1, 1024)
+                workers = TOOL.number("--workers", &TOOL.value(&mut p), 1, 1024)
             }
             Short('v') | Long("verbose") => verbose = true,
             Short('h') | Long("help") => TOOL.print_help(),
@@ -262,13 +256,6 @@ fn main() {
     }
     sys::stop_children(&children);
     std::process::exit(0);
-}
-
-fn value(p: &mut lexopt::Parser) -> OsString {
-    match p.value() {
-        Ok(v) => v,
-        Err(e) => TOOL.bad_arg(e),
-    }
 }
 
 /// DIR/RELEASE: the release id, one line, read once.
