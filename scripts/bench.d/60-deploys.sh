@@ -12,8 +12,8 @@
 # Run by scripts/bench ($BIN = target/release on PATH, .venv/bin on PATH).
 # Environment: DEPLOYS (default 50), CONCURRENCY (32), DURATION (10 s), WORKERS (4),
 # RESTART_DEPLOYS (at most this many for gunicorn stop/start, 10: each is slow and
-# its failures are plain after a few), MODES (forkpool -m modes, default "rolling all-at-once"), TP_SECS (seconds per wrk
-# run, 3), TP_ROUNDS (wrk runs per row and server, the median is shown, 5),
+# its failures are plain after a few), MODES (forkpool -m modes, default "cutover rolling all-at-once"), TP_SECS (seconds per wrk
+# run, 3), TP_ROUNDS (wrk runs per row and server, the median is shown, 5; 0: none),
 # BENCH_QUICK=1 (a smoke run: 3 deploys, 8 clients, 2 s, one 2 s wrk run), SERVERS
 # (which rows: any of forkpool-MODE loop gunicorn-hup gunicorn-restart; default all),
 # GUNICORN (default: gunicorn on PATH, else .venv/bin/gunicorn; its rows are left out
@@ -21,8 +21,6 @@
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BIN:-$top/target/release}
-export BIN
-PATH="$BIN:$top/.venv/bin:$PATH"
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
     DEPLOYS=${DEPLOYS:-3} CONCURRENCY=${CONCURRENCY:-8} DURATION=${DURATION:-2}
     TP_SECS=${TP_SECS:-2} TP_ROUNDS=${TP_ROUNDS:-1}
@@ -32,7 +30,7 @@ else
 fi
 WORKERS=${WORKERS:-4}
 RESTART_DEPLOYS=${RESTART_DEPLOYS:-10}
-MODES=${MODES:-"rolling all-at-once"}
+MODES=${MODES:-"cutover rolling all-at-once"}
 GUNICORN=${GUNICORN:-$(command -v gunicorn || echo "$top/.venv/bin/gunicorn")}
 C=$CONCURRENCY
 
@@ -52,6 +50,17 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# The binaries measured are a copy taken now: nobody's rebuild of target/release
+# changes them halfway, and demo/serve, given a BIN of its own, only checks it
+# (with target/release it would run cargo at every start).
+mkdir "$tmp/bin"
+for b in tcplisten forkpool loop-forever setlock atomic-symlink app uptime-probe; do
+    cp "$BIN/$b" "$tmp/bin/$b" || { echo "60-deploys: fatal: $BIN/$b is missing (cargo build --release)" >&2; exit 111; }
+done
+BIN=$tmp/bin
+export BIN
+PATH="$BIN:$top/.venv/bin:$PATH"
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
@@ -254,7 +263,9 @@ echo "run with deploys. A deploy is demo/deploy (new release, atomic-symlink, HU
 echo "the new release answers), or for gunicorn the same steps with gunicorn's HUP, or TERM"
 echo "and a fresh start on the same port (a plain restart). retried: failed before any byte on"
 echo "a reused keep-alive connection, then served on a fresh one. flapping: a client saw an"
-echo "older release after a newer one (expected with a rolling reload). $(nproc) cores, shared"
+echo "older release after a newer one (expected when old and new workers accept side by side;"
+echo "cutover, demo/serve's default, holds the new ones until the old ones stopped accepting)."
+echo "$(nproc) cores, shared"
 echo "by server, probe and deploys (and here with other engineers' test runs). gunicorn"
 echo "stop/start: at most $RESTART_DEPLOYS restarts; a refused connect fails at once and its client"
 echo "tries again at once, so there *requests* counts attempts, not users."
@@ -293,6 +304,7 @@ wrk_rps() {
     echo "${rps:-0}"
 }
 
+[ "$TP_ROUNDS" -gt 0 ] || exit 0
 st=$tmp/tp
 mkdir -p "$st"
 STATE=$st PORT=0 WORKERS=$WORKERS "$top/demo/serve" </dev/null >/dev/null 2>>"$st/log" &
