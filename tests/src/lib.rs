@@ -249,3 +249,120 @@ pub fn alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// The repository (scripts, demo/, examples/ live there).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository")
+        .to_path_buf()
+}
+
+/// The directory of the built tools (BIN for the shell scripts).
+pub fn bin_dir() -> PathBuf {
+    bin("forkpool").parent().expect("bin dir").to_path_buf()
+}
+
+/// A listening socket on a free port of 127.0.0.1, to be a child's stdin (fd 0).
+pub fn listener() -> (Stdio, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    (Stdio::from(std::os::fd::OwnedFd::from(l)), port)
+}
+
+/// Connect to test-worker and read its one-line answer; None on any failure.
+pub fn ask(port: u16) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    (!out.is_empty()).then(|| out.trim_end().to_string())
+}
+
+/// The value of `key=` in a test-worker answer (`pid=P gen=G ...`).
+pub fn worker_field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A number of uptime-probe's --json output: the first occurrence of the key
+/// (the top-level counts come before the nested objects).
+pub fn json_number(json: &str, key: &str) -> f64 {
+    let k = format!("\"{key}\":");
+    let at = json
+        .find(&k)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + k.len();
+    json[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {json}"))
+}
+
+/// A count of uptime-probe's --json output.
+pub fn json_count(json: &str, key: &str) -> u64 {
+    json_number(json, key) as u64
+}
+
+/// forkpool's status file (-S): its key=value lines, and its worker lines
+/// (slot, generation, pid, state).
+#[derive(Debug, Default)]
+pub struct PoolStatus {
+    pub kv: std::collections::HashMap<String, String>,
+    pub workers: Vec<(usize, u64, i32, String)>,
+}
+
+impl PoolStatus {
+    /// Read the file; a missing or half-written one reads as empty.
+    pub fn read(path: &Path) -> PoolStatus {
+        let mut st = PoolStatus::default();
+        for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            if k == "worker" {
+                let f: Vec<&str> = v.split_whitespace().collect();
+                if f.len() == 4 {
+                    st.workers.push((
+                        f[0].parse().unwrap_or(0),
+                        f[1].parse().unwrap_or(0),
+                        f[2].parse().unwrap_or(0),
+                        f[3].to_string(),
+                    ));
+                }
+            } else {
+                st.kv.insert(k.to_string(), v.to_string());
+            }
+        }
+        st
+    }
+
+    pub fn get(&self, k: &str) -> &str {
+        self.kv.get(k).map(String::as_str).unwrap_or("")
+    }
+
+    pub fn num(&self, k: &str) -> u64 {
+        self.get(k).parse().unwrap_or(0)
+    }
+
+    /// The pids of the workers in `state` (starting, ready, held, stopping).
+    pub fn pids(&self, state: &str) -> Vec<i32> {
+        self.workers
+            .iter()
+            .filter(|w| w.3 == state)
+            .map(|w| w.2)
+            .collect()
+    }
+
+    /// The pids of generation `gen`'s workers in `state`.
+    pub fn gen_pids(&self, gen: u64, state: &str) -> Vec<i32> {
+        self.workers
+            .iter()
+            .filter(|w| w.1 == gen && w.3 == state)
+            .map(|w| w.2)
+            .collect()
+    }
+}

@@ -6,7 +6,6 @@
 //! busy old worker delays the switch and connections wait for it; a HUP during
 //! the switch; a broken new generation is discarded and the old one never stops.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -19,52 +18,6 @@ use integration_tests::*;
 use nix::sys::signal::Signal;
 
 const LONG: Duration = Duration::from_secs(45);
-
-/// The status file's key=value lines, and its worker lines (slot, generation, pid, state).
-#[derive(Debug, Default)]
-struct Status {
-    kv: HashMap<String, String>,
-    workers: Vec<(u64, u64, i32, String)>,
-}
-
-impl Status {
-    fn get(&self, k: &str) -> &str {
-        self.kv.get(k).map(String::as_str).unwrap_or("")
-    }
-    fn num(&self, k: &str) -> u64 {
-        self.get(k).parse().unwrap_or(0)
-    }
-    fn pids(&self, gen: u64, state: &str) -> Vec<i32> {
-        self.workers
-            .iter()
-            .filter(|w| w.1 == gen && w.3 == state)
-            .map(|w| w.2)
-            .collect()
-    }
-}
-
-fn status(path: &Path) -> Status {
-    let mut st = Status::default();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        if k == "worker" {
-            let f: Vec<&str> = v.split_whitespace().collect();
-            if f.len() == 4 {
-                st.workers.push((
-                    f[0].parse().unwrap_or(0),
-                    f[1].parse().unwrap_or(0),
-                    f[2].parse().unwrap_or(0),
-                    f[3].to_string(),
-                ));
-            }
-        } else {
-            st.kv.insert(k.to_string(), v.to_string());
-        }
-    }
-    st
-}
 
 /// A process's state letter from /proc (R, S, T for stopped, ...).
 fn proc_state(pid: i32) -> char {
@@ -126,8 +79,8 @@ impl Chain {
         Chain { p, port, st }
     }
 
-    fn status(&self) -> Status {
-        status(&self.st)
+    fn status(&self) -> PoolStatus {
+        PoolStatus::read(&self.st)
     }
 
     fn log(&self) -> String {
@@ -135,12 +88,12 @@ impl Chain {
     }
 
     /// Wait until generation `g` serves (reload over, every worker of it ready).
-    fn serving(&self, g: u64) -> Status {
+    fn serving(&self, g: u64) -> PoolStatus {
         let ok = wait_until(LONG, || {
             let s = self.status();
             s.num("serving_generation") == g
                 && s.get("reload") != "running"
-                && s.pids(g, "ready").len() == 4
+                && s.gen_pids(g, "ready").len() == 4
                 && s.workers.len() == 4
         });
         assert!(
@@ -239,22 +192,6 @@ impl Probe {
     }
 }
 
-/// A number of the probe's JSON (the first occurrence of the key: the top-level
-/// counts come before the nested objects).
-fn field(json: &str, key: &str) -> f64 {
-    let k = format!("\"{key}\":");
-    let at = json
-        .find(&k)
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + k.len();
-    json[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect::<String>()
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} in {json}"))
-}
-
 /// 20 deploys of the demo app (build, switch `current`, HUP, wait until the new
 /// generation serves and the probe has seen it) under 16 hammering clients.
 /// The probe's JSON.
@@ -292,47 +229,44 @@ fn twenty_deploys(mode: &str) -> String {
     eprintln!(
         "{mode}: 20 deploys in {:.1}s: requests {}, failed {}, retried {}, mixed {}, flapping {}, p50 {} ms, p99 {} ms, max {} ms",
         took.as_secs_f64(),
-        field(&json, "requests"),
-        field(&json, "failed"),
-        field(&json, "retried"),
-        field(&json, "mixed"),
-        field(&json, "flapping"),
-        field(&json, "p50"),
-        field(&json, "p99"),
-        field(&json, "max"),
+        json_number(&json, "requests"),
+        json_number(&json, "failed"),
+        json_number(&json, "retried"),
+        json_number(&json, "mixed"),
+        json_number(&json, "flapping"),
+        json_number(&json, "p50"),
+        json_number(&json, "p99"),
+        json_number(&json, "max"),
     );
-    assert!(field(&json, "requests") > 1000.0, "the clients ran: {json}");
-    assert_eq!(field(&json, "failed"), 0.0, "{mode}: {json}");
-    assert_eq!(field(&json, "mixed"), 0.0, "{mode}: {json}");
+    assert!(
+        json_number(&json, "requests") > 1000.0,
+        "the clients ran: {json}"
+    );
+    assert_eq!(json_number(&json, "failed"), 0.0, "{mode}: {json}");
+    assert_eq!(json_number(&json, "mixed"), 0.0, "{mode}: {json}");
     json
 }
 
 #[test]
 fn cutover_20_deploys_under_16_clients_nothing_failed_mixed_or_flapping() {
     let json = twenty_deploys("cutover");
-    assert_eq!(field(&json, "flapping"), 0.0, "cutover: {json}");
+    assert_eq!(json_number(&json, "flapping"), 0.0, "cutover: {json}");
 }
 
 #[test]
 fn rolling_the_same_way_does_flap_so_the_test_can_tell() {
     let json = twenty_deploys("rolling");
     assert!(
-        field(&json, "flapping") > 0.0,
+        json_number(&json, "flapping") > 0.0,
         "rolling showed no flapping: {json}"
     );
 }
 
 // ------------------------------------------------------------ test-worker
 
-/// test-worker's answer: `pid=P gen=G ...`; G, or None on any failure.
-fn ask(port: u16) -> Option<u64> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(LONG)).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_whitespace()
-        .find_map(|kv| kv.strip_prefix("gen="))
-        .and_then(|g| g.parse().ok())
+/// test-worker's generation (`gen=G` in its answer), or None on any failure.
+fn ask_gen(port: u16) -> Option<u64> {
+    worker_field(&ask(port)?, "gen").parse().ok()
 }
 
 /// forkpool -n 4 -m cutover --notification-fd 3 over test-worker, with
@@ -374,7 +308,7 @@ fn sigstop_holds_a_worker_that_ignores_the_hold_descriptor_20_cutovers_nothing_f
             std::thread::spawn(move || {
                 let (mut newest, mut last) = (0, 0);
                 while !done.load(Ordering::Relaxed) {
-                    match ask(port) {
+                    match ask_gen(port) {
                         Some(g) => {
                             ok.fetch_add(1, Ordering::Relaxed);
                             if g < newest {
@@ -461,7 +395,7 @@ fn a_busy_old_worker_delays_the_switch_and_connections_wait_for_the_new_generati
     std::fs::write(dir.join("conf"), conf).expect("conf");
     let chain = worker_chain(&dir, &["-k", "10000"], &[]);
     let s1 = chain.serving(1);
-    let old: Vec<i32> = s1.pids(1, "ready");
+    let old: Vec<i32> = s1.gen_pids(1, "ready");
     std::fs::remove_file(dir.join("conf")).expect("rm conf");
     let port = chain.port;
     // X is in the hands of an old worker when the cutover starts.
@@ -471,7 +405,7 @@ fn a_busy_old_worker_delays_the_switch_and_connections_wait_for_the_new_generati
     let ok = wait_until(LONG, || chain.status().num("held") == 4);
     let s = chain.status();
     assert!(ok, "generation 2 never held: {s:?}\n{}", chain.log());
-    for pid in s.pids(2, "held") {
+    for pid in s.gen_pids(2, "held") {
         let stopped = wait_until(Duration::from_secs(2), || proc_state(pid) == 'T');
         assert!(stopped, "held worker {pid} is stopped: {}", proc_state(pid));
     }
@@ -480,7 +414,7 @@ fn a_busy_old_worker_delays_the_switch_and_connections_wait_for_the_new_generati
     // Y arrives during the switch: it waits in the backlog, then gets the new code.
     let y = std::thread::spawn(move || {
         let t = Instant::now();
-        let a = ask(port);
+        let a = ask_gen(port);
         (a, t.elapsed(), Instant::now())
     });
     let (xa, xt) = x.join().expect("x");
@@ -525,7 +459,7 @@ fn a_hup_during_the_switch_goes_on_to_the_newest_generation() {
     let held = wait_until(LONG, || chain.status().num("held") == 4);
     assert!(held, "{:?}\n{}", chain.status(), chain.log());
     chain.p.signal(Signal::SIGHUP);
-    let y = std::thread::spawn(move || ask(port));
+    let y = std::thread::spawn(move || ask_gen(port));
     let s = chain.serving(3);
     assert_eq!(s.get("reload"), "ok", "{s:?}");
     assert_eq!(x.join().expect("x").0, Some(1));
@@ -535,7 +469,7 @@ fn a_hup_during_the_switch_goes_on_to_the_newest_generation() {
         "y: {ya:?}\n{}",
         chain.log()
     );
-    assert_eq!(ask(port), Some(3));
+    assert_eq!(ask_gen(port), Some(3));
 }
 
 #[test]
@@ -543,7 +477,7 @@ fn a_broken_new_generation_is_discarded_and_the_old_one_never_stops() {
     let dir = TempDir::new("cutover-broken");
     let chain = worker_chain(&dir, &["-k", "5000", "-t", "2000"], &[]);
     let s1 = chain.serving(1);
-    let old: Vec<i32> = s1.pids(1, "ready");
+    let old: Vec<i32> = s1.gen_pids(1, "ready");
     for (conf, why) in [
         ("--exit 1", "exited 1"),
         ("--never-ready", "not ready after"),
@@ -558,8 +492,12 @@ fn a_broken_new_generation_is_discarded_and_the_old_one_never_stops() {
         let s = chain.status();
         assert!(ok, "{conf}: {s:?}\n{}", chain.log());
         assert!(s.get("reason").contains(why), "{s:?}");
-        assert_eq!(s.pids(1, "ready"), old, "the old generation never stopped");
+        assert_eq!(
+            s.gen_pids(1, "ready"),
+            old,
+            "the old generation never stopped"
+        );
         assert_eq!(s.num("serving_generation"), 1);
-        assert_eq!(ask(chain.port), Some(1));
+        assert_eq!(ask_gen(chain.port), Some(1));
     }
 }

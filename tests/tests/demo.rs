@@ -15,19 +15,6 @@ use nix::sys::signal::Signal;
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// The repository (demo/serve, demo/deploy live there).
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repository")
-        .to_path_buf()
-}
-
-/// The directory of the built tools (BIN for the scripts).
-fn tools() -> PathBuf {
-    bin("forkpool").parent().expect("bin dir").to_path_buf()
-}
-
 /// A site: demo/serve in a process group of its own, its state in a TempDir.
 struct Site {
     serve: Proc,
@@ -122,7 +109,7 @@ impl Site {
 
 fn serve_cmd(dir: &TempDir, state: &Path, env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(repo().join("demo/serve"));
-    c.env("BIN", tools())
+    c.env("BIN", bin_dir())
         .env("STATE", state)
         .env("PORT", "0")
         .env("WORKERS", "2")
@@ -144,7 +131,7 @@ fn serve_cmd(dir: &TempDir, state: &Path, env: &[(&str, &str)]) -> Command {
 fn deploy_cmd(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(repo().join("demo/deploy"));
     c.args(args)
-        .env("BIN", tools())
+        .env("BIN", bin_dir())
         .env("STATE", state)
         .env_remove("KEEP")
         .env_remove("DEADLINE")
@@ -249,29 +236,21 @@ impl Probe {
     }
 }
 
-/// A number field of the probe's JSON.
-fn field(json: &str, key: &str) -> u64 {
-    let k = format!("\"{key}\":");
-    let at = json
-        .find(&k)
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + k.len();
-    json[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} in {json}"))
-}
-
 /// The probe saw no failure, no mixed response, and checked every response.
 fn assert_clean(code: i32, json: &str, what: &str) {
     eprintln!("{what}: {json}");
-    assert!(field(json, "requests") > 0, "{what}: no requests: {json}");
+    assert!(
+        json_count(json, "requests") > 0,
+        "{what}: no requests: {json}"
+    );
     for k in ["failed", "mixed", "no_x_release", "no_data_release"] {
-        assert_eq!(field(json, k), 0, "{what}: {k}: {json}");
+        assert_eq!(json_count(json, k), 0, "{what}: {k}: {json}");
     }
-    assert_eq!(field(json, "ok"), field(json, "requests"), "{what}: {json}");
+    assert_eq!(
+        json_count(json, "ok"),
+        json_count(json, "requests"),
+        "{what}: {json}"
+    );
     assert_eq!(code, 0, "{what}: the probe's exit status: {json}");
 }
 
@@ -311,9 +290,9 @@ fn twenty_deploys(mode: &str, reload: &str) {
             "{}, keep-alive {keepalive}",
             format!("{mode} {reload}").trim_end()
         );
-        eprintln!("{what}: flapping {}", field(&json, "flapping"));
+        eprintln!("{what}: flapping {}", json_count(&json, "flapping"));
         if reload == "cutover" {
-            assert_eq!(field(&json, "flapping"), 0, "{what}: {json}");
+            assert_eq!(json_count(&json, "flapping"), 0, "{what}: {json}");
         }
         assert_clean(code, &json, &what);
         // the first release and (nearly) every deployed one answered the probe

@@ -5,11 +5,10 @@
 //! --uninstall takes them away); a binary copied alone runs with an empty
 //! environment and needs nothing but the C library.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::{bin, run, TempDir};
+use integration_tests::{bin, repo, run, TempDir};
 
 const TOOLS: &[(&str, &str)] = &[
     ("setlock", "crates/setlock/README.md"),
@@ -26,13 +25,6 @@ fn run_tool(tool: &str, arg: &str) -> (i32, String, String) {
     let mut c = Command::new(bin(tool));
     c.arg(arg);
     run(c, Duration::from_secs(10))
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo")
-        .to_path_buf()
 }
 
 /// The options a --help text names: `-x` and `--long` at the start of its lines.

@@ -21,18 +21,6 @@ use nix::unistd::Pid;
 
 const T: Duration = Duration::from_secs(20);
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repository")
-        .to_path_buf()
-}
-
-/// Where the built tools are.
-fn bindir() -> PathBuf {
-    bin("forkpool").parent().expect("bin dir").to_path_buf()
-}
-
 fn s(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
 }
@@ -41,7 +29,7 @@ fn s(p: &Path) -> String {
 fn path_env() -> String {
     format!(
         "{}:{}:{}",
-        s(&bindir()),
+        s(&bin_dir()),
         s(&repo().join(".venv/bin")),
         std::env::var("PATH").unwrap_or_default()
     )
@@ -111,7 +99,7 @@ impl Site {
         c.args(releases.iter().map(|(r, k)| format!("{r}:{k}")));
         c.env("top", repo())
             .env("STATE", &site.state)
-            .env("BIN", bindir());
+            .env("BIN", bin_dir());
         let (code, _, err) = run(c, T);
         assert_eq!(code, 0, "build_release: {err}");
         site.switch(releases[0].0);
@@ -258,10 +246,10 @@ impl Load {
         let json = read_all_timeout(out, T).expect("probe output");
         let st = self.0.wait_timeout(T).expect("probe exits");
         eprintln!("uptime-probe: {json}");
-        let reset = field(&json, "reset");
+        let reset = json_count(&json, "reset");
         assert!(reset <= resets, "{json}");
-        assert_eq!(field(&json, "failed"), reset, "{json}");
-        assert!(field(&json, "ok") > 0, "{json}");
+        assert_eq!(json_count(&json, "failed"), reset, "{json}");
+        assert!(json_count(&json, "ok") > 0, "{json}");
         if reset == 0 {
             assert_eq!(st.code(), Some(0), "{json}");
         }
@@ -270,20 +258,6 @@ impl Load {
         }
         json
     }
-}
-
-fn field(json: &str, key: &str) -> u64 {
-    let k = format!("\"{key}\":");
-    let at = json
-        .find(&k)
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + k.len();
-    json[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} in {json}"))
 }
 
 // ---------------------------------------------------------------- runit, s6
@@ -298,7 +272,7 @@ fn service_dir(site: &Site) -> PathBuf {
         format!(
             "STATE={}\nPORT=0\nWORKERS=2\nBIN={}\n",
             s(&site.state),
-            s(&bindir())
+            s(&bin_dir())
         ),
     )
     .unwrap();
@@ -394,7 +368,7 @@ fn initd(site: &Site, action: &str) -> (i32, String, String) {
         .env("STATE", &site.state)
         .env("PORT", "0")
         .env("WORKERS", "2")
-        .env("BIN", bindir())
+        .env("BIN", bin_dir())
         .env("TIMEOUT", "20");
     run(c, Duration::from_secs(40))
 }
@@ -520,7 +494,7 @@ fn rewrite(args: Vec<String>, site: &Site) -> Vec<String> {
             if a == "8080" {
                 return "0".to_string();
             }
-            a.replace("/usr/local/bin/", &format!("{}/", s(&bindir())))
+            a.replace("/usr/local/bin/", &format!("{}/", s(&bin_dir())))
                 .replace("/srv/demo", &s(&site.state))
                 .replace("/run/demo", &s(&run_dir))
         })
@@ -980,7 +954,7 @@ fn ansible_playbook_deploys_host_by_host_and_stops_at_the_first_failure() {
         c.env("STATE", &state)
             .env("PORT", "0")
             .env("WORKERS", "2")
-            .env("BIN", bindir())
+            .env("BIN", bin_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join(format!("serve{h}.err"))).unwrap());
@@ -1023,7 +997,7 @@ fn ansible_playbook_deploys_host_by_host_and_stops_at_the_first_failure() {
         inv += &format!(
             "\n[web:vars]\nrepo={}\nbin={}\nansible_python_interpreter={}\n",
             s(&repo()),
-            s(&bindir()),
+            s(&bin_dir()),
             s(&repo().join(".venv/bin/python3"))
         );
         std::fs::write(dir.join("inventory.ini"), inv).unwrap();

@@ -3,11 +3,7 @@
 //! that leave the old one serving, the drain deadline, TTIN/TTOU, stops,
 //! the orphan guard, the back-off, pinning, and clients hammering through reloads.
 
-use std::collections::HashMap;
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,73 +13,6 @@ use integration_tests::*;
 use nix::sys::signal::Signal;
 
 const LONG: Duration = Duration::from_secs(15);
-
-fn listener() -> (Stdio, u16) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    (Stdio::from(OwnedFd::from(l)), port)
-}
-
-/// Connect, read the worker's one line; None on any failure.
-fn ask(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(LONG)).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    (!out.is_empty()).then(|| out.trim_end().to_string())
-}
-
-fn field(line: &str, key: &str) -> String {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
-        .unwrap_or_default()
-}
-
-/// The status file: its key=value lines and its worker lines (slot, generation, pid, state).
-#[derive(Debug, Default)]
-struct Status {
-    kv: HashMap<String, String>,
-    workers: Vec<(usize, u64, i32, String)>,
-}
-
-impl Status {
-    fn get(&self, k: &str) -> &str {
-        self.kv.get(k).map(String::as_str).unwrap_or("")
-    }
-    fn num(&self, k: &str) -> u64 {
-        self.get(k).parse().unwrap_or(0)
-    }
-    fn pids(&self, state: &str) -> Vec<i32> {
-        self.workers
-            .iter()
-            .filter(|w| w.3 == state)
-            .map(|w| w.2)
-            .collect()
-    }
-}
-
-fn status(path: &Path) -> Status {
-    let mut st = Status::default();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        if k == "worker" {
-            let f: Vec<&str> = v.split_whitespace().collect();
-            if f.len() == 4 {
-                st.workers.push((
-                    f[0].parse().unwrap_or(0),
-                    f[1].parse().unwrap_or(0),
-                    f[2].parse().unwrap_or(0),
-                    f[3].to_string(),
-                ));
-            }
-        } else {
-            st.kv.insert(k.to_string(), v.to_string());
-        }
-    }
-    st
-}
 
 /// A running pool on a fresh socket, with its status file and stderr.
 struct Pool {
@@ -124,12 +53,12 @@ impl Pool {
         }
     }
 
-    fn status(&self) -> Status {
-        status(&self.st)
+    fn status(&self) -> PoolStatus {
+        PoolStatus::read(&self.st)
     }
 
     /// Wait until generation `g` serves with `n` ready workers; the status then.
-    fn serving(&self, g: u64, n: usize) -> Status {
+    fn serving(&self, g: u64, n: usize) -> PoolStatus {
         let ok = wait_until(LONG, || {
             let s = self.status();
             s.num("serving_generation") == g && s.pids("ready").len() == n && s.workers.len() == n
@@ -214,7 +143,7 @@ fn reload_keeps_n_ready(mode: &str) {
     let sampler = std::thread::spawn(move || {
         let (mut min, mut samples) = (usize::MAX, 0);
         while !stop2.load(Ordering::Relaxed) {
-            let s = status(&st);
+            let s = PoolStatus::read(&st);
             if !s.kv.is_empty() {
                 min = min.min(s.num("ready") as usize);
                 samples += 1;
@@ -321,7 +250,7 @@ fn broken_generation(conf: &str, want_reason: &str) {
         gen2 <= 4,
         "the broken generation was retried: {gen2} starts"
     );
-    assert!(ask(pool.port).is_some_and(|l| field(&l, "gen") == "1"));
+    assert!(ask(pool.port).is_some_and(|l| worker_field(&l, "gen") == "1"));
     let err = pool.stop();
     assert_eq!(
         err.matches("reload to generation 2 failed").count(),
@@ -491,8 +420,8 @@ fn pinning_keeps_a_generation_in_one_release() {
     let s = pool.serving(1, 2);
     assert_eq!(s.get("release"), r1.to_string_lossy());
     let line = ask(pool.port).expect("answer");
-    assert_eq!(field(&line, "cwd"), r1.to_string_lossy());
-    assert_eq!(field(&line, "release"), r1.to_string_lossy());
+    assert_eq!(worker_field(&line, "cwd"), r1.to_string_lossy());
+    assert_eq!(worker_field(&line, "release"), r1.to_string_lossy());
     // The deploy switches the symlink; a crash before the HUP stays on r1.
     std::os::unix::fs::symlink("r2", root.join("current.new")).expect("symlink");
     std::fs::rename(root.join("current.new"), root.join("current")).expect("rename");
@@ -505,7 +434,7 @@ fn pinning_keeps_a_generation_in_one_release() {
     for _ in 0..10 {
         let l = ask(pool.port).expect("answer");
         assert_eq!(
-            field(&l, "cwd"),
+            worker_field(&l, "cwd"),
             r1.to_string_lossy(),
             "generation 1 mixed releases: {l}"
         );
@@ -515,8 +444,8 @@ fn pinning_keeps_a_generation_in_one_release() {
     assert_eq!(s.get("release"), r2.to_string_lossy());
     for _ in 0..10 {
         let l = ask(pool.port).expect("answer");
-        assert_eq!(field(&l, "cwd"), r2.to_string_lossy(), "{l}");
-        assert_eq!(field(&l, "gen"), "2");
+        assert_eq!(worker_field(&l, "cwd"), r2.to_string_lossy(), "{l}");
+        assert_eq!(worker_field(&l, "gen"), "2");
     }
     pool.stop();
 }
@@ -563,9 +492,13 @@ fn each_worker_gets_its_environment() {
     let mut seen = std::collections::HashSet::new();
     assert!(wait_until(LONG, || {
         let l = ask(pool.port).unwrap_or_default();
-        assert_eq!(field(&l, "listen_pid"), field(&l, "pid"), "{l}");
-        assert_eq!(field(&l, "gen"), "1");
-        seen.insert(field(&l, "worker"));
+        assert_eq!(
+            worker_field(&l, "listen_pid"),
+            worker_field(&l, "pid"),
+            "{l}"
+        );
+        assert_eq!(worker_field(&l, "gen"), "1");
+        seen.insert(worker_field(&l, "worker"));
         seen.len() == 2
     }));
     assert!(seen.contains("0") && seen.contains("1"), "{seen:?}");
@@ -634,10 +567,14 @@ fn behind_tcplisten(mode: &str) {
         .collect();
     for g in 1..=21u64 {
         let ok = wait_until(LONG, || {
-            let s = status(&st);
+            let s = PoolStatus::read(&st);
             s.num("serving_generation") == g && s.get("reload") != "running"
         });
-        assert!(ok, "generation {g} never served: {:?}", status(&st));
+        assert!(
+            ok,
+            "generation {g} never served: {:?}",
+            PoolStatus::read(&st)
+        );
         if g < 21 {
             p.signal(Signal::SIGHUP);
         }
@@ -652,7 +589,7 @@ fn behind_tcplisten(mode: &str) {
         "{mode}: {failed} failed connections, {ok} served, over 20 reloads"
     );
     assert!(ok > 100, "the hammer ran: {ok}");
-    assert_eq!(status(&st).get("reload"), "ok");
+    assert_eq!(PoolStatus::read(&st).get("reload"), "ok");
 }
 
 #[test]

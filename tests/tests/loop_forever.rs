@@ -1,9 +1,7 @@
 //! loop-forever, run as a user's shell would: restarts, signals, the back-off,
 //! readiness, LISTEN_PID, reaping, and a socket that stays open across restarts.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,29 +11,6 @@ use integration_tests::*;
 use nix::sys::signal::Signal;
 
 const LONG: Duration = Duration::from_secs(10);
-
-/// A listening socket on a free port, for a child's stdin.
-fn listener() -> (Stdio, u16) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    (Stdio::from(OwnedFd::from(l)), port)
-}
-
-/// Connect, read the worker's one line; None on any failure.
-fn ask(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(LONG)).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    (!out.is_empty()).then(|| out.trim_end().to_string())
-}
-
-/// The value of `key=` in a test-worker answer.
-fn field(line: &str, key: &str) -> String {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
-        .unwrap_or_default()
-}
 
 fn lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path)
@@ -112,12 +87,12 @@ fn hup_reaches_the_child_and_the_new_child_serves() {
     assert!(
         wait_until(LONG, || {
             second = ask(port).unwrap_or_default();
-            !second.is_empty() && field(&second, "pid") != field(&first, "pid")
+            !second.is_empty() && worker_field(&second, "pid") != worker_field(&first, "pid")
         }),
         "no new worker after HUP"
     );
     assert!(
-        !alive(field(&first, "pid").parse().unwrap_or(0)),
+        !alive(worker_field(&first, "pid").parse().unwrap_or(0)),
         "the old child is gone"
     );
     p.signal(Signal::SIGTERM);
@@ -231,7 +206,7 @@ fn term_stops_both_and_exits_0() {
     c.arg(bin("test-worker")).stdin(sock).stderr(Stdio::null());
     let mut p = Proc::spawn(c);
     let line = ask(port).expect("worker answers");
-    let child: i32 = field(&line, "pid").parse().expect("pid");
+    let child: i32 = worker_field(&line, "pid").parse().expect("pid");
     p.signal(Signal::SIGTERM);
     let st = p.wait_timeout(LONG).expect("loop-forever exits after TERM");
     assert_eq!(st.code(), Some(0));
@@ -271,14 +246,22 @@ fn listen_pid_is_the_childs_own_pid() {
     c.env("LISTEN_FDS", "1").env("LISTEN_PID", "1");
     let p = Proc::spawn(c);
     let line = ask(port).expect("worker answers");
-    assert_eq!(field(&line, "listen_pid"), field(&line, "pid"), "{line}");
+    assert_eq!(
+        worker_field(&line, "listen_pid"),
+        worker_field(&line, "pid"),
+        "{line}"
+    );
     p.signal(Signal::SIGHUP);
     let mut again = String::new();
     assert!(wait_until(LONG, || {
         again = ask(port).unwrap_or_default();
-        field(&again, "pid") != field(&line, "pid") && !again.is_empty()
+        worker_field(&again, "pid") != worker_field(&line, "pid") && !again.is_empty()
     }));
-    assert_eq!(field(&again, "listen_pid"), field(&again, "pid"), "{again}");
+    assert_eq!(
+        worker_field(&again, "listen_pid"),
+        worker_field(&again, "pid"),
+        "{again}"
+    );
 }
 
 #[test]
@@ -421,12 +404,12 @@ fn behind_tcplisten_the_socket_survives_100_restarts_and_no_client_is_refused() 
         .collect();
 
     for i in 0..100 {
-        let old = field(&last, "pid");
+        let old = worker_field(&last, "pid");
         p.signal(Signal::SIGHUP);
         assert!(
             wait_until(LONG, || {
                 last = ask(port).unwrap_or_default();
-                !last.is_empty() && field(&last, "pid") != old
+                !last.is_empty() && worker_field(&last, "pid") != old
             }),
             "restart {i}: no new child"
         );

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use integration_tests::{cmd, run, wait_until, Proc, TempDir};
+use integration_tests::{cmd, json_count, run, wait_until, Proc, TempDir};
 use nix::sys::signal::Signal;
 
 /// What a test server's connection handler gets: the stream, the connection's
@@ -114,21 +114,6 @@ fn probe(args: &[&str], port: u16) -> (i32, String, String) {
     run(c, Duration::from_secs(60))
 }
 
-/// A number field of the probe's JSON output.
-fn field(json: &str, key: &str) -> u64 {
-    let k = format!("\"{key}\":");
-    let at = json
-        .find(&k)
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + k.len();
-    json[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} in {json}"))
-}
-
 /// The counts that must be zero unless a test says otherwise.
 fn assert_counts(json: &str, expect: &[(&str, u64)]) {
     for key in [
@@ -149,7 +134,7 @@ fn assert_counts(json: &str, expect: &[(&str, u64)]) {
             .iter()
             .find(|(k, _)| *k == key)
             .map_or(0, |(_, v)| *v);
-        assert_eq!(field(json, key), want, "{key} in {json}");
+        assert_eq!(json_count(json, key), want, "{key} in {json}");
     }
 }
 
@@ -289,7 +274,10 @@ fn counts_mixed_releases() {
     assert_eq!(code, 0, "{out}");
     assert_counts(&out, &[("requests", 10), ("ok", 10)]);
     assert_eq!(
-        (field(&out, "no_x_release"), field(&out, "no_data_release")),
+        (
+            json_count(&out, "no_x_release"),
+            json_count(&out, "no_data_release")
+        ),
         (5, 5)
     );
 }
@@ -402,7 +390,7 @@ fn counts_flapping_and_fails_on_it_when_asked() {
     assert!(out.contains("{\"id\":\"r2\",\"responses\":3,"), "{out}");
     let (code, out, _) = probe(&["-c", "1", "-n", "6", "--flapping-fails"], srv.port);
     assert_eq!(code, 1, "{out}");
-    assert_eq!(field(&out, "flapping"), 2);
+    assert_eq!(json_count(&out, "flapping"), 2);
 }
 
 #[test]
@@ -431,7 +419,7 @@ fn int_or_term_ends_the_run_and_prints_the_results() {
         let text = integration_tests::read_all_timeout(out, Duration::from_secs(5)).unwrap();
         if json {
             // Every response the server wrote was read and counted, and nothing else.
-            let n = field(&text, "requests");
+            let n = json_count(&text, "requests");
             assert!(
                 wait_until(Duration::from_secs(5), || srv
                     .c
