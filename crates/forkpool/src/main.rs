@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use lexopt::prelude::*;
 use nix::sys::signal::Signal;
 use unixtool::readiness::{self, NotifySocket};
-use unixtool::signals::{parse_signal, poll_readable, SignalPipe};
+use unixtool::signals::{parse_signal, poll_readable, SignalPipe, SUPERVISOR_SIGNALS};
 use unixtool::{Tool, EXIT_TEMPORARY};
 
 use pool::{Config, Mode, Pool};
@@ -49,21 +49,6 @@ const TOOL: Tool = Tool {
   -V, --version             the version
 ",
 };
-
-/// Signals forkpool handles; those not named in pool.rs are forwarded to every worker.
-const CAUGHT: [Signal; 11] = [
-    Signal::SIGCHLD,
-    Signal::SIGHUP,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-    Signal::SIGALRM,
-];
 
 fn main() {
     let mut workers = 4usize;
@@ -149,7 +134,7 @@ fn main() {
     // forkpool's own supervisor (systemd Type=notify): taken out of the
     // environment before any worker starts.
     let mut upstream = upstream::Upstream::from_env();
-    let sigs = SignalPipe::install(&CAUGHT)
+    let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
         .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
     let notify = ready.notify.then(|| {
         NotifySocket::new(TOOL.name).unwrap_or_else(|e| {

@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use unixtool::backoff::{Backoff, ONE_SECOND};
 use unixtool::child::{self, secs, Ended, Spawn};
 use unixtool::readiness::{self, NotifySocket, PipeEvent, ReadinessPipe};
-use unixtool::signals::{poll_readable, signal_name, SignalPipe};
+use unixtool::signals::{poll_readable, signal_name, SignalPipe, SUPERVISOR_SIGNALS};
 use unixtool::{Tool, EXIT_TEMPORARY};
 
 const TOOL: Tool = Tool {
@@ -31,21 +31,6 @@ const TOOL: Tool = Tool {
   -V, --version             the version
 ",
 };
-
-/// Signals loop-forever catches: TERM and INT stop it, the rest are forwarded.
-const CAUGHT: [Signal; 11] = [
-    Signal::SIGCHLD,
-    Signal::SIGHUP,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-    Signal::SIGALRM,
-];
 
 /// The child now running.
 struct Running {
@@ -109,7 +94,7 @@ fn main() {
     };
     let name = prog[0].to_string_lossy().into_owned();
 
-    let sigs = SignalPipe::install(&CAUGHT)
+    let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
         .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
     let notify = ready_opts.notify.then(|| {
         NotifySocket::new(TOOL.name).unwrap_or_else(|e| {

@@ -17,6 +17,23 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use nix::errno::Errno;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 
+/// The signals a supervisor (loop-forever, forkpool) catches: CHLD to reap,
+/// HUP/TERM/INT/QUIT/TTIN/TTOU with their meaning in design.md, and the
+/// others it forwards to its children.
+pub const SUPERVISOR_SIGNALS: [Signal; 11] = [
+    Signal::SIGCHLD,
+    Signal::SIGHUP,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGALRM,
+];
+
 /// The write end of the pipe, for the handler (-1: none yet).
 static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
 /// Bit n set: signal n has our handler (reset to default in children).
