@@ -11,7 +11,7 @@
 #
 # Run by scripts/bench ($BIN = target/release on PATH, .venv/bin on PATH).
 # Environment: DEPLOYS (default 50), CONCURRENCY (32), DURATION (10 s), WORKERS (4),
-# RESTART_DEPLOYS (at most this many for gunicorn stop/start, 10: each is slow and
+# RESTART_DEPLOYS (instead of DEPLOYS for gunicorn stop/start, 10: each is slow and
 # its failures are plain after a few), MODES (forkpool -m modes, default "cutover rolling all-at-once"), TP_SECS (seconds per wrk
 # run, 3), TP_ROUNDS (wrk runs per row and server, the median is shown, 5; 0: none),
 # BENCH_QUICK=1 (a smoke run: 3 deploys, 8 clients, 2 s, one 2 s wrk run), SERVERS
@@ -267,7 +267,7 @@ echo "older release after a newer one (expected when old and new workers accept 
 echo "cutover, demo/serve's default, holds the new ones until the old ones stopped accepting)."
 echo "$(nproc) cores, shared"
 echo "by server, probe and deploys (and here with other engineers' test runs). gunicorn"
-echo "stop/start: at most $RESTART_DEPLOYS restarts; a refused connect fails at once and its client"
+echo "stop/start: $RESTART_DEPLOYS restarts (or as many as $DURATION s take); ratio: p99 deploys / p99 steady. A refused connect fails at once and its client"
 echo "tries again at once, so there *requests* counts attempts, not users."
 [ -n "$gver" ] || echo "gunicorn not found: its rows are left out."
 echo
