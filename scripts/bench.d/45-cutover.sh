@@ -70,36 +70,6 @@ st_get() { sed -n "s/^$1=//p" "$STATE/status" 2>/dev/null | head -n 1; }
 # json KEY FILE: the first value of KEY in the probe's JSON.
 json() { grep -o "\"$1\":[0-9.]*" "$2" | head -n 1 | cut -d: -f2; }
 
-cat >"$work/benchwsgi.py" <<'PY'
-import os
-
-CURRENT = os.environ["BENCH_CURRENT"]
-
-
-def _load():
-    d = os.path.realpath(CURRENT)
-    with open(os.path.join(d, "RELEASE")) as f:
-        release = f.read().strip()
-    with open(os.path.join(d, "htdocs", "index.html"), "rb") as f:
-        body = f.read()
-    return os.getpid(), release, body
-
-
-_pinned = _load()
-
-
-def app(environ, start_response):
-    global _pinned
-    if _pinned[0] != os.getpid():
-        _pinned = _load()
-    _, release, body = _pinned
-    if environ.get("PATH_INFO") == "/release":
-        body, ctype = (release + "\n").encode(), "text/plain"
-    else:
-        ctype = "text/html; charset=utf-8"
-    start_response("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body))), ("X-Release", release)])
-    return [body]
-PY
 
 n_rel=0
 new_release() { # a fresh release in $STATE, switched to; its id in $rel
@@ -117,7 +87,7 @@ start() {
     case $1 in
     gunicorn)
         BENCH_CURRENT=$STATE/current "$GUNICORN" -w "$WORKERS" -k sync -b 127.0.0.1:0 \
-            --graceful-timeout 10 --log-level info --pythonpath "$work" benchwsgi:app \
+            --graceful-timeout 10 --log-level info --pythonpath "$top/scripts" benchwsgi:app \
             </dev/null >/dev/null 2>"$STATE/log" &
         srv_pid=$!
         i=0

@@ -155,7 +155,7 @@ HTML
 gunicorn_start() {
     : >"$st/log"
     BENCH_CURRENT=$st/current "$GUNICORN" -w "$WORKERS" -k sync -b "127.0.0.1:$1" \
-        --graceful-timeout 10 --log-level info --pythonpath "$tmp" benchwsgi:app \
+        --graceful-timeout 10 --log-level info --pythonpath "$top/scripts" benchwsgi:app \
         </dev/null >/dev/null 2>>"$st/log" &
     srv_pid=$!
     if [ "$1" = 0 ]; then
@@ -170,40 +170,6 @@ gunicorn_start() {
     wait_release "$port" "$(cat "$st/current/RELEASE")"
 }
 
-# The WSGI app gunicorn runs: the demo app's shape. Each worker resolves
-# $BENCH_CURRENT once when it starts (module import after fork; the pid check
-# covers --preload) and serves that release: X-Release from RELEASE, the body
-# from htdocs/index.html (data-release), /release for the deploy's check.
-cat >"$tmp/benchwsgi.py" <<'PY'
-import os
-
-CURRENT = os.environ["BENCH_CURRENT"]
-
-
-def _load():
-    d = os.path.realpath(CURRENT)
-    with open(os.path.join(d, "RELEASE")) as f:
-        release = f.read().strip()
-    with open(os.path.join(d, "htdocs", "index.html"), "rb") as f:
-        body = f.read()
-    return os.getpid(), release, body
-
-
-_pinned = _load()
-
-
-def app(environ, start_response):
-    global _pinned
-    if _pinned[0] != os.getpid():
-        _pinned = _load()
-    _, release, body = _pinned
-    if environ.get("PATH_INFO") == "/release":
-        body, ctype = (release + "\n").encode(), "text/plain"
-    else:
-        ctype = "text/html; charset=utf-8"
-    start_response("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body))), ("X-Release", release)])
-    return [body]
-PY
 
 # ------------------------------------------------------------ one scenario
 # scenario KIND LABEL KA(on|off): steady run, then the deploys under load; one row.
