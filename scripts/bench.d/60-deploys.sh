@@ -134,19 +134,9 @@ deploy() {
 g_release() {
     gen=$((gen + 1))
     rel=g$gen-$$
-    d=$st/releases/.building.$rel
-    mkdir -p "$d/htdocs"
-    echo "$rel" >"$d/RELEASE"
-    cat >"$d/htdocs/index.html" <<HTML
-<!doctype html>
-<html><head><title>demo release $rel</title></head>
-<body data-release="$rel">
-<h1>Release $rel</h1>
-<p>Served by one worker of one release; the X-Release header names the code's release,
-this page names the content's. They always agree.</p>
-</body></html>
-HTML
-    mv "$d" "$st/releases/$rel"
+    # demo/lib.sh's release layout (gunicorn's app reads RELEASE and htdocs/)
+    (STATE=$st && . "$top/demo/lib.sh" && build_release "$rel") >/dev/null 2>&1 ||
+        { echo "60-deploys: fatal: unable to build release $rel in $st" >&2; exit 111; }
     "$BIN/atomic-symlink" "releases/$rel" "$st/current"
 }
 
