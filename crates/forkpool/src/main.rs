@@ -120,9 +120,7 @@ fn main() {
     if prog.is_empty() {
         TOOL.usage("missing prog");
     }
-    if ready.fd.is_some() && ready.notify {
-        TOOL.usage("-d and --notify exclude each other");
-    }
+    ready.check(&TOOL);
     if !ready.told() && ready.alive.is_none() {
         ready.alive = Some(Duration::from_secs(1));
     }

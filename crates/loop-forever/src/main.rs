@@ -84,9 +84,7 @@ fn main() {
     if prog.is_empty() {
         TOOL.usage("missing prog");
     }
-    if ready_opts.fd.is_some() && ready_opts.notify {
-        TOOL.usage("-d and --notify exclude each other");
-    }
+    ready_opts.check(&TOOL);
     let info = |msg: std::fmt::Arguments| {
         if verbose {
             TOOL.info(msg)

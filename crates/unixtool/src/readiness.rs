@@ -269,4 +269,11 @@ impl Options {
             _ => tool.usage(format_args!("unknown option {opt}")),
         }
     }
+
+    /// After the options are read: the combinations no supervisor accepts.
+    pub fn check(&self, tool: &crate::Tool) {
+        if self.fd.is_some() && self.notify {
+            tool.usage("-d and --notify exclude each other");
+        }
+    }
 }
