@@ -31,13 +31,11 @@ WORKERS=${WORKERS:-4}
 GUNICORN=${GUNICORN:-$(command -v gunicorn || echo "$top/.venv/bin/gunicorn")}
 ROWS=${ROWS:-"rolling all-at-once cutover cutover-stop gunicorn"}
 
+# shellcheck source=../bench-lib.sh
+. "$top/scripts/bench-lib.sh"
+
 work=$(mktemp -d)
 srv_pid= probe_pid=
-stop_pid() { # PID: TERM, wait (it is our child)
-    [ -n "$1" ] || return 0
-    kill -TERM "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
 cleanup() {
     stop_pid "$probe_pid"
     stop_pid "$srv_pid"
@@ -52,23 +50,10 @@ trap 'exit 130' INT TERM
 # shellcheck source=../../demo/lib.sh
 . "$top/demo/lib.sh"
 
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 fail() { echo "45-cutover: fatal: $*" >&2; exit 111; }
-
-# wait_release ID: until GET /release on $port answers ID (30 s).
-wait_release() {
-    end=$(($(now_ms) + 30000))
-    while [ "$(curl -s --max-time 2 "http://127.0.0.1:$port/release" 2>/dev/null || true)" != "$1" ]; do
-        [ "$(now_ms)" -lt "$end" ] || fail "release $1 never answered on port $port"
-        sleep 0.01
-    done
-}
 
 # st_get KEY: KEY's value in forkpool's status file.
 st_get() { sed -n "s/^$1=//p" "$STATE/status" 2>/dev/null | head -n 1; }
-
-# json KEY FILE: the first value of KEY in the probe's JSON.
-json() { grep -o "\"$1\":[0-9.]*" "$2" | head -n 1 | cut -d: -f2; }
 
 
 n_rel=0
@@ -116,7 +101,7 @@ start() {
         port=$(head -n 1 "$STATE/port")
         ;;
     esac
-    wait_release "$rel"
+    wait_release "$port" "$rel" || fail "release $rel never answered on port $port"
 }
 
 # deploy ROW: one deploy, over when the new release answers (and forkpool's reload is).
@@ -134,7 +119,7 @@ deploy() {
             sleep 0.005
         done
     fi
-    wait_release "$rel"
+    wait_release "$port" "$rel" || fail "release $rel never answered on port $port"
 }
 
 row() {
@@ -158,15 +143,10 @@ row() {
     srv_pid=
     sj=$work/steady.json dj=$work/during.json
     p99s=$(json p99 "$sj") p99d=$(json p99 "$dj")
-    ratio=$(awk -v a="$p99d" -v b="$p99s" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "-" }')
+    ratio=$(p99_ratio "$sj" "$dj")
     failed=$(json failed "$dj")
     if [ "${failed:-0}" != 0 ]; then
-        why=
-        for o in refused reset timeout eof bad_status error; do
-            v=$(json $o "$dj")
-            [ "${v:-0}" = 0 ] || why="$why${why:+, }$o $v"
-        done
-        failed="$failed ($why)"
+        failed="$failed ($(failed_why "$dj"))"
     fi
     # the switch: "the old workers were gone after 3.2ms" per cutover (forkpool -v)
     sw=$(sed -n 's/.*the old workers were gone after \([0-9.]*\)ms.*/\1/p' "$STATE/log" | sort -n |

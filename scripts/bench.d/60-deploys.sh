@@ -34,14 +34,12 @@ MODES=${MODES:-"cutover rolling all-at-once"}
 GUNICORN=${GUNICORN:-$(command -v gunicorn || echo "$top/.venv/bin/gunicorn")}
 C=$CONCURRENCY
 
+# shellcheck source=../bench-lib.sh
+. "$top/scripts/bench-lib.sh"
+
 tmp=$(mktemp -d)
 # Every process this script starts is in one of these, killed by pid on exit.
 srv_pid= probe_pid= app_pid=
-stop_pid() { # PID: TERM, wait (it is our child)
-    [ -n "$1" ] || return 0
-    kill -TERM "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
 cleanup() {
     stop_pid "$probe_pid"
     stop_pid "$srv_pid"
@@ -62,8 +60,6 @@ BIN=$tmp/bin
 export BIN
 PATH="$BIN:$top/.venv/bin:$PATH"
 
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
 # wait_for_file FILE: until FILE is not empty (10 s), else fail with LOG.
 wait_for_file() {
     i=0
@@ -73,19 +69,6 @@ wait_for_file() {
         sleep 0.01
     done
 }
-
-# wait_release PORT ID: until GET /release answers ID (30 s); 1 if it does not.
-wait_release() {
-    end=$(($(now_ms) + 30000))
-    while [ "$(curl -s --max-time 2 "http://127.0.0.1:$1/release" 2>/dev/null || true)" != "$2" ]; do
-        [ "$(now_ms)" -lt "$end" ] || return 1
-        sleep 0.02
-    done
-}
-
-# json KEY FILE: the first value of KEY in the probe's JSON (the top-level keys
-# come before the nested objects that repeat some names).
-json() { grep -o "\"$1\":[0-9.]*" "$2" | head -n 1 | cut -d: -f2; }
 
 # ---------------------------------------------------------------- the servers
 # start_server KIND (forkpool-MODE, loop, gunicorn-hup, gunicorn-restart):
@@ -184,15 +167,10 @@ scenario() {
     probe_pid=
     s=$tmp/steady.json d=$tmp/during.json
     p99s=$(json p99 "$s") p99d=$(json p99 "$d")
-    ratio=$(awk -v a="$p99d" -v b="$p99s" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "-" }')
+    ratio=$(p99_ratio "$s" "$d")
     failed=$(json failed "$d")
     if [ "${failed:-0}" != 0 ]; then
-        why=
-        for o in refused reset timeout eof bad_status error; do
-            v=$(json $o "$d")
-            [ "${v:-0}" = 0 ] || why="$why${why:+, }$o $v"
-        done
-        failed="$failed = $(awk -v f="$failed" -v r="$(json requests "$d")" 'BEGIN { printf "%.1f%%", 100 * f / r }') ($why)"
+        failed="$failed = $(awk -v f="$failed" -v r="$(json requests "$d")" 'BEGIN { printf "%.1f%%", 100 * f / r }') ($(failed_why "$d"))"
     fi
     per=$(awk -v t=$((t1 - t0)) -v n=$n 'BEGIN { printf "%.2f", t / n / 1000 }')
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s ms | %s ms | %s | %s ms |\n' \

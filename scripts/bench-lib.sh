@@ -1,0 +1,40 @@
+# Shared by the deploy benchmarks in scripts/bench.d (sourced): time, process
+# control and uptime-probe's --json, written once.
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# stop_pid PID: TERM, then wait (it is our child); nothing when PID is empty.
+stop_pid() {
+    [ -n "$1" ] || return 0
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# wait_release PORT ID: until GET /release answers ID (30 s); 1 if it does not.
+wait_release() {
+    end=$(($(now_ms) + 30000))
+    while [ "$(curl -s --max-time 2 "http://127.0.0.1:$1/release" 2>/dev/null || true)" != "$2" ]; do
+        [ "$(now_ms)" -lt "$end" ] || return 1
+        sleep 0.01
+    done
+}
+
+# json KEY FILE: the first value of KEY in the probe's JSON (the top-level keys
+# come before the nested objects that repeat some names).
+json() { grep -o "\"$1\":[0-9.]*" "$2" | head -n 1 | cut -d: -f2; }
+
+# p99_ratio STEADY DURING: p99 during the deploys over p99 steady, e.g. 1.3x.
+p99_ratio() {
+    awk -v a="$(json p99 "$2")" -v b="$(json p99 "$1")" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "-" }'
+}
+
+# failed_why FILE: the outcomes that make up the probe's failed count, e.g.
+# "refused 12, reset 3"; empty when nothing failed.
+failed_why() {
+    why=
+    for o in refused reset timeout eof bad_status error; do
+        v=$(json $o "$1")
+        [ "${v:-0}" = 0 ] || why="$why${why:+, }$o $v"
+    done
+    echo "$why"
+}
