@@ -202,7 +202,7 @@ echo "side; cutover, demo/serve's default, holds the new ones until the old ones
 echo "accepting). ratio: p99 deploys / p99 steady. gunicorn stop/start: $RESTART_DEPLOYS restarts (or"
 echo "as many as $DURATION s take); a refused connect fails at once and its client tries again"
 echo "at once, so there *requests* counts attempts, not users. $(nproc) cores, shared by server,"
-echo "probe and deploys (and here with other engineers' test runs)."
+echo "probe and deploys."
 [ -n "$gver" ] || echo "gunicorn not found: its rows are left out."
 echo
 echo "| server | keep-alive | deploys ok | s/deploy | requests | failed | retried | mixed | flapping | p99 steady | p99 deploys | ratio | max |"
@@ -259,7 +259,7 @@ echo "wrk ($(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2), 2 threads) against the 
 echo "demo/serve (setlock, tcplisten, forkpool -n $WORKERS; the workers accept on the inherited fd 0)"
 echo "and binding its own socket (\`app --listen 127.0.0.1:0 --workers $WORKERS\`). Median of $TP_ROUNDS runs of"
 echo "$TP_SECS s each, the two alternating (each first in every other round); same release,"
-echo "$(nproc) cores shared by wrk, the app (and here other engineers' test runs). Target: within 5%."
+echo "$(nproc) cores shared by wrk and the app. Target: within 5%."
 echo
 echo "| connections | keep-alive | tcplisten + forkpool (req/s) | self-bound app (req/s) | ratio | each run: ours / self-bound |"
 echo "|---:|---|---:|---:|---:|---|"
