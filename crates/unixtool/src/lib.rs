@@ -28,9 +28,17 @@ pub struct Tool {
 }
 
 impl Tool {
+    /// `name: what` and a newline on stderr in one write(2), so lines from
+    /// processes sharing the descriptor (a pool and its workers) never interleave.
+    fn line(&self, what: std::fmt::Arguments) {
+        use std::io::Write;
+        let text = format!("{}: {}\n", self.name, what);
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+
     /// `name: fatal: msg` on stderr, exit with `code`.
     pub fn fatal(&self, code: i32, msg: impl Display) -> ! {
-        eprintln!("{}: fatal: {}", self.name, msg);
+        self.line(format_args!("fatal: {msg}"));
         std::process::exit(code)
     }
 
@@ -41,16 +49,16 @@ impl Tool {
 
     /// A usage error: the reason and the synopsis on one line, exit 100.
     pub fn usage(&self, msg: impl Display) -> ! {
-        eprintln!("{}: usage: {} (usage: {})", self.name, msg, self.usage);
+        self.line(format_args!("usage: {msg} (usage: {})", self.usage));
         std::process::exit(EXIT_USAGE)
     }
 
     pub fn warn(&self, msg: impl Display) {
-        eprintln!("{}: warning: {}", self.name, msg);
+        self.line(format_args!("warning: {msg}"));
     }
 
     pub fn info(&self, msg: impl Display) {
-        eprintln!("{}: info: {}", self.name, msg);
+        self.line(format_args!("info: {msg}"));
     }
 
     /// Turn a lexopt error into a usage error.
