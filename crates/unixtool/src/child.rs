@@ -109,7 +109,7 @@ impl<'a> Spawn<'a> {
     }
 
     fn die(&self, what: std::fmt::Arguments, err: Errno) -> ! {
-        eprintln!("{}: fatal: {}: {}", self.tool, what, strerror(err));
+        crate::message_line(self.tool, format_args!("fatal: {what}: {}", strerror(err)));
         unsafe { libc::_exit(EXIT_TEMPORARY) }
     }
 }

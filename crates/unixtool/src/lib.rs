@@ -31,9 +31,7 @@ impl Tool {
     /// `name: what` and a newline on stderr in one write(2), so lines from
     /// processes sharing the descriptor (a pool and its workers) never interleave.
     fn line(&self, what: std::fmt::Arguments) {
-        use std::io::Write;
-        let text = format!("{}: {}\n", self.name, what);
-        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        message_line(self.name, what)
     }
 
     /// `name: fatal: msg` on stderr, exit with `code`.
@@ -115,6 +113,14 @@ impl Tool {
             .unwrap_or_default();
         self.fatal_errno(EXIT_TEMPORARY, format_args!("run {prog}"), err)
     }
+}
+
+/// `name: what` and a newline on stderr in one write(2) (see [`Tool::info`] and
+/// the others; also for a forked child that reports before its exec).
+pub fn message_line(name: &str, what: std::fmt::Arguments) {
+    use std::io::Write;
+    let text = format!("{name}: {what}\n");
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// Parse a whole decimal number in `min..=max`.

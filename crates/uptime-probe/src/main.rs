@@ -217,11 +217,11 @@ fn main() {
         }
         if let Ok(r) = shared.releases.lock() {
             for (rel, at) in r.iter().skip(releases_told) {
-                eprintln!(
-                    "uptime-probe: info: release {} first seen at {:.3} s",
+                TOOL.info(format_args!(
+                    "release {} first seen at {:.3} s",
                     String::from_utf8_lossy(rel),
                     at.as_secs_f64()
-                );
+                ));
             }
             releases_told = r.len();
         }
@@ -233,19 +233,19 @@ fn main() {
                     .sum::<u64>()
             };
             let n = sum(|l| &l.requests);
-            eprintln!(
-                "uptime-probe: info: {:.0} s: {} requests ({:.0}/s), {} failed, {} mixed",
+            TOOL.info(format_args!(
+                "{:.0} s: {} requests ({:.0}/s), {} failed, {} mixed",
                 t.as_secs_f64(),
                 n,
                 n as f64 / t.as_secs_f64(),
                 sum(|l| &l.failed),
                 sum(|l| &l.mixed)
-            );
+            ));
         }
     }
     shared.stop.store(true, Ordering::Relaxed);
     if let (Some(sig), false) = (stopped_by, quiet) {
-        eprintln!("uptime-probe: info: stopped by signal {sig}");
+        TOOL.info(format_args!("stopped by signal {sig}"));
     }
     let mut stats = Stats::new();
     for h in clients {

@@ -427,13 +427,13 @@ fn send(
         out.extend_from_slice(&r.body);
     }
     if let (true, Some(what)) = (site.verbose, log) {
-        eprintln!(
-            "app: info: {} {} {}{}",
+        crate::TOOL.info(format_args!(
+            "{} {} {}{}",
             what,
             r.status,
             r.body.len(),
             if r.close { " close" } else { "" }
-        );
+        ));
     }
     sys::write_all(fd, &out)
 }

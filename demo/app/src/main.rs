@@ -100,8 +100,10 @@ fn main() {
     });
 
     if fail_start {
-        eprintln!("app: fatal: unable to start: --fail-start was given (a release that fails at start, on purpose)");
-        std::process::exit(1);
+        TOOL.fatal(
+            1,
+            "unable to start: --fail-start was given (a release that fails at start, on purpose)",
+        );
     }
 
     // The release: resolved once, for the life of this process.
