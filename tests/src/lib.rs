@@ -366,3 +366,53 @@ impl PoolStatus {
             .collect()
     }
 }
+
+/// `clients` threads asking test-worker on `port` (see [`ask`]) again and again
+/// until stopped, counting the answers and the failures.
+pub struct Hammer {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counts: std::sync::Arc<[std::sync::atomic::AtomicUsize; 2]>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hammer {
+    pub fn start(port: u16, clients: usize) -> Hammer {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let counts = std::sync::Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let threads = (0..clients)
+            .map(|_| {
+                let (done, counts) = (done.clone(), counts.clone());
+                std::thread::spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        let i = if ask(port).is_some() { 0 } else { 1 };
+                        counts[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Hammer {
+            done,
+            counts,
+            threads,
+        }
+    }
+
+    /// Stop the clients and wait for them: (answered, failed).
+    pub fn stop(&mut self) -> (usize, usize) {
+        self.done.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        (
+            self.counts[0].load(Ordering::Relaxed),
+            self.counts[1].load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Hammer {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}

@@ -550,21 +550,7 @@ fn behind_tcplisten(mode: &str) {
     let mut p = Proc::spawn(c);
     let (line, _) = read_line_timeout(p.stdout(), LONG).expect("tcplisten prints the port");
     let port: u16 = line.trim().parse().expect("port");
-    let done = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let hammers: Vec<_> = (0..4)
-        .map(|_| {
-            let (done, ok, failed) = (done.clone(), ok.clone(), failed.clone());
-            std::thread::spawn(move || {
-                while !done.load(Ordering::Relaxed) {
-                    match ask(port) {
-                        Some(_) => ok.fetch_add(1, Ordering::Relaxed),
-                        None => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let mut hammer = Hammer::start(port, 4);
     for g in 1..=21u64 {
         let ok = wait_until(LONG, || {
             let s = PoolStatus::read(&st);
@@ -579,11 +565,7 @@ fn behind_tcplisten(mode: &str) {
             p.signal(Signal::SIGHUP);
         }
     }
-    done.store(true, Ordering::Relaxed);
-    for h in hammers {
-        let _ = h.join();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = hammer.stop();
     assert_eq!(
         failed, 0,
         "{mode}: {failed} failed connections, {ok} served, over 20 reloads"

@@ -3,8 +3,6 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use integration_tests::*;
@@ -387,21 +385,7 @@ fn behind_tcplisten_the_socket_survives_100_restarts_and_no_client_is_refused() 
         !last.is_empty()
     }));
 
-    let done = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let hammers: Vec<_> = (0..4)
-        .map(|_| {
-            let (done, ok, failed) = (done.clone(), ok.clone(), failed.clone());
-            std::thread::spawn(move || {
-                while !done.load(Ordering::Relaxed) {
-                    match ask(port) {
-                        Some(_) => ok.fetch_add(1, Ordering::Relaxed),
-                        None => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let mut hammer = Hammer::start(port, 4);
 
     for i in 0..100 {
         let old = worker_field(&last, "pid");
@@ -414,11 +398,7 @@ fn behind_tcplisten_the_socket_survives_100_restarts_and_no_client_is_refused() 
             "restart {i}: no new child"
         );
     }
-    done.store(true, Ordering::Relaxed);
-    for h in hammers {
-        let _ = h.join();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = hammer.stop();
     assert_eq!(failed, 0, "{failed} failed connections ({ok} served)");
     assert!(ok > 100, "the hammer ran: {ok}");
     // fd 0 of loop-forever is still the listening socket.
