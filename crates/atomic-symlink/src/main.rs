@@ -171,7 +171,7 @@ fn main() {
         let mut line = p.into_vec();
         line.push(b'\n');
         if let Err(e) = std::io::stdout().write_all(&line) {
-            let e = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+            let e = unixtool::errno_of(&e);
             TOOL.fatal_errno(
                 EXIT_TEMPORARY,
                 format_args!("print the previous target of {link}"),

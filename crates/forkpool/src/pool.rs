@@ -180,7 +180,7 @@ pub struct Pool {
 
 /// Resolve the pinned symlink to the directory it names now.
 pub fn resolve(pin: &Path) -> Result<PathBuf, String> {
-    let dir = std::fs::canonicalize(pin).map_err(|e| io_reason(&e))?;
+    let dir = std::fs::canonicalize(pin).map_err(|e| unixtool::io_reason(&e))?;
     if !dir.is_dir() {
         return Err(format!("{} is not a directory", dir.display()));
     }
@@ -203,14 +203,6 @@ fn hold_pipe(avoid: Option<RawFd>) -> Result<(OwnedFd, OwnedFd), nix::errno::Err
             Ok((unsafe { OwnedFd::from_raw_fd(n) }, write))
         }
         _ => Ok((read, write)),
-    }
-}
-
-/// An io::Error's text without Rust's "(os error N)".
-fn io_reason(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(n) => unixtool::strerror(nix::errno::Errno::from_raw(n)).to_string(),
-        None => e.to_string(),
     }
 }
 
@@ -883,7 +875,7 @@ impl Pool {
                     TOOL.warn(format_args!(
                         "unable to write {}: {}",
                         path.display(),
-                        io_reason(&e)
+                        unixtool::io_reason(&e)
                     ));
                     self.status_warned = true;
                 }

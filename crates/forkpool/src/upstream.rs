@@ -9,8 +9,6 @@
 //! never talk to forkpool's supervisor themselves (with `--notify` they get
 //! forkpool's own socket instead).
 
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use crate::pool::Summary;
@@ -34,27 +32,19 @@ impl Upstream {
     pub fn from_env() -> Option<Upstream> {
         let value = std::env::var_os("NOTIFY_SOCKET")?;
         std::env::remove_var("NOTIFY_SOCKET");
-        let bytes = value.as_bytes();
-        let addr = match bytes.strip_prefix(b"@") {
-            Some(name) => SocketAddr::from_abstract_name(name),
-            None => SocketAddr::from_pathname(std::path::Path::new(&value)),
-        };
-        let addr = match addr {
-            Ok(a) if !bytes.is_empty() => a,
-            _ => {
-                crate::TOOL.warn(format_args!(
-                    "NOTIFY_SOCKET={:?} is not a socket address: not notifying",
-                    value.to_string_lossy()
-                ));
-                return None;
-            }
+        let Some(addr) = unixtool::readiness::notify_address(&value) else {
+            crate::TOOL.warn(format_args!(
+                "NOTIFY_SOCKET={:?} is not a socket address: not notifying",
+                value.to_string_lossy()
+            ));
+            return None;
         };
         let sock = match UnixDatagram::unbound() {
             Ok(s) => s,
             Err(e) => {
                 crate::TOOL.warn(format_args!(
                     "unable to create a socket for NOTIFY_SOCKET: {}: not notifying",
-                    reason(&e)
+                    unixtool::io_reason(&e)
                 ));
                 return None;
             }
@@ -125,7 +115,7 @@ impl Upstream {
                 crate::TOOL.warn(format_args!(
                     "unable to notify {}: {}",
                     self.name,
-                    reason(&e)
+                    unixtool::io_reason(&e)
                 ));
             }
         }
@@ -140,12 +130,4 @@ fn monotonic_usec() -> u64 {
     // CLOCK_MONOTONIC cannot fail with a valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
-}
-
-/// An io::Error's text without Rust's "(os error N)".
-fn reason(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(n) => unixtool::strerror(nix::errno::Errno::from_raw(n)).to_string(),
-        None => e.to_string(),
-    }
 }

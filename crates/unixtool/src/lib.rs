@@ -141,6 +141,20 @@ pub fn strerror(err: Errno) -> &'static str {
     err.desc()
 }
 
+/// The errno behind an I/O error (EIO when it carries none).
+pub fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// An I/O error's text as a message line says it: the errno's text without
+/// Rust's `(os error N)`, or the error's own text when it carries no errno.
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => strerror(Errno::from_raw(n)).to_string(),
+        None => e.to_string(),
+    }
+}
+
 /// execvp `argv`; returns only on failure, with the errno. SIGPIPE, which the
 /// Rust runtime ignores (and an ignored disposition survives exec), is put back
 /// to its default first, so prog starts as it would from a shell.

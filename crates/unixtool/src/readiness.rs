@@ -277,3 +277,20 @@ impl Options {
         }
     }
 }
+
+/// The address a `NOTIFY_SOCKET` value names: a path, or `@name` in the
+/// abstract namespace. None for an empty value or one no address can hold.
+pub fn notify_address(value: &std::ffi::OsStr) -> Option<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::SocketAddr;
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        return None;
+    }
+    match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(std::path::Path::new(value)),
+    }
+    .ok()
+}

@@ -114,7 +114,7 @@ fn main() {
             format_args!(
                 "unable to resolve {}: {}",
                 root.display(),
-                sys::io_reason(&e)
+                unixtool::io_reason(&e)
             ),
         ),
     };
@@ -124,7 +124,7 @@ fn main() {
             format_args!(
                 "unable to chdir to {}: {}",
                 root.display(),
-                sys::io_reason(&e)
+                unixtool::io_reason(&e)
             ),
         );
     }
@@ -136,7 +136,7 @@ fn main() {
             format_args!(
                 "unable to resolve {}/htdocs: {}",
                 root.display(),
-                sys::io_reason(&e)
+                unixtool::io_reason(&e)
             ),
         ),
     };
@@ -208,7 +208,7 @@ fn main() {
             TOOL.warn(format_args!(
                 "unable to notify {}: {}",
                 path.to_string_lossy(),
-                sys::io_reason(&e)
+                unixtool::io_reason(&e)
             ));
         }
     }
@@ -267,7 +267,11 @@ fn read_release(root: &Path) -> String {
         Ok(t) => t,
         Err(e) => TOOL.fatal(
             EXIT_TEMPORARY,
-            format_args!("unable to read {}: {}", path.display(), sys::io_reason(&e)),
+            format_args!(
+                "unable to read {}: {}",
+                path.display(),
+                unixtool::io_reason(&e)
+            ),
         ),
     };
     let id = text.lines().next().unwrap_or("").trim().to_string();

@@ -3,7 +3,6 @@
 use std::ffi::OsStr;
 use std::net::ToSocketAddrs;
 use std::os::fd::{IntoRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -168,11 +167,12 @@ pub fn listen_on(addr: &str) -> Result<(RawFd, u16), ListenError> {
         .ok()
         .and_then(|mut a| a.next())
         .ok_or(ListenError::Address)?;
-    let l = std::net::TcpListener::bind(sa).map_err(|e| ListenError::Os("bind", errno_of(&e)))?;
+    let l = std::net::TcpListener::bind(sa)
+        .map_err(|e| ListenError::Os("bind", unixtool::errno_of(&e)))?;
     let port = l
         .local_addr()
         .map(|a| a.port())
-        .map_err(|e| ListenError::Os("bind", errno_of(&e)))?;
+        .map_err(|e| ListenError::Os("bind", unixtool::errno_of(&e)))?;
     let fd = l.into_raw_fd();
     // std binds with SO_REUSEADDR and a backlog of 128; make it SOMAXCONN.
     unsafe { libc::listen(fd, libc::SOMAXCONN) };
@@ -213,25 +213,8 @@ pub fn wait_for_release_of_hold(fd: RawFd) {
 /// abstract namespace).
 pub fn notify(path: &OsStr, msg: &[u8]) -> std::io::Result<()> {
     let sock = UnixDatagram::unbound()?;
-    let bytes = path.as_bytes();
-    if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-        sock.send_to_addr(msg, &addr)?;
-    } else {
-        sock.send_to(msg, path)?;
-    }
+    let addr = unixtool::readiness::notify_address(path)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    sock.send_to_addr(msg, &addr)?;
     Ok(())
-}
-
-fn errno_of(e: &std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-/// The reason of an I/O error without Rust's `(os error N)`.
-pub fn io_reason(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(n) => unixtool::strerror(Errno::from_raw(n)).to_string(),
-        None => e.to_string(),
-    }
 }
