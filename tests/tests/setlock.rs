@@ -305,9 +305,12 @@ fn compatible_with_daemontools_setlock() {
             ctx("-x missing dir")
         );
         assert_eq!(go(&tool, &[dir, "true"]).0, 111, "{}", ctx("directory"));
+        // -x and a directory: daemontools exits 0 (open failed); ours refuses a lock
+        // file that is not a regular file even under -x (see the page's Notes).
+        let want = if name == "ours" { 111 } else { 0 };
         assert_eq!(
             go(&tool, &["-x", dir, "true"]).0,
-            0,
+            want,
             "{}",
             ctx("-x directory")
         );
@@ -452,5 +455,161 @@ fn failures_exit_111_with_one_line() {
     assert!(
         err.contains("unable to open") && err.contains("Permission denied"),
         "{err}"
+    );
+}
+
+/// A FIFO, a directory, a socket or a device where the lock file should be: refused
+/// at once with one line and 111, whatever -n/-N/-t/-x/-r say. Before, a FIFO
+/// without a reader hung setlock in open(2) for ever, even under -n and -t.
+#[test]
+fn not_a_regular_file_is_refused_at_once() {
+    let d = TempDir::new("setlock-kinds");
+    let fifo = d.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let sock = d.join("sock");
+    let _listening = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let dir = d.join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    let marker = d.join("ran");
+    let mark = format!("touch {}", marker.display());
+    let kinds = [
+        (fifo.to_str().unwrap(), "a FIFO"),
+        (sock.to_str().unwrap(), "a socket"),
+        (dir.to_str().unwrap(), "a directory"),
+        ("/dev/null", "a character device"),
+    ];
+    let optsets: &[&[&str]] = &[
+        &[],
+        &["-n"],
+        &["-N"],
+        &["-t", "100"],
+        &["-x", "-n"],
+        &["-x"],
+        &["-r"],
+        &["-r", "-n"],
+    ];
+    for (file, kind) in kinds {
+        for opts in optsets {
+            let mut a: Vec<&str> = opts.to_vec();
+            a.extend([file, "sh", "-c", &mark]);
+            let (code, out, err) = run(sl(&ours(), &a), Duration::from_secs(10));
+            assert_eq!(code, 111, "{a:?}: {err}");
+            assert_eq!(out, "");
+            one_line(&err);
+            assert_eq!(
+                err.trim_end(),
+                format!("setlock: fatal: unable to open {file}: it is {kind}, not a regular file"),
+                "{a:?}"
+            );
+            assert!(!marker.exists(), "{a:?}: prog ran");
+        }
+    }
+    // A FIFO with a reader: open(2) succeeds at once, and the file is refused all the same.
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let fs = fifo.to_str().unwrap();
+    for opts in optsets {
+        let mut a: Vec<&str> = opts.to_vec();
+        a.extend([fs, "sh", "-c", &mark]);
+        let (code, _, err) = run(sl(&ours(), &a), Duration::from_secs(10));
+        assert_eq!(code, 111, "{a:?} with a reader: {err}");
+        assert!(err.contains("it is a FIFO, not a regular file"), "{err}");
+        assert!(!marker.exists(), "{a:?}: prog ran");
+    }
+    // Still nothing was created or changed: the FIFO is a FIFO, no file beside it.
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
+/// The lock is opened with O_NONBLOCK so that a FIFO cannot hang the open, and the
+/// flag is cleared again before prog gets the descriptor.
+#[test]
+fn prog_gets_a_blocking_lock_descriptor() {
+    let d = TempDir::new("setlock-flags");
+    let f = d.join("lock");
+    for opts in [&["-d", "7"][..], &["-r", "-d", "7"]] {
+        let mut a: Vec<&str> = opts.to_vec();
+        a.extend([f.to_str().unwrap(), "cat", "/proc/self/fdinfo/7"]);
+        let (code, out, err) = go(&ours(), &a);
+        assert_eq!(code, 0, "{err}");
+        let flags = out
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+            .unwrap_or_else(|| panic!("no flags in {out}"));
+        assert_eq!(
+            flags & libc::O_NONBLOCK as u32,
+            0,
+            "{opts:?}: flags {flags:o}"
+        );
+        assert!(out.contains("FLOCK"), "{opts:?}: no flock on fd 7: {out}");
+    }
+}
+
+/// --no-follow: a symlink where the lock file should be is refused (111, even
+/// under -x), and a dangling one creates nothing at its target. Without it a
+/// symlink is followed, as daemontools does.
+#[test]
+fn no_follow_refuses_a_symlink() {
+    let d = TempDir::new("setlock-nofollow");
+    let real = d.join("real");
+    std::fs::write(&real, "").unwrap();
+    let link = d.join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let dangling = d.join("dangling");
+    let victim = d.join("victim");
+    std::os::unix::fs::symlink(&victim, &dangling).unwrap();
+    let marker = d.join("ran");
+    let mark = format!("touch {}", marker.display());
+    for file in [&link, &dangling] {
+        let fs = file.to_str().unwrap();
+        for opts in [
+            &["--no-follow"][..],
+            &["--no-follow", "-x"],
+            &["--no-follow", "-n"],
+            &["--no-follow", "-r"],
+        ] {
+            let mut a: Vec<&str> = opts.to_vec();
+            a.extend([fs, "sh", "-c", &mark]);
+            let (code, out, err) = go(&ours(), &a);
+            assert_eq!(code, 111, "{a:?}: {err}");
+            assert_eq!(out, "");
+            one_line(&err);
+            assert_eq!(
+                err.trim_end(),
+                format!("setlock: fatal: unable to open {fs}: it is a symbolic link (--no-follow), not a regular file"),
+                "{a:?}"
+            );
+            assert!(!marker.exists(), "{a:?}: prog ran");
+        }
+    }
+    assert!(
+        !victim.exists(),
+        "--no-follow created the target of a dangling symlink"
+    );
+    // A regular file under --no-follow is locked as usual.
+    let rs = real.to_str().unwrap();
+    assert_eq!(go(&ours(), &["--no-follow", rs, "sh", "-c", "exit 7"]).0, 7);
+    // Without --no-follow the symlink is followed: the lock is on the real file.
+    let h = holder(&ours(), &[], &link);
+    assert_eq!(
+        go(&ours(), &["-n", rs, "true"]).0,
+        111,
+        "the lock is not on the link's target"
+    );
+    drop(h);
+    assert_eq!(
+        go(&ours(), &["-n", dangling.to_str().unwrap(), "true"]).0,
+        0
+    );
+    assert!(
+        victim.is_file(),
+        "without --no-follow a dangling link is followed (daemontools)"
     );
 }

@@ -1,14 +1,14 @@
 //! setlock: open a lock file, take a flock(2) lock on it, exec prog holding it.
 //! Drop-in for daemontools setlock (-nNxX), plus -r/-w, -t ms, -d fd. See README.md.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use lexopt::prelude::*;
 use nix::errno::Errno;
-use nix::fcntl::{open, OFlag};
-use nix::sys::stat::Mode;
+use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+use nix::sys::stat::{fstat, lstat, stat, Mode};
 use unixtool::{Tool, EXIT_TEMPORARY};
 
 /// The lock is held by someone else and `-t ms` ran out (sysexits EX_TEMPFAIL).
@@ -16,7 +16,7 @@ const EXIT_TIMEOUT: i32 = 75;
 
 const TOOL: Tool = Tool {
     name: "setlock",
-    usage: "setlock [-nNxX] [-r|-w] [-t ms] [-d fd] file prog...",
+    usage: "setlock [-nNxX] [-r|-w] [-t ms] [-d fd] [--no-follow] file prog...",
     help: "
   -n, --nonblock     if file is locked, fail at once (exit 111)
   -N, --block        if file is locked, wait for it (default)
@@ -26,17 +26,96 @@ const TOOL: Tool = Tool {
   -w, --exclusive    take an exclusive lock (default)
   -t, --timeout MS   wait at most MS milliseconds, then exit 75 (0: try once)
   -d, --fd FD        hand the lock to prog on descriptor FD
+      --no-follow    refuse file if it is a symlink (O_NOFOLLOW)
   -h, --help         this text
   -V, --version      the version
 ",
 };
 
+/// What the command line asks for.
+struct Options {
+    wait: Option<bool>,      // -N / -n
+    exit_zero: bool,         // -x / -X
+    shared: bool,            // -r / -w
+    timeout_ms: Option<u32>, // -t
+    lock_fd: Option<RawFd>,  // -d
+    no_follow: bool,         // --no-follow
+    file: OsString,
+    prog: Vec<OsString>,
+}
+
+/// Why the lock file could not be opened.
+enum OpenFailure {
+    /// open(2) failed: a missing directory, no permission.
+    Errno(Errno),
+    /// It is there, but it is not a regular file: a FIFO, a socket, a directory, a
+    /// device, or (with --no-follow) a symlink. Never excused by -x.
+    NotRegular(&'static str),
+}
+
 fn main() {
-    let mut wait: Option<bool> = None; // -N / -n
-    let mut exit_zero = false; // -x / -X
-    let mut shared: Option<bool> = None; // -r / -w
+    let opt = parse_options();
+    let name = opt.file.to_string_lossy();
+    // With -x, a lock that cannot be had is not an error: exit 0, say nothing.
+    let give_up = |code: i32, msg: std::fmt::Arguments| -> ! {
+        if opt.exit_zero {
+            std::process::exit(0)
+        }
+        TOOL.fatal(code, msg)
+    };
+
+    let fd = match open_lock(&opt) {
+        Ok(fd) => fd,
+        Err(OpenFailure::NotRegular(kind)) => TOOL.fatal(
+            EXIT_TEMPORARY,
+            format_args!("unable to open {name}: it is {kind}, not a regular file"),
+        ),
+        Err(OpenFailure::Errno(e)) => give_up(
+            EXIT_TEMPORARY,
+            format_args!("unable to open {name}: {}", unixtool::strerror(e)),
+        ),
+    };
+    match lock(fd, &opt) {
+        Ok(()) => {}
+        Err(Errno::EWOULDBLOCK) => give_up(
+            EXIT_TEMPORARY,
+            format_args!("unable to lock {name}: locked by another process"),
+        ),
+        Err(Errno::ETIMEDOUT) => give_up(
+            EXIT_TIMEOUT,
+            format_args!(
+                "unable to lock {name}: still locked by another process after {} ms",
+                opt.timeout_ms.unwrap_or(0)
+            ),
+        ),
+        Err(e) => give_up(
+            EXIT_TEMPORARY,
+            format_args!("unable to lock {name}: {}", unixtool::strerror(e)),
+        ),
+    }
+
+    // Hand the lock down: on -d fd, or where open put it; then become prog.
+    let handed = match opt.lock_fd {
+        Some(to) => unixtool::move_fd(fd, to),
+        None => unixtool::set_cloexec(fd, false),
+    };
+    if let Err(e) = handed {
+        TOOL.fatal_errno(
+            EXIT_TEMPORARY,
+            format_args!("put the lock on descriptor {}", opt.lock_fd.unwrap_or(fd)),
+            e,
+        );
+    }
+    TOOL.exec(&opt.prog)
+}
+
+fn parse_options() -> Options {
+    let mut wait: Option<bool> = None;
+    let mut exit_zero = false;
+    let mut shared: Option<bool> = None;
     let mut timeout_ms: Option<u32> = None;
     let mut lock_fd: Option<RawFd> = None;
+    let mut no_follow = false;
 
     let mut parser = lexopt::Parser::from_env();
     let args = loop {
@@ -58,6 +137,7 @@ fn main() {
                 let v = TOOL.value(&mut parser);
                 lock_fd = Some(TOOL.number("-d", &v, 0, i32::MAX));
             }
+            Long("no-follow") => no_follow = true,
             Short('h') | Long("help") => TOOL.print_help(),
             Short('V') | Long("version") => TOOL.print_version(),
             Value(first) => break unixtool::rest_of_args(first, &mut parser),
@@ -67,78 +147,95 @@ fn main() {
     if timeout_ms.is_some() && wait.is_some() {
         TOOL.usage("-t conflicts with -n and -N");
     }
-    let (file, prog): (&OsString, &[OsString]) = match args.split_first() {
-        Some((file, prog)) if !prog.is_empty() => (file, prog),
-        Some(_) => TOOL.usage("missing prog"),
-        None => TOOL.usage("missing file and prog"),
+    let mut args = args.into_iter();
+    let Some(file) = args.next() else {
+        TOOL.usage("missing file and prog")
     };
-    let shared = shared.unwrap_or(false);
-    let name = file.to_string_lossy();
-    // With -x, a lock that cannot be had is not an error: exit 0, say nothing.
-    let give_up = |code: i32, msg: std::fmt::Arguments| -> ! {
-        if exit_zero {
-            std::process::exit(0)
-        }
-        TOOL.fatal(code, msg)
-    };
+    let prog: Vec<OsString> = args.collect();
+    if prog.is_empty() {
+        TOOL.usage("missing prog");
+    }
+    Options {
+        wait,
+        exit_zero,
+        shared: shared.unwrap_or(false),
+        timeout_ms,
+        lock_fd,
+        no_follow,
+        file,
+        prog,
+    }
+}
 
-    // Open (creating it 0600 if missing), close-on-exec until we hand it down.
-    let flags = if shared {
-        OFlag::O_RDONLY
+/// Open the lock file (creating it 0600 if missing), close-on-exec until it is
+/// handed down. O_NONBLOCK, so that a FIFO cannot hang open(2); cleared again
+/// once the file is known to be a regular file, so prog gets a plain descriptor.
+fn open_lock(opt: &Options) -> Result<RawFd, OpenFailure> {
+    let (mode, append) = if opt.shared {
+        (OFlag::O_RDONLY, 0)
     } else {
-        OFlag::O_WRONLY | OFlag::O_APPEND
+        (OFlag::O_WRONLY | OFlag::O_APPEND, libc::O_APPEND)
     };
-    let flags = flags | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
-    let fd = match unixtool::retry_eintr(|| {
-        open(file.as_os_str(), flags, Mode::from_bits_truncate(0o600))
-    }) {
-        Ok(fd) => fd,
-        Err(e) => give_up(
-            EXIT_TEMPORARY,
-            format_args!("unable to open {name}: {}", unixtool::strerror(e)),
-        ),
+    let mut flags = mode | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
+    if opt.no_follow {
+        flags |= OFlag::O_NOFOLLOW;
+    }
+    let path = opt.file.as_os_str();
+    let fd = unixtool::retry_eintr(|| open(path, flags, Mode::from_bits_truncate(0o600))).map_err(
+        |e| match kind_at(path, opt.no_follow) {
+            Some(kind) => OpenFailure::NotRegular(kind),
+            None => OpenFailure::Errno(e),
+        },
+    )?;
+    let checked = match fstat(fd) {
+        Ok(st) => match not_regular(st.st_mode) {
+            None => fcntl(fd, FcntlArg::F_SETFL(OFlag::from_bits_truncate(append)))
+                .map(drop)
+                .map_err(OpenFailure::Errno),
+            Some(kind) => Err(OpenFailure::NotRegular(kind)),
+        },
+        Err(e) => Err(OpenFailure::Errno(e)),
     };
+    if checked.is_err() {
+        let _ = nix::unistd::close(fd);
+    }
+    checked.map(|()| fd)
+}
 
-    // Lock it: wait (-N), try once (-n, -t 0), or wait at most -t ms.
-    let op = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
-    let result = match (wait, timeout_ms) {
+/// After a failed open(2): what is at `path` when it is not a regular file (the
+/// reason to report), None when it is one or cannot be looked at (report the errno).
+fn kind_at(path: &OsStr, no_follow: bool) -> Option<&'static str> {
+    let st = if no_follow { lstat(path) } else { stat(path) };
+    st.ok().and_then(|st| not_regular(st.st_mode))
+}
+
+/// None for a regular file; otherwise what it is, for the message.
+fn not_regular(mode: libc::mode_t) -> Option<&'static str> {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => None,
+        libc::S_IFDIR => Some("a directory"),
+        libc::S_IFIFO => Some("a FIFO"),
+        libc::S_IFSOCK => Some("a socket"),
+        libc::S_IFCHR => Some("a character device"),
+        libc::S_IFBLK => Some("a block device"),
+        libc::S_IFLNK => Some("a symbolic link (--no-follow)"),
+        _ => Some("an unknown kind of file"),
+    }
+}
+
+/// Lock it: wait (-N), try once (-n, -t 0), or wait at most -t ms.
+fn lock(fd: RawFd, opt: &Options) -> Result<(), Errno> {
+    let op = if opt.shared {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
+    match (opt.wait, opt.timeout_ms) {
         (Some(false), _) => flock(fd, op | libc::LOCK_NB),
         (_, Some(0)) => flock(fd, op | libc::LOCK_NB).map_err(timed_out),
         (_, Some(ms)) => flock_timeout(fd, op, ms),
         _ => unixtool::retry_eintr(|| flock(fd, op)),
-    };
-    match result {
-        Ok(()) => {}
-        Err(Errno::EWOULDBLOCK) => give_up(
-            EXIT_TEMPORARY,
-            format_args!("unable to lock {name}: locked by another process"),
-        ),
-        Err(Errno::ETIMEDOUT) => give_up(
-            EXIT_TIMEOUT,
-            format_args!(
-                "unable to lock {name}: still locked by another process after {} ms",
-                timeout_ms.unwrap_or(0)
-            ),
-        ),
-        Err(e) => give_up(
-            EXIT_TEMPORARY,
-            format_args!("unable to lock {name}: {}", unixtool::strerror(e)),
-        ),
     }
-
-    // Hand the lock down: on -d fd, or where open put it; then become prog.
-    let handed = match lock_fd {
-        Some(to) => unixtool::move_fd(fd, to),
-        None => unixtool::set_cloexec(fd, false),
-    };
-    if let Err(e) = handed {
-        TOOL.fatal_errno(
-            EXIT_TEMPORARY,
-            format_args!("put the lock on descriptor {}", lock_fd.unwrap_or(fd)),
-            e,
-        );
-    }
-    TOOL.exec(prog)
 }
 
 /// `-r`/`-w` may be given again, but not both.
