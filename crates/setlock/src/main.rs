@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use lexopt::prelude::*;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::stat::{fstat, lstat, stat, Mode};
 use unixtool::{Tool, EXIT_TEMPORARY};
 
@@ -247,6 +248,8 @@ fn set_once(slot: &mut Option<bool>, v: bool) {
 }
 
 fn flock(fd: RawFd, op: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: flock(2) takes a descriptor number and an operation, no memory;
+    // a stale descriptor is an EBADF, not undefined behaviour.
     Errno::result(unsafe { libc::flock(fd, op) }).map(drop)
 }
 
@@ -279,30 +282,33 @@ fn flock_timeout(fd: RawFd, op: libc::c_int, ms: u32) -> Result<(), Errno> {
             tv_usec: every_us as libc::suseconds_t,
         },
     };
-    unsafe {
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = on_alarm as extern "C" fn(libc::c_int) as usize;
-        act.sa_flags = 0; // no SA_RESTART: the signal must interrupt flock(2)
-        libc::sigemptyset(&mut act.sa_mask);
-        let mut old: libc::sigaction = std::mem::zeroed();
-        Errno::result(libc::sigaction(libc::SIGALRM, &act, &mut old))?;
-        let armed = itimer(ms, 10_000);
-        let result = if libc::setitimer(libc::ITIMER_REAL, &armed, std::ptr::null_mut()) == -1 {
-            Err(Errno::last())
-        } else {
-            loop {
-                if ALARM.load(Ordering::SeqCst) {
-                    break Err(Errno::ETIMEDOUT);
-                }
-                match flock(fd, op) {
-                    Err(Errno::EINTR) => continue,
-                    other => break other,
-                }
-            }
-        };
-        let off = itimer(0, 0);
-        libc::setitimer(libc::ITIMER_REAL, &off, std::ptr::null_mut());
-        libc::sigaction(libc::SIGALRM, &old, std::ptr::null_mut());
-        result
-    }
+    // No SA_RESTART: the signal must interrupt flock(2).
+    let act = SigAction::new(
+        SigHandler::Handler(on_alarm),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe,
+    // and setlock has no other threads whose signal handling this could upset.
+    let old = unsafe { sigaction(Signal::SIGALRM, &act) }?;
+    let result = set_timer(&itimer(ms, 10_000)).and_then(|()| loop {
+        if ALARM.load(Ordering::SeqCst) {
+            break Err(Errno::ETIMEDOUT);
+        }
+        match flock(fd, op) {
+            Err(Errno::EINTR) => continue,
+            other => break other,
+        }
+    });
+    let _ = set_timer(&itimer(0, 0));
+    // SAFETY: puts back the disposition sigaction returned above, as it was before.
+    let _ = unsafe { sigaction(Signal::SIGALRM, &old) };
+    result
+}
+
+/// setitimer(2) on the real-time timer (SIGALRM); the old value is not wanted.
+fn set_timer(t: &libc::itimerval) -> Result<(), Errno> {
+    // SAFETY: `t` is a valid itimerval for the duration of the call, and a null
+    // old-value pointer is allowed (nothing is written back).
+    Errno::result(unsafe { libc::setitimer(libc::ITIMER_REAL, t, std::ptr::null_mut()) }).map(drop)
 }
