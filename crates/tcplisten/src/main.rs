@@ -3,16 +3,15 @@
 //! style), drop privileges, exec prog. No process of its own is left behind.
 //! See README.md.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fmt::Display;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::socket::{
     self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage,
     UnixAddr,
@@ -51,140 +50,206 @@ enum Address {
 /// `-u`: the user id, and the user's own group when it was given by name.
 type User_ = (Uid, Option<Gid>);
 
-fn main() {
-    let mut backlog = libc::c_int::MAX; // the kernel clamps it to its maximum
-    let mut print_port = false;
-    let mut reuseaddr = true;
-    let mut nonblock = false;
-    let mut v6only = false;
-    let mut mode: Option<u32> = None;
-    let mut user: Option<User_> = None;
-    let mut group: Option<Gid> = None;
-    let mut systemd = false;
-    let mut fdname: Option<String> = None;
+/// What the options ask for.
+struct Options {
+    backlog: libc::c_int,
+    print_port: bool,
+    reuseaddr: bool,
+    nonblock: bool,
+    v6only: bool,
+    mode: Option<u32>,
+    user: Option<User_>,
+    group: Option<Gid>,
+    systemd: bool,
+    fdname: Option<String>,
+}
 
+/// The socket, bound and listening, and what a failure from here on must undo.
+struct Listening {
+    sock: OwnedFd,
+    /// The Unix socket file, removed again if tcplisten fails before its exec.
+    socket_file: Option<PathBuf>,
+    /// The TCP address the kernel bound (port 0 resolved).
+    local: Option<SocketAddr>,
+}
+
+impl Listening {
+    /// A fatal error once the socket file exists: remove it first, so none is left behind.
+    fn fatal(&self, code: i32, what: impl Display, err: Errno) -> ! {
+        fatal_after_bind(self.socket_file.as_deref(), code, what, err)
+    }
+}
+
+fn main() {
     // Before tcplisten opens anything: is descriptor 3 someone else's (-s replaces it)?
     let fd3_inherited = unixtool::fd_is_open(3);
+    let (opt, args) = parse_options();
+    let (address, prog) = parse_operands(&opt, args);
+    let (uid, gid) = target_ids(&opt);
+    let listening = bind_and_listen(&address, &opt);
+    drop_privileges(&listening, uid, gid);
+    let target = export_environment(&address, &listening, &opt, fd3_inherited);
+    hand_off(listening, target, opt.print_port, &prog)
+}
+
+/// The options, and the operands after them (untouched: prog's own options are its own).
+fn parse_options() -> (Options, Vec<OsString>) {
+    let mut opt = Options {
+        backlog: libc::c_int::MAX, // the kernel clamps it to its maximum
+        print_port: false,
+        reuseaddr: true,
+        nonblock: false,
+        v6only: false,
+        mode: None,
+        user: None,
+        group: None,
+        systemd: false,
+        fdname: None,
+    };
     let mut parser = lexopt::Parser::from_env();
-    let mut args = Vec::new();
     while let Some(arg) = TOOL.next_arg(&mut parser) {
         use lexopt::prelude::*;
         match arg {
             Short('b') | Long("backlog") => {
-                backlog = TOOL.number("-b", &TOOL.value(&mut parser), 1, libc::c_int::MAX)
+                opt.backlog = TOOL.number("-b", &TOOL.value(&mut parser), 1, libc::c_int::MAX)
             }
-            Short('1') | Long("print-port") => print_port = true,
-            Short('d') | Long("reuseaddr") => reuseaddr = true,
-            Short('D') | Long("no-reuseaddr") => reuseaddr = false,
-            Short('B') | Long("blocking") => nonblock = false,
-            Short('N') | Long("nonblock") => nonblock = true,
-            Short('6') | Long("ipv6-only") => v6only = true,
-            Short('m') | Long("mode") => mode = Some(parse_mode(&TOOL.value(&mut parser))),
-            Short('u') | Long("user") => user = Some(parse_user(&TOOL.value(&mut parser))),
-            Short('g') | Long("group") => group = Some(parse_group(&TOOL.value(&mut parser))),
+            Short('1') | Long("print-port") => opt.print_port = true,
+            Short('d') | Long("reuseaddr") => opt.reuseaddr = true,
+            Short('D') | Long("no-reuseaddr") => opt.reuseaddr = false,
+            Short('B') | Long("blocking") => opt.nonblock = false,
+            Short('N') | Long("nonblock") => opt.nonblock = true,
+            Short('6') | Long("ipv6-only") => opt.v6only = true,
+            Short('m') | Long("mode") => opt.mode = Some(parse_mode(&TOOL.value(&mut parser))),
+            Short('u') | Long("user") => opt.user = Some(parse_user(&TOOL.value(&mut parser))),
+            Short('g') | Long("group") => opt.group = Some(parse_group(&TOOL.value(&mut parser))),
             Short('U') | Long("env-uidgid") => {
-                user = Some((Uid::from_raw(env_id("UID")), None));
-                group = Some(Gid::from_raw(env_id("GID")));
+                opt.user = Some((Uid::from_raw(env_id("UID")), None));
+                opt.group = Some(Gid::from_raw(env_id("GID")));
             }
-            Short('s') | Long("systemd") => systemd = true,
-            Long("fdname") => fdname = Some(parse_fdname(&TOOL.value(&mut parser))),
+            Short('s') | Long("systemd") => opt.systemd = true,
+            Long("fdname") => opt.fdname = Some(parse_fdname(&TOOL.value(&mut parser))),
             Short('h') | Long("help") => TOOL.print_help(),
             Short('V') | Long("version") => TOOL.print_version(),
-            Value(v) => {
-                args = unixtool::rest_of_args(v, &mut parser);
-                break;
-            }
+            Value(v) => return (opt, unixtool::rest_of_args(v, &mut parser)),
             _ => TOOL.bad_arg(arg.unexpected()),
         }
     }
+    (opt, Vec::new())
+}
 
-    // host port prog... or path prog...; everything checked before any socket exists.
+/// `host port prog...` or `path prog...`; everything checked before any socket exists.
+fn parse_operands(opt: &Options, mut args: Vec<OsString>) -> (Address, Vec<OsString>) {
     let Some(first) = args.first() else {
         TOOL.usage("no address given")
     };
     let unix = first.as_bytes().contains(&b'/');
-    let (port, prog) = if unix {
-        (0, &args[1..])
+    let (port, prog_at) = if unix {
+        (0, 1)
     } else {
         let Some(port) = args.get(1) else {
             TOOL.usage("no port given")
         };
-        (parse_port(port), &args[2..])
+        (parse_port(port), 2)
     };
-    if prog.is_empty() {
+    if args.len() <= prog_at {
         TOOL.usage("no program given");
     }
-    if unix && print_port {
+    if unix && opt.print_port {
         TOOL.usage("-1 prints a TCP port; a Unix socket has none");
     }
-    if unix && v6only {
+    if unix && opt.v6only {
         TOOL.usage("-6 applies to IPv6 addresses, not to a Unix socket");
     }
-    if !unix && mode.is_some() {
+    if !unix && opt.mode.is_some() {
         TOOL.usage("-m applies to a Unix socket path only");
     }
-    if fdname.is_some() && !systemd {
+    if opt.fdname.is_some() && !opt.systemd {
         TOOL.usage("--fdname applies with -s only");
     }
-    let gid = group.or_else(|| user.map(user_group));
-    let uid = user.map(|(uid, _)| uid);
+    let prog = args.split_off(prog_at);
     let address = if unix {
-        Address::Unix(PathBuf::from(first))
+        Address::Unix(PathBuf::from(&args[0]))
     } else {
-        Address::Inet(parse_host(first, port))
+        Address::Inet(parse_host(&args[0], port))
     };
-    if v6only && matches!(address, Address::Inet(SocketAddr::V4(_))) {
+    if opt.v6only && matches!(address, Address::Inet(SocketAddr::V4(_))) {
         TOOL.usage("-6 applies to IPv6 addresses only");
     }
+    (address, prog)
+}
 
-    // Socket, bind, listen. From the bind on, a failure removes the socket file.
-    let (sock, socket_file) = match &address {
-        Address::Inet(sa) => (bind_inet(sa, reuseaddr, v6only), None),
-        Address::Unix(path) => (bind_unix(path, mode), Some(path.as_path())),
+/// The uid and gid to run as after bind (`-u`, `-g`, `-U`), looked up before the bind.
+fn target_ids(opt: &Options) -> (Option<Uid>, Option<Gid>) {
+    let gid = opt.group.or_else(|| opt.user.map(user_group));
+    (opt.user.map(|(uid, _)| uid), gid)
+}
+
+/// Socket, bind, listen, the O_NONBLOCK flag, the bound address. From the bind
+/// on, a failure removes the socket file.
+fn bind_and_listen(address: &Address, opt: &Options) -> Listening {
+    let (sock, socket_file) = match address {
+        Address::Inet(sa) => (bind_inet(sa, opt.reuseaddr, opt.v6only), None),
+        Address::Unix(path) => (bind_unix(path, opt.mode), Some(path.clone())),
     };
-    let fail =
-        |code: i32, what: &dyn Display, err: Errno| fatal_after_bind(socket_file, code, what, err);
+    let mut l = Listening {
+        sock,
+        socket_file,
+        local: None,
+    };
+    let fd = l.sock.as_raw_fd();
+    // SAFETY: listen(2) takes a descriptor number and an int, no memory; a bad
+    // descriptor is an error return, not undefined behaviour.
     if let Err(e) =
-        unixtool::retry_eintr(|| Errno::result(unsafe { libc::listen(sock.as_raw_fd(), backlog) }))
+        unixtool::retry_eintr(|| Errno::result(unsafe { libc::listen(fd, opt.backlog) }))
     {
-        fail(EXIT_TEMPORARY, &"listen", e);
+        l.fatal(EXIT_TEMPORARY, "listen", e);
     }
-    let fl = match fcntl(sock.as_raw_fd(), FcntlArg::F_GETFL) {
+    let fl = match fcntl(fd, FcntlArg::F_GETFL) {
         Ok(fl) => OFlag::from_bits_truncate(fl),
-        Err(e) => fatal_after_bind(socket_file, EXIT_TEMPORARY, "read the socket's flags", e),
+        Err(e) => l.fatal(EXIT_TEMPORARY, "read the socket's flags", e),
     };
-    let fl = if nonblock {
+    let fl = if opt.nonblock {
         fl | OFlag::O_NONBLOCK
     } else {
         fl - OFlag::O_NONBLOCK
     };
-    if let Err(e) = fcntl(sock.as_raw_fd(), FcntlArg::F_SETFL(fl)) {
-        fail(EXIT_TEMPORARY, &"set the socket's O_NONBLOCK flag", e);
+    if let Err(e) = fcntl(fd, FcntlArg::F_SETFL(fl)) {
+        l.fatal(EXIT_TEMPORARY, "set the socket's O_NONBLOCK flag", e);
     }
-    let local = match &address {
-        Address::Inet(_) => match local_address(&sock) {
-            Ok(sa) => Some(sa),
-            Err(e) => fatal_after_bind(socket_file, EXIT_TEMPORARY, "read the bound address", e),
-        },
-        Address::Unix(_) => None,
-    };
+    if let Address::Inet(_) = address {
+        match local_address(&l.sock) {
+            Ok(sa) => l.local = Some(sa),
+            Err(e) => l.fatal(EXIT_TEMPORARY, "read the bound address", e),
+        }
+    }
+    l
+}
 
-    // Privileges: groups first, then the user; if any step fails, nothing is exec'd.
+/// Groups first, then the user; if any step fails, nothing is exec'd.
+fn drop_privileges(l: &Listening, uid: Option<Uid>, gid: Option<Gid>) {
     if let Some(g) = gid {
         if let Err(e) = nix::unistd::setgroups(&[g]) {
-            fail(EXIT_TEMPORARY, &format_args!("set groups to {g}"), e);
+            l.fatal(EXIT_TEMPORARY, format_args!("set groups to {g}"), e);
         }
         if let Err(e) = nix::unistd::setgid(g) {
-            fail(EXIT_TEMPORARY, &format_args!("set gid to {g}"), e);
+            l.fatal(EXIT_TEMPORARY, format_args!("set gid to {g}"), e);
         }
     }
     if let Some(u) = uid {
         if let Err(e) = nix::unistd::setuid(u) {
-            fail(EXIT_TEMPORARY, &format_args!("set uid to {u}"), e);
+            l.fatal(EXIT_TEMPORARY, format_args!("set uid to {u}"), e);
         }
     }
+}
 
-    // The environment prog reads (ucspi, systemd).
+/// The environment prog reads (ucspi; systemd with -s). Returns the descriptor
+/// the socket goes on: 0, or 3 with -s.
+fn export_environment(
+    address: &Address,
+    l: &Listening,
+    opt: &Options,
+    fd3_inherited: bool,
+) -> RawFd {
     for var in [
         "PROTO",
         "TCPLOCALIP",
@@ -195,7 +260,7 @@ fn main() {
     ] {
         std::env::remove_var(var);
     }
-    match (&address, local) {
+    match (address, l.local) {
         (_, Some(SocketAddr::V4(a))) => {
             std::env::set_var("PROTO", "TCP");
             std::env::set_var("TCPLOCALIP", a.ip().to_string());
@@ -217,44 +282,48 @@ fn main() {
         }
         (Address::Inet(_), None) => {}
     }
-    let target = if systemd {
-        if fd3_inherited {
-            TOOL.warn(
-                "descriptor 3 was open when tcplisten started; -s replaces it with the socket",
-            );
-        }
-        std::env::set_var("LISTEN_FDS", "1");
-        std::env::set_var("LISTEN_PID", std::process::id().to_string());
-        std::env::set_var("LISTEN_FDNAMES", fdname.as_deref().unwrap_or("tcplisten"));
-        3
-    } else {
-        0
-    };
+    if !opt.systemd {
+        return 0;
+    }
+    if fd3_inherited {
+        TOOL.warn("descriptor 3 was open when tcplisten started; -s replaces it with the socket");
+    }
+    std::env::set_var("LISTEN_FDS", "1");
+    std::env::set_var("LISTEN_PID", std::process::id().to_string());
+    std::env::set_var(
+        "LISTEN_FDNAMES",
+        opt.fdname.as_deref().unwrap_or("tcplisten"),
+    );
+    3
+}
 
-    // The socket on its descriptor, inheritable; everything else stays close-on-exec.
-    let raw = sock.into_raw_fd();
+/// The socket on its descriptor, inheritable (everything else stays
+/// close-on-exec), the port printed with -1, then exec prog.
+fn hand_off(l: Listening, target: RawFd, print_port: bool, prog: &[OsString]) -> ! {
+    let socket_file = l.socket_file.as_deref();
+    let raw = l.sock.into_raw_fd();
     if let Err(e) = unixtool::move_fd(raw, target) {
-        fail(
+        fatal_after_bind(
+            socket_file,
             EXIT_TEMPORARY,
-            &format_args!("move the socket to descriptor {target}"),
+            format_args!("move the socket to descriptor {target}"),
             e,
         );
     }
     if print_port {
-        let port = local.map(|a| a.port()).unwrap_or(0);
+        let port = l.local.map(|a| a.port()).unwrap_or(0);
         if let Err(e) = write_all_stdout(format!("{port}\n").as_bytes()) {
-            fail(EXIT_TEMPORARY, &"print the port", e);
+            fatal_after_bind(socket_file, EXIT_TEMPORARY, "print the port", e);
         }
     }
-
-    // Rust ignores SIGPIPE for itself; prog gets the default disposition back.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    // exec_errno gives prog SIGPIPE's default disposition back (Rust ignores it).
     let err = unixtool::exec_errno(prog);
-    fail(
+    fatal_after_bind(
+        socket_file,
         EXIT_TEMPORARY,
-        &format_args!("run {}", prog[0].to_string_lossy()),
+        format_args!("run {}", prog[0].to_string_lossy()),
         err,
-    );
+    )
 }
 
 /// A fatal error once the socket file exists: remove it first, so none is left behind.
@@ -360,11 +429,15 @@ fn parse_port(v: &OsStr) -> u16 {
     let Ok(name) = CString::new(v.as_bytes()) else {
         bad()
     };
+    // SAFETY: both arguments are NUL-terminated strings that outlive the call.
     let ent = unsafe { libc::getservbyname(name.as_ptr(), c"tcp".as_ptr()) };
     if ent.is_null() {
         bad();
     }
-    u16::from_be(unsafe { (*ent).s_port } as u16)
+    // SAFETY: `ent` is not null: it points to the C library's static servent,
+    // valid until the next getservbyname call, and tcplisten has one thread.
+    let port = unsafe { (*ent).s_port };
+    u16::from_be(port as u16)
 }
 
 /// The host: `0` (0.0.0.0), an IPv4 dotted quad, an IPv6 literal (brackets and
@@ -421,15 +494,25 @@ fn resolve(host: &str) -> SocketAddr {
     let Ok(c) = CString::new(host) else {
         TOOL.usage(format_args!("bad host {host:?}"))
     };
-    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
-    hints.ai_family = libc::AF_UNSPEC;
-    hints.ai_socktype = libc::SOCK_STREAM;
+    let hints = libc::addrinfo {
+        ai_flags: 0,
+        ai_family: libc::AF_UNSPEC,
+        ai_socktype: libc::SOCK_STREAM,
+        ai_protocol: 0,
+        ai_addrlen: 0,
+        ai_addr: std::ptr::null_mut(),
+        ai_canonname: std::ptr::null_mut(),
+        ai_next: std::ptr::null_mut(),
+    };
     let mut res: *mut libc::addrinfo = std::ptr::null_mut();
+    // SAFETY: `c` is NUL-terminated, a null service is allowed, `hints` and `res`
+    // are valid for the call; on success `res` is a list we free below, once.
     let rc = unsafe { libc::getaddrinfo(c.as_ptr(), std::ptr::null(), &hints, &mut res) };
     if rc != 0 {
         let reason = if rc == libc::EAI_SYSTEM {
             Errno::last().desc().to_string()
         } else {
+            // SAFETY: gai_strerror returns a static NUL-terminated string, for any code.
             unsafe { CStr::from_ptr(libc::gai_strerror(rc)) }
                 .to_string_lossy()
                 .into_owned()
@@ -443,9 +526,12 @@ fn resolve(host: &str) -> SocketAddr {
     }
     let mut found = None;
     let mut ai = res;
+    // SAFETY: `ai` is null or a node of the list getaddrinfo returned, not yet freed.
     while let (None, Some(a)) = (found, unsafe { ai.as_ref() }) {
         found = match a.ai_family {
             libc::AF_INET => {
+                // SAFETY: an AF_INET entry's ai_addr points to a sockaddr_in, alive
+                // until freeaddrinfo; only the copied address leaves this scope.
                 let sin = unsafe { &*(a.ai_addr as *const libc::sockaddr_in) };
                 Some(SocketAddr::new(
                     IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),
@@ -453,6 +539,8 @@ fn resolve(host: &str) -> SocketAddr {
                 ))
             }
             libc::AF_INET6 => {
+                // SAFETY: an AF_INET6 entry's ai_addr points to a sockaddr_in6, alive
+                // until freeaddrinfo; only the copied address leaves this scope.
                 let sin6 = unsafe { &*(a.ai_addr as *const libc::sockaddr_in6) };
                 let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
                 Some(SocketAddr::V6(SocketAddrV6::new(
@@ -466,6 +554,8 @@ fn resolve(host: &str) -> SocketAddr {
         };
         ai = a.ai_next;
     }
+    // SAFETY: `res` came from a successful getaddrinfo and is freed once; nothing
+    // borrowed from it is used after this line.
     unsafe { libc::freeaddrinfo(res) };
     found.unwrap_or_else(|| {
         TOOL.usage(format_args!(
