@@ -30,7 +30,55 @@ const TOOL: Tool = Tool {
 ",
 };
 
+/// What the command line asks for.
+struct Options {
+    print_previous: bool,
+    if_absent: bool,
+    force: bool,
+    target: OsString,
+    linkname: OsString,
+}
+
+/// linkname, as every step after the parse sees it: its directory, opened once,
+/// and its last component; every call below is relative to that directory.
+struct Link<'a> {
+    dirfd: RawFd,
+    dir_name: String,
+    base: &'a OsStr,
+    /// linkname as messages print it.
+    name: String,
+}
+
 fn main() {
+    let opt = parse_options();
+    let link = open_link(&opt.linkname);
+
+    // -c: symlink(2) itself fails if anything is there; nothing to rename.
+    if opt.if_absent {
+        create_if_absent(&link, &opt.target);
+        sync_dir(&link);
+        return;
+    }
+    let kind = existing_kind(&link, opt.force);
+    let is_dir = kind == Some(SFlag::S_IFDIR);
+    let previous = match kind {
+        Some(SFlag::S_IFLNK) if opt.print_previous => Some(read_previous(&link)),
+        _ => None,
+    };
+    // The new link under a unique temporary name beside linkname, renamed over it
+    // in one step (a real directory under -f: exchanged with it, then moved aside).
+    let temp = make_temporary(&link, &opt.target);
+    switch(&link, &temp, is_dir);
+    if is_dir {
+        move_aside(&link, &temp);
+    }
+    if let Some(p) = previous {
+        print_previous(&link, p);
+    }
+    sync_dir(&link);
+}
+
+fn parse_options() -> Options {
     let mut print_previous = false;
     let mut if_absent = false;
     let mut force = false;
@@ -61,11 +109,20 @@ fn main() {
     if target.is_empty() {
         TOOL.usage("target is empty");
     }
-    let link = linkname.to_string_lossy().into_owned();
-    let (dir, base) = split_linkname(&linkname);
+    Options {
+        print_previous,
+        if_absent,
+        force,
+        target,
+        linkname,
+    }
+}
 
-    // The directory that holds linkname: every step below is relative to it.
-    let dir_name = dir.to_string_lossy();
+/// Open linkname's directory, and clear it of temporaries dead runs left.
+fn open_link(linkname: &OsStr) -> Link<'_> {
+    let name = linkname.to_string_lossy().into_owned();
+    let (dir, base) = split_linkname(linkname);
+    let dir_name = dir.to_string_lossy().into_owned();
     let dirfd = match unixtool::retry_eintr(|| {
         open(
             dir,
@@ -77,109 +134,124 @@ fn main() {
         Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("open directory {dir_name}"), e),
     };
     remove_stale_temporaries(dir);
-
-    // -c: symlink(2) itself fails if anything is there; nothing to rename.
-    if if_absent {
-        match symlinkat(target.as_os_str(), Some(dirfd), base) {
-            Ok(()) => {}
-            Err(Errno::EEXIST) => {
-                TOOL.fatal(EXIT_EXISTS, format_args!("{link} exists: left unchanged"))
-            }
-            Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("create {link}"), e),
-        }
-        sync_dir(dirfd, &dir_name);
-        return;
+    Link {
+        dirfd,
+        dir_name,
+        base,
+        name,
     }
+}
 
-    // What is there now: nothing and a symlink are fine; the rest needs -f.
-    let kind = match fstatat(Some(dirfd), base, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+/// -c: create linkname, or exit 1 if anything is there.
+fn create_if_absent(link: &Link, target: &OsStr) {
+    match symlinkat(target, Some(link.dirfd), link.base) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => TOOL.fatal(
+            EXIT_EXISTS,
+            format_args!("{} exists: left unchanged", link.name),
+        ),
+        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("create {}", link.name), e),
+    }
+}
+
+/// What is there now: nothing and a symlink are fine; the rest needs -f.
+fn existing_kind(link: &Link, force: bool) -> Option<SFlag> {
+    let l = &link.name;
+    let kind = match fstatat(
+        Some(link.dirfd),
+        link.base,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
         Ok(st) => Some(SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT),
         Err(Errno::ENOENT) => None,
-        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("stat {link}"), e),
+        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("stat {l}"), e),
     };
-    let is_dir = kind == Some(SFlag::S_IFDIR);
     match kind {
         None | Some(SFlag::S_IFLNK) => {}
         Some(_) if force => {}
         Some(SFlag::S_IFDIR) => TOOL.fatal(
             EXIT_USAGE,
             format_args!(
-                "refusing to replace {link}: it is a directory, not a symlink (-f moves it aside)"
+                "refusing to replace {l}: it is a directory, not a symlink (-f moves it aside)"
             ),
         ),
         Some(_) => TOOL.fatal(
             EXIT_USAGE,
-            format_args!(
-                "refusing to replace {link}: it is a file, not a symlink (-f replaces it)"
-            ),
+            format_args!("refusing to replace {l}: it is a file, not a symlink (-f replaces it)"),
         ),
     }
-    let previous = match kind {
-        Some(SFlag::S_IFLNK) if print_previous => match nix::fcntl::readlinkat(Some(dirfd), base) {
-            Ok(p) => Some(p),
-            Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("read symlink {link}"), e),
-        },
-        _ => None,
-    };
+    kind
+}
 
-    // The new link under a unique temporary name beside linkname...
-    let temp = make_temporary(dirfd, &target, base, &dir_name);
+/// -p: the target linkname points at now.
+fn read_previous(link: &Link) -> OsString {
+    match nix::fcntl::readlinkat(Some(link.dirfd), link.base) {
+        Ok(p) => p,
+        Err(e) => TOOL.fatal_errno(
+            EXIT_TEMPORARY,
+            format_args!("read symlink {}", link.name),
+            e,
+        ),
+    }
+}
 
-    // ...renamed over linkname in one step (or, for a real directory under -f,
-    // exchanged with it; the directory then moves to `<linkname>.replaced-<pid>`).
+/// rename(2) the temporary over linkname; for a real directory, exchange the two.
+fn switch(link: &Link, temp: &OsStr, is_dir: bool) {
+    let dirfd = Some(link.dirfd);
     let switched = if is_dir {
-        renameat2(
-            Some(dirfd),
-            temp.as_os_str(),
-            Some(dirfd),
-            base,
-            RenameFlags::RENAME_EXCHANGE,
-        )
+        renameat2(dirfd, temp, dirfd, link.base, RenameFlags::RENAME_EXCHANGE)
     } else {
-        renameat(Some(dirfd), temp.as_os_str(), Some(dirfd), base)
+        renameat(dirfd, temp, dirfd, link.base)
     };
     if let Err(e) = switched {
-        let _ = unlinkat(Some(dirfd), temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        let _ = unlinkat(dirfd, temp, UnlinkatFlags::NoRemoveDir);
         TOOL.fatal_errno(
             EXIT_TEMPORARY,
-            format_args!("rename a new symlink over {link}"),
+            format_args!("rename a new symlink over {}", link.name),
             e,
         );
     }
-    if is_dir {
-        let mut aside = base.to_os_string();
-        aside.push(format!(".replaced-{}", std::process::id()));
-        let aside_name = aside.to_string_lossy();
-        match renameat2(
-            Some(dirfd),
-            temp.as_os_str(),
-            Some(dirfd),
-            aside.as_os_str(),
-            RenameFlags::RENAME_NOREPLACE,
-        ) {
-            Ok(()) => TOOL.info(format_args!(
-                "the directory {link} was moved aside to {aside_name}"
-            )),
-            Err(e) => TOOL.warn(format_args!(
-                "the directory {link} was left as {}: unable to rename it to {aside_name}: {}",
-                temp.to_string_lossy(),
-                unixtool::strerror(e)
-            )),
-        }
+}
+
+/// -f on a directory: after the exchange it sits under the temporary name; move it
+/// to `<linkname>.replaced-<pid>`, or warn where it was left.
+fn move_aside(link: &Link, temp: &OsStr) {
+    let mut aside = link.base.to_os_string();
+    aside.push(format!(".replaced-{}", std::process::id()));
+    let aside_name = aside.to_string_lossy();
+    let dirfd = Some(link.dirfd);
+    match renameat2(
+        dirfd,
+        temp,
+        dirfd,
+        aside.as_os_str(),
+        RenameFlags::RENAME_NOREPLACE,
+    ) {
+        Ok(()) => TOOL.info(format_args!(
+            "the directory {} was moved aside to {aside_name}",
+            link.name
+        )),
+        Err(e) => TOOL.warn(format_args!(
+            "the directory {} was left as {}: unable to rename it to {aside_name}: {}",
+            link.name,
+            temp.to_string_lossy(),
+            unixtool::strerror(e)
+        )),
     }
-    if let Some(p) = previous {
-        let mut line = p.into_vec();
-        line.push(b'\n');
-        if let Err(e) = std::io::stdout().write_all(&line) {
-            let e = unixtool::errno_of(&e);
-            TOOL.fatal_errno(
-                EXIT_TEMPORARY,
-                format_args!("print the previous target of {link}"),
-                e,
-            );
-        }
+}
+
+/// -p: the previous target and a newline on stdout.
+fn print_previous(link: &Link, previous: OsString) {
+    let mut line = previous.into_vec();
+    line.push(b'\n');
+    if let Err(e) = std::io::stdout().write_all(&line) {
+        let e = unixtool::errno_of(&e);
+        TOOL.fatal_errno(
+            EXIT_TEMPORARY,
+            format_args!("print the previous target of {}", link.name),
+            e,
+        );
     }
-    sync_dir(dirfd, &dir_name);
 }
 
 /// `a/b/c` -> (`a/b`, `c`); `c` -> (`.`, `c`); `/c` -> (`/`, `c`). A linkname
@@ -201,7 +273,8 @@ fn split_linkname(linkname: &OsStr) -> (&OsStr, &OsStr) {
 }
 
 /// symlink(2) `target` to `.<base>.atomic-symlink.<pid>.<random>` in the directory.
-fn make_temporary(dirfd: RawFd, target: &OsStr, base: &OsStr, dir_name: &str) -> OsString {
+fn make_temporary(link: &Link, target: &OsStr) -> OsString {
+    let base = link.base;
     let mut attempt = 0;
     loop {
         // At most 200 bytes of linkname, so that the name fits NAME_MAX (255).
@@ -212,12 +285,12 @@ fn make_temporary(dirfd: RawFd, target: &OsStr, base: &OsStr, dir_name: &str) ->
             std::process::id(),
             random64()
         ));
-        match symlinkat(target, Some(dirfd), temp.as_os_str()) {
+        match symlinkat(target, Some(link.dirfd), temp.as_os_str()) {
             Ok(()) => return temp,
             Err(Errno::EEXIST) if attempt < 10 => attempt += 1,
             Err(e) => TOOL.fatal_errno(
                 EXIT_TEMPORARY,
-                format_args!("create a symlink in {dir_name}"),
+                format_args!("create a symlink in {}", link.dir_name),
                 e,
             ),
         }
@@ -226,6 +299,7 @@ fn make_temporary(dirfd: RawFd, target: &OsStr, base: &OsStr, dir_name: &str) ->
 
 fn random64() -> u64 {
     let mut buf = [0u8; 8];
+    // SAFETY: getrandom writes at most buf.len() bytes into `buf`, which is that long.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
     if n == buf.len() as isize {
         return u64::from_ne_bytes(buf);
@@ -283,8 +357,13 @@ fn temporary_pid(name: &[u8]) -> Option<i32> {
     unixtool::parse_number(OsStr::from_bytes(pid), 1, i32::MAX)
 }
 
-fn sync_dir(dirfd: RawFd, dir_name: &str) {
-    if let Err(e) = unixtool::retry_eintr(|| fsync(dirfd)) {
-        TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("sync directory {dir_name}"), e);
+/// fsync(2) the directory, so the new link survives a crash.
+fn sync_dir(link: &Link) {
+    if let Err(e) = unixtool::retry_eintr(|| fsync(link.dirfd)) {
+        TOOL.fatal_errno(
+            EXIT_TEMPORARY,
+            format_args!("sync directory {}", link.dir_name),
+            e,
+        );
     }
 }
