@@ -67,14 +67,16 @@ if os.environ.get('SERVE'):
 fn tcplisten(args: &[&str]) -> Command {
     let mut c = Command::new(bin("tcplisten"));
     c.args(args);
-    unsafe {
-        c.pre_exec(|| {
-            for fd in 3..1024 {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-            Ok(())
-        });
-    }
+    let cloexec_all = || {
+        for fd in 3..1024 {
+            // SAFETY: fcntl(2) with integer arguments; a closed descriptor is EBADF.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+        Ok(())
+    };
+    // SAFETY: between fork and exec the closure only calls fcntl(2), which is
+    // async-signal-safe, and allocates nothing.
+    unsafe { c.pre_exec(cloexec_all) };
     c
 }
 
@@ -86,7 +88,7 @@ fn with_probe<'a>(args: &[&'a str], fd: &'a str) -> Vec<&'a str> {
 }
 
 fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// Run `c` as nobody when the tests run as root (so permissions apply).
@@ -481,12 +483,14 @@ fn systemd_form_hands_the_socket_on_fd3() {
 
     // An inherited descriptor 3 is replaced, with a warning.
     let mut c = tcplisten(&["-s", "127.0.0.1", "0", "sh", "-c", "ls -l /proc/self/fd/3"]);
-    unsafe {
-        c.pre_exec(|| {
-            libc::dup2(2, 3);
-            Ok(())
-        });
-    }
+    let stderr_on_3 = || {
+        // SAFETY: dup2(2) with integer arguments; no memory is passed.
+        unsafe { libc::dup2(2, 3) };
+        Ok(())
+    };
+    // SAFETY: between fork and exec the closure only calls dup2(2), which is
+    // async-signal-safe, and allocates nothing.
+    unsafe { c.pre_exec(stderr_on_3) };
     let (code, out, err) = run(c, T);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("socket:"), "{out}");

@@ -135,17 +135,24 @@ fn wait(fd: i32, ms: i64) -> bool {
     } else {
         &ts as *const libc::timespec
     };
+    // SAFETY: sigset_t is plain data; all zeroes is a valid value, emptied below.
     let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `empty` is a valid sigset_t to write.
     unsafe { libc::sigemptyset(&mut empty) };
+    // SAFETY: `p` is one valid pollfd (0 are read when fd < 0), `tsp` is null or
+    // points to `ts`, and `empty` is a valid mask; all outlive the call.
     let n = unsafe { libc::ppoll(&mut p, if fd < 0 { 0 } else { 1 }, tsp, &empty) };
     if STOP.load(Ordering::SeqCst) != 0 {
         std::process::exit(0);
     }
     // ppoll that finds fd ready returns with a stop signal still pending (the
     // handler runs only on EINTR): that signal too means stop, not accept.
+    // SAFETY: sigset_t is plain data; all zeroes is a valid value, filled below.
     let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `pending` is a valid sigset_t to write.
     unsafe { libc::sigpending(&mut pending) };
     for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+        // SAFETY: `pending` is an initialised sigset_t and `sig` a valid signal.
         if unsafe { libc::sigismember(&pending, sig) } == 1 {
             std::process::exit(0);
         }
@@ -199,21 +206,27 @@ fn main() {
         std::process::exit(code);
     }
     // Stop signals: caught, and blocked except while waiting.
+    // SAFETY: sigset_t is plain data; all zeroes is a valid value, emptied below.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
-            libc::sigaddset(&mut set, sig);
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = if sig == libc::SIGTERM && o.ignore_term {
-                libc::SIG_IGN
-            } else {
-                on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t
-            };
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    // SAFETY: `set` is a valid sigset_t to write.
+    unsafe { libc::sigemptyset(&mut set) };
+    for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+        // SAFETY: `set` is an initialised sigset_t and `sig` a valid signal.
+        unsafe { libc::sigaddset(&mut set, sig) };
+        // SAFETY: struct sigaction is plain data; all zeroes is a valid value
+        // (no flags, an empty mask), the handler is set below.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = if sig == libc::SIGTERM && o.ignore_term {
+            libc::SIG_IGN
+        } else {
+            on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t
+        };
+        // SAFETY: on_stop only stores to an atomic (async-signal-safe); `sa` is
+        // valid for the call and the old action is not wanted (null).
+        unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) };
     }
+    // SAFETY: `set` is an initialised sigset_t; the old mask is not wanted (null).
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if o.never_ready {
         loop {
             wait(-1, -1);
@@ -229,15 +242,19 @@ fn main() {
         }
     }
     if o.window_log.is_some() {
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_cont as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            libc::sigaction(libc::SIGCONT, &sa, std::ptr::null_mut());
-        }
+        // SAFETY: struct sigaction is plain data; all zeroes is a valid value
+        // (no flags, an empty mask), the handler is set below.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = on_cont as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: on_cont only stores to an atomic (async-signal-safe); `sa` is
+        // valid for the call and the old action is not wanted (null).
+        unsafe { libc::sigaction(libc::SIGCONT, &sa, std::ptr::null_mut()) };
     }
     let t_ready = std::time::Instant::now();
     if let Some(fd) = o.notify_fd {
-        let mut f = unsafe { std::fs::File::from(OwnedFd::from_raw_fd(fd)) };
+        // SAFETY: --notify-fd names a descriptor the parent handed us for this
+        // one write; nothing else in this process owns or closes it.
+        let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let _ = f.write_all(b"\n");
     }
     if o.notify {
@@ -258,7 +275,9 @@ fn main() {
 fn hold(fd: i32) {
     while !wait(fd, -1) {}
     let mut b = [0u8; 1];
+    // SAFETY: read(2) writes at most 1 byte into `b`, which is 1 byte long.
     unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+    // SAFETY: the hold descriptor is ours alone and is not used after this.
     unsafe { libc::close(fd) };
 }
 
@@ -309,10 +328,10 @@ fn notify() {
 
 fn serve(o: &Opts) {
     // Shared flag of the socket, as gunicorn sets it: accept never blocks.
-    unsafe {
-        let fl = libc::fcntl(0, libc::F_GETFL);
-        libc::fcntl(0, libc::F_SETFL, fl | libc::O_NONBLOCK);
-    }
+    // SAFETY: fcntl(2) on descriptor 0 with integer arguments: no memory is passed.
+    let fl = unsafe { libc::fcntl(0, libc::F_GETFL) };
+    // SAFETY: as above.
+    unsafe { libc::fcntl(0, libc::F_SETFL, fl | libc::O_NONBLOCK) };
     let cwd = std::env::current_dir()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "-".into());
@@ -330,6 +349,7 @@ fn serve(o: &Opts) {
         if !wait(0, -1) {
             continue;
         }
+        // SAFETY: null address and length pointers are allowed (the peer is not wanted).
         let fd = unsafe {
             libc::accept4(
                 0,
@@ -348,6 +368,8 @@ fn serve(o: &Opts) {
                 std::io::Error::last_os_error()
             ));
         }
+        // SAFETY: accept4 just returned `fd` (not negative, checked above); nothing
+        // else owns it.
         let mut conn = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         if let Some(path) = &o.accept_log {
             if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -359,6 +381,7 @@ fn serve(o: &Opts) {
             }
         }
         // The connection inherits nothing from the listener on Linux, but be sure.
+        // SAFETY: fcntl(2) on a descriptor we own, with integer arguments only.
         unsafe { libc::fcntl(conn.as_raw_fd(), libc::F_SETFL, 0) };
         if o.serve_delay > 0 {
             std::thread::sleep(Duration::from_millis(o.serve_delay));
