@@ -167,3 +167,64 @@ fn install_and_uninstall_into_a_prefix() {
         assert!(!prefix.join(format!("share/man/man1/{tool}.1")).exists());
     }
 }
+
+/// The conventions live in the repository: docs/conventions.md has the sections a
+/// newcomer looks for, the pages that send readers there find it, and nothing in
+/// the repository points at the design notes that lived outside it.
+#[test]
+fn conventions_page_is_in_the_repository_and_referenced() {
+    let page =
+        std::fs::read_to_string(repo().join("docs/conventions.md")).expect("docs/conventions.md");
+    let lower = page.to_lowercase();
+    for section in [
+        "## the chain",
+        "## exit codes",
+        "## messages",
+        "## signals",
+        "## readiness",
+        "## environment",
+        "## a tool's page",
+        "## tests",
+    ] {
+        assert!(
+            lower.contains(section),
+            "docs/conventions.md has no '{section}'"
+        );
+    }
+    for doc in ["README.md", "DEVELOPERS.md"] {
+        let text = std::fs::read_to_string(repo().join(doc)).expect(doc);
+        assert!(
+            text.contains("(docs/conventions.md)"),
+            "{doc} does not link docs/conventions.md"
+        );
+    }
+    let mut stale = Vec::new();
+    let mut dirs = vec![repo()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                if ![".git", "target", ".venv", "state"].contains(&name.to_str().unwrap_or("")) {
+                    dirs.push(path);
+                }
+            } else if kind.is_file() {
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue; // not text
+                };
+                for (n, line) in text.lines().enumerate() {
+                    if line.contains(&["design", ".md"].concat()) {
+                        stale.push(format!("{}:{}", path.display(), n + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "references to the design notes outside the repository (point them at docs/conventions.md): {stale:#?}"
+    );
+}

@@ -18,7 +18,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 
 /// The signals a supervisor (loop-forever, forkpool) catches: CHLD to reap,
-/// HUP/TERM/INT/QUIT/TTIN/TTOU with their meaning in design.md, and the
+/// HUP/TERM/INT/QUIT/TTIN/TTOU with their meaning in docs/conventions.md, and the
 /// others it forwards to its children.
 pub const SUPERVISOR_SIGNALS: [Signal; 11] = [
     Signal::SIGCHLD,
