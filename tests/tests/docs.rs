@@ -228,3 +228,51 @@ fn conventions_page_is_in_the_repository_and_referenced() {
         "references to the design notes outside the repository (point them at docs/conventions.md): {stale:#?}"
     );
 }
+
+/// `demo/serve --help` prints the script's whole leading comment block (without
+/// the `#`), however long it is, and none of its code: a line added to the comment
+/// shows up, where a hard-coded line range (`sed -n 2,19p`) would cut it off.
+#[test]
+fn demo_serve_help_is_its_leading_comment() {
+    let serve = std::fs::read_to_string(repo().join("demo/serve")).expect("demo/serve");
+    let comment: Vec<&str> = serve
+        .lines()
+        .skip(1) // #!/bin/sh
+        .take_while(|l| l.starts_with('#'))
+        .collect();
+    assert!(comment.len() > 5, "demo/serve has no leading comment");
+    // A copy with two more comment lines, beside the real lib.sh it sources.
+    let d = TempDir::new("serve-help");
+    std::fs::create_dir(d.join("demo")).unwrap();
+    std::os::unix::fs::symlink(repo().join("demo/lib.sh"), d.join("demo/lib.sh")).unwrap();
+    let mut longer: Vec<String> = serve.lines().map(str::to_string).collect();
+    longer.insert(3, "# An added line of help.".to_string());
+    longer.insert(4, "#".to_string());
+    let copy = d.join("demo/serve");
+    std::fs::write(&copy, longer.join("\n") + "\n").unwrap();
+    for (script, extra) in [(repo().join("demo/serve"), false), (copy, true)] {
+        for arg in ["--help", "-h"] {
+            let mut c = Command::new("sh");
+            c.arg(&script).arg(arg);
+            let (code, out, err) = run(c, Duration::from_secs(20));
+            assert_eq!(code, 0, "{} {arg}: {err}", script.display());
+            let lines: Vec<&str> = out.lines().collect();
+            let last = comment.last().unwrap().trim_start_matches('#').trim_start();
+            assert_eq!(
+                lines.first().copied(),
+                Some(comment[0].trim_start_matches("# "))
+            );
+            assert_eq!(
+                lines.last().copied(),
+                Some(last),
+                "{arg}: the help is cut off"
+            );
+            assert_eq!(lines.len(), comment.len() + 2 * extra as usize, "{out}");
+            assert_eq!(out.contains("An added line of help."), extra, "{out}");
+            assert!(
+                !lines.iter().any(|l| l.starts_with('#')) && !out.contains("set -eu"),
+                "{out}"
+            );
+        }
+    }
+}
