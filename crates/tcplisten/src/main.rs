@@ -197,11 +197,7 @@ fn bind_and_listen(address: &Address, opt: &Options) -> Listening {
         local: None,
     };
     let fd = l.sock.as_raw_fd();
-    // SAFETY: listen(2) takes a descriptor number and an int, no memory; a bad
-    // descriptor is an error return, not undefined behaviour.
-    if let Err(e) =
-        unixtool::retry_eintr(|| Errno::result(unsafe { libc::listen(fd, opt.backlog) }))
-    {
+    if let Err(e) = unixtool::retry_eintr(|| listen(fd, opt.backlog)) {
         l.fatal(EXIT_TEMPORARY, "listen", e);
     }
     let fl = match fcntl(fd, FcntlArg::F_GETFL) {
@@ -223,6 +219,14 @@ fn bind_and_listen(address: &Address, opt: &Options) -> Listening {
         }
     }
     l
+}
+
+/// listen(2) with any backlog up to INT_MAX (the kernel clamps it to its
+/// maximum; nix's Backlog refuses values above SOMAXCONN).
+fn listen(fd: RawFd, backlog: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: listen(2) takes a descriptor number and an int, no memory; a bad
+    // descriptor is an error return, not undefined behaviour.
+    Errno::result(unsafe { libc::listen(fd, backlog) }).map(drop)
 }
 
 /// Groups first, then the user; if any step fails, nothing is exec'd.
