@@ -512,3 +512,32 @@ fn system_failures_exit_111_and_leave_no_temporary() {
         "the temporary was left behind"
     );
 }
+
+/// A stale temporary that cannot be removed (the directory is not writable) is
+/// a warning with the C library's reason, never Rust's "(os error N)".
+#[test]
+fn unremovable_stale_temporary_is_a_plain_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let d = TempDir::new("asl-stale-ro");
+    let ro = d.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    // A temporary of a run that is gone: pid 2^22 + 1 is above Linux's pid_max limit.
+    let stale = ro.join(".current.atomic-symlink.4194305.0123456789abcdef");
+    std::os::unix::fs::symlink("a", &stale).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let mut c = Command::new(bin("atomic-symlink"));
+    c.args(["a", "current"]).current_dir(&ro);
+    if nix::unistd::geteuid().is_root() {
+        c.uid(65534).gid(65534);
+    }
+    let (code, _, err) = run(c, T);
+    assert_eq!(code, 111, "{err}");
+    assert!(!err.contains("os error"), "{err}");
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("atomic-symlink: warning: unable to remove stale temporary"))
+        .unwrap_or_else(|| panic!("no warning: {err}"));
+    assert!(warning.ends_with(": Permission denied"), "{warning}");
+    assert!(stale.symlink_metadata().is_ok());
+}

@@ -330,8 +330,9 @@ fn remove_stale_temporaries(dir: &OsStr) {
             if let Err(e) = std::fs::remove_file(&path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     TOOL.warn(format_args!(
-                        "unable to remove stale temporary {}: {e}",
-                        path.display()
+                        "unable to remove stale temporary {}: {}",
+                        path.display(),
+                        unixtool::io_reason(&e)
                     ));
                 }
             }
