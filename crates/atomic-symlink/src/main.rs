@@ -210,7 +210,7 @@ fn make_temporary(dirfd: RawFd, target: &OsStr, base: &OsStr, dir_name: &str) ->
         temp.push(format!(
             ".{TEMP_TAG}.{}.{:016x}",
             std::process::id(),
-            random64()
+            unixtool::symlink::random64()
         ));
         match symlinkat(target, Some(dirfd), temp.as_os_str()) {
             Ok(()) => return temp,
@@ -222,19 +222,6 @@ fn make_temporary(dirfd: RawFd, target: &OsStr, base: &OsStr, dir_name: &str) ->
             ),
         }
     }
-}
-
-fn random64() -> u64 {
-    let mut buf = [0u8; 8];
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
-    if n == buf.len() as isize {
-        return u64::from_ne_bytes(buf);
-    }
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    (t as u64) ^ ((std::process::id() as u64) << 32)
 }
 
 /// Remove the temporaries a run killed between symlink(2) and rename(2) left
