@@ -162,7 +162,11 @@ pub fn chain(path: &Path) -> Result<(Chain, Status), NotRunning> {
     }
     let program = program_of(pid).unwrap_or_default();
     if !SUPERVISORS.contains(&program.as_str()) {
-        let what = if program.is_empty() { "unknown" } else { &program };
+        let what = if program.is_empty() {
+            "unknown"
+        } else {
+            &program
+        };
         return Err(NotRunning(format!(
             "pid {pid} named by {shown} is {what}, not forkpool or loop-forever (stale status file, pid reused); not signalled"
         )));
@@ -320,10 +324,9 @@ pub fn upgrade(path: &Path, timeout: Duration, interrupted: &mut dyn FnMut() -> 
         Signal::SIGUSR2,
         timeout,
         &|before, now| match now.get("upgrade") {
-            "failed" if now.text != before.text => Some(Err(format!(
-                "upgrade failed: {}",
-                now.get("reason")
-            ))),
+            "failed" if now.text != before.text => {
+                Some(Err(format!("upgrade failed: {}", now.get("reason"))))
+            }
             "ok" if now.get("version") != before.get("version") => Some(Ok(())),
             _ => None,
         },
@@ -460,7 +463,11 @@ mod tests {
         let d = tempdir("foreign");
         let path = d.join("status");
         // this test process: alive, but not a supervisor
-        std::fs::write(&path, format!("pid={}\nstate=running\n", std::process::id())).unwrap();
+        std::fs::write(
+            &path,
+            format!("pid={}\nstate=running\n", std::process::id()),
+        )
+        .unwrap();
         let e = chain(&path).unwrap_err();
         assert!(e.0.contains("not forkpool or loop-forever"), "{e}");
         std::fs::write(&path, "pid=junk\n").unwrap();
