@@ -680,3 +680,63 @@ fn an_interrupted_deploy_switches_back() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(site.releases().len(), 2, "{:?}", site.releases());
 }
+
+/// Issue 18: a deploy killed right after the switch leaves `current` naming a
+/// release that never served. demo/serve, started again, says so and starts
+/// the last verified release (the history's), not that one.
+#[test]
+fn serve_start_repairs_current() {
+    let site = Site::start("demo-serve-repair", &[]);
+    let (code, err, _) = site.deploy(&[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let verified = site.current();
+    let mut c = deploy_cmd(&site.state, &[], &[("DEPLOY_RELEASE_PAUSE", "switched")]);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut d = Proc::spawn(c);
+    assert!(
+        wait_until(LONG, || site.current() != verified),
+        "the deploy never switched"
+    );
+    let unverified = site.current();
+    let pid: i32 = std::fs::read_to_string(site.state.join("deploy.running"))
+        .expect("deploy.running")
+        .trim()
+        .parse()
+        .expect("pid");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    d.wait_timeout(LONG).expect("demo/deploy ends");
+    let Site {
+        serve, state, dir, ..
+    } = site;
+    drop(serve);
+    assert!(wait_until(LONG, || std::fs::read_to_string(
+        state.join("port")
+    )
+    .ok()
+    .and_then(|p| p.trim().parse::<u16>().ok())
+    .and_then(|p| try_get(p, "/release"))
+    .is_none()));
+    let _ = std::fs::remove_file(state.join("port"));
+    let serve = Proc::spawn(serve_cmd(&dir, &state, &[]));
+    let mut port = 0;
+    assert!(wait_until(LONG, || {
+        std::fs::read_to_string(state.join("port"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .map(|p| port = p)
+            .is_some()
+    }));
+    let log = std::fs::read_to_string(dir.join("serve.err")).unwrap_or_default();
+    assert!(
+        log.contains(&format!(
+            "repaired current: it named releases/{unverified}, which never served verified; starting releases/{verified}"
+        )),
+        "{log}"
+    );
+    assert!(wait_until(LONG, || try_get(port, "/release")
+        .map(|r| r.body == format!("{verified}\n"))
+        .unwrap_or(false)));
+    drop(serve);
+}
