@@ -641,7 +641,7 @@ impl Deploy {
             }
             if let Some(a) = check::ask(url, Duration::from_secs(2)) {
                 let ok = (200..300).contains(&a.status);
-                if ok && want.as_deref().map_or(true, |w| w == a.release) {
+                if ok && want.iter().all(|w| *w == a.release) {
                     say(format_args!("{} answers {}", url_text(url), a.release));
                     return Ok(());
                 }

@@ -36,8 +36,8 @@ struct Args {
 
 /// The subcommands: name and what runs it (returns the exit code). New forms
 /// (prepare, commit, abort for fleets) are one line here and one function.
-const COMMANDS: [(&str, fn(&Args) -> i32); 3] =
-    [("status", status), ("reload", reload), ("upgrade", upgrade)];
+type Command = (&'static str, fn(&Args) -> i32);
+const COMMANDS: [Command; 3] = [("status", status), ("reload", reload), ("upgrade", upgrade)];
 
 fn main() {
     let mut parser = lexopt::Parser::from_env();
