@@ -54,7 +54,9 @@ fn deploy(site: &Path, port: u16, dir: &Path) -> (i32, String) {
     (code, err)
 }
 
-fn deploys_under_the_probe(example: &str, peer: &str, n: usize) {
+/// `resets`: how many connections the retiring server may reset (uvicorn's
+/// shutdown closes those it accepted but had not read; gunicorn: none).
+fn deploys_under_the_probe(example: &str, peer: &str, n: usize, keepalive: bool, resets: u64) {
     if !require_peer(peer) {
         return;
     }
@@ -90,7 +92,12 @@ fn deploys_under_the_probe(example: &str, peer: &str, n: usize) {
     );
     let mut probe_cmd = cmd("uptime-probe");
     probe_cmd
-        .args(["--json", "-c", "4"])
+        .args(["--json", "-c", "4", "-t", "30000"])
+        .args(if keepalive {
+            &[][..]
+        } else {
+            &["--no-keepalive"][..]
+        })
         .arg(format!("http://127.0.0.1:{port}/"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -128,7 +135,21 @@ fn deploys_under_the_probe(example: &str, peer: &str, n: usize) {
         times[times.len() / 2],
         times[times.len() - 1]
     );
-    assert_clean(st.code().unwrap_or(-1), &json, example);
+    let code = st.code().unwrap_or(-1);
+    if resets == 0 {
+        assert_clean(code, &json, example);
+    } else {
+        eprintln!("{example}: {json}");
+        assert!(json_count(&json, "reset") <= resets, "{example}: {json}");
+        assert_eq!(
+            json_count(&json, "failed"),
+            json_count(&json, "reset"),
+            "{example}: only resets: {json}"
+        );
+        for k in ["mixed", "no_x_release", "no_data_release"] {
+            assert_eq!(json_count(&json, k), 0, "{example}: {k}: {json}");
+        }
+    }
     assert_eq!(json_count(&json, "flapping"), 0, "{example}: {json}");
     assert!(lock_is_free(&site.join("deploy.lock")));
     drop(chain);
@@ -136,10 +157,15 @@ fn deploys_under_the_probe(example: &str, peer: &str, n: usize) {
 
 #[test]
 fn gunicorn_ten_deploys_and_a_broken_import() {
-    deploys_under_the_probe("gunicorn", "gunicorn", 10);
+    deploys_under_the_probe("gunicorn", "gunicorn", 10, true, 0);
 }
 
 #[test]
 fn uvicorn_deploys_and_a_broken_import() {
-    deploys_under_the_probe("uvicorn", "uvicorn", 3);
+    // A retiring uvicorn resets the few connections it accepted but had not
+    // read, and can leave a request sent on a keep-alive connection unanswered
+    // (its shutdown): uvicorn's behaviour, not the deploy's, as in
+    // tests/tests/ecosystem.rs. So: a new connection per request, and at most
+    // a few resets; nothing refused, nothing timed out, nothing mixed.
+    deploys_under_the_probe("uvicorn", "uvicorn", 3, false, 6);
 }

@@ -218,7 +218,8 @@ impl Probe {
     pub fn start(site: &Site, keepalive: bool) -> Probe {
         let err = site.dir.join(format!("probe-{keepalive}.err"));
         let mut c = cmd("uptime-probe");
-        c.args(["--json", "-c", "4"]);
+        // a request may wait in the backlog while a loaded machine switches
+        c.args(["--json", "-c", "4", "-t", "30000"]);
         if !keepalive {
             c.arg("--no-keepalive");
         }
