@@ -292,3 +292,23 @@ fn a_status_file_the_chain_cannot_write() {
     assert_eq!(site.current(), "r1");
     std::fs::remove_file(sdir.join("filler")).expect("rm");
 }
+
+/// The history cannot be written after a verified deploy: exit 111 naming it,
+/// and the switch undone (the old release serves again, verified).
+#[test]
+fn a_history_that_cannot_be_written_undoes_the_switch() {
+    let site = Site::start("dr-history", Mode::Forkpool);
+    std::fs::create_dir(site.dir.join("history")).expect("a directory in the way");
+    let r2 = site.release("r2", "");
+    let (code, err) = site.deploy(&[r2.to_str().expect("utf-8")]);
+    assert_eq!(code, 111, "{err}");
+    assert!(err.contains("unable to write"), "{err}");
+    assert!(err.contains("history"), "{err}");
+    assert!(
+        err.contains("back to releases/r1, which serves again"),
+        "{err}"
+    );
+    assert_eq!(site.current(), "r1");
+    assert_eq!(site.answer().as_deref(), Some("r1"));
+    assert!(!site.dir.join("deploy.running").exists());
+}

@@ -165,3 +165,29 @@ fn not_running(reason: &str) -> ! {
         format_args!("no pool runs there: {reason}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_screen_says_what_the_file_says() {
+        let st = Status::parse(
+            "pid=7\nstate=running\ngeneration=3\nserving_generation=2\nworkers=2\nready=2\nreload=failed\nreason=worker 1 exited 1\nrelease=/srv/r2\nmode=cutover\nworker=0 2 10 ready\nworker=1 2 11 ready\n",
+        );
+        let chain = statusfile::Chain {
+            pid: 7,
+            program: "forkpool".into(),
+        };
+        let s = screen(&chain, &st);
+        assert_eq!(
+            s,
+            "forkpool pid 7: running, generation 2 serving of 3 started, 2 of 2 ready (cutover)\n\
+             release /srv/r2\n\
+             last reload: failed: worker 1 exited 1\n\
+             worker 0: generation 2, pid 10, ready\n\
+             worker 1: generation 2, pid 11, ready\n"
+        );
+        assert!(st.serving());
+    }
+}
