@@ -41,7 +41,7 @@ canonical_state() {
 # (cargo does nothing when they are fresh); a BIN given by the caller is only checked.
 ensure_built() {
     missing=""
-    for b in tcplisten forkpool loop-forever setlock atomic-symlink app; do
+    for b in tcplisten forkpool loop-forever setlock atomic-symlink deploy-release poolctl app; do
         [ -x "$BIN/$b" ] || missing="$missing $b"
     done
     if [ "$BIN" = "$top/target/release" ] && { [ -n "$missing" ] || [ "${1:-}" = always ]; }; then

@@ -17,6 +17,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("loop-forever", "crates/loop-forever/README.md"),
     ("forkpool", "crates/forkpool/README.md"),
     ("uptime-probe", "crates/uptime-probe/README.md"),
+    ("poolctl", "crates/poolctl/README.md"),
+    ("deploy-release", "crates/deploy-release/README.md"),
     ("app", "demo/app/README.md"),
 ];
 

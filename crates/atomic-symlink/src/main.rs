@@ -283,7 +283,7 @@ fn make_temporary(link: &Link, target: &OsStr) -> OsString {
         temp.push(format!(
             ".{TEMP_TAG}.{}.{:016x}",
             std::process::id(),
-            random64()
+            unixtool::symlink::random64()
         ));
         match symlinkat(target, Some(link.dirfd), temp.as_os_str()) {
             Ok(()) => return temp,
@@ -295,20 +295,6 @@ fn make_temporary(link: &Link, target: &OsStr) -> OsString {
             ),
         }
     }
-}
-
-fn random64() -> u64 {
-    let mut buf = [0u8; 8];
-    // SAFETY: getrandom writes at most buf.len() bytes into `buf`, which is that long.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
-    if n == buf.len() as isize {
-        return u64::from_ne_bytes(buf);
-    }
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    (t as u64) ^ ((std::process::id() as u64) << 32)
 }
 
 /// Remove the temporaries a run killed between symlink(2) and rename(2) left

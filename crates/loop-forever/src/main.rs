@@ -5,6 +5,8 @@
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
+mod status;
+
 use lexopt::prelude::*;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -16,7 +18,7 @@ use unixtool::{Tool, EXIT_TEMPORARY};
 
 const TOOL: Tool = Tool {
     name: "loop-forever",
-    usage: "loop-forever [-v] [-b ms] [-d fd | --notify] [-a ms] [-t ms] [-k ms] prog...",
+    usage: "loop-forever [-v] [-b ms] [-d fd | --notify] [-a ms] [-t ms] [-k ms] [-S statusfile] prog...",
     help: "
   -b, --backoff-max MS      let the wait after failures in a row double from 1 s up
                             to MS milliseconds (default 1000: the one-second rule)
@@ -26,6 +28,7 @@ const TOOL: Tool = Tool {
   -t, --ready-timeout MS    a prog not ready after MS milliseconds is stopped (TERM)
                             and counts as a failure (default: no deadline)
   -k, --drain MS            after that TERM, wait MS milliseconds, then KILL (default 10000)
+  -S, --status FILE         keep FILE up to date with the child's state (key=value)
   -v, --verbose             one info line per start, readiness and clean exit
   -h, --help                this text
   -V, --version             the version
@@ -52,6 +55,7 @@ fn main() {
     let mut backoff_max = ONE_SECOND;
     let mut drain = Duration::from_secs(10);
     let mut verbose = false;
+    let mut status_path = None;
 
     let mut parser = lexopt::Parser::from_env();
     let prog = loop {
@@ -74,6 +78,7 @@ fn main() {
                 let v = TOOL.value(&mut parser);
                 drain = Duration::from_millis(TOOL.number("-k", &v, 0, 86_400_000));
             }
+            Short('S') | Long("status") => status_path = Some(TOOL.value(&mut parser).into()),
             Short('v') | Long("verbose") => verbose = true,
             Short('h') | Long("help") => TOOL.print_help(),
             Short('V') | Long("version") => TOOL.print_version(),
@@ -91,6 +96,7 @@ fn main() {
         }
     };
     let name = prog[0].to_string_lossy().into_owned();
+    let mut state_file = status::StatusFile::new(status_path, &name, ready_opts.tracked());
 
     let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
         .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
@@ -118,6 +124,7 @@ fn main() {
                 match start(&prog, &ready_opts, notify.as_ref()) {
                     Ok(r) => {
                         info(format_args!("started {name} (pid {})", r.pid));
+                        state_file.started(r.pid);
                         child = Some(r);
                     }
                     Err(e) => {
@@ -155,6 +162,7 @@ fn main() {
         if let Some(fd) = pipe_fd {
             fds.push(fd);
         }
+        state_file.write();
         poll_readable(
             &fds,
             deadline.map(|d| d.saturating_duration_since(Instant::now())),
@@ -183,6 +191,7 @@ fn main() {
             }
             if became_ready && !c.ready && !c.too_slow {
                 c.ready = true;
+                state_file.ready(c.pid);
                 info(format_args!(
                     "{name} (pid {}) is ready after {}",
                     c.pid,
@@ -215,6 +224,7 @@ fn main() {
 
         // Signals, in order of arrival.
         for sig in sigs.drain() {
+            state_file.signal(sig);
             match sig {
                 Signal::SIGCHLD => {}
                 Signal::SIGTERM | Signal::SIGINT => {
@@ -262,6 +272,7 @@ fn main() {
                 continue;
             };
             let ran = now.saturating_duration_since(c.started);
+            state_file.ended(pid, ended, ran);
             if let Some(stop) = stopping {
                 // Stopped as asked: exit 0; otherwise the child's own status.
                 let code = if ended.clean() || ended == Ended::Killed(stop) {

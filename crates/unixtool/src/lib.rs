@@ -6,6 +6,8 @@ pub mod backoff;
 pub mod child;
 pub mod readiness;
 pub mod signals;
+pub mod statusfile;
+pub mod symlink;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt::Display;

@@ -1,0 +1,692 @@
+//! deploy-release: deploy a release someone else built. Take deploy.lock beside
+//! LINK, take what serves from the chain (its status file, --check URL), repair
+//! LINK if it says otherwise, switch LINK by rename(2), reload through the
+//! status file, verify, and roll back (verified) on failure or interrupt.
+//! See README.md.
+
+mod check;
+mod release;
+
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lexopt::prelude::*;
+use nix::sys::signal::Signal;
+use unixtool::signals::{signal_name, SignalPipe};
+use unixtool::statusfile::{self, Status, WaitError};
+use unixtool::{Tool, EXIT_TEMPORARY, EXIT_USAGE};
+
+use check::Url;
+use release::Release;
+
+const EXIT_ROLLED_BACK: i32 = 1;
+const EXIT_ROLLBACK_FAILED: i32 = 2;
+const EXIT_NOT_RUNNING: i32 = 3;
+const EXIT_BUSY: i32 = 75;
+
+const TOOL: Tool = Tool {
+    name: "deploy-release",
+    usage: "deploy-release [-t secs] [-c url] [-i id] release_dir link statusfile | deploy-release -r [-t secs] [-c url] link statusfile",
+    help: "
+  -t, --timeout SECS   wait at most SECS for the reload and the check (default 60)
+  -c, --check URL      verify: URL (http://host:port/path) answers the release's id
+                       (X-Release header, or the body), else roll back
+  -i, --id ID          the release's id (default: the first line of RELEASE_DIR/RELEASE)
+  -r, --rollback       go back to the last release before the serving one in history
+  -h, --help           this text
+  -V, --version        the version
+",
+};
+
+struct Options {
+    release_dir: Option<PathBuf>,
+    link: PathBuf,
+    statusfile: PathBuf,
+    timeout: Duration,
+    check: Option<Url>,
+    id: Option<String>,
+}
+
+fn main() {
+    let opts = parse_options();
+    let link_dir = link_directory(&opts.link);
+    let _lock = take_lock(&link_dir);
+    let mut d = Deploy::new(opts, link_dir);
+    d.mark_running();
+    pause("locked");
+    let status = d.find_chain();
+    let serving = d.what_serves(&status);
+    d.repair_link(&serving);
+    let (target, cut) = d.choose_target(&serving);
+    if d.interrupted() {
+        d.die(
+            EXIT_ROLLED_BACK,
+            "interrupted before the switch; nothing was changed",
+        );
+    }
+    let code = d.switch_and_verify(&serving, &target, cut);
+    d.finish(code)
+}
+
+fn parse_options() -> Options {
+    let mut timeout = Duration::from_secs(60);
+    let (mut check, mut id, mut rollback) = (None, None, false);
+    let mut args: Vec<OsString> = Vec::new();
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = TOOL.next_arg(&mut parser) {
+        match arg {
+            Short('t') | Long("timeout") => {
+                let v = TOOL.value(&mut parser);
+                timeout = Duration::from_secs(TOOL.number("-t", &v, 1, 86_400));
+            }
+            Short('c') | Long("check") => {
+                let v = TOOL.value(&mut parser).to_string_lossy().into_owned();
+                check = Some(Url::parse(&v).unwrap_or_else(|| {
+                    TOOL.usage(format_args!("-c wants http://host[:port]/path, not {v:?}"))
+                }));
+            }
+            Short('i') | Long("id") => id = Some(TOOL.value(&mut parser).to_string_lossy().into()),
+            Short('r') | Long("rollback") => rollback = true,
+            Short('h') | Long("help") => TOOL.print_help(),
+            Short('V') | Long("version") => TOOL.print_version(),
+            Value(v) => args.push(v),
+            other => TOOL.bad_arg(other.unexpected()),
+        }
+    }
+    let want = if rollback { 2 } else { 3 };
+    if args.len() != want {
+        TOOL.usage(format_args!(
+            "expected {want} arguments, got {}",
+            args.len()
+        ));
+    }
+    if rollback && id.is_some() {
+        TOOL.usage("--id names a new release: not with --rollback");
+    }
+    let statusfile = PathBuf::from(args.pop().unwrap_or_default());
+    let link = PathBuf::from(args.pop().unwrap_or_default());
+    let release_dir = args.pop().map(PathBuf::from);
+    Options {
+        release_dir,
+        link,
+        statusfile,
+        timeout,
+        check,
+        id,
+    }
+}
+
+/// LINK's directory, canonical (the lock, deploy.running and history live there).
+fn link_directory(link: &Path) -> PathBuf {
+    if link.file_name().is_none() {
+        TOOL.usage(format_args!("link {} names a directory", link.display()));
+    }
+    let dir = match link.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::canonicalize(dir).unwrap_or_else(|e| {
+        TOOL.fatal(
+            EXIT_TEMPORARY,
+            format_args!(
+                "unable to find directory {}: {}",
+                dir.display(),
+                unixtool::io_reason(&e)
+            ),
+        )
+    })
+}
+
+/// deploy.lock beside LINK: flock, close-on-exec, never waited for.
+fn take_lock(dir: &Path) -> OwnedFd {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("deploy.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&path)
+        .unwrap_or_else(|e| {
+            TOOL.fatal(
+                EXIT_TEMPORARY,
+                format_args!(
+                    "unable to open {}: {}",
+                    path.display(),
+                    unixtool::io_reason(&e)
+                ),
+            )
+        });
+    let fd = OwnedFd::from(file);
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let locked = unixtool::retry_eintr(|| {
+        // SAFETY: flock(2) on a descriptor this function owns; no memory is passed.
+        nix::errno::Errno::result(unsafe { libc::flock(raw, libc::LOCK_EX | libc::LOCK_NB) })
+            .map(drop)
+    });
+    match locked {
+        Ok(()) => fd,
+        Err(nix::errno::Errno::EWOULDBLOCK) => TOOL.fatal(EXIT_BUSY, busy_reason(dir)),
+        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("lock {}", path.display()), e),
+    }
+}
+
+/// Who holds the lock, as deploy.running says.
+fn busy_reason(dir: &Path) -> String {
+    let running = dir.join("deploy.running");
+    let pid: Option<i32> = std::fs::read_to_string(&running)
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    match pid {
+        Some(p) if statusfile::alive(p) => {
+            format!("another deploy is running (pid {p}); nothing was changed")
+        }
+        Some(p) => format!(
+            "{}/deploy.lock is held, but {} names pid {p}, which is not running (stale): a process that outlived that deploy holds the lock; nothing was changed",
+            dir.display(),
+            running.display()
+        ),
+        None => "another deploy is running; nothing was changed".to_string(),
+    }
+}
+
+/// The test hook: with DEPLOY_RELEASE_PAUSE=STEP, stop (SIGSTOP) at STEP,
+/// once, so a test can kill the deploy exactly there.
+fn pause(step: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if std::env::var_os("DEPLOY_RELEASE_PAUSE").is_some_and(|s| s == step)
+        && !DONE.swap(true, Ordering::SeqCst)
+    {
+        say(format_args!("pausing at {step} (DEPLOY_RELEASE_PAUSE)"));
+        let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+    }
+}
+
+/// One progress line on stderr.
+fn say(what: std::fmt::Arguments) {
+    unixtool::message_line(TOOL.name, what)
+}
+
+/// Why a reload (and check) did not verify.
+enum Outcome {
+    /// The release did not come up (or an interrupt): roll back.
+    Failed(String),
+    /// The chain is gone.
+    NotRunning(String),
+    /// The status file never changed: the chain cannot write it.
+    Unchanged(String),
+}
+
+struct Deploy {
+    opts: Options,
+    link_dir: PathBuf,
+    link: PathBuf,
+    sigs: SignalPipe,
+    /// The first INT, TERM or HUP that came.
+    signal: Cell<Option<Signal>>,
+    chain_pid: i32,
+}
+
+impl Deploy {
+    fn new(opts: Options, link_dir: PathBuf) -> Deploy {
+        let sigs = SignalPipe::install(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP])
+            .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
+        let link = link_dir.join(opts.link.file_name().unwrap_or_default());
+        Deploy {
+            opts,
+            link_dir,
+            link,
+            sigs,
+            signal: Cell::new(None),
+            chain_pid: 0,
+        }
+    }
+
+    fn running_file(&self) -> PathBuf {
+        self.link_dir.join("deploy.running")
+    }
+
+    fn history_file(&self) -> PathBuf {
+        self.link_dir.join("history")
+    }
+
+    /// deploy.running names us; a stale one (dead pid) is reported.
+    fn mark_running(&mut self) {
+        let path = self.running_file();
+        if let Some(p) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            say(format_args!(
+                "a stale {} names pid {p}: an earlier deploy was interrupted; checking {} against what serves",
+                path.display(),
+                self.link.display()
+            ));
+        }
+        if let Err(e) = statusfile::replace(&path, &format!("{}\n", std::process::id())) {
+            TOOL.fatal(
+                EXIT_TEMPORARY,
+                format_args!(
+                    "unable to write {}: {}; nothing was switched",
+                    path.display(),
+                    unixtool::io_reason(&e)
+                ),
+            );
+        }
+    }
+
+    /// Remove deploy.running, exit.
+    fn finish(&self, code: i32) -> ! {
+        let _ = std::fs::remove_file(self.running_file());
+        std::process::exit(code)
+    }
+
+    fn die(&self, code: i32, msg: impl std::fmt::Display) -> ! {
+        say(format_args!("fatal: {msg}"));
+        self.finish(code)
+    }
+
+    /// Whether INT, TERM or HUP came (the first one is kept).
+    fn interrupted(&self) -> bool {
+        if let Some(&sig) = self.sigs.drain().first() {
+            if self.signal.get().is_none() {
+                self.signal.set(Some(sig));
+            }
+        }
+        self.signal.get().is_some()
+    }
+
+    /// The chain that writes STATUSFILE, checked (exit 3 if none).
+    fn find_chain(&mut self) -> Status {
+        match statusfile::chain(&self.opts.statusfile) {
+            Ok((chain, status)) => {
+                self.chain_pid = chain.pid;
+                status
+            }
+            Err(e) => self.die(
+                EXIT_NOT_RUNNING,
+                format_args!("no chain runs: {e}; nothing was changed"),
+            ),
+        }
+    }
+
+    /// The release serving now: the status file's release=, else what --check
+    /// answers (looked up in the history), else what LINK names.
+    fn what_serves(&self, status: &Status) -> Release {
+        let from_status = status.get("release");
+        if status.num("serving_generation") > 0 && !from_status.is_empty() {
+            match Release::at(Path::new(from_status), &self.link_dir) {
+                Ok(r) => return r,
+                Err(e) => self.die(
+                    EXIT_TEMPORARY,
+                    format_args!(
+                        "unable to find the serving release {from_status}: {}",
+                        unixtool::io_reason(&e)
+                    ),
+                ),
+            }
+        }
+        let linked = Release::of_link(&self.link, &self.link_dir);
+        if let Some(url) = &self.opts.check {
+            if let Some(answer) = check::ask(url, Duration::from_secs(5)) {
+                let history = release::read_history(&self.history_file()).unwrap_or_default();
+                let known = linked.iter().cloned().chain(
+                    history
+                        .iter()
+                        .rev()
+                        .filter_map(|l| Release::at(&self.link_dir.join(l), &self.link_dir).ok()),
+                );
+                for r in known {
+                    if r.id.as_deref() == Some(answer.release.as_str()) {
+                        return r;
+                    }
+                }
+            }
+        }
+        linked.unwrap_or_else(|| {
+            self.die(
+                EXIT_TEMPORARY,
+                format_args!(
+                    "unable to tell what serves: {} has no release= and {} names no release",
+                    self.opts.statusfile.display(),
+                    self.link.display()
+                ),
+            )
+        })
+    }
+
+    /// LINK must name what serves before anything else is done.
+    fn repair_link(&self, serving: &Release) {
+        let linked = Release::of_link(&self.link, &self.link_dir);
+        if linked.as_ref().map(|r| &r.dir) == Some(&serving.dir) {
+            return;
+        }
+        let was = linked.map_or("nothing".to_string(), |r| r.name());
+        if let Err(e) = self.switch(serving) {
+            self.die(
+                EXIT_TEMPORARY,
+                format_args!("unable to repair {}: {e}", self.link.display()),
+            );
+        }
+        say(format_args!(
+            "repaired {}: it named {was}, but {} serves",
+            self.link.display(),
+            serving.name()
+        ));
+    }
+
+    /// The release to deploy and, for --rollback, the history line it is at.
+    fn choose_target(&self, serving: &Release) -> (Release, Option<usize>) {
+        let Some(dir) = &self.opts.release_dir else {
+            let history = release::read_history(&self.history_file()).unwrap_or_else(|e| {
+                self.die(
+                    EXIT_TEMPORARY,
+                    format_args!(
+                        "unable to read {}: {}",
+                        self.history_file().display(),
+                        unixtool::io_reason(&e)
+                    ),
+                )
+            });
+            return match release::rollback_target(&history, &serving.dir, &self.link_dir) {
+                Some((i, r)) => {
+                    say(format_args!(
+                        "rolling back from {} to {}",
+                        serving.name(),
+                        r.name()
+                    ));
+                    (r, Some(i))
+                }
+                None => self.die(
+                    EXIT_ROLLED_BACK,
+                    format_args!(
+                        "no earlier release to roll back to from {} (see {}); nothing was changed",
+                        serving.name(),
+                        self.history_file().display()
+                    ),
+                ),
+            };
+        };
+        let mut r = Release::at(dir, &self.link_dir).unwrap_or_else(|e| {
+            self.die(
+                EXIT_USAGE,
+                format_args!(
+                    "unable to use release {}: {}",
+                    dir.display(),
+                    unixtool::io_reason(&e)
+                ),
+            )
+        });
+        if let Some(id) = &self.opts.id {
+            r.id = Some(id.clone());
+        }
+        if self.opts.check.is_some() && r.id.is_none() {
+            self.die(
+                EXIT_USAGE,
+                format_args!(
+                    "--check needs the release's id: {}/RELEASE or --id",
+                    dir.display()
+                ),
+            );
+        }
+        (r, None)
+    }
+
+    fn switch(&self, to: &Release) -> Result<(), String> {
+        unixtool::symlink::replace(&to.target, &self.link).map_err(|e| unixtool::io_reason(&e))
+    }
+
+    /// Switch, reload, check; record or roll back. The exit code.
+    fn switch_and_verify(&self, old: &Release, new: &Release, cut: Option<usize>) -> i32 {
+        if new.dir == old.dir {
+            say(format_args!("{} serves already; nothing to do", new.name()));
+            return 0;
+        }
+        if let Err(e) = self.switch(new) {
+            self.die(
+                EXIT_TEMPORARY,
+                format_args!(
+                    "unable to switch {} to {}: {e}; nothing was switched",
+                    self.link.display(),
+                    new.name()
+                ),
+            );
+        }
+        say(format_args!(
+            "switched {}: {} -> {}",
+            self.link.display(),
+            old.name(),
+            new.name()
+        ));
+        pause("switched");
+        match self.reload_and_check(new, true) {
+            Ok(()) => {
+                if let Err(e) = self.record(old, new, cut) {
+                    let undone = self.undo(old);
+                    self.die(
+                        EXIT_TEMPORARY,
+                        format_args!(
+                            "unable to write {}: {e}; {undone}",
+                            self.history_file().display()
+                        ),
+                    );
+                }
+                let what = if cut.is_some() {
+                    "rolled back to"
+                } else {
+                    "deployed"
+                };
+                say(format_args!("{what} {}", new.name()));
+                0
+            }
+            Err(Outcome::Failed(reason)) => {
+                say(format_args!(
+                    "deploy of {} failed: {reason}; rolling back to {}",
+                    new.name(),
+                    old.name()
+                ));
+                self.roll_back(old, new)
+            }
+            Err(other) => self.gone(other, old),
+        }
+    }
+
+    /// The chain died, or cannot write its status file: put LINK back, exit.
+    fn gone(&self, why: Outcome, old: &Release) -> ! {
+        match why {
+            Outcome::NotRunning(r) => {
+                let back = match self.switch(old) {
+                    Ok(()) => format!(
+                        "{} names {} again (the last verified release)",
+                        self.link.display(),
+                        old.name()
+                    ),
+                    Err(e) => format!(
+                        "unable to switch {} back to {}: {e}",
+                        self.link.display(),
+                        old.name()
+                    ),
+                };
+                self.die(
+                    EXIT_NOT_RUNNING,
+                    format_args!("the chain is gone: {r}; {back}"),
+                )
+            }
+            Outcome::Unchanged(r) | Outcome::Failed(r) => {
+                let undone = match self.switch(old) {
+                    Ok(()) => {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(self.chain_pid),
+                            Signal::SIGHUP,
+                        );
+                        format!(
+                            "switched {} back to {} and sent HUP (not verified)",
+                            self.link.display(),
+                            old.name()
+                        )
+                    }
+                    Err(e) => format!(
+                        "unable to switch {} back to {}: {e}",
+                        self.link.display(),
+                        old.name()
+                    ),
+                };
+                self.die(EXIT_TEMPORARY, format_args!("{r}; {undone}"))
+            }
+        }
+    }
+
+    /// Switch back to `old` and verify it: 1 when it serves again, else 2 (or 3, 111).
+    fn roll_back(&self, old: &Release, new: &Release) -> i32 {
+        if let Err(e) = self.switch(old) {
+            self.die(
+                EXIT_ROLLBACK_FAILED,
+                format_args!(
+                    "unable to switch {} back to {}: {e}",
+                    self.link.display(),
+                    old.name()
+                ),
+            );
+        }
+        say(format_args!(
+            "switched {} back: {} -> {}",
+            self.link.display(),
+            new.name(),
+            old.name()
+        ));
+        pause("rollback");
+        match self.reload_and_check(old, false) {
+            Ok(()) => {
+                say(format_args!("rolled back: {} serves", old.name()));
+                EXIT_ROLLED_BACK
+            }
+            Err(Outcome::Failed(r)) => self.die(
+                EXIT_ROLLBACK_FAILED,
+                format_args!("the rollback to {} did not verify: {r}", old.name()),
+            ),
+            Err(other) => self.gone(other, old),
+        }
+    }
+
+    /// After a history write failed: back to `old`, verified if possible.
+    fn undo(&self, old: &Release) -> String {
+        if let Err(e) = self.switch(old) {
+            return format!(
+                "unable to switch {} back to {}: {e}",
+                self.link.display(),
+                old.name()
+            );
+        }
+        match self.reload_and_check(old, false) {
+            Ok(()) => format!(
+                "switched {} back to {}, which serves again",
+                self.link.display(),
+                old.name()
+            ),
+            Err(Outcome::Failed(r) | Outcome::NotRunning(r) | Outcome::Unchanged(r)) => {
+                format!(
+                    "switched {} back to {}, not verified: {r}",
+                    self.link.display(),
+                    old.name()
+                )
+            }
+        }
+    }
+
+    /// Reload the chain, then (with --check) wait until the URL answers `rel`.
+    fn reload_and_check(&self, rel: &Release, interruptible: bool) -> Result<(), Outcome> {
+        let started = Instant::now();
+        let mut calls = 0;
+        let mut stop = || {
+            calls += 1;
+            match calls {
+                1 => pause("hup"),
+                2 => pause("wait"),
+                _ => {}
+            }
+            self.interrupted() && interruptible
+        };
+        let st = match statusfile::reload(&self.opts.statusfile, self.opts.timeout, &mut stop) {
+            Ok(st) => st,
+            Err(WaitError::Failed(r)) => return Err(Outcome::Failed(r)),
+            Err(WaitError::TimedOut {
+                reason,
+                unchanged: true,
+            }) => return Err(Outcome::Unchanged(reason)),
+            Err(WaitError::TimedOut { reason, .. }) => return Err(Outcome::Failed(reason)),
+            Err(WaitError::NotRunning(r)) => return Err(Outcome::NotRunning(r)),
+            Err(WaitError::Interrupted) => return Err(self.interruption()),
+        };
+        say(format_args!(
+            "generation {} serving: {} of {} ready",
+            st.num("serving_generation"),
+            st.num("ready"),
+            st.num("workers")
+        ));
+        let Some(url) = &self.opts.check else {
+            return Ok(());
+        };
+        let left = self.opts.timeout.saturating_sub(started.elapsed());
+        let until = Instant::now() + left.max(Duration::from_secs(1));
+        let want = rel.id.clone();
+        let mut last = String::from("nothing");
+        loop {
+            if interruptible && self.interrupted() {
+                return Err(self.interruption());
+            }
+            if let Some(a) = check::ask(url, Duration::from_secs(2)) {
+                let ok = (200..300).contains(&a.status);
+                if ok && want.iter().all(|w| *w == a.release) {
+                    say(format_args!("{} answers {}", url_text(url), a.release));
+                    return Ok(());
+                }
+                last = format!("{} {}", a.status, a.release);
+            }
+            if !statusfile::alive(self.chain_pid) {
+                return Err(Outcome::NotRunning(format!(
+                    "pid {} died while we waited",
+                    self.chain_pid
+                )));
+            }
+            if Instant::now() >= until {
+                return Err(Outcome::Failed(format!(
+                    "{} answered {last}, not {}",
+                    url_text(url),
+                    want.as_deref().unwrap_or("2xx")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn interruption(&self) -> Outcome {
+        let sig = self.signal.get().map_or("a signal", signal_name);
+        Outcome::Failed(format!("interrupted by {sig}"))
+    }
+
+    /// The history after a verified deploy (appended) or rollback (cut back).
+    fn record(&self, old: &Release, new: &Release, cut: Option<usize>) -> Result<(), String> {
+        let path = self.history_file();
+        let mut lines = release::read_history(&path).map_err(|e| unixtool::io_reason(&e))?;
+        match cut {
+            Some(i) => lines.truncate(i + 1),
+            None => {
+                if lines.is_empty() {
+                    // the release serving at the first deploy
+                    lines.push(old.name());
+                }
+                lines.push(new.name());
+            }
+        }
+        release::write_history(&path, &lines).map_err(|e| unixtool::io_reason(&e))
+    }
+}
+
+fn url_text(u: &Url) -> String {
+    format!("http://{}:{}{}", u.host, u.port, u.path)
+}

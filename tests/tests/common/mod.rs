@@ -1,0 +1,273 @@
+//! A site for the poolctl and deploy-release tests: releases of the demo app
+//! in `releases/`, the `current` link, and the chain behind tcplisten, under
+//! forkpool (-m cutover -p current -S status) or loop-forever (-S status).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use integration_tests::*;
+
+pub const LONG: Duration = Duration::from_secs(45);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Forkpool,
+    Loop,
+}
+
+pub struct Site {
+    pub chain: Proc,
+    pub port: u16,
+    pub dir: TempDir,
+    pub status: PathBuf,
+    pub link: PathBuf,
+    pub mode: Mode,
+}
+
+/// Lay out `releases/ID` under `dir`: RELEASE, htdocs, and `run` (the app with
+/// `flags`, e.g. "--fail-start").
+pub fn make_release(dir: &Path, id: &str, flags: &str) -> PathBuf {
+    let r = dir.join("releases").join(id);
+    std::fs::create_dir_all(r.join("htdocs")).expect("mkdir release");
+    std::fs::write(r.join("RELEASE"), format!("{id}\n")).expect("RELEASE");
+    std::fs::write(
+        r.join("htdocs/index.html"),
+        format!("<!doctype html><body data-release=\"{id}\">{id}</body>\n"),
+    )
+    .expect("index");
+    let run = r.join("run");
+    std::fs::write(
+        &run,
+        format!(
+            "#!/bin/sh\nexec '{}' --root . --ready-fd 3 {flags} \"$@\"\n",
+            bin("app").display()
+        ),
+    )
+    .expect("run");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    r
+}
+
+impl Site {
+    /// releases/r1, current -> releases/r1, the chain serving it.
+    pub fn start(tag: &str, mode: Mode) -> Site {
+        let dir = TempDir::new(tag);
+        Site::start_in(dir, mode, None)
+    }
+
+    /// As start, with the status file at `status` (default dir/status).
+    pub fn start_in(dir: TempDir, mode: Mode, status: Option<PathBuf>) -> Site {
+        make_release(dir.path(), "r1", "");
+        std::os::unix::fs::symlink("releases/r1", dir.join("current")).expect("current");
+        let status = status.unwrap_or_else(|| dir.join("status"));
+        let mut c = cmd("tcplisten");
+        c.args(["-1", "127.0.0.1", "0"]);
+        match mode {
+            Mode::Forkpool => {
+                c.arg(bin("forkpool"))
+                    .args(["-n", "2", "-m", "cutover", "-d", "3", "-t", "20000"])
+                    .args(["-k", "10000", "-p", "current", "-S"])
+                    .arg(&status)
+                    .arg("./run");
+            }
+            Mode::Loop => {
+                c.arg(bin("loop-forever"))
+                    .args(["-d", "3", "-S"])
+                    .arg(&status)
+                    .args(["sh", "-c", "cd -P current && exec ./run"]);
+            }
+        }
+        c.current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("chain.log")).expect("log"));
+        let mut chain = Proc::spawn(c);
+        let (line, _) = read_line_timeout(chain.stdout(), LONG).expect("tcplisten prints the port");
+        let port = line.trim().parse().expect("port");
+        let link = dir.join("current");
+        let site = Site {
+            chain,
+            port,
+            dir,
+            status,
+            link,
+            mode,
+        };
+        assert!(
+            wait_until(LONG, || site.answer().as_deref() == Some("r1")
+                && PoolStatus::read(&site.status).get("ready")
+                    == PoolStatus::read(&site.status).get("workers")),
+            "the site never served r1: {}",
+            site.log()
+        );
+        site
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("chain.log")).unwrap_or_default()
+    }
+
+    /// What /release answers now (None: nothing answered).
+    pub fn answer(&self) -> Option<String> {
+        http_release(self.port)
+    }
+
+    /// The release `current` names (its last component).
+    pub fn current(&self) -> String {
+        std::fs::read_link(&self.link)
+            .ok()
+            .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default()
+    }
+
+    /// The release the status file says serves (its last component).
+    pub fn serving(&self) -> String {
+        let st = PoolStatus::read(&self.status);
+        Path::new(st.get("release"))
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn release(&self, id: &str, flags: &str) -> PathBuf {
+        make_release(self.dir.path(), id, flags)
+    }
+
+    pub fn check_url(&self) -> String {
+        format!("http://127.0.0.1:{}/release", self.port)
+    }
+
+    /// A deploy-release command for this site (ARGS before LINK STATUSFILE).
+    pub fn deploy_cmd(&self, args: &[&str]) -> Command {
+        let mut c = cmd("deploy-release");
+        c.args(["-t", "30", "-c", &self.check_url()])
+            .args(args)
+            .arg(&self.link)
+            .arg(&self.status)
+            .env_remove("DEPLOY_RELEASE_PAUSE");
+        c
+    }
+
+    /// deploy-release ARGS LINK STATUSFILE: (code, stderr).
+    pub fn deploy(&self, args: &[&str]) -> (i32, String) {
+        let (code, _, err) = run(self.deploy_cmd(args), Duration::from_secs(120));
+        (code, err)
+    }
+
+    /// The chain is whole and no reload runs.
+    pub fn wait_settled(&self) {
+        assert!(
+            wait_until(LONG, || {
+                let st = PoolStatus::read(&self.status);
+                st.get("reload") != "running"
+                    && st.num("ready") == st.num("workers")
+                    && st.num("workers") > 0
+                    && st.workers.iter().all(|w| w.3 == "ready")
+            }),
+            "the chain did not settle: {}",
+            std::fs::read_to_string(&self.status).unwrap_or_default()
+        );
+    }
+}
+
+/// GET /release on 127.0.0.1:port: the body, trimmed.
+pub fn http_release(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (_, body) = out.split_once("\r\n\r\n")?;
+    Some(body.trim().to_string())
+}
+
+/// A process's state letter from /proc (T: stopped).
+pub fn proc_state(pid: i32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        })
+        .unwrap_or('?')
+}
+
+/// Whether nobody holds the flock on `path` (tried and released at once).
+pub fn lock_is_free(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return true;
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: flock(2) on a descriptor owned by `f`, alive for the call.
+    let r = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
+    r == 0
+}
+
+/// uptime-probe against the site until stopped.
+pub struct Probe {
+    p: Proc,
+    err: PathBuf,
+}
+
+impl Probe {
+    pub fn start(site: &Site, keepalive: bool) -> Probe {
+        let err = site.dir.join(format!("probe-{keepalive}.err"));
+        let mut c = cmd("uptime-probe");
+        // a request may wait in the backlog while a loaded machine switches
+        c.args(["--json", "-c", "4", "-t", "30000"]);
+        if !keepalive {
+            c.arg("--no-keepalive");
+        }
+        c.arg(format!("http://127.0.0.1:{}/", site.port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&err).expect("probe log"));
+        let probe = Probe {
+            p: Proc::spawn(c),
+            err,
+        };
+        probe.wait_seen(&site.current());
+        probe
+    }
+
+    pub fn wait_seen(&self, release: &str) {
+        let line = format!("release {release} first seen");
+        assert!(
+            wait_until(LONG, || std::fs::read_to_string(&self.err)
+                .map(|s| s.contains(&line))
+                .unwrap_or(false)),
+            "the probe never saw {release}: {}",
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        );
+    }
+
+    /// Stop it with INT: (exit code, the JSON line).
+    pub fn stop(mut self) -> (i32, String) {
+        let out = self.p.stdout();
+        self.p.signal(nix::sys::signal::Signal::SIGINT);
+        let json = read_all_timeout(out, LONG).expect("the probe's results");
+        let st = self
+            .p
+            .wait_timeout(LONG)
+            .expect("the probe exits after INT");
+        (st.code().unwrap_or(-1), json)
+    }
+}
+
+/// Nothing failed, nothing mixed, every response checked.
+pub fn assert_clean(code: i32, json: &str, what: &str) {
+    eprintln!("{what}: {json}");
+    assert!(
+        json_count(json, "requests") > 0,
+        "{what}: no requests: {json}"
+    );
+    for k in ["failed", "mixed", "no_x_release", "no_data_release"] {
+        assert_eq!(json_count(json, k), 0, "{what}: {k}: {json}");
+    }
+    assert_eq!(code, 0, "{what}: the probe's exit status: {json}");
+}
