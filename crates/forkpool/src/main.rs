@@ -4,11 +4,16 @@
 //!
 //! main.rs parses the options, sets up the signals and the notification
 //! socket, resolves the pinned release, then runs the loop: wait for a signal,
-//! a readiness message or the next deadline; hand it to the pool (pool.rs);
-//! write the status file. The pool decides what to start, what to retire.
+//! a readiness message or the next deadline; hand it to the pool (pool.rs,
+//! events.rs); write the status file (status.rs). The policy (policy.rs)
+//! decides what to start, what to retire; workers.rs runs the processes.
 
+mod events;
+mod policy;
 mod pool;
+mod status;
 mod upstream;
+mod workers;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -18,9 +23,10 @@ use lexopt::prelude::*;
 use nix::sys::signal::Signal;
 use unixtool::readiness::{self, NotifySocket};
 use unixtool::signals::{parse_signal, poll_readable, SignalPipe, SUPERVISOR_SIGNALS};
-use unixtool::{Tool, EXIT_TEMPORARY};
+use unixtool::{supervise, Tool, EXIT_TEMPORARY};
 
-use pool::{Config, Mode, Pool};
+use policy::{Mode, Settings};
+use pool::{Config, Pool};
 
 const TOOL: Tool = Tool {
     name: "forkpool",
@@ -50,7 +56,8 @@ const TOOL: Tool = Tool {
 ",
 };
 
-fn main() {
+/// The options, checked: the pool's configuration, the policy's settings, N.
+fn parse_options() -> (Config, Settings, usize) {
     let mut workers = 4usize;
     let mut stop_signal = Signal::SIGTERM;
     let mut drain = Duration::from_secs(10);
@@ -88,10 +95,7 @@ fn main() {
                     )),
                 };
             }
-            Short('k') | Long("drain") => {
-                let v = TOOL.value(&mut parser);
-                drain = Duration::from_millis(TOOL.number("-k", &v, 0, 86_400_000));
-            }
+            Short('k') | Long("drain") => drain = supervise::drain_option(&TOOL, &mut parser),
             Short('p') | Long("pin") => pin = Some(TOOL.value(&mut parser).into()),
             Short('S') | Long("status") => status = Some(TOOL.value(&mut parser).into()),
             Short('m') | Long("mode") => {
@@ -107,8 +111,7 @@ fn main() {
                 };
             }
             Short('b') | Long("backoff-max") => {
-                let v = TOOL.value(&mut parser);
-                backoff_max = Duration::from_millis(TOOL.number("-b", &v, 1000, 86_400_000));
+                backoff_max = supervise::backoff_option(&TOOL, &mut parser)
             }
             Short('v') | Long("verbose") => verbose = true,
             Short('h') | Long("help") => TOOL.print_help(),
@@ -128,18 +131,36 @@ fn main() {
     if ready.alive.is_some_and(|a| a >= deadline) {
         TOOL.usage("-a must be shorter than -t");
     }
+    let settings = Settings {
+        mode,
+        stop_signal,
+        drain,
+        ready: ready.clone(),
+        backoff_max,
+    };
+    let cfg = Config {
+        prog,
+        ready,
+        pin,
+        status,
+        verbose,
+    };
+    (cfg, settings, workers)
+}
 
+fn main() {
+    let (cfg, settings, workers) = parse_options();
     // forkpool's own supervisor (systemd Type=notify): taken out of the
     // environment before any worker starts.
     let mut upstream = upstream::Upstream::from_env();
     let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
         .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
-    let notify = ready.notify.then(|| {
+    let notify = cfg.ready.notify.then(|| {
         NotifySocket::new(TOOL.name).unwrap_or_else(|e| {
             TOOL.fatal_errno(EXIT_TEMPORARY, "create the notification socket", e)
         })
     });
-    let release = pin.as_ref().map(|p| {
+    let release = cfg.pin.as_ref().map(|p| {
         pool::resolve(p).unwrap_or_else(|e| {
             TOOL.fatal(
                 EXIT_TEMPORARY,
@@ -147,19 +168,7 @@ fn main() {
             )
         })
     });
-
-    let cfg = Config {
-        prog,
-        stop_signal,
-        drain,
-        ready,
-        pin,
-        status,
-        mode,
-        backoff_max,
-        verbose,
-    };
-    let mut pool = Pool::new(cfg, notify, release, workers);
+    let mut pool = Pool::new(cfg, settings, notify, release, workers);
 
     loop {
         pool.step(Instant::now());

@@ -11,7 +11,7 @@
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
-use crate::pool::Summary;
+use crate::status::Summary;
 
 pub struct Upstream {
     sock: UnixDatagram,

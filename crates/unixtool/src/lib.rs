@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod child;
 pub mod readiness;
 pub mod signals;
+pub mod supervise;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt::Display;
