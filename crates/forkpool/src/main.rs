@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use lexopt::prelude::*;
 use nix::sys::signal::Signal;
-use unixtool::readiness::{self, NotifySocket};
-use unixtool::signals::{parse_signal, poll_readable, SignalPipe, SUPERVISOR_SIGNALS};
-use unixtool::{supervise, Tool, EXIT_TEMPORARY};
+use unixtool::signals::{parse_signal, poll_readable};
+use unixtool::supervise::{self, SupervisorOptions};
+use unixtool::{Tool, EXIT_TEMPORARY};
 
 use policy::{Mode, Settings};
 use pool::{Config, Pool};
@@ -60,27 +60,21 @@ const TOOL: Tool = Tool {
 fn parse_options() -> (Config, Settings, usize) {
     let mut workers = 4usize;
     let mut stop_signal = Signal::SIGTERM;
-    let mut drain = Duration::from_secs(10);
-    let mut ready = readiness::Options::default();
+    let mut common = SupervisorOptions::default();
     let mut pin: Option<PathBuf> = None;
     let mut status: Option<PathBuf> = None;
     let mut mode = Mode::Rolling;
-    let mut backoff_max = Duration::from_secs(1);
-    let mut verbose = false;
 
     let mut parser = lexopt::Parser::from_env();
     let prog: Vec<OsString> = loop {
         let Some(arg) = TOOL.next_arg(&mut parser) else {
             break Vec::new();
         };
+        if let Some(opt) = SupervisorOptions::option_name(&arg) {
+            common.take(&opt, &mut parser, &TOOL);
+            continue;
+        }
         match arg {
-            Short(c) if readiness::Options::SHORT.contains(&c) => {
-                ready.take(&format!("-{c}"), &mut parser, &TOOL)
-            }
-            Long(l) if readiness::Options::LONG.contains(&l) => {
-                let opt = format!("--{l}");
-                ready.take(&opt, &mut parser, &TOOL)
-            }
             Short('n') | Long("workers") => {
                 let v = TOOL.value(&mut parser);
                 workers = TOOL.number("-n", &v, 1, 10_000);
@@ -95,7 +89,6 @@ fn parse_options() -> (Config, Settings, usize) {
                     )),
                 };
             }
-            Short('k') | Long("drain") => drain = supervise::drain_option(&TOOL, &mut parser),
             Short('p') | Long("pin") => pin = Some(TOOL.value(&mut parser).into()),
             Short('S') | Long("status") => status = Some(TOOL.value(&mut parser).into()),
             Short('m') | Long("mode") => {
@@ -110,20 +103,14 @@ fn parse_options() -> (Config, Settings, usize) {
                     )),
                 };
             }
-            Short('b') | Long("backoff-max") => {
-                backoff_max = supervise::backoff_option(&TOOL, &mut parser)
-            }
-            Short('v') | Long("verbose") => verbose = true,
             Short('h') | Long("help") => TOOL.print_help(),
             Short('V') | Long("version") => TOOL.print_version(),
             Value(first) => break unixtool::rest_of_args(first, &mut parser),
             other => TOOL.bad_arg(other.unexpected()),
         }
     };
-    if prog.is_empty() {
-        TOOL.usage("missing prog");
-    }
-    ready.check(&TOOL);
+    common.check(&prog, &TOOL);
+    let ready = &mut common.ready;
     if !ready.told() && ready.alive.is_none() {
         ready.alive = Some(Duration::from_secs(1));
     }
@@ -134,16 +121,16 @@ fn parse_options() -> (Config, Settings, usize) {
     let settings = Settings {
         mode,
         stop_signal,
-        drain,
-        ready: ready.clone(),
-        backoff_max,
+        drain: common.drain,
+        ready: common.ready.clone(),
+        backoff_max: common.backoff_max,
     };
     let cfg = Config {
         prog,
-        ready,
+        ready: common.ready,
         pin,
         status,
-        verbose,
+        verbose: common.verbose,
     };
     (cfg, settings, workers)
 }
@@ -153,13 +140,7 @@ fn main() {
     // forkpool's own supervisor (systemd Type=notify): taken out of the
     // environment before any worker starts.
     let mut upstream = upstream::Upstream::from_env();
-    let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
-        .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
-    let notify = cfg.ready.notify.then(|| {
-        NotifySocket::new(TOOL.name).unwrap_or_else(|e| {
-            TOOL.fatal_errno(EXIT_TEMPORARY, "create the notification socket", e)
-        })
-    });
+    let (sigs, notify) = supervise::catch_signals(&TOOL, &cfg.ready);
     let release = cfg.pin.as_ref().map(|p| {
         pool::resolve(p).unwrap_or_else(|e| {
             TOOL.fatal(

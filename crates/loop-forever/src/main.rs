@@ -16,10 +16,12 @@ use lexopt::prelude::*;
 use nix::sys::signal::Signal;
 use unixtool::backoff::{Backoff, ONE_SECOND};
 use unixtool::child::{self, secs, Ended, Spawn};
-use unixtool::readiness::{self, NotifySocket};
-use unixtool::signals::{poll_readable, signal_name, SignalPipe, SUPERVISOR_SIGNALS};
-use unixtool::supervise::{self, earliest, notice_owner, Child, KillDeadline, ReadinessTimes};
-use unixtool::{Tool, EXIT_TEMPORARY};
+use unixtool::readiness::NotifySocket;
+use unixtool::signals::{poll_readable, signal_name, SignalPipe};
+use unixtool::supervise::{
+    self, earliest, notice_owner, Child, KillDeadline, ReadinessTimes, SupervisorOptions,
+};
+use unixtool::Tool;
 
 const TOOL: Tool = Tool {
     name: "loop-forever",
@@ -55,10 +57,7 @@ struct Running {
 /// The options.
 struct Options {
     prog: Vec<OsString>,
-    ready: readiness::Options,
-    backoff_max: Duration,
-    drain: Duration,
-    verbose: bool,
+    common: SupervisorOptions,
 }
 
 /// The supervisor's state between two turns of the loop.
@@ -75,60 +74,33 @@ struct Loop {
 }
 
 fn parse_options() -> Options {
-    let mut ready = readiness::Options::default();
-    let mut backoff_max = ONE_SECOND;
-    let mut drain = Duration::from_secs(10);
-    let mut verbose = false;
-
+    let mut common = SupervisorOptions::default();
     let mut parser = lexopt::Parser::from_env();
     let prog = loop {
         let Some(arg) = TOOL.next_arg(&mut parser) else {
             break Vec::new();
         };
+        if let Some(opt) = SupervisorOptions::option_name(&arg) {
+            common.take(&opt, &mut parser, &TOOL);
+            continue;
+        }
         match arg {
-            Short(c) if readiness::Options::SHORT.contains(&c) => {
-                ready.take(&format!("-{c}"), &mut parser, &TOOL)
-            }
-            Long(l) if readiness::Options::LONG.contains(&l) => {
-                let opt = format!("--{l}");
-                ready.take(&opt, &mut parser, &TOOL)
-            }
-            Short('b') | Long("backoff-max") => {
-                backoff_max = supervise::backoff_option(&TOOL, &mut parser)
-            }
-            Short('k') | Long("drain") => drain = supervise::drain_option(&TOOL, &mut parser),
-            Short('v') | Long("verbose") => verbose = true,
             Short('h') | Long("help") => TOOL.print_help(),
             Short('V') | Long("version") => TOOL.print_version(),
             Value(first) => break unixtool::rest_of_args(first, &mut parser),
             other => TOOL.bad_arg(other.unexpected()),
         }
     };
-    if prog.is_empty() {
-        TOOL.usage("missing prog");
-    }
-    ready.check(&TOOL);
-    Options {
-        prog,
-        ready,
-        backoff_max,
-        drain,
-        verbose,
-    }
+    common.check(&prog, &TOOL);
+    Options { prog, common }
 }
 
 fn main() {
     let opts = parse_options();
-    let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
-        .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
-    let notify = opts.ready.notify.then(|| {
-        NotifySocket::new(TOOL.name).unwrap_or_else(|e| {
-            TOOL.fatal_errno(EXIT_TEMPORARY, "create the notification socket", e)
-        })
-    });
+    let (sigs, notify) = supervise::catch_signals(&TOOL, &opts.common.ready);
     let mut l = Loop {
         name: opts.prog[0].to_string_lossy().into_owned(),
-        backoff: Backoff::new(opts.backoff_max),
+        backoff: Backoff::new(opts.common.backoff_max),
         opts,
         notify,
         child: None,
@@ -150,7 +122,7 @@ fn main() {
 
 impl Loop {
     fn info(&self, msg: std::fmt::Arguments) {
-        if self.opts.verbose {
+        if self.opts.common.verbose {
             TOOL.info(msg)
         }
     }
@@ -168,7 +140,7 @@ impl Loop {
         }
         self.start_at = None;
         let spawn = Spawn::new(TOOL.name, &self.opts.prog);
-        match Child::spawn(spawn, &self.opts.ready, self.notify.as_ref()) {
+        match Child::spawn(spawn, &self.opts.common.ready, self.notify.as_ref()) {
             Ok(child) => {
                 self.info(format_args!("started {} (pid {})", self.name, child.pid));
                 self.child = Some(Running {
@@ -196,7 +168,7 @@ impl Loop {
         let mut due = vec![self.start_at];
         if let Some(c) = &self.child {
             if !c.ready {
-                let [alive, deadline] = self.opts.ready.due(c.child.started);
+                let [alive, deadline] = self.opts.common.ready.due(c.child.started);
                 due.push(alive);
                 due.push(deadline.filter(|_| !c.too_slow));
             }
@@ -212,7 +184,7 @@ impl Loop {
     /// Readiness (pipe, NOTIFY_SOCKET, -a), the readiness deadline, KILL.
     fn check_readiness(&mut self, now: Instant) {
         let notices = self.notify.as_ref().map(|n| n.drain()).unwrap_or_default();
-        let opts = &self.opts;
+        let opts = &self.opts.common;
         let Some(c) = self.child.as_mut() else {
             return;
         };
@@ -333,7 +305,7 @@ impl Loop {
     /// the next one starts, by the one-second rule and the back-off.
     fn restart(&mut self, ended: Ended, ran: Duration, now: Instant) {
         let Some(c) = self.child.as_ref() else { return };
-        let tracked = self.opts.ready.tracked();
+        let tracked = self.opts.common.ready.tracked();
         let asked = c.forwarded.is_some();
         let young = ran < ONE_SECOND && !asked && !c.ready;
         let failed = c.too_slow

@@ -250,6 +250,16 @@ impl Options {
     pub const LONG: [&'static str; 4] =
         ["notification-fd", "notify", "ready-after", "ready-timeout"];
 
+    /// The readiness option `arg` is (`-d`, `--notify`, ...), if it is one:
+    /// then hand it to [`Options::take`].
+    pub fn option_name(arg: &lexopt::Arg) -> Option<String> {
+        match arg {
+            lexopt::Arg::Short(c) if Self::SHORT.contains(c) => Some(format!("-{c}")),
+            lexopt::Arg::Long(l) if Self::LONG.contains(l) => Some(format!("--{l}")),
+            _ => None,
+        }
+    }
+
     /// Take option `opt` (`-d`, `--notification-fd`, `--notify`, `-a`,
     /// `--ready-after`, `-t`, `--ready-timeout`), reading its value from `parser`.
     pub fn take(&mut self, opt: &str, parser: &mut lexopt::Parser, tool: &crate::Tool) {

@@ -15,6 +15,8 @@ use nix::unistd::Pid;
 
 use crate::child::Spawn;
 use crate::readiness::{self, NotifySocket, PipeEvent, ReadinessPipe};
+use crate::signals::{SignalPipe, SUPERVISOR_SIGNALS};
+use crate::EXIT_TEMPORARY;
 
 /// A child started by a supervisor, until it is reaped.
 pub struct Child {
@@ -149,16 +151,85 @@ pub fn earliest(times: impl IntoIterator<Item = Option<Instant>>) -> Option<Inst
     times.into_iter().flatten().min()
 }
 
-/// `-k ms`, `--drain ms`: the drain deadline (0 to a day).
-pub fn drain_option(tool: &crate::Tool, parser: &mut lexopt::Parser) -> Duration {
-    let v = tool.value(parser);
-    Duration::from_millis(tool.number("-k", &v, 0, 86_400_000))
+/// A supervisor's first step: catch [`SUPERVISOR_SIGNALS`] on a self-pipe,
+/// and with `--notify` bind the socket its children notify; exit 111 if
+/// either cannot be had.
+pub fn catch_signals(
+    tool: &crate::Tool,
+    ready: &readiness::Options,
+) -> (SignalPipe, Option<NotifySocket>) {
+    let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
+        .unwrap_or_else(|e| tool.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
+    let notify = ready.notify.then(|| {
+        NotifySocket::new(tool.name).unwrap_or_else(|e| {
+            tool.fatal_errno(EXIT_TEMPORARY, "create the notification socket", e)
+        })
+    });
+    (sigs, notify)
 }
 
-/// `-b ms`, `--backoff-max ms`: the longest back-off (one second to a day).
-pub fn backoff_option(tool: &crate::Tool, parser: &mut lexopt::Parser) -> Duration {
-    let v = tool.value(parser);
-    Duration::from_millis(tool.number("-b", &v, 1000, 86_400_000))
+/// The options both supervisors take, parsed once: readiness (`-d`,
+/// `--notify`, `-a`, `-t`), the drain deadline `-k`, the back-off cap `-b`,
+/// `-v`.
+#[derive(Clone, Debug)]
+pub struct SupervisorOptions {
+    pub ready: readiness::Options,
+    /// `-k ms`, `--drain ms` (0 to a day; default 10 s).
+    pub drain: Duration,
+    /// `-b ms`, `--backoff-max ms` (one second to a day; default one second).
+    pub backoff_max: Duration,
+    /// `-v`, `--verbose`.
+    pub verbose: bool,
+}
+
+impl Default for SupervisorOptions {
+    fn default() -> Self {
+        SupervisorOptions {
+            ready: readiness::Options::default(),
+            drain: Duration::from_secs(10),
+            backoff_max: crate::backoff::ONE_SECOND,
+            verbose: false,
+        }
+    }
+}
+
+impl SupervisorOptions {
+    /// The option `arg` is, if it is one of these: then hand it to
+    /// [`SupervisorOptions::take`].
+    pub fn option_name(arg: &lexopt::Arg) -> Option<String> {
+        use lexopt::Arg::{Long, Short};
+        match arg {
+            Short('k') | Long("drain") => Some("-k".into()),
+            Short('b') | Long("backoff-max") => Some("-b".into()),
+            Short('v') | Long("verbose") => Some("-v".into()),
+            _ => readiness::Options::option_name(arg),
+        }
+    }
+
+    /// Take option `opt` (from [`SupervisorOptions::option_name`]), reading
+    /// its value from `parser`.
+    pub fn take(&mut self, opt: &str, parser: &mut lexopt::Parser, tool: &crate::Tool) {
+        match opt {
+            "-k" => {
+                let v = tool.value(parser);
+                self.drain = Duration::from_millis(tool.number("-k", &v, 0, 86_400_000));
+            }
+            "-b" => {
+                let v = tool.value(parser);
+                self.backoff_max = Duration::from_millis(tool.number("-b", &v, 1000, 86_400_000));
+            }
+            "-v" => self.verbose = true,
+            _ => self.ready.take(opt, parser, tool),
+        }
+    }
+
+    /// After the options: `prog` is there, no combination excluded.
+    pub fn check(&self, prog: &[std::ffi::OsString], tool: &crate::Tool) {
+        if prog.is_empty() {
+            tool.usage("missing prog");
+        }
+        self.ready.check(tool);
+    }
 }
 
 #[cfg(test)]
