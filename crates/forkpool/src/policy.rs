@@ -781,3 +781,6 @@ impl Slot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
