@@ -127,7 +127,8 @@ fn monotonic_usec() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // CLOCK_MONOTONIC cannot fail with a valid pointer.
+    // SAFETY: `ts` is a live, writable timespec; CLOCK_MONOTONIC cannot
+    // fail with a valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }

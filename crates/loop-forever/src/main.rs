@@ -135,7 +135,7 @@ impl Loop {
         if self.stopping.is_some() {
             std::process::exit(0);
         }
-        if !self.start_at.is_some_and(|t| t <= now) {
+        if self.start_at.is_none_or(|t| t > now) {
             return;
         }
         self.start_at = None;
