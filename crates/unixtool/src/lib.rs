@@ -7,6 +7,7 @@ pub mod child;
 pub mod readiness;
 pub mod signals;
 pub mod supervise;
+pub mod upstream;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt::Display;
