@@ -15,11 +15,9 @@ mod status;
 mod upstream;
 mod workers;
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lexopt::prelude::*;
 use nix::sys::signal::Signal;
 use unixtool::signals::{parse_signal, poll_readable};
 use unixtool::supervise::{self, SupervisorOptions};
@@ -60,27 +58,18 @@ const TOOL: Tool = Tool {
 fn parse_options() -> (Config, Settings, usize) {
     let mut workers = 4usize;
     let mut stop_signal = Signal::SIGTERM;
-    let mut common = SupervisorOptions::default();
     let mut pin: Option<PathBuf> = None;
     let mut status: Option<PathBuf> = None;
     let mut mode = Mode::Rolling;
 
-    let mut parser = lexopt::Parser::from_env();
-    let prog: Vec<OsString> = loop {
-        let Some(arg) = TOOL.next_arg(&mut parser) else {
-            break Vec::new();
-        };
-        if let Some(opt) = SupervisorOptions::option_name(&arg) {
-            common.take(&opt, &mut parser, &TOOL);
-            continue;
-        }
-        match arg {
-            Short('n') | Long("workers") => {
-                let v = TOOL.value(&mut parser);
+    let (mut common, prog) = SupervisorOptions::parse(&TOOL, |opt, parser| {
+        match opt {
+            "-n" | "--workers" => {
+                let v = TOOL.value(parser);
                 workers = TOOL.number("-n", &v, 1, 10_000);
             }
-            Short('s') | Long("stop-signal") => {
-                let v = TOOL.value(&mut parser);
+            "-s" | "--stop-signal" => {
+                let v = TOOL.value(parser);
                 stop_signal = match v.to_str().and_then(parse_signal) {
                     Some(s) if s != Signal::SIGKILL && s != Signal::SIGSTOP => s,
                     _ => TOOL.usage(format_args!(
@@ -89,10 +78,10 @@ fn parse_options() -> (Config, Settings, usize) {
                     )),
                 };
             }
-            Short('p') | Long("pin") => pin = Some(TOOL.value(&mut parser).into()),
-            Short('S') | Long("status") => status = Some(TOOL.value(&mut parser).into()),
-            Short('m') | Long("mode") => {
-                let v = TOOL.value(&mut parser);
+            "-p" | "--pin" => pin = Some(TOOL.value(parser).into()),
+            "-S" | "--status" => status = Some(TOOL.value(parser).into()),
+            "-m" | "--mode" => {
+                let v = TOOL.value(parser);
                 mode = match v.to_str() {
                     Some("rolling") => Mode::Rolling,
                     Some("all-at-once") => Mode::AllAtOnce,
@@ -103,13 +92,10 @@ fn parse_options() -> (Config, Settings, usize) {
                     )),
                 };
             }
-            Short('h') | Long("help") => TOOL.print_help(),
-            Short('V') | Long("version") => TOOL.print_version(),
-            Value(first) => break unixtool::rest_of_args(first, &mut parser),
-            other => TOOL.bad_arg(other.unexpected()),
+            _ => return false,
         }
-    };
-    common.check(&prog, &TOOL);
+        true
+    });
     let ready = &mut common.ready;
     if !ready.told() && ready.alive.is_none() {
         ready.alive = Some(Duration::from_secs(1));

@@ -12,7 +12,6 @@
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use lexopt::prelude::*;
 use nix::sys::signal::Signal;
 use unixtool::backoff::{Backoff, ONE_SECOND};
 use unixtool::child::{self, secs, Ended, Spawn};
@@ -74,24 +73,7 @@ struct Loop {
 }
 
 fn parse_options() -> Options {
-    let mut common = SupervisorOptions::default();
-    let mut parser = lexopt::Parser::from_env();
-    let prog = loop {
-        let Some(arg) = TOOL.next_arg(&mut parser) else {
-            break Vec::new();
-        };
-        if let Some(opt) = SupervisorOptions::option_name(&arg) {
-            common.take(&opt, &mut parser, &TOOL);
-            continue;
-        }
-        match arg {
-            Short('h') | Long("help") => TOOL.print_help(),
-            Short('V') | Long("version") => TOOL.print_version(),
-            Value(first) => break unixtool::rest_of_args(first, &mut parser),
-            other => TOOL.bad_arg(other.unexpected()),
-        }
-    };
-    common.check(&prog, &TOOL);
+    let (common, prog) = SupervisorOptions::parse(&TOOL, |_, _| false);
     Options { prog, common }
 }
 

@@ -250,13 +250,15 @@ impl Options {
     pub const LONG: [&'static str; 4] =
         ["notification-fd", "notify", "ready-after", "ready-timeout"];
 
-    /// The readiness option `arg` is (`-d`, `--notify`, ...), if it is one:
-    /// then hand it to [`Options::take`].
-    pub fn option_name(arg: &lexopt::Arg) -> Option<String> {
-        match arg {
-            lexopt::Arg::Short(c) if Self::SHORT.contains(c) => Some(format!("-{c}")),
-            lexopt::Arg::Long(l) if Self::LONG.contains(l) => Some(format!("--{l}")),
-            _ => None,
+    /// Whether `opt` (`-d`, `--notify`, ...) is a readiness option: then
+    /// hand it to [`Options::take`].
+    pub fn is_option(opt: &str) -> bool {
+        match (opt.strip_prefix("--"), opt.strip_prefix('-')) {
+            (Some(long), _) => Self::LONG.contains(&long),
+            (None, Some(short)) => {
+                short.chars().count() == 1 && short.chars().all(|c| Self::SHORT.contains(&c))
+            }
+            _ => false,
         }
     }
 

@@ -194,31 +194,58 @@ impl Default for SupervisorOptions {
 }
 
 impl SupervisorOptions {
-    /// The option `arg` is, if it is one of these: then hand it to
-    /// [`SupervisorOptions::take`].
-    pub fn option_name(arg: &lexopt::Arg) -> Option<String> {
-        use lexopt::Arg::{Long, Short};
-        match arg {
-            Short('k') | Long("drain") => Some("-k".into()),
-            Short('b') | Long("backoff-max") => Some("-b".into()),
-            Short('v') | Long("verbose") => Some("-v".into()),
-            _ => readiness::Options::option_name(arg),
-        }
+    /// Whether `opt` (`-k`, `--drain`, ...) is one of these: then hand it
+    /// to [`SupervisorOptions::take`].
+    pub fn is_option(opt: &str) -> bool {
+        matches!(
+            opt,
+            "-k" | "--drain" | "-b" | "--backoff-max" | "-v" | "--verbose"
+        ) || readiness::Options::is_option(opt)
     }
 
-    /// Take option `opt` (from [`SupervisorOptions::option_name`]), reading
-    /// its value from `parser`.
+    /// A supervisor's command line: these options, `-h`, `-V`, the tool's
+    /// own options (`own` takes one by its name, `-n` or `--workers`,
+    /// reading its value from the parser, and says whether it knew it),
+    /// then `prog...`, which must be there.
+    pub fn parse(
+        tool: &crate::Tool,
+        mut own: impl FnMut(&str, &mut lexopt::Parser) -> bool,
+    ) -> (SupervisorOptions, Vec<std::ffi::OsString>) {
+        use lexopt::Arg::{Long, Short, Value};
+        let mut opts = SupervisorOptions::default();
+        let mut parser = lexopt::Parser::from_env();
+        let prog = loop {
+            let opt = match tool.next_arg(&mut parser) {
+                None => break Vec::new(),
+                Some(Value(first)) => break crate::rest_of_args(first, &mut parser),
+                Some(Short(c)) => format!("-{c}"),
+                Some(Long(l)) => format!("--{l}"),
+            };
+            match opt.as_str() {
+                "-h" | "--help" => tool.print_help(),
+                "-V" | "--version" => tool.print_version(),
+                o if Self::is_option(o) => opts.take(o, &mut parser, tool),
+                o if own(o, &mut parser) => {}
+                _ => tool.bad_arg(lexopt::Error::UnexpectedOption(opt)),
+            }
+        };
+        opts.check(&prog, tool);
+        (opts, prog)
+    }
+
+    /// Take option `opt` (one [`SupervisorOptions::is_option`] knows),
+    /// reading its value from `parser`.
     pub fn take(&mut self, opt: &str, parser: &mut lexopt::Parser, tool: &crate::Tool) {
         match opt {
-            "-k" => {
+            "-k" | "--drain" => {
                 let v = tool.value(parser);
                 self.drain = Duration::from_millis(tool.number("-k", &v, 0, 86_400_000));
             }
-            "-b" => {
+            "-b" | "--backoff-max" => {
                 let v = tool.value(parser);
                 self.backoff_max = Duration::from_millis(tool.number("-b", &v, 1000, 86_400_000));
             }
-            "-v" => self.verbose = true,
+            "-v" | "--verbose" => self.verbose = true,
             _ => self.ready.take(opt, parser, tool),
         }
     }
