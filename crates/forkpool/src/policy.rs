@@ -94,6 +94,32 @@ pub struct Generation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId(pub u64);
 
+/// Why a worker was retired. (Room for the next reasons: age, memory, its
+/// own word, a missed watchdog ping.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// Outgoing and ready: a worker of the target generation stands in for it.
+    Replaced,
+    /// Outgoing and not serving (not ready, or held in a generation that
+    /// will not serve).
+    NotNeeded,
+    /// It died or missed its readiness deadline.
+    Failed,
+    /// The pool stops (TERM, INT, QUIT).
+    Stopping,
+}
+
+impl Why {
+    pub fn name(self) -> &'static str {
+        match self {
+            Why::Replaced => "replaced",
+            Why::NotNeeded => "not needed",
+            Why::Failed => "failed",
+            Why::Stopping => "stopping",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     Starting,
@@ -115,8 +141,8 @@ pub struct Worker {
     pub kill_at: KillDeadline,
     /// Cutover: ready, but stopped (SIGSTOP) and not released yet.
     pub held: bool,
-    /// Why it was retired (`replaced`, `not needed`, `failed`, `stopping`).
-    pub retired: Option<&'static str>,
+    /// Why it was retired (None while it is not).
+    pub retired: Option<Why>,
 }
 
 impl Worker {
@@ -353,7 +379,7 @@ impl Policy {
             .map(|w| w.id)
             .collect();
         for id in idle {
-            self.retire(id, now, "not needed");
+            self.retire(id, now, Why::NotNeeded);
         }
         // ... the ready ones while N ready workers remain without them, or
         // (all-at-once) when the whole target generation is ready. Slots
@@ -373,7 +399,7 @@ impl Policy {
             if self.ready_count() <= n && !all_at_once_go {
                 break;
             }
-            self.retire(id, now, "replaced");
+            self.retire(id, now, Why::Replaced);
         }
         // 3. A wholly ready target generation serves.
         if self.serving.as_ref().map(|g| g.id) != Some(self.target.id) && self.target_ready() {
@@ -515,7 +541,7 @@ impl Policy {
     }
 
     /// Send worker `id` the stop signal; KILL after the drain deadline.
-    fn retire(&mut self, id: WorkerId, now: Instant, why: &'static str) {
+    fn retire(&mut self, id: WorkerId, now: Instant, why: Why) {
         let Some(i) = self.index(id) else { return };
         let signal = self.settings.stop_signal;
         let drain = self.settings.drain;
@@ -534,7 +560,8 @@ impl Policy {
             cont,
         });
         self.info(format!(
-            "{name} stopping ({why}): sent {}",
+            "{name} stopping ({}): sent {}",
+            why.name(),
             signal_name(signal)
         ));
     }
@@ -626,7 +653,7 @@ impl Policy {
             ));
         }
         if self.workers[i].live() {
-            self.retire(id, now, "failed");
+            self.retire(id, now, Why::Failed);
         }
     }
 
@@ -759,7 +786,7 @@ impl Policy {
         for w in &mut self.workers {
             if w.phase != Phase::Stopping || how == Stop::Fast {
                 w.phase = Phase::Stopping;
-                w.retired.get_or_insert("stopping");
+                w.retired.get_or_insert(Why::Stopping);
                 w.kill_at.arm(now, drain);
                 let cont = std::mem::take(&mut w.held);
                 self.out.push(Action::Retire {
