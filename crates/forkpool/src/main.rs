@@ -4,23 +4,27 @@
 //!
 //! main.rs parses the options, sets up the signals and the notification
 //! socket, resolves the pinned release, then runs the loop: wait for a signal,
-//! a readiness message or the next deadline; hand it to the pool (pool.rs);
-//! write the status file. The pool decides what to start, what to retire.
+//! a readiness message or the next deadline; hand it to the pool (pool.rs,
+//! events.rs); write the status file (status.rs). The policy (policy.rs)
+//! decides what to start, what to retire; workers.rs runs the processes.
 
+mod events;
+mod policy;
 mod pool;
+mod status;
 mod upstream;
+mod workers;
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lexopt::prelude::*;
 use nix::sys::signal::Signal;
-use unixtool::readiness::{self, NotifySocket};
-use unixtool::signals::{parse_signal, poll_readable, SignalPipe, SUPERVISOR_SIGNALS};
+use unixtool::signals::{parse_signal, poll_readable};
+use unixtool::supervise::{self, SupervisorOptions};
 use unixtool::{Tool, EXIT_TEMPORARY};
 
-use pool::{Config, Mode, Pool};
+use policy::{Mode, Settings};
+use pool::{Config, Pool};
 
 const TOOL: Tool = Tool {
     name: "forkpool",
@@ -50,36 +54,22 @@ const TOOL: Tool = Tool {
 ",
 };
 
-fn main() {
+/// The options, checked: the pool's configuration, the policy's settings, N.
+fn parse_options() -> (Config, Settings, usize) {
     let mut workers = 4usize;
     let mut stop_signal = Signal::SIGTERM;
-    let mut drain = Duration::from_secs(10);
-    let mut ready = readiness::Options::default();
     let mut pin: Option<PathBuf> = None;
     let mut status: Option<PathBuf> = None;
     let mut mode = Mode::Rolling;
-    let mut backoff_max = Duration::from_secs(1);
-    let mut verbose = false;
 
-    let mut parser = lexopt::Parser::from_env();
-    let prog: Vec<OsString> = loop {
-        let Some(arg) = TOOL.next_arg(&mut parser) else {
-            break Vec::new();
-        };
-        match arg {
-            Short(c) if readiness::Options::SHORT.contains(&c) => {
-                ready.take(&format!("-{c}"), &mut parser, &TOOL)
-            }
-            Long(l) if readiness::Options::LONG.contains(&l) => {
-                let opt = format!("--{l}");
-                ready.take(&opt, &mut parser, &TOOL)
-            }
-            Short('n') | Long("workers") => {
-                let v = TOOL.value(&mut parser);
+    let (mut common, prog) = SupervisorOptions::parse(&TOOL, |opt, parser| {
+        match opt {
+            "-n" | "--workers" => {
+                let v = TOOL.value(parser);
                 workers = TOOL.number("-n", &v, 1, 10_000);
             }
-            Short('s') | Long("stop-signal") => {
-                let v = TOOL.value(&mut parser);
+            "-s" | "--stop-signal" => {
+                let v = TOOL.value(parser);
                 stop_signal = match v.to_str().and_then(parse_signal) {
                     Some(s) if s != Signal::SIGKILL && s != Signal::SIGSTOP => s,
                     _ => TOOL.usage(format_args!(
@@ -88,14 +78,10 @@ fn main() {
                     )),
                 };
             }
-            Short('k') | Long("drain") => {
-                let v = TOOL.value(&mut parser);
-                drain = Duration::from_millis(TOOL.number("-k", &v, 0, 86_400_000));
-            }
-            Short('p') | Long("pin") => pin = Some(TOOL.value(&mut parser).into()),
-            Short('S') | Long("status") => status = Some(TOOL.value(&mut parser).into()),
-            Short('m') | Long("mode") => {
-                let v = TOOL.value(&mut parser);
+            "-p" | "--pin" => pin = Some(TOOL.value(parser).into()),
+            "-S" | "--status" => status = Some(TOOL.value(parser).into()),
+            "-m" | "--mode" => {
+                let v = TOOL.value(parser);
                 mode = match v.to_str() {
                     Some("rolling") => Mode::Rolling,
                     Some("all-at-once") => Mode::AllAtOnce,
@@ -106,21 +92,11 @@ fn main() {
                     )),
                 };
             }
-            Short('b') | Long("backoff-max") => {
-                let v = TOOL.value(&mut parser);
-                backoff_max = Duration::from_millis(TOOL.number("-b", &v, 1000, 86_400_000));
-            }
-            Short('v') | Long("verbose") => verbose = true,
-            Short('h') | Long("help") => TOOL.print_help(),
-            Short('V') | Long("version") => TOOL.print_version(),
-            Value(first) => break unixtool::rest_of_args(first, &mut parser),
-            other => TOOL.bad_arg(other.unexpected()),
+            _ => return false,
         }
-    };
-    if prog.is_empty() {
-        TOOL.usage("missing prog");
-    }
-    ready.check(&TOOL);
+        true
+    });
+    let ready = &mut common.ready;
     if !ready.told() && ready.alive.is_none() {
         ready.alive = Some(Duration::from_secs(1));
     }
@@ -128,18 +104,30 @@ fn main() {
     if ready.alive.is_some_and(|a| a >= deadline) {
         TOOL.usage("-a must be shorter than -t");
     }
+    let settings = Settings {
+        mode,
+        stop_signal,
+        drain: common.drain,
+        ready: common.ready.clone(),
+        backoff_max: common.backoff_max,
+    };
+    let cfg = Config {
+        prog,
+        ready: common.ready,
+        pin,
+        status,
+        verbose: common.verbose,
+    };
+    (cfg, settings, workers)
+}
 
+fn main() {
+    let (cfg, settings, workers) = parse_options();
     // forkpool's own supervisor (systemd Type=notify): taken out of the
     // environment before any worker starts.
     let mut upstream = upstream::Upstream::from_env();
-    let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
-        .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
-    let notify = ready.notify.then(|| {
-        NotifySocket::new(TOOL.name).unwrap_or_else(|e| {
-            TOOL.fatal_errno(EXIT_TEMPORARY, "create the notification socket", e)
-        })
-    });
-    let release = pin.as_ref().map(|p| {
+    let (sigs, notify) = supervise::catch_signals(&TOOL, &cfg.ready);
+    let release = cfg.pin.as_ref().map(|p| {
         pool::resolve(p).unwrap_or_else(|e| {
             TOOL.fatal(
                 EXIT_TEMPORARY,
@@ -147,19 +135,7 @@ fn main() {
             )
         })
     });
-
-    let cfg = Config {
-        prog,
-        stop_signal,
-        drain,
-        ready,
-        pin,
-        status,
-        mode,
-        backoff_max,
-        verbose,
-    };
-    let mut pool = Pool::new(cfg, notify, release, workers);
+    let mut pool = Pool::new(cfg, settings, notify, release, workers);
 
     loop {
         pool.step(Instant::now());

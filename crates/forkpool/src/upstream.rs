@@ -5,58 +5,32 @@
 //! `READY=1` again when the reload is over (done, or failed with the old
 //! generation still serving), and `STOPPING=1` at TERM, INT or QUIT.
 //!
-//! The variable is taken out of forkpool's environment at start, so workers
-//! never talk to forkpool's supervisor themselves (with `--notify` they get
-//! forkpool's own socket instead).
+//! The sender (and taking the variable out of forkpool's environment, so
+//! workers never talk to forkpool's supervisor themselves; with `--notify`
+//! they get forkpool's own socket instead) is `unixtool::upstream`.
 
-use std::os::unix::net::{SocketAddr, UnixDatagram};
+use unixtool::upstream::{monotonic_usec, Upstream as Sender};
 
-use crate::pool::Summary;
+use crate::status::Summary;
+use crate::TOOL;
 
 pub struct Upstream {
-    sock: UnixDatagram,
-    addr: SocketAddr,
-    /// NOTIFY_SOCKET's value, for messages.
-    name: String,
+    sender: Sender,
     /// The newest generation already announced (RELOADING=1 sent for it).
     newest: u64,
     /// Whether the pool is between a RELOADING=1 (or the start) and its READY=1.
     pending: bool,
     stopping: bool,
-    warned: bool,
 }
 
 impl Upstream {
-    /// Take `NOTIFY_SOCKET` out of the environment; a sender for it if it was
-    /// set to something usable (a path, or `@name` in the abstract namespace).
+    /// From `NOTIFY_SOCKET`, taken out of the environment (None: not set or unusable).
     pub fn from_env() -> Option<Upstream> {
-        let value = std::env::var_os("NOTIFY_SOCKET")?;
-        std::env::remove_var("NOTIFY_SOCKET");
-        let Some(addr) = unixtool::readiness::notify_address(&value) else {
-            crate::TOOL.warn(format_args!(
-                "NOTIFY_SOCKET={:?} is not a socket address: not notifying",
-                value.to_string_lossy()
-            ));
-            return None;
-        };
-        let sock = match UnixDatagram::unbound() {
-            Ok(s) => s,
-            Err(e) => {
-                crate::TOOL.warn(format_args!(
-                    "unable to create a socket for NOTIFY_SOCKET: {}: not notifying",
-                    unixtool::io_reason(&e)
-                ));
-                return None;
-            }
-        };
         Some(Upstream {
-            sock,
-            addr,
-            name: value.to_string_lossy().into_owned(),
+            sender: Sender::from_env(&TOOL)?,
             newest: 1,
             pending: true,
             stopping: false,
-            warned: false,
         })
     }
 
@@ -109,25 +83,6 @@ impl Upstream {
     }
 
     fn send(&mut self, msg: String) {
-        if let Err(e) = self.sock.send_to_addr(msg.as_bytes(), &self.addr) {
-            if !self.warned {
-                self.warned = true;
-                crate::TOOL.warn(format_args!(
-                    "unable to notify {}: {}",
-                    self.name,
-                    unixtool::io_reason(&e)
-                ));
-            }
-        }
+        self.sender.send(&TOOL, &msg);
     }
-}
-
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // CLOCK_MONOTONIC cannot fail with a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }

@@ -59,6 +59,8 @@ impl<'a> Spawn<'a> {
     pub fn spawn(&self) -> Result<Pid, Errno> {
         let parent = nix::unistd::getpid();
         let old = signals::block_all();
+        // SAFETY: the supervisors are single-threaded (module documentation),
+        // so the child may run any code between fork and exec.
         let res = unsafe { fork() };
         match res {
             Ok(ForkResult::Child) => self.child(parent),
@@ -76,10 +78,10 @@ impl<'a> Spawn<'a> {
     fn child(&self, parent: Pid) -> ! {
         signals::reset_for_child();
         if let Some(sig) = self.parent_death {
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+            let _ = nix::sys::prctl::set_pdeathsig(sig);
             // The parent may have died before the prctl: then nobody will send it.
             if nix::unistd::getppid() != parent {
-                unsafe { libc::_exit(EXIT_TEMPORARY) };
+                exit_now();
             }
         }
         for &(from, to) in &self.fds {
@@ -110,8 +112,15 @@ impl<'a> Spawn<'a> {
 
     fn die(&self, what: std::fmt::Arguments, err: Errno) -> ! {
         crate::message_line(self.tool, format_args!("fatal: {what}: {}", strerror(err)));
-        unsafe { libc::_exit(EXIT_TEMPORARY) }
+        exit_now()
     }
+}
+
+/// In the forked child: exit 111 without running the parent's exit handlers
+/// or flushing its buffers.
+fn exit_now() -> ! {
+    // SAFETY: _exit(2) is async-signal-safe and touches no memory of ours.
+    unsafe { libc::_exit(EXIT_TEMPORARY) }
 }
 
 /// Every child that has ended, reaped without blocking (EINTR retried).

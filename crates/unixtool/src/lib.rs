@@ -7,7 +7,9 @@ pub mod child;
 pub mod readiness;
 pub mod signals;
 pub mod statusfile;
+pub mod supervise;
 pub mod symlink;
+pub mod upstream;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt::Display;
@@ -161,6 +163,8 @@ pub fn io_reason(e: &std::io::Error) -> String {
 /// Rust runtime ignores (and an ignored disposition survives exec), is put back
 /// to its default first, so prog starts as it would from a shell.
 pub fn exec_errno(argv: &[OsString]) -> Errno {
+    // SAFETY: SIG_DFL installs no handler; nothing else runs in this process
+    // between here and the exec.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let Some(prog) = argv.first() else {
         return Errno::ENOENT;
@@ -193,6 +197,7 @@ pub fn rest_of_args(first: OsString, parser: &mut lexopt::Parser) -> Vec<OsStrin
 
 /// Set or clear FD_CLOEXEC on `fd`.
 pub fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
+    // SAFETY: F_GETFD reads a flag of a descriptor number; no memory is passed.
     let flags = Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
     let new = if on {
         flags | libc::FD_CLOEXEC
@@ -200,6 +205,7 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
         flags & !libc::FD_CLOEXEC
     };
     if new != flags {
+        // SAFETY: F_SETFD sets a flag of a descriptor number; no memory is passed.
         Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, new) })?;
     }
     Ok(())
@@ -207,6 +213,7 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
 
 /// Whether `fd` is an open descriptor.
 pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD reads a flag of a descriptor number; no memory is passed.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     flags != -1
 }
@@ -218,12 +225,15 @@ pub fn move_fd(from: RawFd, to: RawFd) -> Result<(), Errno> {
         return set_cloexec(to, false);
     }
     loop {
+        // SAFETY: dup2 takes two descriptor numbers; the caller owns `to`'s
+        // number (it is what the child is to get), so nothing else loses it.
         match Errno::result(unsafe { libc::dup2(from, to) }) {
             Err(Errno::EINTR) | Err(Errno::EBUSY) => continue,
             Err(e) => return Err(e),
             Ok(_) => break,
         }
     }
+    // SAFETY: `from` is the caller's to give up (it was moved to `to`).
     unsafe { libc::close(from) };
     Ok(())
 }

@@ -250,6 +250,18 @@ impl Options {
     pub const LONG: [&'static str; 4] =
         ["notification-fd", "notify", "ready-after", "ready-timeout"];
 
+    /// Whether `opt` (`-d`, `--notify`, ...) is a readiness option: then
+    /// hand it to [`Options::take`].
+    pub fn is_option(opt: &str) -> bool {
+        match (opt.strip_prefix("--"), opt.strip_prefix('-')) {
+            (Some(long), _) => Self::LONG.contains(&long),
+            (None, Some(short)) => {
+                short.chars().count() == 1 && short.chars().all(|c| Self::SHORT.contains(&c))
+            }
+            _ => false,
+        }
+    }
+
     /// Take option `opt` (`-d`, `--notification-fd`, `--notify`, `-a`,
     /// `--ready-after`, `-t`, `--ready-timeout`), reading its value from `parser`.
     pub fn take(&mut self, opt: &str, parser: &mut lexopt::Parser, tool: &crate::Tool) {

@@ -45,6 +45,9 @@ extern "C" fn on_signal(sig: libc::c_int) {
     let fd = WRITE_FD.load(Ordering::Relaxed);
     if fd >= 0 {
         let b = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; the pointer is to a live
+        // local byte, the length 1; fd is the self-pipe's write end, which
+        // is never closed (or -1 in a child, skipped above).
         unsafe { libc::write(fd, &b as *const u8 as *const libc::c_void, 1) };
     }
     Errno::set_raw(saved);
@@ -70,6 +73,8 @@ impl SignalPipe {
                 SaFlags::SA_RESTART
             };
             let act = SigAction::new(SigHandler::Handler(on_signal), flags, SigSet::empty());
+            // SAFETY: on_signal only does async-signal-safe things (an atomic
+            // load, write(2), errno saved and restored).
             unsafe { sigaction(sig, &act) }?;
             HANDLED.fetch_or(1u64 << (sig as i32 as u32), Ordering::SeqCst);
         }
@@ -134,6 +139,7 @@ pub fn reset_for_child() {
     let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for sig in Signal::iterator() {
         if sig == Signal::SIGPIPE || handled & (1u64 << (sig as i32 as u32)) != 0 {
+            // SAFETY: SIG_DFL installs no handler of ours.
             let _ = unsafe { sigaction(sig, &dfl) };
         }
     }
@@ -184,6 +190,8 @@ pub fn poll_readable(fds: &[RawFd], timeout: Option<std::time::Duration>) -> Vec
         // Round up, so a deadline is never polled for as 0 ms again and again.
         Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
     };
+    // SAFETY: the pointer and length are those of `pfds`, alive and
+    // exclusively borrowed for the call.
     let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
     if n <= 0 {
         return vec![false; fds.len()];

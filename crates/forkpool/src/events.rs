@@ -1,0 +1,90 @@
+//! What happens to the pool, handed to the policy: readiness notices (pipes
+//! and `NOTIFY_SOCKET`) and the time, signals in order of arrival, children
+//! that ended.
+
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+use unixtool::child::{self, Ended};
+use unixtool::supervise::notice_owner;
+
+use crate::policy::{Stop, WorkerId};
+use crate::pool::{resolve, Pool};
+use crate::TOOL;
+
+impl Pool {
+    /// Readiness messages and timers, readiness deadlines, KILL deadlines.
+    pub fn check_readiness(&mut self, now: Instant) {
+        let mut ready: Vec<WorkerId> = Vec::new();
+        if let Some(n) = &self.notify {
+            let pids: Vec<_> = self.procs.list.iter().map(|p| p.child.pid).collect();
+            for notice in n.drain() {
+                let Some(owner) = notice_owner(notice.pid, &pids) else {
+                    continue;
+                };
+                let Some(p) = self.procs.by_pid(owner) else {
+                    continue;
+                };
+                if notice.ready() {
+                    ready.push(p.id);
+                }
+                if let (Some(st), true) = (notice.status(), self.cfg.verbose) {
+                    if let Some(w) = self.policy.worker(p.id) {
+                        TOOL.info(format_args!("{} status: {st}", w.name()));
+                    }
+                }
+            }
+        }
+        for p in &mut self.procs.list {
+            if p.child.told_ready() {
+                ready.push(p.id);
+            }
+        }
+        let actions = self.policy.tick(now, &ready);
+        self.apply(actions, now);
+    }
+
+    /// A signal, in order of arrival.
+    pub fn signal(&mut self, sig: Signal, now: Instant) {
+        let stop_signal = self.policy.settings.stop_signal;
+        let actions = match sig {
+            Signal::SIGCHLD => Vec::new(),
+            Signal::SIGHUP => {
+                let pin = self.cfg.pin.clone();
+                self.policy.hup(now, || match pin {
+                    None => Ok(None),
+                    Some(p) => resolve(&p)
+                        .map(Some)
+                        .map_err(|e| format!("unable to resolve {}: {e}", p.display())),
+                })
+            }
+            Signal::SIGTERM | Signal::SIGINT => self.policy.stop(now, Stop::Graceful, stop_signal),
+            Signal::SIGQUIT => self.policy.stop(now, Stop::Fast, Signal::SIGQUIT),
+            Signal::SIGTTIN => self.policy.ttin(),
+            Signal::SIGTTOU => self.policy.ttou(),
+            other => {
+                for p in &self.procs.list {
+                    child::signal(p.child.pid, other);
+                }
+                Vec::new()
+            }
+        };
+        self.apply(actions, now);
+    }
+
+    /// Reap every ended child; account for the workers among them.
+    pub fn reap(&mut self, now: Instant) {
+        for (pid, status) in child::reap() {
+            let Some(id) = self.procs.by_pid(pid).map(|p| p.id) else {
+                continue;
+            };
+            let Some(ended) = Ended::from_status(&status) else {
+                continue;
+            };
+            // Gone first: no signal of the actions below reaches its pid.
+            self.procs.remove(id);
+            let actions = self.policy.ended(id, ended, now);
+            self.apply(actions, now);
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Worker processes: fork and exec of one worker (its environment, its
+//! release directory, its readiness pipe, its hold descriptor), and the
+//! signals the policy's actions send. The policy names workers by
+//! [`WorkerId`]; this table knows their pids and descriptors.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use unixtool::child;
+use unixtool::readiness::{self, NotifySocket};
+use unixtool::supervise::Child;
+
+use crate::policy::{Generation, WorkerId};
+use crate::TOOL;
+
+/// One worker process.
+pub struct Process {
+    pub id: WorkerId,
+    pub child: Child,
+    /// Cutover: the write end of the hold descriptor, until the release (or
+    /// until the worker ends: one that is retired while held gets no EOF).
+    pub hold: Option<OwnedFd>,
+}
+
+/// Every worker process of the pool.
+#[derive(Default)]
+pub struct Processes {
+    pub list: Vec<Process>,
+}
+
+/// A pipe for the hold descriptor, both ends close-on-exec; the read end is
+/// moved off `avoid` (the -d descriptor, which the worker gets for readiness).
+fn hold_pipe(avoid: Option<RawFd>) -> Result<(OwnedFd, OwnedFd), Errno> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    match avoid {
+        Some(fd) if fd == read.as_raw_fd() => {
+            let n = nix::fcntl::fcntl(read.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(fd + 1))?;
+            // SAFETY: fcntl just returned this new descriptor, owned by no one else.
+            let moved = unsafe { OwnedFd::from_raw_fd(n) };
+            Ok((moved, write))
+        }
+        _ => Ok((read, write)),
+    }
+}
+
+/// How every worker is started.
+pub struct Launch<'a> {
+    pub prog: &'a [OsString],
+    pub ready: &'a readiness::Options,
+    pub notify: Option<&'a NotifySocket>,
+    /// Cutover: every worker gets a hold descriptor.
+    pub cutover: bool,
+}
+
+impl Processes {
+    pub fn get(&self, id: WorkerId) -> Option<&Process> {
+        self.list.iter().find(|p| p.id == id)
+    }
+
+    pub fn by_pid(&self, pid: Pid) -> Option<&Process> {
+        self.list.iter().find(|p| p.child.pid == pid)
+    }
+
+    /// Fork and exec worker `id` of generation `gen` in `slot`. `hold`: its
+    /// hold descriptor stays shut until the release.
+    pub fn start(
+        &mut self,
+        how: &Launch,
+        id: WorkerId,
+        slot: usize,
+        gen: &Generation,
+        hold: bool,
+    ) -> Result<Pid, Errno> {
+        let mut spawn = child::Spawn::new(TOOL.name, how.prog);
+        spawn.env("FORKPOOL_WORKER", slot.to_string());
+        spawn.env("FORKPOOL_GENERATION", gen.id.to_string());
+        if let Some(r) = &gen.release {
+            spawn.env("FORKPOOL_RELEASE", r.clone());
+            spawn.dir = Some(r.clone());
+        }
+        // Cutover: the hold descriptor, on the number the read end has here
+        // (free in the worker too), never on the -d descriptor.
+        let mut hold_ends = None;
+        if how.cutover {
+            let (read, write) = hold_pipe(how.ready.fd)?;
+            let n = read.as_raw_fd();
+            spawn.fds.push((n, n));
+            spawn.env("FORKPOOL_HOLD_FD", n.to_string());
+            hold_ends = Some((read, write));
+        }
+        let child = Child::spawn(spawn, how.ready, how.notify)?;
+        let pid = child.pid;
+        // A worker of a generation that accepts already is not held: EOF at once.
+        let hold = hold_ends.map(|(_read, write)| write).filter(|_| hold);
+        self.list.push(Process { id, child, hold });
+        Ok(pid)
+    }
+
+    pub fn signal(&self, id: WorkerId, sig: Signal) {
+        if let Some(p) = self.get(id) {
+            child::signal(p.child.pid, sig);
+        }
+    }
+
+    /// Cutover: a byte to and close each hold descriptor of `workers`, then
+    /// SIGCONT to each of `held`.
+    pub fn release(&mut self, workers: &[WorkerId], held: &[WorkerId]) {
+        for p in self.list.iter_mut().filter(|p| workers.contains(&p.id)) {
+            if let Some(h) = p.hold.take() {
+                let _ = nix::unistd::write(&h, b"\n");
+            }
+        }
+        for &id in held {
+            self.signal(id, Signal::SIGCONT);
+        }
+    }
+
+    /// Forget a worker that ended (its descriptors close).
+    pub fn remove(&mut self, id: WorkerId) {
+        self.list.retain(|p| p.id != id);
+    }
+}
