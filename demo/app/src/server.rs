@@ -330,8 +330,13 @@ impl<'a> Server<'a> {
                 self.set_deadline(slot, self.limits.send);
                 self.drive(slot);
             }
-            // Silent, idle, lingering, a response not taken in time (a slow
-            // reader), or the stop deadline: close.
+            // A response not taken in time (a slow reader): cut it, so that the
+            // kernel does not go on sending it for us.
+            Phase::Response => {
+                sys::reset_on_close(c.fd.as_fd());
+                self.remove(slot);
+            }
+            // Silent, idle, lingering, or the stop deadline: close.
             _ => self.remove(slot),
         }
     }

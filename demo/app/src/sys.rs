@@ -179,6 +179,16 @@ pub fn shutdown_write(fd: BorrowedFd) {
     let _ = socket::shutdown(fd.as_raw_fd(), Shutdown::Write);
 }
 
+/// Cut the connection: close(2) then sends a reset and drops what the kernel
+/// still holds for the client, instead of delivering it after we are gone.
+pub fn reset_on_close(fd: BorrowedFd) {
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = socket::setsockopt(&fd, sockopt::Linger, &abort);
+}
+
 /// The soft limit on open descriptors (RLIMIT_NOFILE), if it can be read.
 pub fn open_files_limit() -> Option<u64> {
     use nix::sys::resource::{getrlimit, Resource};
