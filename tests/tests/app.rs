@@ -605,6 +605,8 @@ fn start_held(root: &Path) -> (App, OwnedFd) {
     let rfd = r.as_raw_fd();
     let app = start_with(root, &[], move |c| {
         c.env("FORKPOOL_HOLD_FD", "3");
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // fcntl(2) and dup2(2), which are async-signal-safe; it allocates nothing.
         unsafe {
             c.pre_exec(move || {
                 // dup2 onto itself would keep close-on-exec: clear it then.

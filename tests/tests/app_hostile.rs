@@ -601,3 +601,100 @@ fn a_stop_finishes_a_slow_response_within_the_stop_timeout_and_closes_idle_ones(
     assert_eq!(st.code(), Some(0));
     assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
 }
+
+/// releases/ID as demo/lib.sh builds it, with bin/app running the app (ready on
+/// fd 3) with a long request deadline: a silent client may hold a request open
+/// for 30 s, so only the stop rule can make a cutover prompt.
+fn build_release(site: &Path, id: &str) {
+    let d = site.join("releases").join(id);
+    release(&d, id);
+    std::fs::create_dir_all(d.join("bin")).unwrap();
+    let script = format!(
+        "#!/bin/sh\nexec '{}' --root . --ready-fd 3 --read-timeout 30000 --send-timeout 30000\n",
+        bin("app").display()
+    );
+    std::fs::write(d.join("bin/app"), script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("bin/app"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn a_cutover_with_idle_dribbling_and_slow_clients_attached_switches_promptly_nothing_failed() {
+    raise_open_files();
+    let dir = TempDir::new("app-hostile-cutover");
+    let site = dir.path();
+    for g in 1..=5 {
+        build_release(site, &format!("r{g}"));
+    }
+    let switch = |id: &str| {
+        let mut c = cmd("atomic-symlink");
+        c.arg(format!("releases/{id}")).arg(site.join("current"));
+        assert_eq!(run(c, LONG).0, 0);
+    };
+    switch("r1");
+    let st = site.join("status");
+    let mut c = with_ulimit(&bin("tcplisten"));
+    c.args(["-1", "127.0.0.1", "0"])
+        .arg(bin("forkpool"))
+        .args([
+            "-n", "4", "-m", "cutover", "-d", "3", "-t", "30000", "-k", "30000", "-S",
+        ])
+        .arg(&st)
+        .arg("-p")
+        .arg(site.join("current"))
+        .arg("./bin/app")
+        .current_dir(site)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn(c);
+    let (line, _) = read_line_timeout(p.stdout(), LONG).expect("the port");
+    let port: u16 = line.parse().expect("a port");
+    let serving = |g: u64| {
+        wait_until(LONG, || {
+            let s = PoolStatus::read(&st);
+            s.num("serving_generation") == g
+                && s.get("reload") != "running"
+                && s.gen_pids(g, "ready").len() == 4
+        })
+    };
+    assert!(serving(1), "generation 1 never served");
+    let mut probe = cmd("uptime-probe");
+    probe
+        .args(["-c", "8", "--json", "-t", "30000"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut probe = Proc::spawn(probe);
+    let mut switches = Vec::new();
+    for g in 2..=5u64 {
+        // Attached to the old generation: idle, dribbling and slow clients.
+        let _idle = Crowd::attach(port, Kind::Idle, 16);
+        let _dribble = Crowd::attach(port, Kind::Dribble, 16);
+        let _slow = Crowd::attach(port, Kind::SlowReader, 4);
+        std::thread::sleep(Duration::from_millis(300));
+        switch(&format!("r{g}"));
+        let t0 = Instant::now();
+        p.signal(Signal::SIGHUP);
+        assert!(serving(g), "generation {g} never served");
+        switches.push(t0.elapsed());
+    }
+    probe.signal(Signal::SIGINT);
+    let out = probe.child.stdout.take().unwrap();
+    let json = read_all_timeout(out, LONG).unwrap_or_default();
+    let _ = probe.wait_timeout(LONG);
+    eprintln!(
+        "cutovers with 16 idle, 16 dribbling and 4 slow-reading clients attached: {:?}; probe: requests {}, failed {}, retried {}, mixed {}",
+        switches.iter().map(|d| format!("{:.2} s", d.as_secs_f64())).collect::<Vec<_>>(),
+        json_number(&json, "requests"),
+        json_number(&json, "failed"),
+        json_number(&json, "retried"),
+        json_number(&json, "mixed"),
+    );
+    assert!(json_number(&json, "requests") > 100.0, "{json}");
+    assert_eq!(json_number(&json, "failed"), 0.0, "{json}");
+    assert_eq!(json_number(&json, "mixed"), 0.0, "{json}");
+    for d in &switches {
+        // The app's stop timeout is 1 s; the clients' deadlines are 30 s.
+        assert!(*d < Duration::from_secs(15), "a switch took {d:?}");
+    }
+}
