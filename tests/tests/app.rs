@@ -403,7 +403,7 @@ fn a_silent_client_cannot_hold_the_worker() {
     let mut silent = connect(app.port);
     let mut partial = connect(app.port);
     partial.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
-    // Served after the silent ones time out (one connection at a time).
+    // Served beside them, at once.
     let r = get(app.port, "/release");
     assert_eq!(r.body(), "r1\n");
     assert!(closed(&mut silent), "the silent connection was closed");
