@@ -698,3 +698,53 @@ fn a_cutover_with_idle_dribbling_and_slow_clients_attached_switches_promptly_not
         assert!(*d < Duration::from_secs(15), "a switch took {d:?}");
     }
 }
+
+/// The resident memory of a process, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn large_files_are_streamed_whole_and_slow_readers_of_them_cost_little_memory() {
+    let t = TempDir::new("app-stream");
+    release(&t.join("r1"), "r1");
+    let (p, port, _out) = start(&t.join("r1"), &[], |_| {});
+    // Whole and right: 16 MB, then a HEAD with the same length and no body.
+    let mut s = connect(port);
+    s.write_all(
+        b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\nHEAD /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    let r = read_response(&mut s).expect("the file");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 16 << 20);
+    assert!(r.body.iter().all(|&b| b == b'x'));
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.contains("Content-Length: 16777216"), "{head}");
+    // 64 slow readers of the 16 MB file: a few pieces each in memory, not the file.
+    let crowd: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let s = socket_with_small_receive_buffer(port);
+            (&s).write_all(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(timed_get(port, "/release").0, Some(200));
+    let rss = rss_kib(p.pid().as_raw());
+    eprintln!("64 slow readers of a 16 MB file: the app's resident memory {rss} KiB");
+    assert!(rss > 0 && rss < 64 * 1024, "{rss} KiB");
+    drop(crowd);
+}

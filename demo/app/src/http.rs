@@ -20,6 +20,9 @@ struct Response {
     status: u16,
     content_type: &'static str,
     body: Vec<u8>,
+    /// A file too large to hold in memory for the whole send: sent from the
+    /// open file as the client takes it (`body` is then empty).
+    file: Option<FileBody>,
     allow: bool,
     close: bool,
 }
@@ -31,11 +34,28 @@ impl Response {
             status,
             content_type: "text/plain; charset=utf-8",
             body,
+            file: None,
             allow: false,
             close: false,
         }
     }
+
+    fn len(&self) -> u64 {
+        self.file
+            .as_ref()
+            .map_or(self.body.len() as u64, |f| f.left)
+    }
 }
+
+/// The part of a response still in a file: the open file and how many bytes of it
+/// are still to be sent.
+pub struct FileBody {
+    pub file: std::fs::File,
+    pub left: u64,
+}
+
+/// Files up to this size are read whole per request; larger ones are streamed.
+const IN_MEMORY: u64 = 64 * 1024;
 
 /// What to do with the bytes a connection has sent so far.
 pub enum Next {
@@ -44,6 +64,7 @@ pub enum Next {
     /// Send `out`; drop `consumed` bytes of input; close after it if `close`.
     Answer {
         out: Vec<u8>,
+        file: Option<FileBody>,
         consumed: usize,
         close: bool,
     },
@@ -97,6 +118,7 @@ pub fn next(site: &Site, buf: &[u8], must_close: bool) -> Next {
     let (mut resp, keep_alive, body_len) = answer(site, &req);
     resp.close = resp.close || must_close || !keep_alive;
     let out = render(site, &resp, head_only, minor, log.as_deref());
+    let file = if head_only { None } else { resp.file };
     let consumed = if resp.close {
         buf.len()
     } else {
@@ -104,6 +126,7 @@ pub fn next(site: &Site, buf: &[u8], must_close: bool) -> Next {
     };
     Next::Answer {
         out,
+        file,
         consumed,
         close: resp.close,
     }
@@ -113,6 +136,7 @@ pub fn next(site: &Site, buf: &[u8], must_close: bool) -> Next {
 fn refuse(site: &Site, buf: &[u8], status: u16) -> Next {
     Next::Answer {
         out: error_response(site, status),
+        file: None,
         consumed: buf.len(),
         close: true,
     }
@@ -198,6 +222,7 @@ fn answer(site: &Site, req: &httparse::Request) -> (Response, bool, usize) {
             status: 200,
             content_type: "text/plain; charset=utf-8",
             body: format!("{}\n", site.release).into_bytes(),
+            file: None,
             allow: false,
             close: false,
         },
@@ -297,16 +322,20 @@ fn serve_file(site: &Site, rel: PathBuf) -> Response {
     if !canon.is_file() {
         return Response::error(404);
     }
-    match std::fs::read(&canon) {
-        Ok(body) => Response {
-            status: 200,
-            content_type: content_type(&canon),
-            body,
-            allow: false,
-            close: false,
-        },
-        Err(e) => Response::error(io_status(&e)),
+    let opened = std::fs::File::open(&canon).and_then(|f| Ok((f.metadata()?.len(), f)));
+    let (len, mut file) = match opened {
+        Ok(x) => x,
+        Err(e) => return Response::error(io_status(&e)),
+    };
+    let mut r = Response::error(200);
+    r.content_type = content_type(&canon);
+    r.body.clear();
+    if len > IN_MEMORY {
+        r.file = Some(FileBody { file, left: len });
+    } else if let Err(e) = std::io::Read::read_to_end(&mut file, &mut r.body) {
+        return Response::error(io_status(&e));
     }
+    r
 }
 
 fn io_status(e: &std::io::Error) -> u16 {
@@ -336,7 +365,8 @@ fn content_type(p: &std::path::Path) -> &'static str {
     }
 }
 
-/// The bytes of a response: head, and the body unless `head_only`.
+/// The bytes of a response: head, and the body unless `head_only` (what is left
+/// in `r.file` is the rest of the body).
 fn render(site: &Site, r: &Response, head_only: bool, minor: u8, log: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + r.body.len());
     use std::io::Write;
@@ -348,7 +378,7 @@ fn render(site: &Site, r: &Response, head_only: bool, minor: u8, log: Option<&st
         http_date(SystemTime::now()),
         site.release,
         r.content_type,
-        r.body.len()
+        r.len()
     );
     if r.allow {
         out.extend_from_slice(b"Allow: GET, HEAD\r\n");
@@ -367,7 +397,7 @@ fn render(site: &Site, r: &Response, head_only: bool, minor: u8, log: Option<&st
             "{} {} {}{}",
             what,
             r.status,
-            r.body.len(),
+            r.len(),
             if r.close { " close" } else { "" }
         ));
     }

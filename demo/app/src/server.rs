@@ -27,6 +27,8 @@ use crate::{http, Site, TOOL};
 const LINGER: Duration = Duration::from_millis(500);
 /// The pause after accept(2) failed for lack of descriptors or memory.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How much of a file body is read at a time.
+const FILE_PIECE: usize = 64 * 1024;
 const LISTENER: u64 = u64::MAX;
 const SIGNALS: u64 = u64::MAX - 1;
 
@@ -58,6 +60,8 @@ struct Conn {
     input: Vec<u8>,
     output: Vec<u8>,
     written: usize,
+    /// The rest of the response body, in a file: read into `output` in pieces.
+    file: Option<http::FileBody>,
     close_after: bool,
     /// The client has finished sending (end of file).
     eof: bool,
@@ -263,6 +267,7 @@ impl<'a> Server<'a> {
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
+            file: None,
             close_after: false,
             eof: false,
         });
@@ -396,11 +401,13 @@ impl<'a> Server<'a> {
             }
             http::Next::Answer {
                 out,
+                file,
                 consumed,
                 close,
             } => {
                 c.input.drain(..consumed.min(c.input.len()));
                 c.output = out;
+                c.file = file;
                 c.written = 0;
                 c.close_after = close;
                 c.phase = Phase::Response;
@@ -415,12 +422,25 @@ impl<'a> Server<'a> {
         let Some(Some(c)) = self.slots.get_mut(slot) else {
             return false;
         };
-        while c.written < c.output.len() {
-            match sys::send(c.fd.as_fd(), &c.output[c.written..]) {
-                Ok(n) => c.written += n,
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => return false,
-                Err(_) => {
+        loop {
+            while c.written < c.output.len() {
+                match sys::send(c.fd.as_fd(), &c.output[c.written..]) {
+                    Ok(n) => c.written += n,
+                    Err(Errno::EINTR) => {}
+                    Err(Errno::EAGAIN) => return false,
+                    Err(_) => {
+                        self.remove(slot);
+                        return false;
+                    }
+                }
+            }
+            match refill(c) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(()) => {
+                    // The file ended before its announced length: the response
+                    // cannot be completed; cut it.
+                    sys::reset_on_close(c.fd.as_fd());
                     self.remove(slot);
                     return false;
                 }
@@ -465,6 +485,28 @@ impl<'a> Server<'a> {
         }
         self.remove(slot);
         false
+    }
+}
+
+/// The next piece of a file body into the (sent) output. Ok(false): no more.
+fn refill(c: &mut Conn) -> Result<bool, ()> {
+    let Some(f) = c.file.as_mut() else {
+        return Ok(false);
+    };
+    if f.left == 0 {
+        c.file = None;
+        return Ok(false);
+    }
+    let piece = f.left.min(FILE_PIECE as u64) as usize;
+    c.output.resize(piece, 0);
+    c.written = 0;
+    match std::io::Read::read(&mut f.file, &mut c.output) {
+        Ok(n) if n > 0 => {
+            c.output.truncate(n);
+            f.left -= n as u64;
+            Ok(true)
+        }
+        _ => Err(()),
     }
 }
 
