@@ -748,3 +748,34 @@ fn large_files_are_streamed_whole_and_slow_readers_of_them_cost_little_memory() 
     assert!(rss > 0 && rss < 64 * 1024, "{rss} KiB");
     drop(crowd);
 }
+
+#[test]
+fn the_last_response_of_a_connection_says_connection_close() {
+    let t = TempDir::new("app-last-response");
+    release(&t.join("r1"), "r1");
+    let (_p, port, _out) = start(&t.join("r1"), &[], |_| {});
+    // The client has finished sending: its answer is the connection's last.
+    let mut s = connect(port);
+    s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let r = read_response(&mut s).expect("answered");
+    assert_eq!(
+        (r.status, r.header("connection").as_deref()),
+        (200, Some("close"))
+    );
+    assert!(ended(&mut s));
+    // A 404 keeps the connection; a refused request ends it, and says so.
+    let mut s = connect(port);
+    s.write_all(b"GET /nothing HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!((r.status, r.header("connection")), (404, None));
+    s.write_all(b"POST / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(
+        (r.status, r.header("connection").as_deref()),
+        (405, Some("close"))
+    );
+    assert!(ended(&mut s));
+}
