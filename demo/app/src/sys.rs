@@ -161,7 +161,31 @@ pub fn accept(listener: BorrowedFd) -> Result<OwnedFd, Errno> {
     let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
     let fd = socket::accept4(listener.as_raw_fd(), flags)?;
     // SAFETY: accept4 just returned this descriptor: it is open and nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+    limit_unsent(conn.as_fd());
+    Ok(conn)
+}
+
+/// The most a connection may have queued in the kernel and not yet sent: a slow
+/// reader holds this much kernel memory, not the socket's whole (autotuned, up to
+/// tcp_wmem's 4 MB) send buffer; beyond it send(2) says EAGAIN.
+const UNSENT_LIMIT: libc::c_int = 128 * 1024;
+
+/// TCP_NOTSENT_LOWAT (nix 0.29 has no wrapper for it). A failure only leaves the
+/// kernel's default, so it is not reported.
+fn limit_unsent(fd: BorrowedFd) {
+    let value = UNSENT_LIMIT;
+    // SAFETY: the pointer and length describe `value`, a c_int that lives across
+    // the call; setsockopt only reads it.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 /// Read what is there (non-blocking socket); Ok(0) is end of file.
