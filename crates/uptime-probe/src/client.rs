@@ -5,16 +5,30 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags};
+
 use crate::stats::{Outcome, Stats};
 
-/// How long one blocking read waits before looking at the clock and the stop flag.
+/// The longest one poll(2) waits before looking at the clock and the stop flag.
 const SLICE: Duration = Duration::from_millis(100);
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_BODY: usize = 64 * 1024 * 1024;
+/// How long a request in flight may still take once the run is stopped.
+const GRACE: Duration = Duration::from_millis(100);
+/// The caps (past any of them a response is `too large`): the head (the read
+/// buffer's size) and its header lines, one chunk-size line, the trailers,
+/// and the body (read through, never kept).
+pub const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+pub const MAX_CHUNK_LINE: usize = 4096;
+pub const MAX_TRAILERS: usize = 64 * 1024;
+pub const MAX_BODY: u64 = 64 * 1024 * 1024;
+/// The longest release name the content scan waits for.
+const MAX_RELEASE: usize = 256;
 
 pub struct Target {
     pub addr: SocketAddr,
@@ -71,8 +85,9 @@ struct Client<'a> {
     target: &'a Target,
     shared: &'a Shared,
     conn: Option<TcpStream>,
+    /// The read buffer: a response's head must fit in it.
     buf: Vec<u8>,
-    body: Vec<u8>,
+    grace_end: Option<Instant>,
     code_release: Option<Vec<u8>>,
     content_release: Option<Vec<u8>>,
     known: HashMap<Vec<u8>, usize>,
@@ -85,8 +100,8 @@ pub fn run(target: &Target, shared: &Shared, live: &Live) -> Stats {
         target,
         shared,
         conn: None,
-        buf: Vec::with_capacity(16 * 1024),
-        body: Vec::new(),
+        buf: vec![0; MAX_HEAD],
+        grace_end: None,
         code_release: None,
         content_release: None,
         known: HashMap::new(),
@@ -207,7 +222,6 @@ impl Client<'_> {
             match TcpStream::connect_timeout(&self.target.addr, left) {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
-                    let _ = s.set_read_timeout(Some(SLICE));
                     let _ = s.set_write_timeout(Some(self.target.timeout));
                     self.conn = Some(s);
                 }
@@ -220,100 +234,245 @@ impl Client<'_> {
         if let Err(e) = conn.write_all(&self.target.request) {
             return failed(classify(&e), false);
         }
-        self.buf.clear();
-        // The head.
-        let (status, head_len, framing, keep) = loop {
-            if !self.buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; 64];
-                let mut resp = httparse::Response::new(&mut headers);
-                match resp.parse(&self.buf) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        let (framing, keep, code_release) = read_headers(&resp);
-                        self.code_release = code_release;
-                        break (resp.code.unwrap_or(0), n, framing, keep);
-                    }
-                    Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => {}
-                    _ => return failed(Outcome::Error, true),
-                }
-            }
-            match fill(conn, &mut self.buf, deadline, &self.shared.stop) {
-                Fill::Data => {}
-                Fill::Fail(outcome) => return failed(outcome, !self.buf.is_empty()),
-                Fill::Abandon => return Attempt::Abandoned,
-            }
+        let mut wire = Wire {
+            conn,
+            buf: &mut self.buf,
+            start: 0,
+            end: 0,
+            seen: false,
+            deadline,
+            stop: &self.shared.stop,
+            grace_end: &mut self.grace_end,
         };
-        // The body.
-        let bodyless = (100..200).contains(&status) || status == 204 || status == 304;
-        let mut reusable = keep && self.target.keepalive;
-        let body: &[u8] = match framing {
-            _ if bodyless => &[],
-            Framing::Length(n) => {
-                if n > MAX_BODY {
-                    return failed(Outcome::Error, true);
-                }
-                while self.buf.len() < head_len + n {
-                    match fill(conn, &mut self.buf, deadline, &self.shared.stop) {
-                        Fill::Data => {}
-                        Fill::Fail(outcome) => return failed(outcome, true),
-                        Fill::Abandon => return Attempt::Abandoned,
-                    }
-                }
-                reusable &= self.buf.len() == head_len + n;
-                &self.buf[head_len..head_len + n]
+        let mut scan = ReleaseScan::default();
+        match response(&mut wire, &mut scan, self.target.keepalive) {
+            Ok((status, reusable, code_release)) => {
+                self.code_release = code_release;
+                self.content_release = scan.release();
+                Attempt::Answered { status, reusable }
             }
-            Framing::Chunked => {
-                self.body.clear();
-                let mut pos = head_len;
-                loop {
-                    match httparse::parse_chunk_size(&self.buf[pos..]) {
-                        Ok(httparse::Status::Complete((used, size))) => {
-                            let size = size as usize;
-                            let need = pos + used + size + 2;
-                            if size > MAX_BODY || self.body.len() + size > MAX_BODY {
-                                return failed(Outcome::Error, true);
-                            }
-                            if size == 0 {
-                                // the last chunk; trailers (if any) end with an empty line
-                                let rest = &self.buf[pos + used..];
-                                if rest.starts_with(b"\r\n")
-                                    || rest.windows(4).any(|w| w == b"\r\n\r\n")
-                                {
-                                    break;
-                                }
-                            } else if self.buf.len() >= need {
-                                self.body
-                                    .extend_from_slice(&self.buf[pos + used..pos + used + size]);
-                                pos = need;
-                                continue;
-                            }
-                        }
-                        Ok(httparse::Status::Partial) => {}
-                        Err(_) => return failed(Outcome::Error, true),
-                    }
-                    match fill(conn, &mut self.buf, deadline, &self.shared.stop) {
-                        Fill::Data => {}
-                        Fill::Fail(outcome) => return failed(outcome, true),
-                        Fill::Abandon => return Attempt::Abandoned,
-                    }
+            Err(End::Failed(outcome)) => failed(outcome, wire.seen),
+            Err(End::Abandoned) => Attempt::Abandoned,
+        }
+    }
+}
+
+/// Why reading a response ended early.
+enum End {
+    Failed(Outcome),
+    /// The run was stopped and the grace time passed.
+    Abandoned,
+}
+
+/// One response, read whole and checked as it streams by (only the window the
+/// release scan needs is kept): (status, whether the connection may be reused,
+/// X-Release).
+fn response(
+    w: &mut Wire,
+    scan: &mut ReleaseScan,
+    keepalive: bool,
+) -> Result<(u16, bool, Option<Vec<u8>>), End> {
+    // The head: at most MAX_HEAD bytes (the buffer's size), MAX_HEADERS lines.
+    let (status, framing, keep, code_release) = loop {
+        if w.end > w.start {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(w.data()) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let (framing, keep, code_release) = read_headers(&resp);
+                    let status = resp.code.unwrap_or(0);
+                    w.consume(n);
+                    break (status, framing, keep, code_release);
                 }
-                &self.body
+                Ok(httparse::Status::Partial) => {}
+                Err(httparse::Error::TooManyHeaders) => return Err(End::Failed(Outcome::TooLarge)),
+                Err(_) => return Err(End::Failed(Outcome::Error)),
             }
-            Framing::UntilClose => {
-                reusable = false;
-                loop {
-                    match fill(conn, &mut self.buf, deadline, &self.shared.stop) {
-                        Fill::Data if self.buf.len() <= head_len + MAX_BODY => {}
-                        Fill::Data => return failed(Outcome::Error, true),
-                        Fill::Fail(Outcome::Eof) => break,
-                        Fill::Fail(outcome) => return failed(outcome, true),
-                        Fill::Abandon => return Attempt::Abandoned,
-                    }
+        }
+        w.more()?;
+    };
+    let bodyless = (100..200).contains(&status) || status == 204 || status == 304;
+    let mut reusable = keep && keepalive;
+    match framing {
+        _ if bodyless => {}
+        Framing::Length(n) => {
+            if n > MAX_BODY {
+                return Err(End::Failed(Outcome::TooLarge));
+            }
+            w.pass(n, scan)?;
+        }
+        Framing::Chunked => chunked(w, scan)?,
+        Framing::UntilClose => {
+            reusable = false;
+            let mut total = 0u64;
+            loop {
+                total += w.pass_available(scan);
+                if total > MAX_BODY {
+                    return Err(End::Failed(Outcome::TooLarge));
                 }
-                &self.buf[head_len..]
+                match w.more() {
+                    Ok(()) => {}
+                    Err(End::Failed(Outcome::Eof)) => break,
+                    Err(e) => return Err(e),
+                }
             }
+        }
+    }
+    // Bytes beyond the response on a keep-alive connection: not reusable.
+    reusable &= w.end == w.start;
+    Ok((status, reusable, code_release))
+}
+
+/// A chunked body: size lines of at most MAX_CHUNK_LINE bytes, at most
+/// MAX_BODY bytes of data in all, trailers of at most MAX_TRAILERS bytes.
+fn chunked(w: &mut Wire, scan: &mut ReleaseScan) -> Result<(), End> {
+    let too_large = || End::Failed(Outcome::TooLarge);
+    let mut total = 0u64;
+    loop {
+        let size = loop {
+            match httparse::parse_chunk_size(w.data()) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    w.consume(used);
+                    break size;
+                }
+                Ok(httparse::Status::Partial) if w.end - w.start >= MAX_CHUNK_LINE => {
+                    return Err(too_large())
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Err(End::Failed(Outcome::Error)),
+            }
+            w.more()?;
         };
-        self.content_release = content_release(body).map(<[u8]>::to_vec);
-        Attempt::Answered { status, reusable }
+        if size == 0 {
+            break;
+        }
+        total = total.saturating_add(size);
+        if total > MAX_BODY {
+            return Err(too_large());
+        }
+        w.pass(size, scan)?;
+        while w.end - w.start < 2 {
+            w.more()?;
+        }
+        if !w.data().starts_with(b"\r\n") {
+            return Err(End::Failed(Outcome::Error));
+        }
+        w.consume(2);
+    }
+    // Trailer lines (read and dropped), then the empty line.
+    let mut trailers = 0;
+    loop {
+        match w.data().windows(2).position(|p| p == b"\r\n") {
+            Some(0) => {
+                w.consume(2);
+                return Ok(());
+            }
+            Some(i) => {
+                w.consume(i + 2);
+                trailers += i + 2;
+                if trailers > MAX_TRAILERS {
+                    return Err(too_large());
+                }
+            }
+            None if trailers + (w.end - w.start) > MAX_TRAILERS => return Err(too_large()),
+            None => w.more()?,
+        }
+    }
+}
+
+/// A response being read: the connection, the read buffer (its bytes
+/// `start..end` not consumed yet), the request's deadline and the stop flag.
+struct Wire<'a> {
+    conn: &'a mut TcpStream,
+    buf: &'a mut [u8],
+    start: usize,
+    end: usize,
+    /// Some byte of the response has come.
+    seen: bool,
+    deadline: Instant,
+    stop: &'a AtomicBool,
+    /// When a stopped run drops this client's request (set at the first read
+    /// after the stop).
+    grace_end: &'a mut Option<Instant>,
+}
+
+impl Wire<'_> {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+    }
+
+    /// Pass `n` body bytes through the release scan, reading as needed.
+    fn pass(&mut self, mut n: u64, scan: &mut ReleaseScan) -> Result<(), End> {
+        loop {
+            let take = (self.end - self.start).min(usize::try_from(n).unwrap_or(usize::MAX));
+            scan.feed(&self.buf[self.start..self.start + take]);
+            self.start += take;
+            n -= take as u64;
+            if n == 0 {
+                return Ok(());
+            }
+            self.more()?;
+        }
+    }
+
+    /// Pass every byte in the buffer through the release scan; how many.
+    fn pass_available(&mut self, scan: &mut ReleaseScan) -> u64 {
+        let n = self.end - self.start;
+        scan.feed(self.data());
+        self.start = self.end;
+        n as u64
+    }
+
+    /// Read more, waiting at most until the deadline (a `timeout`), or the
+    /// grace time after a stop (abandoned). The deadline and the stop flag are
+    /// looked at before every read, and poll(2) never waits longer than SLICE.
+    /// A buffer full of one unparsed item (head, chunk line) is `too large`.
+    fn more(&mut self) -> Result<(), End> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.buf.len() && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        if self.end == self.buf.len() {
+            return Err(End::Failed(Outcome::TooLarge));
+        }
+        loop {
+            let now = Instant::now();
+            let mut until = self.deadline;
+            if self.stop.load(Ordering::Relaxed) {
+                let grace_end = *self.grace_end.get_or_insert(now + GRACE);
+                if now >= grace_end {
+                    return Err(End::Abandoned);
+                }
+                until = until.min(grace_end);
+            }
+            if now >= self.deadline {
+                return Err(End::Failed(Outcome::Timeout));
+            }
+            let wait = until.saturating_duration_since(now).min(SLICE);
+            let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX).max(1);
+            let mut fds = [PollFd::new(self.conn.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, ms) {
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(End::Failed(classify_errno(e))),
+            }
+            match self.conn.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Err(End::Failed(Outcome::Eof)),
+                Ok(n) => {
+                    self.end += n;
+                    self.seen = true;
+                    return Ok(());
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => {}
+                Err(e) => return Err(End::Failed(classify(&e))),
+            }
+        }
     }
 }
 
@@ -338,7 +497,7 @@ fn failed(outcome: Outcome, any_byte: bool) -> Attempt {
 }
 
 enum Framing {
-    Length(usize),
+    Length(u64),
     Chunked,
     UntilClose,
 }
@@ -382,66 +541,97 @@ fn read_headers(resp: &httparse::Response) -> (Framing, bool, Option<Vec<u8>>) {
     (framing, keep, release)
 }
 
-/// The content's release: the value of the first `data-release="..."` in the body.
-pub fn content_release(body: &[u8]) -> Option<&[u8]> {
-    const KEY: &[u8] = b"data-release=";
+/// The content's release, found as the body streams by: the value of the first
+/// `data-release="..."` (or `'...'`). Only the bytes from a possible start of
+/// that text on are kept between pieces; once decided, nothing is.
+#[derive(Default)]
+struct ReleaseScan {
+    window: Vec<u8>,
+    decided: bool,
+    release: Option<Vec<u8>>,
+}
+
+/// What a piece of body says about the content's release.
+#[derive(Debug, PartialEq)]
+enum Scan<'a> {
+    Found(&'a [u8]),
+    /// A quoted value that does not close within MAX_RELEASE bytes: none.
+    Unclosed,
+    /// It may start at this offset: wait for more.
+    Pending(usize),
+    NotHere,
+}
+
+const KEY: &[u8] = b"data-release=";
+
+fn scan(body: &[u8]) -> Scan<'_> {
     let mut from = 0;
     while let Some(i) = body[from..].iter().position(|&b| b == b'd') {
         let at = from + i;
-        if body[at..].starts_with(KEY) {
-            let rest = &body[at + KEY.len()..];
-            let quote = *rest.first()?;
+        let rest = &body[at..];
+        let n = rest.len().min(KEY.len());
+        if rest[..n] == KEY[..n] {
+            let Some(&quote) = rest.get(KEY.len()) else {
+                return Scan::Pending(at);
+            };
             if quote == b'"' || quote == b'\'' {
-                let end = rest[1..].iter().position(|&b| b == quote)?;
-                return Some(&rest[1..1 + end]);
+                let value = &rest[KEY.len() + 1..];
+                return match value.iter().position(|&b| b == quote) {
+                    Some(end) => Scan::Found(&value[..end]),
+                    None if value.len() > MAX_RELEASE => Scan::Unclosed,
+                    None => Scan::Pending(at),
+                };
             }
         }
         from = at + 1;
     }
-    None
+    Scan::NotHere
 }
 
-enum Fill {
-    Data,
-    Fail(Outcome),
-    Abandon,
-}
-
-/// Read more into `buf`, waiting at most until `deadline`.
-fn fill(conn: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant, stop: &AtomicBool) -> Fill {
-    loop {
-        let start = buf.len();
-        if buf.capacity() - start < 4096 {
-            buf.reserve(16 * 1024);
+impl ReleaseScan {
+    fn feed(&mut self, piece: &[u8]) {
+        if self.decided || piece.is_empty() {
+            return;
         }
-        buf.resize(buf.capacity(), 0);
-        let r = conn.read(&mut buf[start..]);
-        buf.truncate(start + *r.as_ref().unwrap_or(&0));
-        match r {
-            Ok(0) => return Fill::Fail(Outcome::Eof),
-            Ok(_) => return Fill::Data,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if Instant::now() >= deadline {
-                    return Fill::Fail(Outcome::Timeout);
-                }
-                if stop.load(Ordering::Relaxed) {
-                    return Fill::Abandon;
-                }
+        self.window.extend_from_slice(piece);
+        match scan(&self.window) {
+            Scan::Found(r) => {
+                self.release = Some(r.to_vec());
+                self.decided = true;
+                self.window = Vec::new();
             }
-            Err(e) => return Fill::Fail(classify(&e)),
+            Scan::Unclosed => {
+                self.decided = true;
+                self.window = Vec::new();
+            }
+            Scan::Pending(at) => {
+                self.window.drain(..at);
+            }
+            Scan::NotHere => self.window.clear(),
         }
+    }
+
+    /// The release, at the end of the body.
+    fn release(self) -> Option<Vec<u8>> {
+        self.release
     }
 }
 
 fn classify(e: &std::io::Error) -> Outcome {
     match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => Outcome::Refused,
-        Some(libc::ECONNRESET | libc::EPIPE | libc::ECONNABORTED) => Outcome::Reset,
-        Some(libc::ETIMEDOUT | libc::EAGAIN) => Outcome::Timeout,
-        _ if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => {
+        Some(n) => classify_errno(Errno::from_raw(n)),
+        None if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => {
             Outcome::Timeout
         }
+        None => Outcome::Error,
+    }
+}
+
+fn classify_errno(e: Errno) -> Outcome {
+    match e {
+        Errno::ECONNREFUSED => Outcome::Refused,
+        Errno::ECONNRESET | Errno::EPIPE | Errno::ECONNABORTED => Outcome::Reset,
+        Errno::ETIMEDOUT | Errno::EAGAIN => Outcome::Timeout,
         _ => Outcome::Error,
     }
 }
@@ -450,16 +640,38 @@ fn classify(e: &std::io::Error) -> Outcome {
 mod tests {
     use super::*;
 
+    /// The release scan fed `body` in pieces of `step` bytes.
+    fn release_in(body: &[u8], step: usize) -> Option<Vec<u8>> {
+        let mut s = ReleaseScan::default();
+        for piece in body.chunks(step) {
+            s.feed(piece);
+            assert!(s.window.len() <= KEY.len() + 2 + MAX_RELEASE + step);
+        }
+        s.release()
+    }
+
     #[test]
-    fn finds_content_release() {
-        assert_eq!(
-            content_release(b"<body data-release=\"r42\">"),
-            Some(&b"r42"[..])
-        );
-        assert_eq!(
-            content_release(b"<div data-x data-release='a b'>"),
-            Some(&b"a b"[..])
-        );
-        assert_eq!(content_release(b"no release here, data-release"), None);
+    fn finds_content_release_however_the_body_is_cut() {
+        let cases: [(&[u8], Option<&[u8]>); 6] = [
+            (b"<body data-release=\"r42\">", Some(b"r42")),
+            (b"<div data-x data-release='a b'>", Some(b"a b")),
+            (b"no release here, data-release", None),
+            (
+                b"dd data-release=x data-release=\"r2\" data-release=\"r3\"",
+                Some(b"r2"),
+            ),
+            (b"data-release=\"never closed", None),
+            (b"ddddddddddddddddddddddddddddddddddddddd", None),
+        ];
+        for (body, want) in cases {
+            for step in 1..=body.len() {
+                assert_eq!(release_in(body, step).as_deref(), want, "{step}");
+            }
+        }
+        let mut long = b"data-release=\"".to_vec();
+        long.extend(std::iter::repeat(b'x').take(100_000));
+        assert_eq!(release_in(&long, 7), None);
+        assert_eq!(scan(b"xx data-rel"), Scan::Pending(3));
+        assert_eq!(scan(b"xx data-rex"), Scan::NotHere);
     }
 }

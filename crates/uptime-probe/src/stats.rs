@@ -10,6 +10,8 @@ pub enum Outcome {
     Refused,
     Reset,
     Timeout,
+    /// Past a cap: head, chunk line, trailers or body.
+    TooLarge,
     Eof,
     BadStatus,
     Error,
@@ -98,6 +100,7 @@ pub struct Stats {
     pub refused: u64,
     pub reset: u64,
     pub timeout: u64,
+    pub too_large: u64,
     pub eof: u64,
     pub bad_status: u64,
     pub error: u64,
@@ -120,6 +123,7 @@ impl Stats {
             refused: 0,
             reset: 0,
             timeout: 0,
+            too_large: 0,
             eof: 0,
             bad_status: 0,
             error: 0,
@@ -135,7 +139,13 @@ impl Stats {
     }
 
     pub fn failed(&self) -> u64 {
-        self.refused + self.reset + self.timeout + self.eof + self.bad_status + self.error
+        self.refused
+            + self.reset
+            + self.timeout
+            + self.too_large
+            + self.eof
+            + self.bad_status
+            + self.error
     }
 
     pub fn requests(&self) -> u64 {
@@ -149,6 +159,7 @@ impl Stats {
             Outcome::Refused => self.refused += 1,
             Outcome::Reset => self.reset += 1,
             Outcome::Timeout => self.timeout += 1,
+            Outcome::TooLarge => self.too_large += 1,
             Outcome::Eof => self.eof += 1,
             Outcome::BadStatus => self.bad_status += 1,
             Outcome::Error => self.error += 1,
@@ -174,6 +185,7 @@ impl Stats {
         self.refused += o.refused;
         self.reset += o.reset;
         self.timeout += o.timeout;
+        self.too_large += o.too_large;
         self.eof += o.eof;
         self.bad_status += o.bad_status;
         self.error += o.error;
