@@ -75,6 +75,7 @@ fn server(kind: Hostile) -> Server {
 
 fn serve(mut s: TcpStream, kind: Hostile, done: &AtomicBool) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = s.set_nodelay(true); // a dribble arrives byte by byte
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags};
 
-use crate::stats::{Outcome, Stats};
+use crate::stats::{Bin, Outcome, Stats, BIN};
 
 /// The longest one poll(2) waits before looking at the clock and the stop flag.
 const SLICE: Duration = Duration::from_millis(100);
@@ -46,6 +46,8 @@ pub struct Shared {
     pub limit: Option<u64>,
     pub start: Instant,
     pub releases: Mutex<Vec<(Vec<u8>, Duration)>>,
+    /// The run's timeline in 100 ms bins, kept only for --svg.
+    pub bins: Option<Mutex<Vec<Bin>>>,
 }
 
 impl Shared {
@@ -60,6 +62,19 @@ impl Shared {
         }
         v.push((release.to_vec(), self.start.elapsed()));
         v.len() - 1
+    }
+
+    /// Add a client's bin `i` to the run's timeline.
+    fn add_bin(&self, i: usize, bin: &Bin) {
+        let Some(bins) = &self.bins else { return };
+        let mut v = match bins.lock() {
+            Ok(v) => v,
+            Err(p) => p.into_inner(),
+        };
+        if v.len() <= i {
+            v.resize(i + 1, Bin::default());
+        }
+        v[i].merge(bin);
     }
 }
 
@@ -93,6 +108,8 @@ struct Client<'a> {
     known: HashMap<Vec<u8>, usize>,
     newest_seen: Option<usize>,
     stats: Stats,
+    /// The bin being filled (its index and counts), for --svg.
+    bin: Option<(usize, Bin)>,
 }
 
 pub fn run(target: &Target, shared: &Shared, live: &Live) -> Stats {
@@ -107,6 +124,7 @@ pub fn run(target: &Target, shared: &Shared, live: &Live) -> Stats {
         known: HashMap::new(),
         newest_seen: None,
         stats: Stats::new(),
+        bin: None,
     };
     loop {
         if shared.stop.load(Ordering::Relaxed) {
@@ -124,6 +142,9 @@ pub fn run(target: &Target, shared: &Shared, live: &Live) -> Stats {
         live.failed.store(c.stats.failed(), Ordering::Relaxed);
         live.mixed.store(c.stats.mixed, Ordering::Relaxed);
     }
+    if let Some((i, bin)) = c.bin.take() {
+        shared.add_bin(i, &bin);
+    }
     c.stats
 }
 
@@ -134,6 +155,7 @@ impl Client<'_> {
         let t0 = Instant::now();
         let deadline = t0 + self.target.timeout;
         let reused = self.conn.is_some();
+        let mut retried = false;
         let mut r = self.attempt(deadline);
         if let Attempt::Failed {
             outcome: Outcome::Reset | Outcome::Eof,
@@ -142,6 +164,7 @@ impl Client<'_> {
         {
             if reused {
                 self.stats.retried += 1;
+                retried = true;
                 self.conn = None;
                 r = self.attempt(deadline);
             }
@@ -153,6 +176,9 @@ impl Client<'_> {
             Attempt::Failed { outcome, .. } => {
                 self.conn = None;
                 self.stats.count(outcome, at, done - t0, false);
+                if let Some(bin) = self.bin_at(at) {
+                    bin.count(outcome, done - t0, false, retried);
+                }
             }
             Attempt::Answered { status, reusable } => {
                 if !reusable {
@@ -164,13 +190,31 @@ impl Client<'_> {
                     Outcome::BadStatus
                 };
                 self.stats.count(outcome, at, done - t0, true);
+                if let Some(bin) = self.bin_at(at) {
+                    bin.count(outcome, done - t0, true, retried);
+                }
                 self.check_releases();
             }
         }
         true
     }
 
-    /// Mixed (code and content name different releases), versions, flapping.
+    /// The bin of a request that finished `at` since the start (the one before
+    /// is handed to the run's timeline); None without --svg.
+    fn bin_at(&mut self, at: Duration) -> Option<&mut Bin> {
+        self.shared.bins.as_ref()?;
+        let i = (at.as_millis() / BIN.as_millis()) as usize;
+        match self.bin.take() {
+            Some((j, bin)) if j != i => self.shared.add_bin(j, &bin),
+            Some(b) => self.bin = Some(b),
+            None => {}
+        }
+        let (_, bin) = self.bin.get_or_insert_with(|| (i, Bin::default()));
+        Some(bin)
+    }
+
+    /// Mixed (code and content name different releases), versions, flapping;
+    /// the bin of the request's end has them too.
     fn check_releases(&mut self) {
         let (code, content) = (
             self.code_release.as_deref(),
@@ -182,11 +226,8 @@ impl Client<'_> {
         if content.is_none() {
             self.stats.no_content_release += 1;
         }
-        if let (Some(a), Some(b)) = (code, content) {
-            if a != b {
-                self.stats.mixed += 1;
-            }
-        }
+        let mixed = matches!((code, content), (Some(a), Some(b)) if a != b);
+        self.stats.mixed += u64::from(mixed);
         let Some(release) = code.or(content) else {
             return;
         };
@@ -204,10 +245,19 @@ impl Client<'_> {
                 i
             }
         };
-        match self.newest_seen {
-            Some(newest) if index < newest => self.stats.flapping += 1,
-            Some(newest) if index == newest => {}
-            _ => self.newest_seen = Some(index),
+        let flapped = match self.newest_seen {
+            Some(newest) if index < newest => true,
+            Some(newest) if index == newest => false,
+            _ => {
+                self.newest_seen = Some(index);
+                false
+            }
+        };
+        self.stats.flapping += u64::from(flapped);
+        if let Some((_, bin)) = self.bin.as_mut() {
+            bin.mixed += u64::from(mixed);
+            bin.flapping += u64::from(flapped);
+            bin.release(index);
         }
     }
 
@@ -669,7 +719,7 @@ mod tests {
             }
         }
         let mut long = b"data-release=\"".to_vec();
-        long.extend(std::iter::repeat(b'x').take(100_000));
+        long.extend_from_slice(&[b'x'; 100_000]);
         assert_eq!(release_in(&long, 7), None);
         assert_eq!(scan(b"xx data-rel"), Scan::Pending(3));
         assert_eq!(scan(b"xx data-rex"), Scan::NotHere);
