@@ -158,42 +158,30 @@ fn probe(args: &[&str], port: u16, limit: Duration) -> Ran {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let start = Instant::now();
-    let mut child = c.spawn().expect("spawn the probe");
-    let pid = child.id() as libc::pid_t;
-    let mut out = child.stdout.take().expect("stdout");
+    let mut p = integration_tests::Proc::spawn(c);
+    let pid = p.pid().as_raw();
+    let mut out = p.stdout();
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = out.read_to_string(&mut s);
         s
     });
-    let mut status = 0;
     let mut max_rss_kb = 0;
-    loop {
+    let status = loop {
         if let Some(kb) = vm_hwm_kb(pid) {
             max_rss_kb = max_rss_kb.max(kb);
         }
-        // SAFETY: pid is our own child, not yet reaped; status is valid for writes.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid {
-            break;
+        if let Some(st) = p.wait_timeout(Duration::from_millis(2)) {
+            break st;
         }
-        assert!(r == 0, "waitpid: {}", std::io::Error::last_os_error());
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the probe ({args:?}) still ran after {limit:?}: killed (peak RSS {max_rss_kb} kB)"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+        assert!(
+            start.elapsed() < limit,
+            "the probe ({args:?}) still ran after {limit:?}: killed (peak RSS {max_rss_kb} kB)"
+        );
+    };
     let took = start.elapsed();
     let json = reader.join().unwrap_or_default();
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -libc::WTERMSIG(status)
-    };
+    let code = status.code().unwrap_or(-1);
     Ran {
         took,
         max_rss_kb,
