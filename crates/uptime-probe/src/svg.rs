@@ -103,14 +103,10 @@ pub fn picture(run: &Run, bins: &[Bin], marks: &[Mark]) -> String {
         if b.requests() == 0 {
             continue;
         }
-        bin(
-            &mut o,
-            i,
-            b,
-            x(i as f64 * BIN.as_secs_f64()),
-            bw,
-            max_requests,
-        );
+        let bx = x(i as f64 * BIN.as_secs_f64());
+        // the last bin may be partial: never past the plot's right edge
+        let w = bw.min(RIGHT - bx).max(0.5);
+        bin(&mut o, i, b, bx, w, max_requests);
     }
     o.push_str("</g>\n");
     for (q, colour, class) in [(0.5, P50, "p50"), (0.99, P99, "p99")] {
@@ -143,10 +139,11 @@ pub fn picture(run: &Run, bins: &[Bin], marks: &[Mark]) -> String {
             RELEASE_COLOURS[i % 8],
             "4 3",
             &name,
+            13.0,
         );
     }
     for m in marks.iter().filter(|m| (0.0..=span).contains(&m.at_s)) {
-        mark(&mut o, "mark user", x(m.at_s), "#333333", "", &m.label);
+        mark(&mut o, "mark user", x(m.at_s), "#333333", "", &m.label, 3.0);
     }
     legend(&mut o, run);
     o.push_str("</svg>\n");
@@ -355,7 +352,8 @@ fn bin(o: &mut String, i: usize, b: &Bin, x: f64, w: f64, max_requests: u64) {
     o.push_str("</g>\n");
 }
 
-fn mark(o: &mut String, class: &str, x: f64, colour: &str, dash: &str, label: &str) {
+/// A vertical mark through every panel, its label `above` px over the band.
+fn mark(o: &mut String, class: &str, x: f64, colour: &str, dash: &str, label: &str, above: f64) {
     let dash = if dash.is_empty() {
         String::new()
     } else {
@@ -365,10 +363,10 @@ fn mark(o: &mut String, class: &str, x: f64, colour: &str, dash: &str, label: &s
         o,
         "<g class=\"{class}\"><line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"{colour}\" stroke-width=\"1.2\"{dash}/>\
          <text x=\"{:.1}\" y=\"{}\" fill=\"{colour}\" font-size=\"10\">{}</text></g>",
-        BAND.0 - 12.0,
+        BAND.0 - above - 9.0,
         LAT.1,
         x + 2.0,
-        BAND.0 - 3.0,
+        BAND.0 - above,
         esc(label)
     );
 }
