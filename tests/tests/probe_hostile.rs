@@ -315,3 +315,85 @@ fn int_ends_the_run_while_a_dribbling_response_is_in_flight() {
         assert_eq!(st.code(), Some(1), "nothing finished: exit 1");
     }
 }
+
+#[test]
+fn duration_and_int_end_the_run_while_a_connect_hangs() {
+    // A listener with backlog 0 that never accepts: once its queue is full
+    // (filled here), the kernel drops the probe's SYNs and connect(2) hangs.
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(127, 0, 0, 1, 0),
+    )
+    .unwrap();
+    listen(&fd, Backlog::new(0).unwrap()).unwrap();
+    let l = TcpListener::from(fd);
+    let port = l.local_addr().unwrap().port();
+    let mut fillers = Vec::new();
+    let filled = integration_tests::wait_until(Duration::from_secs(10), || {
+        // connect until one would block: the queue is full
+        let s = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let r = nix::sys::socket::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            &SockaddrIn::new(127, 0, 0, 1, port),
+        );
+        fillers.push(s);
+        r.is_err() && {
+            // a pending connect is not in the queue yet: give it time to be dropped
+            std::thread::sleep(Duration::from_millis(50));
+            true
+        }
+    });
+    assert!(filled);
+    let r = probe(
+        &["-c", "2", "-d", "1", "-t", "60000"],
+        port,
+        Duration::from_secs(50),
+    );
+    eprintln!(
+        "-d 1 -t 60000 against a full backlog: {:.2} s",
+        r.took.as_secs_f64()
+    );
+    assert!(r.took < Duration::from_secs(1 + 20), "took {:?}", r.took);
+    assert_eq!(json_count(&r.json, "requests"), 0, "{}", r.json);
+
+    let mut c = Command::new(bin("uptime-probe"));
+    c.args(["--json", "-q", "-c", "2", "-t", "60000"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .stdout(Stdio::piped());
+    let mut p = integration_tests::Proc::spawn(c);
+    // the clients are started and waiting in connect (a thread each)
+    assert!(integration_tests::wait_until(
+        Duration::from_secs(20),
+        || { std::fs::read_dir(format!("/proc/{}/task", p.pid())).map_or(0, |d| d.count()) >= 3 }
+    ));
+    let out = p.stdout();
+    let t0 = Instant::now();
+    p.signal(nix::sys::signal::Signal::SIGINT);
+    let st = p
+        .wait_timeout(Duration::from_secs(20))
+        .expect("INT ends the run in 20 s (-t is 60 s)");
+    eprintln!(
+        "INT against a full backlog: ended {:.3} s after the signal",
+        t0.elapsed().as_secs_f64()
+    );
+    let json = integration_tests::read_all_timeout(out, Duration::from_secs(5)).unwrap();
+    assert_eq!(st.code(), Some(1), "{json}");
+    assert_eq!(json_count(&json, "requests"), 0, "{json}");
+    drop(l);
+}

@@ -5,20 +5,23 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags};
+use nix::sys::socket::{
+    getsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+};
 
 use crate::stats::{Bin, Outcome, Stats, BIN};
 
 /// The longest one poll(2) waits before looking at the clock and the stop flag.
-const SLICE: Duration = Duration::from_millis(100);
+const SLICE: Duration = Duration::from_millis(20);
 /// How long a request in flight may still take once the run is stopped.
-const GRACE: Duration = Duration::from_millis(100);
+const GRACE: Duration = Duration::from_millis(80);
 /// The caps (past any of them a response is `too large`): the head (the read
 /// buffer's size) and its header lines, one chunk-size line, the trailers,
 /// and the body (read through, never kept).
@@ -265,17 +268,19 @@ impl Client<'_> {
         self.code_release = None;
         self.content_release = None;
         if self.conn.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return failed(Outcome::Timeout, false);
-            }
-            match TcpStream::connect_timeout(&self.target.addr, left) {
+            let clock = Clock {
+                deadline,
+                stop: &self.shared.stop,
+                grace_end: &mut self.grace_end,
+            };
+            match connect(&self.target.addr, clock) {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
                     let _ = s.set_write_timeout(Some(self.target.timeout));
                     self.conn = Some(s);
                 }
-                Err(e) => return failed(classify(&e), false),
+                Err(End::Failed(outcome)) => return failed(outcome, false),
+                Err(End::Abandoned) => return Attempt::Abandoned,
             }
         }
         let Some(conn) = self.conn.as_mut() else {
@@ -290,9 +295,11 @@ impl Client<'_> {
             start: 0,
             end: 0,
             seen: false,
-            deadline,
-            stop: &self.shared.stop,
-            grace_end: &mut self.grace_end,
+            clock: Clock {
+                deadline,
+                stop: &self.shared.stop,
+                grace_end: &mut self.grace_end,
+            },
         };
         let mut scan = ReleaseScan::default();
         match response(&mut wire, &mut scan, self.target.keepalive) {
@@ -439,11 +446,76 @@ struct Wire<'a> {
     end: usize,
     /// Some byte of the response has come.
     seen: bool,
+    clock: Clock<'a>,
+}
+
+/// What ends a wait: the request's deadline, and the run's stop (after GRACE).
+struct Clock<'a> {
     deadline: Instant,
     stop: &'a AtomicBool,
-    /// When a stopped run drops this client's request (set at the first read
+    /// When a stopped run drops this client's request (set at the first wait
     /// after the stop).
     grace_end: &'a mut Option<Instant>,
+}
+
+impl Clock<'_> {
+    /// Wait until `fd` is ready for `events`: at most until the deadline (a
+    /// `timeout`), or the grace time after a stop (abandoned). The deadline and
+    /// the stop flag are looked at before every wait, and poll(2) never waits
+    /// longer than SLICE.
+    fn wait(&mut self, fd: BorrowedFd, events: PollFlags) -> Result<(), End> {
+        loop {
+            let now = Instant::now();
+            let mut until = self.deadline;
+            if self.stop.load(Ordering::Relaxed) {
+                let grace_end = *self.grace_end.get_or_insert(now + GRACE);
+                if now >= grace_end {
+                    return Err(End::Abandoned);
+                }
+                until = until.min(grace_end);
+            }
+            if now >= self.deadline {
+                return Err(End::Failed(Outcome::Timeout));
+            }
+            let wait = until.saturating_duration_since(now).min(SLICE);
+            let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX).max(1);
+            let mut fds = [PollFd::new(fd, events)];
+            match poll(&mut fds, ms) {
+                Ok(0) | Err(Errno::EINTR) => {}
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(End::Failed(classify_errno(e))),
+            }
+        }
+    }
+}
+
+/// A connection to `addr`, connected without blocking so that the clock is
+/// looked at while the kernel waits (a full backlog drops SYNs for seconds).
+fn connect(addr: &SocketAddr, mut clock: Clock) -> Result<TcpStream, End> {
+    let fail = |e: Errno| End::Failed(classify_errno(e));
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = socket(family, SockType::Stream, flags, None).map_err(fail)?;
+    match nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(*addr)) {
+        Ok(()) => {}
+        Err(Errno::EINPROGRESS | Errno::EINTR) => {
+            clock.wait(fd.as_fd(), PollFlags::POLLOUT)?;
+            match getsockopt(&fd, sockopt::SocketError).map_err(fail)? {
+                0 => {}
+                e => return Err(fail(Errno::from_raw(e))),
+            }
+        }
+        Err(e) => return Err(fail(e)),
+    }
+    let stream = TcpStream::from(fd);
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| End::Failed(classify(&e)))?;
+    Ok(stream)
 }
 
 impl Wire<'_> {
@@ -477,10 +549,9 @@ impl Wire<'_> {
         n as u64
     }
 
-    /// Read more, waiting at most until the deadline (a `timeout`), or the
-    /// grace time after a stop (abandoned). The deadline and the stop flag are
-    /// looked at before every read, and poll(2) never waits longer than SLICE.
-    /// A buffer full of one unparsed item (head, chunk line) is `too large`.
+    /// Read more, waiting as the clock allows (see Clock::wait): the deadline
+    /// and the stop flag are looked at before every read. A buffer full of one
+    /// unparsed item (head, chunk line) is `too large`.
     fn more(&mut self) -> Result<(), End> {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
@@ -492,26 +563,7 @@ impl Wire<'_> {
             return Err(End::Failed(Outcome::TooLarge));
         }
         loop {
-            let now = Instant::now();
-            let mut until = self.deadline;
-            if self.stop.load(Ordering::Relaxed) {
-                let grace_end = *self.grace_end.get_or_insert(now + GRACE);
-                if now >= grace_end {
-                    return Err(End::Abandoned);
-                }
-                until = until.min(grace_end);
-            }
-            if now >= self.deadline {
-                return Err(End::Failed(Outcome::Timeout));
-            }
-            let wait = until.saturating_duration_since(now).min(SLICE);
-            let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX).max(1);
-            let mut fds = [PollFd::new(self.conn.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, ms) {
-                Ok(0) | Err(Errno::EINTR) => continue,
-                Ok(_) => {}
-                Err(e) => return Err(End::Failed(classify_errno(e))),
-            }
+            self.clock.wait(self.conn.as_fd(), PollFlags::POLLIN)?;
             match self.conn.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Err(End::Failed(Outcome::Eof)),
                 Ok(n) => {
