@@ -18,7 +18,7 @@ use nix::sys::socket::{
 
 use crate::stats::{Bin, Outcome, Stats, BIN};
 
-/// The longest one poll(2) waits before looking at the clock and the stop flag.
+/// The longest one read or poll(2) waits before looking at the clock and the stop flag.
 const SLICE: Duration = Duration::from_millis(20);
 /// How long a request in flight may still take once the run is stopped.
 const GRACE: Duration = Duration::from_millis(80);
@@ -459,25 +459,29 @@ struct Clock<'a> {
 }
 
 impl Clock<'_> {
-    /// Wait until `fd` is ready for `events`: at most until the deadline (a
-    /// `timeout`), or the grace time after a stop (abandoned). The deadline and
-    /// the stop flag are looked at before every wait, and poll(2) never waits
-    /// longer than SLICE.
+    /// How long a wait may last now: until the deadline (past it, a
+    /// `timeout`), or the grace time after a stop (past it, abandoned).
+    fn left(&mut self) -> Result<Duration, End> {
+        let now = Instant::now();
+        let mut until = self.deadline;
+        if self.stop.load(Ordering::Relaxed) {
+            let grace_end = *self.grace_end.get_or_insert(now + GRACE);
+            if now >= grace_end {
+                return Err(End::Abandoned);
+            }
+            until = until.min(grace_end);
+        }
+        if now >= self.deadline {
+            return Err(End::Failed(Outcome::Timeout));
+        }
+        Ok(until.saturating_duration_since(now))
+    }
+
+    /// Wait until `fd` is ready for `events`, as long as `left` allows, poll(2)
+    /// never waiting longer than SLICE.
     fn wait(&mut self, fd: BorrowedFd, events: PollFlags) -> Result<(), End> {
         loop {
-            let now = Instant::now();
-            let mut until = self.deadline;
-            if self.stop.load(Ordering::Relaxed) {
-                let grace_end = *self.grace_end.get_or_insert(now + GRACE);
-                if now >= grace_end {
-                    return Err(End::Abandoned);
-                }
-                until = until.min(grace_end);
-            }
-            if now >= self.deadline {
-                return Err(End::Failed(Outcome::Timeout));
-            }
-            let wait = until.saturating_duration_since(now).min(SLICE);
+            let wait = self.left()?.min(SLICE);
             let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX).max(1);
             let mut fds = [PollFd::new(fd, events)];
             match poll(&mut fds, ms) {
@@ -514,6 +518,7 @@ fn connect(addr: &SocketAddr, mut clock: Clock) -> Result<TcpStream, End> {
     let stream = TcpStream::from(fd);
     stream
         .set_nonblocking(false)
+        .and_then(|()| stream.set_read_timeout(Some(SLICE)))
         .map_err(|e| End::Failed(classify(&e)))?;
     Ok(stream)
 }
@@ -549,9 +554,10 @@ impl Wire<'_> {
         n as u64
     }
 
-    /// Read more, waiting as the clock allows (see Clock::wait): the deadline
-    /// and the stop flag are looked at before every read. A buffer full of one
-    /// unparsed item (head, chunk line) is `too large`.
+    /// Read more, as long as the clock allows (see Clock::left): the deadline
+    /// and the stop flag are looked at before every read, and no read blocks
+    /// longer than SLICE (SO_RCVTIMEO). A buffer full of one unparsed item
+    /// (head, chunk line) is `too large`.
     fn more(&mut self) -> Result<(), End> {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
@@ -563,7 +569,9 @@ impl Wire<'_> {
             return Err(End::Failed(Outcome::TooLarge));
         }
         loop {
-            self.clock.wait(self.conn.as_fd(), PollFlags::POLLIN)?;
+            // one syscall per read: a blocking read that SO_RCVTIMEO ends
+            // after SLICE, the clock looked at before each
+            self.clock.left()?;
             match self.conn.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Err(End::Failed(Outcome::Eof)),
                 Ok(n) => {
@@ -571,7 +579,11 @@ impl Wire<'_> {
                     self.seen = true;
                     return Ok(());
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => return Err(End::Failed(classify(&e))),
             }
         }
