@@ -378,3 +378,24 @@ fn rsvg_convert_renders_a_picture_that_is_not_blank() {
     );
     assert!(f[3] >= 20, "at least 2% of the pixels are not white: {out}");
 }
+
+#[test]
+fn an_unreadable_marks_file_is_a_warning() {
+    let port = server(|_| Some((200, "r1", "r1")));
+    let t = TempDir::new("probe-svg-nomarks");
+    let svg = t.join("run.svg");
+    let mut c = cmd("uptime-probe");
+    c.args(["--json", "-q", "-n", "20", "--svg"])
+        .arg(&svg)
+        .args(["--marks", "/nonexistent/marks"])
+        .arg(format!("http://127.0.0.1:{port}/"));
+    let (code, json, err) = run(c, Duration::from_secs(60));
+    assert_eq!(code, 0, "{json}{err}");
+    assert_eq!(
+        err,
+        "uptime-probe: warning: unable to read marks /nonexistent/marks: No such file or directory\n"
+    );
+    let checked = python(CHECK_SVG, &svg);
+    assert_bins_add_up(&json, &checked);
+    assert_eq!(num(&checked, "marks_user"), 0);
+}
