@@ -127,8 +127,17 @@ fn check(status: &OsString, drain: Option<&OsString>) -> (u16, String) {
     }
 }
 
-/// Whether a process with this pid exists (EPERM: it does, someone else's).
+/// Whether a process with this pid exists (EPERM: it does, someone else's)
+/// and is not a zombie (a pool killed but not yet reaped serves nothing).
 fn pid_alive(pid: i32) -> bool {
-    let pid = nix::unistd::Pid::from_raw(pid);
-    !matches!(nix::sys::signal::kill(pid, None), Err(Errno::ESRCH))
+    if let Err(Errno::ESRCH) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // the state letter follows the command name's closing parenthesis
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map_or(true, |(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
 }
