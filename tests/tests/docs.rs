@@ -17,6 +17,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("loop-forever", "crates/loop-forever/README.md"),
     ("forkpool", "crates/forkpool/README.md"),
     ("uptime-probe", "crates/uptime-probe/README.md"),
+    ("pool-health", "crates/pool-health/README.md"),
     ("app", "demo/app/README.md"),
 ];
 
