@@ -135,9 +135,9 @@ fn pid_alive(pid: i32) -> bool {
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // the state letter follows the command name's closing parenthesis
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map_or(true, |(_, rest)| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => {
+            !matches!(stat.rsplit_once(')'), Some((_, rest)) if rest.trim_start().starts_with('Z'))
+        }
         Err(_) => true,
     }
 }
