@@ -358,6 +358,73 @@ impl Probe {
     }
 }
 
+/// up: every host on one release id, answering through HAProxy in turn
+/// (X-Served-By); a second up on the same FLEET_DIR is refused (111) and
+/// changes nothing; down stops every process up started (HAProxy, each
+/// pool-health, each chain and its workers) and is quiet when run again.
+#[test]
+fn up_serves_one_release_refuses_a_second_fleet_and_down_stops_everything() {
+    let fleet = Fleet::up("fleet-updown", 2);
+    let first = fleet.current("host1");
+    assert_eq!(fleet.current("host2"), first);
+    let mut served = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(("127.0.0.1", fleet.port)).expect("connect");
+        s.set_read_timeout(Some(LONG)).expect("timeout");
+        s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.ends_with(&format!("\r\n\r\n{first}\n")), "{out}");
+        let by = out
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("x-served-by").then(|| v.trim())
+            })
+            .unwrap_or_else(|| panic!("no X-Served-By: {out}"));
+        served.insert(by.to_string());
+    }
+    assert_eq!(served.len(), 2, "round robin over both hosts: {served:?}");
+
+    let pids = |f: &Fleet| -> Vec<i32> {
+        let mut files = vec![f.fleet_dir().join("haproxy.pid")];
+        for h in &f.hosts {
+            files.push(f.state(h).join("health.pid"));
+            files.push(f.state(h).join("serve.pid"));
+        }
+        let mut v: Vec<i32> = files
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+            .collect();
+        for h in &f.hosts {
+            v.extend(PoolStatus::read(&f.state(h).join("status")).pids("ready"));
+        }
+        v
+    };
+    let running = pids(&fleet);
+    assert_eq!(running.len(), 1 + 2 * 2 + 2 * 2, "{running:?}");
+    assert!(running.iter().all(|&p| alive(p)), "{running:?}");
+
+    let (code, out, err) = run(fleet.script("up", &["2"]), LONG);
+    assert_eq!(code, 111, "{out}{err}");
+    assert!(err.contains("already runs"), "{err}");
+    assert!(
+        running.iter().all(|&p| alive(p)),
+        "the first fleet serves on"
+    );
+
+    let (code, out, err) = run(fleet.script("down", &[]), LONG);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        wait_until(LONG, || running.iter().all(|&p| !alive(p))),
+        "left running: {:?}",
+        running.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+    );
+    let (code, out, err) = run(fleet.script("down", &[]), LONG);
+    assert_eq!(code, 0, "down again: {out}{err}");
+}
+
 /// Nothing failed, nothing mixed, requests were made; the flapping printed.
 fn assert_clean(code: i32, json: &str, what: &str) -> u64 {
     let flapping = json_count(json, "flapping");
