@@ -128,7 +128,7 @@ fn pool_health_answers_what_forkpool_and_the_drain_file_say() {
 }
 
 #[test]
-fn pool_health_a_silent_client_holds_it_at_most_its_timeout() {
+fn pool_health_any_request_a_silent_client_a_long_head_and_term() {
     let dir = TempDir::new("fleet-health-silent");
     let status = dir.join("status");
     std::fs::write(
@@ -139,7 +139,7 @@ fn pool_health_a_silent_client_holds_it_at_most_its_timeout() {
         ),
     )
     .expect("status");
-    let (_h, port) = start_health(
+    let (mut h, port) = start_health(
         dir.path(),
         &["-t".as_ref(), "300".as_ref(), status.as_os_str()],
     );
@@ -151,6 +151,20 @@ fn pool_health_a_silent_client_holds_it_at_most_its_timeout() {
     assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
     // and the next one is answered
     assert_eq!(health(port).0, 200);
+    // any method, any path: the same answer; a head over 8 KiB: 431
+    let (code, body) = http(port, "POST /x?y HTTP/1.1\r\nHost: t\r\n\r\n").expect("POST");
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "up: generation 1 serving, 1 of 1 workers ready\n")
+    );
+    let long = format!("GET / HTTP/1.1\r\nX-Long: {}\r\n", "a".repeat(9000));
+    let (code, _) = http(port, &long).expect("431");
+    assert_eq!(code, 431);
+    // TERM ends it at once (it holds no state)
+    h.signal(Signal::SIGTERM);
+    let st = h.wait_timeout(LONG).expect("pool-health exits on TERM");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(Signal::SIGTERM as i32), "{st:?}");
 }
 
 #[test]

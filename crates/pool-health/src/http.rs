@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -51,6 +51,18 @@ pub fn serve(conn: OwnedFd, timeout: Duration, answer: impl FnOnce() -> (u16, St
     }
     // The client may be gone already (EPIPE, ECONNRESET): nothing to do then.
     let _ = conn.write_all(out.as_bytes());
+    if !matches!(status, 200 | 503) {
+        // A refused request may have left bytes unread; closing on them would
+        // send a reset that can destroy the answer in flight. Say we are done
+        // writing, and read what comes for a moment (100 ms at most).
+        let _ = nix::sys::socket::shutdown(conn.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+        let end = Instant::now() + Duration::from_millis(100);
+        let mut sink = [0u8; 2048];
+        while readable(&conn, end.saturating_duration_since(Instant::now()))
+            && matches!(conn.read(&mut sink), Ok(n) if n > 0)
+            && Instant::now() < end
+        {}
+    }
 }
 
 /// Read until a whole request head is in, at most `timeout` from now.
