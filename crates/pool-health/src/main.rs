@@ -121,23 +121,8 @@ fn check(status: &OsString, drain: Option<&OsString>) -> (u16, String) {
         status: std::fs::read_to_string(status).map_err(|e| unixtool::io_reason(&e)),
         status_path: &status_path,
     };
-    match verdict::judge(&seen, pid_alive) {
+    match verdict::judge(&seen, unixtool::statusfile::alive) {
         Verdict::Up(why) => (200, format!("up: {why}")),
         Verdict::Down(why) => (503, format!("down: {why}")),
-    }
-}
-
-/// Whether a process with this pid exists (EPERM: it does, someone else's)
-/// and is not a zombie (a pool killed but not yet reaped serves nothing).
-fn pid_alive(pid: i32) -> bool {
-    if let Err(Errno::ESRCH) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // the state letter follows the command name's closing parenthesis
-        Ok(stat) => {
-            !matches!(stat.rsplit_once(')'), Some((_, rest)) if rest.trim_start().starts_with('Z'))
-        }
-        Err(_) => true,
     }
 }

@@ -1,7 +1,7 @@
 //! The policy: from forkpool's status file and the drain file to up or down,
 //! with a one-line reason. No system calls here but what the caller hands in.
 
-use std::collections::HashMap;
+use unixtool::statusfile::Status;
 
 /// What the check answers: up (200) or down (503), and why, in one line.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,8 +45,8 @@ pub fn judge(seen: &Seen, pid_alive: impl Fn(i32) -> bool) -> Verdict {
             ))
         }
     };
-    let kv = keys(text);
-    let get = |k: &str| kv.get(k).copied().unwrap_or("");
+    let st = Status::parse(text);
+    let get = |k: &str| st.get(k);
     let num = |k: &str| get(k).parse::<u64>().ok();
     let Some(pid) = get("pid").parse::<i32>().ok().filter(|p| *p > 0) else {
         return Verdict::Down(format!("no pid= in the status file {}", seen.status_path));
@@ -83,19 +83,6 @@ pub fn judge(seen: &Seen, pid_alive: impl Fn(i32) -> bool) -> Verdict {
     Verdict::Up(format!(
         "generation {generation} serving, {ready} of {workers} workers ready{phase}"
     ))
-}
-
-/// The `key=value` lines (the first of each key; worker lines are skipped).
-fn keys(text: &str) -> HashMap<&str, &str> {
-    let mut kv = HashMap::new();
-    for line in text.lines() {
-        if let Some((k, v)) = line.split_once('=') {
-            if k != "worker" {
-                kv.entry(k).or_insert(v);
-            }
-        }
-    }
-    kv
 }
 
 #[cfg(test)]
