@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod child;
 pub mod readiness;
+pub mod reexec;
 pub mod signals;
 pub mod statusfile;
 pub mod supervise;
