@@ -59,7 +59,7 @@ impl Pool {
             policy,
             procs: Processes::default(),
             status,
-            upgrade: crate::upgrade::Upgrade::new(),
+            upgrade: crate::upgrade::fresh(),
         };
         pool.apply(actions, Instant::now());
         pool

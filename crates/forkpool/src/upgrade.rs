@@ -22,10 +22,8 @@
 //! Test hook: `FORKPOOL_UPGRADE_PAUSE_MS=N` makes the old image pause N ms
 //! between blocking the signals and the exec (one warning line says so).
 
-use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use unixtool::readiness::{NotifySocket, ReadinessPipe};
 use unixtool::reexec;
@@ -41,65 +39,19 @@ use crate::TOOL;
 
 pub const STATE_VAR: &str = "FORKPOOL_STATE_FD";
 pub const CHECK_VAR: &str = "FORKPOOL_UPGRADE_CHECK";
-pub const PAUSE_VAR: &str = "FORKPOOL_UPGRADE_PAUSE_MS";
-/// How long the check may take.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+pub const NAMES: reexec::Names = reexec::Names {
+    memfd: "forkpool-state",
+    state: STATE_VAR,
+    check: CHECK_VAR,
+    pause: "FORKPOOL_UPGRADE_PAUSE_MS",
+};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    None,
-    Running,
-    Ok,
-    Failed,
-}
+pub use reexec::Upgrade;
 
-/// The upgrade's side of the pool.
-pub struct Upgrade {
-    /// A USR2 not acted on yet.
-    pub asked: bool,
-    pub phase: Phase,
-    /// Why the last upgrade failed (while `phase` is Failed).
-    pub reason: String,
-    /// Upgrades done in this pool's life (`upgrades=`).
-    pub count: u64,
-    /// Upgrades refused (`upgrade_failures=`).
-    pub failures: u64,
-    /// `version=`: this image's build id.
-    pub version: String,
-    /// The program to exec: argv[0] resolved at the first start.
-    pub exe: Result<PathBuf, String>,
-    pub argv: Vec<OsString>,
-}
-
-impl Upgrade {
-    /// At a fresh start: the path to exec later, resolved now.
-    pub fn new() -> Upgrade {
-        let argv: Vec<OsString> = std::env::args_os().collect();
-        let exe = argv
-            .first()
-            .ok_or_else(|| "no argv[0]".to_string())
-            .and_then(|a| reexec::started_path(a))
-            .map_err(|e| format!("unable to find the program forkpool was started as: {e}"));
-        Upgrade {
-            asked: false,
-            phase: Phase::None,
-            reason: String::new(),
-            count: 0,
-            failures: 0,
-            version: reexec::build_id(option_env!("FORKPOOL_BUILD_TAG")),
-            exe,
-            argv,
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self.phase {
-            Phase::None => "none",
-            Phase::Running => "running",
-            Phase::Ok => "ok",
-            Phase::Failed => "failed",
-        }
-    }
+/// A fresh start's upgrade bookkeeping (the build tag: `FORKPOOL_BUILD_TAG`
+/// at compile time).
+pub fn fresh() -> Upgrade {
+    Upgrade::new(TOOL.name, option_env!("FORKPOOL_BUILD_TAG"))
 }
 
 /// At start: when handed a state, its descriptor. In check mode, read the
@@ -163,11 +115,8 @@ pub fn adopt(
             hold,
         });
     }
-    let mut up = Upgrade::new();
-    up.exe = Ok(h.exe);
-    up.count = h.upgrades + 1;
-    up.failures = h.upgrade_failures;
-    up.phase = Phase::Ok;
+    let mut up = fresh();
+    up.adopted(h.upgrades, h.upgrade_failures, h.exe);
     if let Some(u) = upstream {
         u.adopted(h.policy.newest);
     }
@@ -197,7 +146,7 @@ impl Pool {
             TOOL.warn("USR2 while stopping: no upgrade");
             return;
         }
-        self.upgrade.phase = Phase::Running;
+        self.upgrade.phase = reexec::Phase::Running;
         if matches!(self.policy.reload, Reload::Running { .. }) {
             // Waits for the end of the reload (ok or failed); then upgrades.
             return;
@@ -207,66 +156,40 @@ impl Pool {
         if let Some(u) = upstream.as_deref_mut() {
             u.reloading("upgrading forkpool in place");
         }
-        let why = self.upgrade_now(sigs, upstream.as_deref_mut());
-        self.upgrade.phase = Phase::Failed;
-        self.upgrade.failures += 1;
-        TOOL.warn(format_args!("upgrade refused: {why}; this forkpool keeps running"));
-        self.upgrade.reason = format!("upgrade refused: {why}");
+        let mut env = Vec::new();
+        if let Some(u) = &upstream {
+            env.push(("NOTIFY_SOCKET", u.env_value().to_os_string()));
+        }
+        let (exe, argv) = (self.upgrade.exe.clone(), self.upgrade.argv.clone());
+        let path = exe.clone().unwrap_or_default();
+        let why = reexec::run(
+            &exe,
+            &argv,
+            &TOOL,
+            &NAMES,
+            sigs,
+            &mut |blocked| {
+                if blocked {
+                    // SIGCHLD is blocked: what ended during the check is
+                    // accounted for now; the state is as of this moment.
+                    self.reap(Instant::now());
+                }
+                let text = crate::state::write(self, &path, Instant::now())?;
+                Ok((text, self.kept_fds()))
+            },
+            env,
+        );
+        self.upgrade.refused(&TOOL, why);
     }
 
-    /// Check, then exec; returns only when the upgrade did not happen, why.
-    fn upgrade_now(&mut self, sigs: &SignalPipe, upstream: Option<&mut Upstream>) -> String {
-        let exe = match &self.upgrade.exe {
-            Ok(e) => e.clone(),
-            Err(e) => return e.clone(),
-        };
-        let argv = self.upgrade.argv.clone();
-        let text = match crate::state::write(self, &exe, Instant::now()) {
-            Ok(t) => t,
-            Err(e) => return format!("unable to write the state: {e}"),
-        };
-        let fd = match reexec::memfd("forkpool-state", &text) {
-            Ok(fd) => fd,
-            Err(e) => return format!("unable to create a memfd: {}", unixtool::strerror(e)),
-        };
-        if let Err(e) = reexec::check(&exe, &argv, &fd, CHECK_VAR, STATE_VAR, CHECK_TIMEOUT) {
-            return e;
-        }
-        let old = reexec::block_signals(sigs);
-        // SIGCHLD is blocked: whatever ended during the check is accounted
-        // for now, so the state handed over is as of this moment.
-        self.reap(Instant::now());
-        let pause = reexec::pause_hook(PAUSE_VAR);
-        if !pause.is_zero() {
-            TOOL.warn(format_args!(
-                "test hook {PAUSE_VAR}: signals blocked, pausing {}ms before the exec",
-                pause.as_millis()
-            ));
-            std::thread::sleep(pause);
-        }
-        let result = crate::state::write(self, &exe, Instant::now()).and_then(|text| {
-            reexec::memfd("forkpool-state", &text)
-                .map_err(|e| format!("unable to create a memfd: {}", unixtool::strerror(e)))
-        });
-        let fd = match result {
-            Ok(fd) => fd,
-            Err(e) => {
-                unixtool::signals::restore_mask(&old);
-                return e;
-            }
-        };
-        let mut keep = vec![fd.as_raw_fd()];
-        keep.extend(self.notify.as_ref().map(|n| n.fd()));
+    /// The descriptors the next image needs: the notification socket, the
+    /// workers' readiness pipes and hold descriptors.
+    fn kept_fds(&self) -> Vec<std::os::fd::RawFd> {
+        let mut keep: Vec<_> = self.notify.as_ref().map(|n| n.fd()).into_iter().collect();
         for p in &self.procs.list {
             keep.extend(p.child.pipe_fd());
             keep.extend(p.hold.as_ref().map(|h| h.as_raw_fd()));
         }
-        let mut env = vec![(STATE_VAR, OsString::from(fd.as_raw_fd().to_string()))];
-        if let Some(u) = &upstream {
-            env.push(("NOTIFY_SOCKET", u.env_value().to_os_string()));
-        }
-        let err = reexec::exec_keeping(&exe, &argv, &keep, &env);
-        unixtool::signals::restore_mask(&old);
-        format!("unable to run {}: {}", exe.display(), unixtool::strerror(err))
+        keep
     }
 }

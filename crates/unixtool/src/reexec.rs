@@ -297,6 +297,152 @@ pub fn pause_hook(var: &str) -> Duration {
         .unwrap_or_default()
 }
 
+// ---- one upgrade, start to exec ------------------------------------------
+
+/// The environment variables of one tool's upgrade.
+pub struct Names {
+    /// The memfd's name (`forkpool-state`).
+    pub memfd: &'static str,
+    /// The state's descriptor (`FORKPOOL_STATE_FD`).
+    pub state: &'static str,
+    /// Check mode (`FORKPOOL_UPGRADE_CHECK`).
+    pub check: &'static str,
+    /// Test hook: pause before the exec (`FORKPOOL_UPGRADE_PAUSE_MS`).
+    pub pause: &'static str,
+}
+
+/// How long the check may take.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    None,
+    Running,
+    Ok,
+    Failed,
+}
+
+/// A supervisor's upgrade bookkeeping: its status-file keys and the program
+/// to exec.
+pub struct Upgrade {
+    /// A USR2 not acted on yet.
+    pub asked: bool,
+    pub phase: Phase,
+    /// Why the last upgrade failed (while `phase` is Failed).
+    pub reason: String,
+    /// Upgrades done in this supervisor's life (`upgrades=`).
+    pub count: u64,
+    /// Upgrades refused (`upgrade_failures=`).
+    pub failures: u64,
+    /// `version=`: this image's build id.
+    pub version: String,
+    /// The program to exec: argv[0] as resolved at the first start.
+    pub exe: Result<PathBuf, String>,
+    pub argv: Vec<OsString>,
+}
+
+impl Upgrade {
+    /// At a fresh start (`tag`: the tool's build tag): the path to exec
+    /// later, resolved now.
+    pub fn new(tool: &str, tag: Option<&str>) -> Upgrade {
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        let exe = argv
+            .first()
+            .ok_or_else(|| "no argv[0]".to_string())
+            .and_then(|a| started_path(a))
+            .map_err(|e| format!("unable to find the program {tool} was started as: {e}"));
+        Upgrade {
+            asked: false,
+            phase: Phase::None,
+            reason: String::new(),
+            count: 0,
+            failures: 0,
+            version: build_id(tag),
+            exe,
+            argv,
+        }
+    }
+
+    /// The new image: `count` upgrades before this one, `failures`, the
+    /// path handed over.
+    pub fn adopted(&mut self, count: u64, failures: u64, exe: PathBuf) {
+        self.count = count + 1;
+        self.failures = failures;
+        self.exe = Ok(exe);
+        self.phase = Phase::Ok;
+    }
+
+    /// `upgrade=`.
+    pub fn name(&self) -> &'static str {
+        match self.phase {
+            Phase::None => "none",
+            Phase::Running => "running",
+            Phase::Ok => "ok",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// The upgrade was refused (`why`): one warning line, the keys.
+    pub fn refused(&mut self, tool: &crate::Tool, why: String) {
+        self.phase = Phase::Failed;
+        self.failures += 1;
+        tool.warn(format_args!("upgrade refused: {why}; this {} keeps running", tool.name));
+        self.reason = format!("upgrade refused: {why}");
+    }
+}
+
+/// Check, then exec `exe` (`argv` as given). `state(blocked)` writes the whole state (and says
+/// which descriptors to keep): once for the check, once more with every
+/// signal blocked right before the exec. `env`: variables for the next
+/// image. Returns only when nothing was exec'd: why.
+pub fn run(
+    exe: &Result<PathBuf, String>,
+    argv: &[OsString],
+    tool: &crate::Tool,
+    names: &Names,
+    sigs: &SignalPipe,
+    state: &mut dyn FnMut(bool) -> Result<(String, Vec<RawFd>), String>,
+    mut env: Vec<(&str, OsString)>,
+) -> String {
+    let exe = match exe {
+        Ok(e) => e.clone(),
+        Err(e) => return e.clone(),
+    };
+    let memfd_of = |text: &str| {
+        memfd(names.memfd, text)
+            .map_err(|e| format!("unable to create a memfd: {}", crate::strerror(e)))
+    };
+    let checked = state(false).and_then(|(text, _)| memfd_of(&text)).and_then(|fd| {
+        check(&exe, &argv, &fd, names.check, names.state, CHECK_TIMEOUT)
+    });
+    if let Err(e) = checked {
+        return e;
+    }
+    let old = block_signals(sigs);
+    let pause = pause_hook(names.pause);
+    if !pause.is_zero() {
+        tool.warn(format_args!(
+            "test hook {}: signals blocked, pausing {}ms before the exec",
+            names.pause,
+            pause.as_millis()
+        ));
+        std::thread::sleep(pause);
+    }
+    let handed = state(true).and_then(|(text, keep)| Ok((memfd_of(&text)?, keep)));
+    let (fd, mut keep) = match handed {
+        Ok(h) => h,
+        Err(e) => {
+            crate::signals::restore_mask(&old);
+            return e;
+        }
+    };
+    keep.push(fd.as_raw_fd());
+    env.push((names.state, OsString::from(fd.as_raw_fd().to_string())));
+    let err = exec_keeping(&exe, &argv, &keep, &env);
+    crate::signals::restore_mask(&old);
+    format!("unable to run {}: {}", exe.display(), crate::strerror(err))
+}
+
 // ---- the state text ------------------------------------------------------
 
 /// The state handed from one image to the next: a first line `MAGIC VERSION`,
