@@ -469,3 +469,57 @@ fn the_lock_the_notify_socket_and_listen_variables_survive() {
     assert!(env.contains(&line), "{line:?} not in:\n{env}");
     assert_eq!(s.get("pid"), pid);
 }
+
+// ------------------------------------------------------------ loop-forever
+
+#[test]
+fn loop_forever_upgraded_under_load_keeps_its_child() {
+    let t = TempDir::new("upgrade-loop");
+    let (a, b) = two_builds(t.path(), "loop-forever");
+    make_release(t.path(), "r1", "");
+    std::os::unix::fs::symlink("releases/r1", t.join("current")).expect("current");
+    let chain = Chain::start(
+        t.path(),
+        "loop-forever",
+        &["-d", "3"],
+        &["sh", "-c", "cd -P current && exec ./run"],
+        &[],
+    );
+    let before = chain.settled(1);
+    let (ka, _) = probe(chain.port, t.path(), 8, true);
+    let (nka, _) = probe(chain.port, t.path(), 8, false);
+    let mut versions = vec![before.get("version").to_string()];
+    for i in 0..10 {
+        install(if i % 2 == 0 { &b } else { &a }, &chain.exe);
+        let (code, out) = chain.poolctl_upgrade();
+        assert_eq!(code, 0, "upgrade {i}: {out}\n{}", chain.log());
+        let s = chain.status();
+        assert_eq!(s.num("upgrades"), i + 1);
+        assert_eq!(s.get("pid"), before.get("pid"), "upgrade {i}: the pid changed");
+        assert_eq!(s.workers, before.workers, "upgrade {i}: the child changed");
+        versions.push(s.get("version").to_string());
+    }
+    for (i, w) in versions.windows(3).enumerate() {
+        assert!(w[0] != w[1] && w[0] == w[2], "upgrade {i}: {versions:?}");
+    }
+    // Refused: the old image serves on; then HUP still restarts the child.
+    let exits1 = t.join("exits1");
+    script(&exits1, "#!/bin/sh\necho 'broken build' >&2\nexit 1\n");
+    install(&exits1, &chain.exe);
+    let (code, out) = chain.poolctl_upgrade();
+    assert_eq!(code, 1, "{out}");
+    let s = chain.status();
+    assert_eq!(s.get("upgrade"), "failed");
+    assert!(s.get("reason").contains("broken build"), "{:?}", s.get("reason"));
+    assert_eq!(s.get("version"), versions[10]);
+    for (p, what) in [(ka, "keep-alive"), (nka, "no keep-alive")] {
+        let (code, json) = stop_probe(p);
+        assert_clean(code, &json, what);
+    }
+    chain.p.signal(Signal::SIGHUP);
+    assert!(wait_until(LONG, || {
+        let s = chain.status();
+        s.num("serving_generation") == 2 && s.get("reload") == "ok"
+    }));
+    assert_ne!(chain.status().workers, before.workers);
+}
