@@ -523,3 +523,89 @@ fn loop_forever_upgraded_under_load_keeps_its_child() {
     }));
     assert_ne!(chain.status().workers, before.workers);
 }
+
+// ------------------------------------------------------------ demo/upgrade
+
+#[test]
+fn demo_upgrade_builds_upgrades_and_reports_a_refusal() {
+    let t = TempDir::new("upgrade-demo");
+    let bindir = t.join("bin");
+    std::fs::create_dir(&bindir).expect("bin");
+    let tools = [
+        "tcplisten", "forkpool", "loop-forever", "setlock", "atomic-symlink",
+        "deploy-release", "poolctl", "app",
+    ];
+    for tool in tools {
+        std::fs::copy(bin(tool), bindir.join(tool)).expect("copy tool");
+    }
+    let (_, b) = two_builds(t.path(), "forkpool");
+    let state = t.join("state");
+    let env = |c: &mut std::process::Command| {
+        c.env("BIN", &bindir)
+            .env("STATE", &state)
+            .env_remove("DEADLINE")
+            .env_remove("SERVE_MODE")
+            .env_remove("RELOAD_MODE");
+    };
+    let mut serve = std::process::Command::new(repo().join("demo/serve"));
+    env(&mut serve);
+    serve
+        .env("PORT", "0")
+        .env("WORKERS", "2")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(t.join("serve.err")).expect("log"));
+    let _serve = Proc::spawn(serve);
+    let status = state.join("status");
+    assert!(
+        wait_until(LONG, || {
+            let s = PoolStatus::read(&status);
+            s.num("ready") == 2 && s.get("version") != ""
+        }),
+        "the demo never served: {}",
+        std::fs::read_to_string(t.join("serve.err")).unwrap_or_default()
+    );
+    let before = PoolStatus::read(&status);
+    let upgrade = || {
+        let mut c = std::process::Command::new(repo().join("demo/upgrade"));
+        env(&mut c);
+        run(c, Duration::from_secs(120))
+    };
+    // The build already runs: nothing to do.
+    let (code, _, err) = upgrade();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("nothing to upgrade"), "{err}");
+    // A new build: upgraded, same pids.
+    install(&b, &bindir.join("forkpool"));
+    let (code, _, err) = upgrade();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("upgraded: forkpool build"), "{err}");
+    let s = PoolStatus::read(&status);
+    assert_ne!(s.get("version"), before.get("version"));
+    assert_eq!(s.get("pid"), before.get("pid"));
+    assert_eq!(worker_pids(&s), worker_pids(&before));
+    // What forkpool -V says of a file is what the status file says once it runs.
+    let (_, v, _) = run(cmd_at(&bindir.join("forkpool"), "-V"), Duration::from_secs(30));
+    assert!(v.trim().ends_with(&format!("build {}", s.get("version"))), "{v}");
+    // A refused build: exit 1 with the reason, the old one serves on.
+    script(&t.join("exits1"), "#!/bin/sh\necho 'broken build' >&2\nexit 1\n");
+    install(&t.join("exits1"), &bindir.join("forkpool"));
+    let (code, _, err) = upgrade();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("refused") && err.contains("broken build"), "{err}");
+    let after = PoolStatus::read(&status);
+    assert_eq!(after.get("version"), s.get("version"));
+    assert_eq!(worker_pids(&after), worker_pids(&before));
+    let port: u16 = std::fs::read_to_string(state.join("port"))
+        .expect("port")
+        .trim()
+        .parse()
+        .expect("port number");
+    assert!(common::http_release(port).is_some(), "the site stopped answering");
+}
+
+fn cmd_at(path: &Path, arg: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(path);
+    c.arg(arg);
+    c
+}

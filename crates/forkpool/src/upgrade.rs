@@ -48,10 +48,9 @@ pub const NAMES: reexec::Names = reexec::Names {
 
 pub use reexec::Upgrade;
 
-/// A fresh start's upgrade bookkeeping (the build tag: `FORKPOOL_BUILD_TAG`
-/// at compile time).
+/// A fresh start's upgrade bookkeeping.
 pub fn fresh() -> Upgrade {
-    Upgrade::new(TOOL.name, option_env!("FORKPOOL_BUILD_TAG"))
+    Upgrade::new(TOOL.name)
 }
 
 /// At start: when handed a state, its descriptor. In check mode, read the

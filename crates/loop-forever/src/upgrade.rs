@@ -48,10 +48,9 @@ const NAMES: reexec::Names = reexec::Names {
     pause: "LOOP_FOREVER_UPGRADE_PAUSE_MS",
 };
 
-/// A fresh start's upgrade bookkeeping (tag: `LOOP_FOREVER_BUILD_TAG` at
-/// compile time).
+/// A fresh start's upgrade bookkeeping.
 pub fn fresh() -> Upgrade {
-    Upgrade::new(TOOL.name, option_env!("LOOP_FOREVER_BUILD_TAG"))
+    Upgrade::new(TOOL.name)
 }
 
 /// The status file's upgrade keys.

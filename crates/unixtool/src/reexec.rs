@@ -66,11 +66,11 @@ pub fn started_path(argv0: &OsStr) -> Result<PathBuf, String> {
     Err(format!("{} is not in PATH", p.display()))
 }
 
-/// The build id: `TAG-HASH` (or `HASH`), HASH 16 hex digits of a 64-bit hash
-/// of the running executable's bytes, so two builds that differ in any byte
-/// have different ids; TAG is the tool's `*_BUILD_TAG` at compile time, for
-/// people. `unknown` if the executable cannot be read.
-pub fn build_id(tag: Option<&str>) -> String {
+/// The build id: 16 hex digits of a 64-bit hash of the running executable's
+/// bytes, so two builds that differ in any byte have different ids (what
+/// `-V` prints after `build`, and `version=` in the status files);
+/// `unknown` if the executable cannot be read.
+pub fn build_id() -> String {
     let hash = match std::fs::File::open("/proc/self/exe") {
         Ok(mut f) => {
             let mut buf = vec![0u8; 1 << 16];
@@ -98,11 +98,7 @@ pub fn build_id(tag: Option<&str>) -> String {
         }
         Err(_) => None,
     };
-    let hash = hash.unwrap_or_else(|| "unknown".to_string());
-    match tag {
-        Some(t) if !t.is_empty() => format!("{t}-{hash}"),
-        _ => hash,
-    }
+    hash.unwrap_or_else(|| "unknown".to_string())
 }
 
 /// A memfd holding `text`, close-on-exec, its offset at 0.
@@ -342,9 +338,8 @@ pub struct Upgrade {
 }
 
 impl Upgrade {
-    /// At a fresh start (`tag`: the tool's build tag): the path to exec
-    /// later, resolved now.
-    pub fn new(tool: &str, tag: Option<&str>) -> Upgrade {
+    /// At a fresh start: the path to exec later, resolved now.
+    pub fn new(tool: &str) -> Upgrade {
         let argv: Vec<OsString> = std::env::args_os().collect();
         let exe = argv
             .first()
@@ -357,7 +352,7 @@ impl Upgrade {
             reason: String::new(),
             count: 0,
             failures: 0,
-            version: build_id(tag),
+            version: build_id(),
             exe,
             argv,
         }
