@@ -151,7 +151,8 @@ fn worker_pids(s: &PoolStatus) -> Vec<(usize, i32)> {
 
 /// A worker: ready on fd 3 after `delay` seconds (the file, default 0),
 /// then it sleeps until told to stop.
-const SLEEPER: &str = "#!/bin/sh\nd=$(cat delay 2>/dev/null || echo 0)\nsleep \"$d\"\necho >&3\nexec sleep 1000\n";
+const SLEEPER: &str =
+    "#!/bin/sh\nd=$(cat delay 2>/dev/null || echo 0)\nsleep \"$d\"\necho >&3\nexec sleep 1000\n";
 
 // ------------------------------------------------- 20 upgrades under load
 
@@ -193,7 +194,9 @@ fn twenty_upgrades_alternating_two_builds_under_16_clients() {
     let chain = Chain::start(
         t.path(),
         "forkpool",
-        &["-n", "4", "-m", "cutover", "-d", "3", "-t", "20000", "-p", "current"],
+        &[
+            "-n", "4", "-m", "cutover", "-d", "3", "-t", "20000", "-p", "current",
+        ],
         &["./run"],
         &[],
     );
@@ -215,7 +218,10 @@ fn twenty_upgrades_alternating_two_builds_under_16_clients() {
         versions.push(s.get("version").to_string());
     }
     for (i, w) in versions.windows(2).enumerate() {
-        assert_ne!(w[0], w[1], "upgrade {i}: the version did not change: {versions:?}");
+        assert_ne!(
+            w[0], w[1],
+            "upgrade {i}: the version did not change: {versions:?}"
+        );
     }
     for (i, w) in versions.windows(3).enumerate() {
         assert_eq!(w[0], w[2], "upgrade {i}: not alternating: {versions:?}");
@@ -278,7 +284,11 @@ fn refused_binaries_leave_the_old_image_serving() {
         assert!(out.contains(why), "{why}: poolctl said: {out}");
         let s = chain.status();
         assert_eq!(s.get("upgrade"), "failed");
-        assert!(s.get("reason").contains(why), "{why}: {:?}", s.get("reason"));
+        assert!(
+            s.get("reason").contains(why),
+            "{why}: {:?}",
+            s.get("reason")
+        );
         assert_eq!(s.num("upgrade_failures"), n as u64 + 1);
         assert_eq!(s.get("version"), version, "{why}: another image runs");
         assert_eq!(s.get("pid"), before.get("pid"));
@@ -320,14 +330,20 @@ fn an_upgrade_asked_during_a_reload_waits_for_its_end() {
         "{:?}",
         chain.status()
     );
-    assert_eq!(chain.status().get("reload"), "running", "the reload went on");
+    assert_eq!(
+        chain.status().get("reload"),
+        "running",
+        "the reload went on"
+    );
     assert!(wait_until(LONG, || chain.status().get("upgrade") == "ok"));
     let s = chain.settled(2);
     assert_eq!(s.get("reload"), "ok");
     assert_eq!(s.num("serving_generation"), 2);
     assert_ne!(s.get("version"), before.get("version"));
     let log = chain.log();
-    let done = log.find("reload to generation 2 done").expect("reload done");
+    let done = log
+        .find("reload to generation 2 done")
+        .expect("reload done");
     let upgraded = log.find("upgraded in place").expect("upgraded");
     assert!(done < upgraded, "the upgrade did not wait:\n{log}");
 }
@@ -338,7 +354,13 @@ fn hup_and_term_sent_while_the_signals_are_blocked_are_handled_after_the_exec() 
     let (a, b) = two_builds(t.path(), "forkpool");
     script(&t.join("w"), SLEEPER);
     let hook = [("FORKPOOL_UPGRADE_PAUSE_MS", "1500")];
-    let mut chain = Chain::start(t.path(), "forkpool", &["-n", "2", "-d", "3"], &["./w"], &hook);
+    let mut chain = Chain::start(
+        t.path(),
+        "forkpool",
+        &["-n", "2", "-d", "3"],
+        &["./w"],
+        &hook,
+    );
     let before = chain.settled(2);
     // HUP during the upgrade: the new image reloads.
     install(&b, &chain.exe);
@@ -362,9 +384,13 @@ fn hup_and_term_sent_while_the_signals_are_blocked_are_handled_after_the_exec() 
     install(&a, &chain.exe);
     let log_len = chain.log().len();
     chain.p.signal(Signal::SIGUSR2);
-    assert!(wait_until(LONG, || chain.log()[log_len..].contains("signals blocked, pausing")));
+    assert!(wait_until(LONG, || chain.log()[log_len..]
+        .contains("signals blocked, pausing")));
     chain.p.signal(Signal::SIGTERM);
-    let st = chain.p.wait_timeout(LONG).expect("the pool exits after TERM");
+    let st = chain
+        .p
+        .wait_timeout(LONG)
+        .expect("the pool exits after TERM");
     assert_eq!(st.code(), Some(0), "{}", chain.log());
     assert_eq!(
         chain.log().matches("upgraded in place").count(),
@@ -383,7 +409,13 @@ fn a_worker_killed_during_an_upgrade_is_reaped_and_replaced_after_it() {
     let (_, b) = two_builds(t.path(), "forkpool");
     script(&t.join("w"), SLEEPER);
     let hook = [("FORKPOOL_UPGRADE_PAUSE_MS", "1000")];
-    let chain = Chain::start(t.path(), "forkpool", &["-n", "3", "-d", "3"], &["./w"], &hook);
+    let chain = Chain::start(
+        t.path(),
+        "forkpool",
+        &["-n", "3", "-d", "3"],
+        &["./w"],
+        &hook,
+    );
     let before = chain.settled(3);
     let victim = before.workers[1].clone();
     let victim_pid = victim.2;
@@ -405,10 +437,18 @@ fn a_worker_killed_during_an_upgrade_is_reaped_and_replaced_after_it() {
     let after = chain.status();
     for w in &before.workers {
         if w.2 != victim.2 {
-            assert!(after.workers.contains(w), "{w:?} changed: {:?}", after.workers);
+            assert!(
+                after.workers.contains(w),
+                "{w:?} changed: {:?}",
+                after.workers
+            );
         }
     }
-    assert!(chain.log().contains("was killed by SIGKILL"), "{}", chain.log());
+    assert!(
+        chain.log().contains("was killed by SIGKILL"),
+        "{}",
+        chain.log()
+    );
 }
 
 // ------------------------------------------------- what the chain inherited
@@ -427,7 +467,11 @@ fn the_lock_the_notify_socket_and_listen_variables_survive() {
     sock.set_read_timeout(Some(LONG)).expect("timeout");
     let lock = t.join("lock");
     let setlock = bin("setlock");
-    let wrap = [setlock.as_os_str(), std::ffi::OsStr::new("-n"), lock.as_os_str()];
+    let wrap = [
+        setlock.as_os_str(),
+        std::ffi::OsStr::new("-n"),
+        lock.as_os_str(),
+    ];
     let notify = sock_path.to_string_lossy().into_owned();
     let chain = Chain::start_wrapped(
         t.path(),
@@ -435,19 +479,30 @@ fn the_lock_the_notify_socket_and_listen_variables_survive() {
         "forkpool",
         &["-n", "2", "-d", "3"],
         &["./w"],
-        &[("NOTIFY_SOCKET", &notify), ("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "http")],
+        &[
+            ("NOTIFY_SOCKET", &notify),
+            ("LISTEN_FDS", "1"),
+            ("LISTEN_FDNAMES", "http"),
+        ],
     );
     let before = chain.settled(2);
     let mut buf = [0u8; 4096];
-    let first = sock.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
-    assert!(first.as_deref().is_ok_and(|m| m.contains("READY=1")), "{first:?}");
+    let first = sock
+        .recv(&mut buf)
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    assert!(
+        first.as_deref().is_ok_and(|m| m.contains("READY=1")),
+        "{first:?}"
+    );
     install(&b, &chain.exe);
     let (code, out) = chain.poolctl_upgrade();
     assert_eq!(code, 0, "{out}\n{}", chain.log());
     let pid = before.get("pid");
     let mut said = Vec::new();
     while !said.iter().any(|m: &String| m.contains("READY=1")) {
-        let n = sock.recv(&mut buf).expect("a notification after the upgrade");
+        let n = sock
+            .recv(&mut buf)
+            .expect("a notification after the upgrade");
         said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
     assert!(said[0].contains("RELOADING=1"), "{said:?}");
@@ -495,7 +550,11 @@ fn loop_forever_upgraded_under_load_keeps_its_child() {
         assert_eq!(code, 0, "upgrade {i}: {out}\n{}", chain.log());
         let s = chain.status();
         assert_eq!(s.num("upgrades"), i + 1);
-        assert_eq!(s.get("pid"), before.get("pid"), "upgrade {i}: the pid changed");
+        assert_eq!(
+            s.get("pid"),
+            before.get("pid"),
+            "upgrade {i}: the pid changed"
+        );
         assert_eq!(s.workers, before.workers, "upgrade {i}: the child changed");
         versions.push(s.get("version").to_string());
     }
@@ -510,7 +569,11 @@ fn loop_forever_upgraded_under_load_keeps_its_child() {
     assert_eq!(code, 1, "{out}");
     let s = chain.status();
     assert_eq!(s.get("upgrade"), "failed");
-    assert!(s.get("reason").contains("broken build"), "{:?}", s.get("reason"));
+    assert!(
+        s.get("reason").contains("broken build"),
+        "{:?}",
+        s.get("reason")
+    );
     assert_eq!(s.get("version"), versions[10]);
     for (p, what) in [(ka, "keep-alive"), (nka, "no keep-alive")] {
         let (code, json) = stop_probe(p);
@@ -532,8 +595,14 @@ fn demo_upgrade_builds_upgrades_and_reports_a_refusal() {
     let bindir = t.join("bin");
     std::fs::create_dir(&bindir).expect("bin");
     let tools = [
-        "tcplisten", "forkpool", "loop-forever", "setlock", "atomic-symlink",
-        "deploy-release", "poolctl", "app",
+        "tcplisten",
+        "forkpool",
+        "loop-forever",
+        "setlock",
+        "atomic-symlink",
+        "deploy-release",
+        "poolctl",
+        "app",
     ];
     for tool in tools {
         std::fs::copy(bin(tool), bindir.join(tool)).expect("copy tool");
@@ -560,7 +629,7 @@ fn demo_upgrade_builds_upgrades_and_reports_a_refusal() {
     assert!(
         wait_until(LONG, || {
             let s = PoolStatus::read(&status);
-            s.num("ready") == 2 && s.get("version") != ""
+            s.num("ready") == 2 && !s.get("version").is_empty()
         }),
         "the demo never served: {}",
         std::fs::read_to_string(t.join("serve.err")).unwrap_or_default()
@@ -585,14 +654,26 @@ fn demo_upgrade_builds_upgrades_and_reports_a_refusal() {
     assert_eq!(s.get("pid"), before.get("pid"));
     assert_eq!(worker_pids(&s), worker_pids(&before));
     // What forkpool -V says of a file is what the status file says once it runs.
-    let (_, v, _) = run(cmd_at(&bindir.join("forkpool"), "-V"), Duration::from_secs(30));
-    assert!(v.trim().ends_with(&format!("build {}", s.get("version"))), "{v}");
+    let (_, v, _) = run(
+        cmd_at(&bindir.join("forkpool"), "-V"),
+        Duration::from_secs(30),
+    );
+    assert!(
+        v.trim().ends_with(&format!("build {}", s.get("version"))),
+        "{v}"
+    );
     // A refused build: exit 1 with the reason, the old one serves on.
-    script(&t.join("exits1"), "#!/bin/sh\necho 'broken build' >&2\nexit 1\n");
+    script(
+        &t.join("exits1"),
+        "#!/bin/sh\necho 'broken build' >&2\nexit 1\n",
+    );
     install(&t.join("exits1"), &bindir.join("forkpool"));
     let (code, _, err) = upgrade();
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("refused") && err.contains("broken build"), "{err}");
+    assert!(
+        err.contains("refused") && err.contains("broken build"),
+        "{err}"
+    );
     let after = PoolStatus::read(&status);
     assert_eq!(after.get("version"), s.get("version"));
     assert_eq!(worker_pids(&after), worker_pids(&before));
@@ -601,7 +682,10 @@ fn demo_upgrade_builds_upgrades_and_reports_a_refusal() {
         .trim()
         .parse()
         .expect("port number");
-    assert!(common::http_release(port).is_some(), "the site stopped answering");
+    assert!(
+        common::http_release(port).is_some(),
+        "the site stopped answering"
+    );
 }
 
 fn cmd_at(path: &Path, arg: &str) -> std::process::Command {

@@ -26,7 +26,7 @@ use unixtool::reexec::{instant_field, path_text, Record, StateText};
 use unixtool::supervise::KillDeadline;
 use unixtool::upstream::monotonic_usec;
 
-use crate::policy::{Generation, Phase, Policy, Reload, Settings, Slot, Stop, WorkerId, Why};
+use crate::policy::{Generation, Phase, Policy, Reload, Settings, Slot, Stop, Why, WorkerId};
 use crate::pool::Pool;
 
 pub const MAGIC: &str = "forkpool-state";
@@ -210,9 +210,7 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
                 // every instant is put back against the moment of writing.
                 let then: u64 = r.num("monotonic_us")?;
                 let ago = monotonic_usec().saturating_sub(then);
-                base = now
-                    .checked_sub(Duration::from_micros(ago))
-                    .unwrap_or(now);
+                base = now.checked_sub(Duration::from_micros(ago)).unwrap_or(now);
             }
             "pool" => {
                 seen_pool = true;
@@ -233,7 +231,11 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
                     &r,
                     "stop",
                     &stop,
-                    &[("no", Stop::No), ("graceful", Stop::Graceful), ("fast", Stop::Fast)],
+                    &[
+                        ("no", Stop::No),
+                        ("graceful", Stop::Graceful),
+                        ("fast", Stop::Fast),
+                    ],
                 )?;
                 policy.switch_since = r.instant("switch_since", base)?;
             }

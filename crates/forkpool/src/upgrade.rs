@@ -61,8 +61,14 @@ pub fn handed(settings: &Settings) -> Option<OwnedFd> {
     std::env::remove_var(CHECK_VAR);
     let fd = match reexec::handed_fd(STATE_VAR)? {
         Ok(fd) => fd,
-        Err(e) if check => TOOL.fatal(unixtool::EXIT_USAGE, format_args!("unable to read the state: {e}")),
-        Err(e) => TOOL.fatal(EXIT_TEMPORARY, format_args!("unable to read the state: {e}")),
+        Err(e) if check => TOOL.fatal(
+            unixtool::EXIT_USAGE,
+            format_args!("unable to read the state: {e}"),
+        ),
+        Err(e) => TOOL.fatal(
+            EXIT_TEMPORARY,
+            format_args!("unable to read the state: {e}"),
+        ),
     };
     if !check {
         return Some(fd);
@@ -71,7 +77,10 @@ pub fn handed(settings: &Settings) -> Option<OwnedFd> {
         .and_then(|text| crate::state::read(&text, settings.clone(), Instant::now()));
     match read {
         Ok(_) => std::process::exit(0),
-        Err(e) => TOOL.fatal(unixtool::EXIT_USAGE, format_args!("unable to read the state: {e}")),
+        Err(e) => TOOL.fatal(
+            unixtool::EXIT_USAGE,
+            format_args!("unable to read the state: {e}"),
+        ),
     }
 }
 
@@ -86,11 +95,17 @@ pub fn adopt(
     let now = Instant::now();
     let h = reexec::read_fd(fd.as_raw_fd())
         .and_then(|text| crate::state::read(&text, settings, now))
-        .unwrap_or_else(|e| TOOL.fatal(EXIT_TEMPORARY, format_args!("unable to read the state: {e}")));
+        .unwrap_or_else(|e| {
+            TOOL.fatal(
+                EXIT_TEMPORARY,
+                format_args!("unable to read the state: {e}"),
+            )
+        });
     drop(fd);
     let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
         .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
-    let fatal = |e: String| -> ! { TOOL.fatal(EXIT_TEMPORARY, format_args!("unable to adopt: {e}")) };
+    let fatal =
+        |e: String| -> ! { TOOL.fatal(EXIT_TEMPORARY, format_args!("unable to adopt: {e}")) };
     let notify = h.notify.map(|(fd, name)| {
         let sock = reexec::adopt_fd(fd).unwrap_or_else(|e| fatal(e));
         NotifySocket::adopt(sock, name)

@@ -55,7 +55,13 @@ pub fn fresh() -> Upgrade {
 
 /// The status file's upgrade keys.
 pub fn status_keys(u: &Upgrade) -> (&'static str, String, u64, u64, String) {
-    (u.name(), u.reason.clone(), u.count, u.failures, u.version.clone())
+    (
+        u.name(),
+        u.reason.clone(),
+        u.count,
+        u.failures,
+        u.version.clone(),
+    )
 }
 
 /// At start: when handed a state, its descriptor; in check mode, read it
@@ -98,21 +104,34 @@ pub fn adopt(fd: OwnedFd, opts: Options) -> (SignalPipe, Loop) {
     let mut l = Loop::new(opts, None, fresh());
     let fds = reexec::read_fd(fd.as_raw_fd())
         .and_then(|t| read(&mut l, &t, now))
-        .unwrap_or_else(|e| TOOL.fatal(EXIT_TEMPORARY, format_args!("unable to read the state: {e}")));
+        .unwrap_or_else(|e| {
+            TOOL.fatal(
+                EXIT_TEMPORARY,
+                format_args!("unable to read the state: {e}"),
+            )
+        });
     drop(fd);
     let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
         .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
-    let fatal = |e: String| -> ! { TOOL.fatal(EXIT_TEMPORARY, format_args!("unable to adopt: {e}")) };
+    let fatal =
+        |e: String| -> ! { TOOL.fatal(EXIT_TEMPORARY, format_args!("unable to adopt: {e}")) };
     if let Some((fd, name)) = fds.notify {
         let sock = reexec::adopt_fd(fd).unwrap_or_else(|e| fatal(e));
         l.notify = Some(NotifySocket::adopt(sock, name));
     }
     if let (Some(fd), Some(c)) = (fds.pipe, l.child.as_mut()) {
         let pipe = reexec::adopt_fd(fd).unwrap_or_else(|e| fatal(e));
-        c.child = Child::adopt(c.child.pid, c.child.started, Some(ReadinessPipe::adopt(pipe)));
+        c.child = Child::adopt(
+            c.child.pid,
+            c.child.started,
+            Some(ReadinessPipe::adopt(pipe)),
+        );
     }
     if l.opts.common.verbose {
-        TOOL.info(format_args!("upgraded in place: version {}", l.upgrade.version));
+        TOOL.info(format_args!(
+            "upgraded in place: version {}",
+            l.upgrade.version
+        ));
     }
     // Whatever ended meanwhile is reaped now (its SIGCHLD may be long gone).
     l.reap(now);
@@ -121,7 +140,8 @@ pub fn adopt(fd: OwnedFd, opts: Options) -> (SignalPipe, Loop) {
 }
 
 fn signal_field(s: Option<Signal>) -> String {
-    s.map(|s| (s as i32).to_string()).unwrap_or_else(|| "-".into())
+    s.map(|s| (s as i32).to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 /// The state as text, at `now`.
@@ -148,12 +168,18 @@ fn state(l: &Loop, exe: &Path, now: Instant) -> Result<String, String> {
                 ("hup", u8::from(c.hup).to_string()),
                 ("too_slow", u8::from(c.too_slow).to_string()),
                 ("kill_at", instant_field(c.kill.0, now)),
-                ("pipe", pipe.map(|p| p.to_string()).unwrap_or_else(|| "-".into())),
+                (
+                    "pipe",
+                    pipe.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                ),
             ],
         );
     }
     match &l.notify {
-        Some(n) => s.record("notify", &[("fd", n.fd().to_string()), ("name", n.name().into())]),
+        Some(n) => s.record(
+            "notify",
+            &[("fd", n.fd().to_string()), ("name", n.name().into())],
+        ),
         None => s.record("notify", &[("fd", "-".into()), ("name", String::new())]),
     }
     s.record("status", &l.status.save());
@@ -198,9 +224,7 @@ fn read(l: &mut Loop, text: &str, now: Instant) -> Result<Fds, String> {
                     .ok_or_else(|| "child: no start".to_string())?;
                 let forwarded = match r.opt_num::<i32>("forwarded")? {
                     None => None,
-                    Some(n) => Some(
-                        Signal::try_from(n).map_err(|_| format!("child: signal {n}"))?,
-                    ),
+                    Some(n) => Some(Signal::try_from(n).map_err(|_| format!("child: signal {n}"))?),
                 };
                 fds.pipe = r.opt_num("pipe")?;
                 l.child = Some(Running {
@@ -223,7 +247,8 @@ fn read(l: &mut Loop, text: &str, now: Instant) -> Result<Fds, String> {
             }
             "upgrade" => {
                 let (count, failures) = (r.num("count")?, r.num("failures")?);
-                l.upgrade.adopted(count, failures, PathBuf::from(r.take("exe")?));
+                l.upgrade
+                    .adopted(count, failures, PathBuf::from(r.take("exe")?));
                 upgrade = true;
             }
             other => return Err(format!("unknown record {other}")),

@@ -188,8 +188,8 @@ pub fn check(
         .stderr(Stdio::piped())
         .spawn();
     let _ = crate::set_cloexec(fd, true);
-    let mut child =
-        spawned.map_err(|e| format!("unable to run {}: {}", exe.display(), crate::io_reason(&e)))?;
+    let mut child = spawned
+        .map_err(|e| format!("unable to run {}: {}", exe.display(), crate::io_reason(&e)))?;
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -204,7 +204,12 @@ pub fn check(
                 ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            Err(e) => return Err(format!("unable to wait for the check: {}", crate::io_reason(&e))),
+            Err(e) => {
+                return Err(format!(
+                    "unable to wait for the check: {}",
+                    crate::io_reason(&e)
+                ))
+            }
         }
     };
     let mut said = String::new();
@@ -214,7 +219,10 @@ pub fn check(
     if status.success() {
         return Ok(());
     }
-    let how = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+    let how = match (
+        status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&status),
+    ) {
         (Some(c), _) => format!("exited {c}"),
         (None, Some(s)) => format!("was killed by signal {s}"),
         _ => "failed".to_string(),
@@ -244,7 +252,12 @@ pub fn block_signals(sigs: &SignalPipe) -> SigSet {
 /// Exec `exe` with `argv` (argv[0] kept as given), `env` added, the
 /// descriptors `keep` inherited. Returns only on failure, with every
 /// descriptor of `keep` close-on-exec again and `env` taken back out.
-pub fn exec_keeping(exe: &Path, argv: &[OsString], keep: &[RawFd], env: &[(&str, OsString)]) -> Errno {
+pub fn exec_keeping(
+    exe: &Path,
+    argv: &[OsString],
+    keep: &[RawFd],
+    env: &[(&str, OsString)],
+) -> Errno {
     let mut cleared = Vec::new();
     for &fd in keep {
         if let Err(e) = crate::set_cloexec(fd, false) {
@@ -381,7 +394,10 @@ impl Upgrade {
     pub fn refused(&mut self, tool: &crate::Tool, why: String) {
         self.phase = Phase::Failed;
         self.failures += 1;
-        tool.warn(format_args!("upgrade refused: {why}; this {} keeps running", tool.name));
+        tool.warn(format_args!(
+            "upgrade refused: {why}; this {} keeps running",
+            tool.name
+        ));
         self.reason = format!("upgrade refused: {why}");
     }
 }
@@ -407,9 +423,9 @@ pub fn run(
         memfd(names.memfd, text)
             .map_err(|e| format!("unable to create a memfd: {}", crate::strerror(e)))
     };
-    let checked = state(false).and_then(|(text, _)| memfd_of(&text)).and_then(|fd| {
-        check(&exe, &argv, &fd, names.check, names.state, CHECK_TIMEOUT)
-    });
+    let checked = state(false)
+        .and_then(|(text, _)| memfd_of(&text))
+        .and_then(|fd| check(&exe, argv, &fd, names.check, names.state, CHECK_TIMEOUT));
     if let Err(e) = checked {
         return e;
     }
@@ -433,7 +449,7 @@ pub fn run(
     };
     keep.push(fd.as_raw_fd());
     env.push((names.state, OsString::from(fd.as_raw_fd().to_string())));
-    let err = exec_keeping(&exe, &argv, &keep, &env);
+    let err = exec_keeping(&exe, argv, &keep, &env);
     crate::signals::restore_mask(&old);
     format!("unable to run {}: {}", exe.display(), crate::strerror(err))
 }
@@ -637,7 +653,10 @@ mod tests {
             "thing",
             &[
                 ("name", "a b=c%d\ne".to_string()),
-                ("when", instant_field(Some(now - Duration::from_millis(1500)), now)),
+                (
+                    "when",
+                    instant_field(Some(now - Duration::from_millis(1500)), now),
+                ),
                 ("none", instant_field(None, now)),
                 ("utf", "é ü".to_string()),
             ],
