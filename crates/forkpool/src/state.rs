@@ -350,3 +350,137 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
         exe,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Action, Mode};
+    use crate::pool::Config;
+    use crate::workers::{Process, Processes};
+    use nix::sys::signal::Signal;
+    use unixtool::readiness;
+    use unixtool::supervise::Child;
+
+    fn settings() -> Settings {
+        Settings {
+            mode: Mode::Cutover,
+            stop_signal: Signal::SIGTERM,
+            drain: Duration::from_secs(10),
+            ready: readiness::Options {
+                fd: Some(3),
+                deadline: Some(Duration::from_secs(30)),
+                ..Default::default()
+            },
+            backoff_max: Duration::from_secs(8),
+        }
+    }
+
+    /// A pool of three workers mid-reload (a HUP with a release that has
+    /// spaces and `=` in its name), with fake pids, written at `now`.
+    fn pool(now: Instant) -> Pool {
+        let t0 = now - Duration::from_secs(5);
+        let r1 = Some(PathBuf::from("/srv/releases/r 1=x"));
+        let (mut p, _) = Policy::new(settings(), r1, 3);
+        let mut procs = Processes::default();
+        let mut pid = 100;
+        let mut feed = |p: &mut Policy, actions: Vec<Action>, procs: &mut Processes| {
+            for a in actions {
+                if let Action::Start { worker, .. } = a {
+                    pid += 1;
+                    let _ = p.started(worker, pid);
+                    procs.list.push(Process {
+                        id: worker,
+                        child: Child::adopt(nix::unistd::Pid::from_raw(pid), t0, None),
+                        hold: None,
+                    });
+                }
+            }
+        };
+        let a = p.step(t0);
+        feed(&mut p, a, &mut procs);
+        let ids: Vec<WorkerId> = p.workers.iter().map(|w| w.id).collect();
+        let _ = p.tick(t0 + Duration::from_millis(200), &ids);
+        let _ = p.step(t0 + Duration::from_millis(200));
+        let _ = p.hup(t0 + Duration::from_secs(4), || {
+            Ok(Some(PathBuf::from("/srv/releases/r2")))
+        });
+        let a = p.step(t0 + Duration::from_secs(4));
+        feed(&mut p, a, &mut procs);
+        let cfg = Config {
+            prog: vec!["app".into()],
+            ready: settings().ready,
+            pin: None,
+            status: None,
+            verbose: false,
+        };
+        let mut up = crate::upgrade::fresh();
+        up.count = 7;
+        Pool::from_parts(cfg, p, None, procs, up)
+    }
+
+    #[test]
+    fn a_state_reads_back_as_it_was_written() {
+        let now = Instant::now();
+        let pool = pool(now);
+        let text = write(&pool, std::path::Path::new("/usr/bin/forkpool"), now).unwrap();
+        let h = read(&text, settings(), now).unwrap();
+        // The status file's text covers every key a reader sees.
+        assert_eq!(
+            crate::status::text(&h.policy),
+            crate::status::text(&pool.policy)
+        );
+        let (a, b) = (&pool.policy, &h.policy);
+        assert_eq!(a.workers.len(), 6);
+        for (x, y) in a.workers.iter().zip(&b.workers) {
+            assert_eq!(
+                (
+                    x.id,
+                    x.pid,
+                    x.slot,
+                    x.generation,
+                    x.phase,
+                    x.held,
+                    x.retired
+                ),
+                (
+                    y.id,
+                    y.pid,
+                    y.slot,
+                    y.generation,
+                    y.phase,
+                    y.held,
+                    y.retired
+                )
+            );
+            // Within the time the test took between write and read.
+            let d = x.started.max(y.started) - x.started.min(y.started);
+            assert!(d < Duration::from_millis(50), "{d:?}");
+        }
+        assert_eq!(
+            (a.target.clone(), a.serving.clone()),
+            (b.target.clone(), b.serving.clone())
+        );
+        assert_eq!(a.accepting, b.accepting);
+        assert!(matches!(b.reload, Reload::Running { .. }));
+        assert_eq!((a.newest, a.next_worker), (b.newest, b.next_worker));
+        assert_eq!(h.upgrades, 7);
+        assert_eq!(h.procs.len(), 6);
+        assert_eq!(h.exe, PathBuf::from("/usr/bin/forkpool"));
+    }
+
+    #[test]
+    fn another_version_an_unknown_key_or_a_cut_state_is_refused() {
+        let now = Instant::now();
+        let text = write(&pool(now), std::path::Path::new("/x"), now).unwrap();
+        let other = text.replacen("forkpool-state 1", "forkpool-state 2", 1);
+        let e = read(&other, settings(), now).err().unwrap();
+        assert!(e.contains("state version 2"), "{e}");
+        let extra = text.replacen("worker id=", "worker colour=red id=", 1);
+        let e = read(&extra, settings(), now).err().unwrap();
+        assert!(e.contains("unknown key colour"), "{e}");
+        let cut = &text[..text.len() / 2];
+        assert!(read(cut, settings(), now).is_err());
+        let missing = text.replace(" slot=", " slut=");
+        assert!(read(&missing, settings(), now).is_err());
+    }
+}
