@@ -693,3 +693,40 @@ fn cmd_at(path: &Path, arg: &str) -> std::process::Command {
     c.arg(arg);
     c
 }
+
+#[test]
+fn a_worker_still_starting_is_told_ready_through_its_adopted_pipe() {
+    let t = TempDir::new("upgrade-starting");
+    let (_, b) = two_builds(t.path(), "forkpool");
+    script(&t.join("w"), SLEEPER);
+    let chain = Chain::start(
+        t.path(),
+        "forkpool",
+        &["-n", "2", "-d", "3", "-t", "20000"],
+        &["./w"],
+        &[],
+    );
+    chain.settled(2);
+    std::fs::write(t.join("delay"), "3").expect("delay");
+    chain.p.signal(Signal::SIGTTIN);
+    assert!(wait_until(LONG, || chain.status().pids("starting").len() == 1));
+    let starting = chain.status().pids("starting")[0];
+    install(&b, &chain.exe);
+    chain.p.signal(Signal::SIGUSR2);
+    assert!(wait_until(LONG, || chain.status().get("upgrade") == "ok"));
+    assert_eq!(
+        chain.status().pids("starting"),
+        vec![starting],
+        "the upgrade outlasted the start: {:?}",
+        chain.status()
+    );
+    let s = chain.settled(3);
+    assert!(
+        s.pids("ready").contains(&starting),
+        "{s:?}\n{}",
+        chain.log()
+    );
+    assert!(chain
+        .log()
+        .contains(&format!("(pid {starting}, generation 1) ready after")));
+}
