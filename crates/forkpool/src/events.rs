@@ -62,6 +62,11 @@ impl Pool {
             Signal::SIGQUIT => self.policy.stop(now, Stop::Fast, Signal::SIGQUIT),
             Signal::SIGTTIN => self.policy.ttin(),
             Signal::SIGTTOU => self.policy.ttou(),
+            // USR2: the in-place upgrade, after this turn's signals (upgrade.rs).
+            Signal::SIGUSR2 => {
+                self.upgrade.asked = true;
+                Vec::new()
+            }
             other => {
                 for p in &self.procs.list {
                     child::signal(p.child.pid, other);

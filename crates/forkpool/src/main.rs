@@ -11,7 +11,9 @@
 mod events;
 mod policy;
 mod pool;
+mod state;
 mod status;
+mod upgrade;
 mod upstream;
 mod workers;
 
@@ -19,7 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use unixtool::signals::{parse_signal, poll_readable};
+use unixtool::signals::{parse_signal, poll_readable, SignalPipe};
 use unixtool::supervise::{self, SupervisorOptions};
 use unixtool::{Tool, EXIT_TEMPORARY};
 
@@ -123,19 +125,15 @@ fn parse_options() -> (Config, Settings, usize) {
 
 fn main() {
     let (cfg, settings, workers) = parse_options();
+    // Handed a state by an in-place upgrade (USR2)? In check mode, exits here.
+    let handed = upgrade::handed(&settings);
     // forkpool's own supervisor (systemd Type=notify): taken out of the
     // environment before any worker starts.
     let mut upstream = upstream::Upstream::from_env();
-    let (sigs, notify) = supervise::catch_signals(&TOOL, &cfg.ready);
-    let release = cfg.pin.as_ref().map(|p| {
-        pool::resolve(p).unwrap_or_else(|e| {
-            TOOL.fatal(
-                EXIT_TEMPORARY,
-                format_args!("unable to resolve {}: {e}", p.display()),
-            )
-        })
-    });
-    let mut pool = Pool::new(cfg, settings, notify, release, workers);
+    let (sigs, mut pool) = match handed {
+        Some(state) => upgrade::adopt(state, cfg, settings, upstream.as_mut()),
+        None => start(cfg, settings, workers),
+    };
 
     loop {
         pool.step(Instant::now());
@@ -159,5 +157,21 @@ fn main() {
             pool.signal(sig, now);
         }
         pool.reap(now);
+        pool.upgrade_if_asked(&sigs, upstream.as_mut());
     }
+}
+
+/// A fresh start: the signals, the notification socket, the pinned release,
+/// the first generation.
+fn start(cfg: Config, settings: Settings, workers: usize) -> (SignalPipe, Pool) {
+    let (sigs, notify) = supervise::catch_signals(&TOOL, &cfg.ready);
+    let release = cfg.pin.as_ref().map(|p| {
+        pool::resolve(p).unwrap_or_else(|e| {
+            TOOL.fatal(
+                EXIT_TEMPORARY,
+                format_args!("unable to resolve {}: {e}", p.display()),
+            )
+        })
+    });
+    (sigs, Pool::new(cfg, settings, notify, release, workers))
 }

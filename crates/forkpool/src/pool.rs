@@ -30,6 +30,8 @@ pub struct Pool {
     pub(crate) policy: Policy,
     pub(crate) procs: Processes,
     status: Option<StatusFile>,
+    /// USR2, the in-place upgrade (upgrade.rs).
+    pub(crate) upgrade: crate::upgrade::Upgrade,
 }
 
 /// Resolve the pinned symlink to the directory it names now.
@@ -57,9 +59,29 @@ impl Pool {
             policy,
             procs: Processes::default(),
             status,
+            upgrade: crate::upgrade::fresh(),
         };
         pool.apply(actions, Instant::now());
         pool
+    }
+
+    /// The pool as an in-place upgrade hands it over (upgrade.rs).
+    pub(crate) fn from_parts(
+        cfg: Config,
+        policy: Policy,
+        notify: Option<NotifySocket>,
+        procs: Processes,
+        upgrade: crate::upgrade::Upgrade,
+    ) -> Pool {
+        let status = cfg.status.clone().map(StatusFile::new);
+        Pool {
+            cfg,
+            notify,
+            policy,
+            procs,
+            status,
+            upgrade,
+        }
     }
 
     /// Carry out the policy's actions, in order.
@@ -131,6 +153,7 @@ impl Pool {
     /// Replace the status file when the state changed.
     pub fn write_status(&mut self) {
         if let Some(f) = self.status.as_mut() {
+            f.upgrade = crate::status::UpgradeLines::of(&self.upgrade);
             f.write(&self.policy);
         }
     }

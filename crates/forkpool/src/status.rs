@@ -44,6 +44,32 @@ pub struct StatusFile {
     path: PathBuf,
     last: String,
     warned: bool,
+    /// The in-place upgrade's keys.
+    pub upgrade: UpgradeLines,
+}
+
+/// The in-place upgrade's part of the status file (upgrade.rs).
+#[derive(Default)]
+pub struct UpgradeLines {
+    /// none | running | ok | failed
+    pub phase: &'static str,
+    /// Why the last upgrade failed, while it is `failed`.
+    pub reason: String,
+    pub count: u64,
+    pub failures: u64,
+    pub version: String,
+}
+
+impl UpgradeLines {
+    pub fn of(u: &crate::upgrade::Upgrade) -> UpgradeLines {
+        UpgradeLines {
+            phase: u.name(),
+            reason: u.reason.clone(),
+            count: u.count,
+            failures: u.failures,
+            version: u.version.clone(),
+        }
+    }
 }
 
 impl StatusFile {
@@ -52,13 +78,14 @@ impl StatusFile {
             path,
             last: String::new(),
             warned: false,
+            upgrade: UpgradeLines::default(),
         }
     }
 
     /// Replace the file (by rename) when the state changed; one warning per
     /// run of failures.
     pub fn write(&mut self, p: &Policy) {
-        let text = text(p);
+        let text = text_with(p, &self.upgrade);
         if text == self.last {
             return;
         }
@@ -84,7 +111,13 @@ impl StatusFile {
 }
 
 /// The status file's text (README.md, "Status file").
+#[allow(dead_code)] // the policy tests compare states by it
 pub fn text(p: &Policy) -> String {
+    text_with(p, &UpgradeLines::default())
+}
+
+/// The status file's text, with the upgrade's keys.
+pub fn text_with(p: &Policy, up: &UpgradeLines) -> String {
     let mut s = String::new();
     let state = match p.stop {
         Stop::No => "running",
@@ -105,10 +138,22 @@ pub fn text(p: &Policy) -> String {
     let _ = writeln!(s, "workers={}", p.slots.len());
     let _ = writeln!(s, "ready={}", sum.ready);
     let _ = writeln!(s, "reload={reload}");
-    let _ = writeln!(s, "reason={}", p.reason.replace('\n', " "));
+    // reason= is shared: a failed reload's own reason, else a failed upgrade's.
+    let reason = if p.reason.is_empty() && up.phase == "failed" {
+        &up.reason
+    } else {
+        &p.reason
+    };
+    let _ = writeln!(s, "reason={}", reason.replace('\n', " "));
     let _ = writeln!(s, "release={}", sum.release);
     let _ = writeln!(s, "mode={}", p.settings.mode.name());
     let _ = writeln!(s, "held={}", p.held_count());
+    if !up.phase.is_empty() {
+        let _ = writeln!(s, "upgrade={}", up.phase);
+        let _ = writeln!(s, "upgrades={}", up.count);
+        let _ = writeln!(s, "upgrade_failures={}", up.failures);
+        let _ = writeln!(s, "version={}", up.version);
+    }
     let mut ws: Vec<&Worker> = p.workers.iter().collect();
     ws.sort_by_key(|w| (w.slot, w.generation));
     for w in ws {

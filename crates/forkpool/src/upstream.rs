@@ -82,6 +82,28 @@ impl Upstream {
         ));
     }
 
+    /// An in-place upgrade begins: RELOADING=1 (READY=1 follows from the
+    /// new image, or from this one if the upgrade is refused).
+    pub fn reloading(&mut self, status: &str) {
+        self.pending = true;
+        self.send(format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS={status}\n",
+            monotonic_usec()
+        ));
+    }
+
+    /// The new image of an in-place upgrade: RELOADING=1 was sent by the old
+    /// one for the pool as it is (generation `newest`); READY=1 is due.
+    pub fn adopted(&mut self, newest: u64) {
+        self.newest = newest;
+        self.pending = true;
+    }
+
+    /// `NOTIFY_SOCKET` as forkpool got it, for the next image.
+    pub fn env_value(&self) -> &std::ffi::OsStr {
+        self.sender.env_value()
+    }
+
     fn send(&mut self, msg: String) {
         self.sender.send(&TOOL, &msg);
     }

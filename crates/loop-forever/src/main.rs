@@ -10,6 +10,7 @@
 //! child and backoff modules.
 
 mod status;
+mod upgrade;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -76,6 +77,8 @@ struct Loop {
     /// The last child exited 0 young without being asked to: one more is a failure.
     young_clean: bool,
     status: status::StatusFile,
+    /// USR2, the in-place upgrade (upgrade.rs).
+    upgrade: unixtool::reexec::Upgrade,
 }
 
 fn parse_options() -> Options {
@@ -96,22 +99,17 @@ fn parse_options() -> Options {
 
 fn main() {
     let opts = parse_options();
-    let (sigs, notify) = supervise::catch_signals(&TOOL, &opts.common.ready);
-    let name = opts.prog[0].to_string_lossy().into_owned();
-    let tracked = opts.common.ready.tracked();
-    let mut l = Loop {
-        status: status::StatusFile::new(opts.status.clone(), &name, tracked),
-        name,
-        backoff: Backoff::new(opts.common.backoff_max),
-        opts,
-        notify,
-        child: None,
-        start_at: Some(Instant::now()),
-        stopping: None,
-        young_clean: false,
+    // Handed a state by an in-place upgrade (USR2)? In check mode, exits here.
+    let (sigs, mut l) = match upgrade::handed(&opts) {
+        Some(state) => upgrade::adopt(state, opts),
+        None => {
+            let (sigs, notify) = supervise::catch_signals(&TOOL, &opts.common.ready);
+            (sigs, Loop::new(opts, notify, upgrade::fresh()))
+        }
     };
     loop {
         l.start_if_due(Instant::now());
+        l.status.upgrade = upgrade::status_keys(&l.upgrade);
         l.status.write();
         l.wait(&sigs);
         let now = Instant::now();
@@ -121,10 +119,28 @@ fn main() {
             l.signal(sig, now);
         }
         l.reap(now);
+        l.upgrade_if_asked(&sigs);
     }
 }
 
 impl Loop {
+    fn new(opts: Options, notify: Option<NotifySocket>, up: unixtool::reexec::Upgrade) -> Loop {
+        let name = opts.prog[0].to_string_lossy().into_owned();
+        let tracked = opts.common.ready.tracked();
+        Loop {
+            status: status::StatusFile::new(opts.status.clone(), &name, tracked),
+            name,
+            backoff: Backoff::new(opts.common.backoff_max),
+            opts,
+            notify,
+            child: None,
+            start_at: Some(Instant::now()),
+            stopping: None,
+            young_clean: false,
+            upgrade: up,
+        }
+    }
+
     fn info(&self, msg: std::fmt::Arguments) {
         if self.opts.common.verbose {
             TOOL.info(msg)
@@ -251,6 +267,8 @@ impl Loop {
                 ));
                 self.forward(sig);
             }
+            // USR2: the in-place upgrade, after this turn's signals (upgrade.rs).
+            Signal::SIGUSR2 => self.upgrade.asked = true,
             Signal::SIGHUP if self.child.is_none() => {
                 // A HUP during a back-off: the code was fixed; start it now.
                 self.info(format_args!(

@@ -34,6 +34,9 @@ pub struct StatusFile {
     child: Option<Child>,
     last: String,
     warned: bool,
+    /// The in-place upgrade's keys: upgrade, its reason, upgrades,
+    /// upgrade_failures, version (set by upgrade.rs before each write).
+    pub upgrade: (&'static str, String, u64, u64, String),
 }
 
 impl StatusFile {
@@ -51,6 +54,7 @@ impl StatusFile {
             child: None,
             last: String::new(),
             warned: false,
+            upgrade: ("none", String::new(), 0, 0, String::new()),
         }
     }
 
@@ -129,6 +133,61 @@ impl StatusFile {
         }
     }
 
+    /// Whether a reload runs (an upgrade waits for its end).
+    pub fn reloading(&self) -> bool {
+        self.reload == "running"
+    }
+
+    /// The fields an in-place upgrade hands over (upgrade.rs).
+    pub fn save(&self) -> Vec<(&'static str, String)> {
+        let (cg, cstate) = match &self.child {
+            Some(c) => (c.generation.to_string(), c.state.to_string()),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        vec![
+            ("state", self.state.to_string()),
+            ("generation", self.generation.to_string()),
+            ("serving_generation", self.serving_generation.to_string()),
+            ("reload", self.reload.to_string()),
+            ("reason", self.reason.clone()),
+            ("release", self.release.clone()),
+            ("child_generation", cg),
+            ("child_state", cstate),
+        ]
+    }
+
+    /// Put back what [`StatusFile::save`] wrote; `pid`: the child's.
+    pub fn restore(
+        &mut self,
+        r: &mut unixtool::reexec::Record,
+        pid: Option<Pid>,
+    ) -> Result<(), String> {
+        fn known(v: &str, names: &[&'static str]) -> Result<&'static str, String> {
+            names
+                .iter()
+                .copied()
+                .find(|n| *n == v)
+                .ok_or_else(|| format!("status: {v:?} is not known"))
+        }
+        self.state = known(&r.take("state")?, &["running", "stopping", "stopped"])?;
+        self.generation = r.num("generation")?;
+        self.serving_generation = r.num("serving_generation")?;
+        self.reload = known(&r.take("reload")?, &["none", "running", "ok", "failed"])?;
+        self.reason = r.take("reason")?;
+        self.release = r.take("release")?;
+        let cg: Option<u64> = r.opt_num("child_generation")?;
+        let cstate = r.take("child_state")?;
+        self.child = match (cg, pid) {
+            (Some(generation), Some(pid)) => Some(Child {
+                generation,
+                pid,
+                state: known(&cstate, &["starting", "ready", "stopping"])?,
+            }),
+            _ => None,
+        };
+        Ok(())
+    }
+
     fn text(&self) -> String {
         let mut s = String::new();
         let ready = self.child.as_ref().is_some_and(|c| c.state == "ready");
@@ -139,9 +198,19 @@ impl StatusFile {
         let _ = writeln!(s, "workers=1");
         let _ = writeln!(s, "ready={}", u8::from(ready));
         let _ = writeln!(s, "reload={}", self.reload);
-        let _ = writeln!(s, "reason={}", self.reason.replace('\n', " "));
+        // reason= is shared: a failed reload's, else a failed upgrade's.
+        let reason = if self.reason.is_empty() && self.upgrade.0 == "failed" {
+            &self.upgrade.1
+        } else {
+            &self.reason
+        };
+        let _ = writeln!(s, "reason={}", reason.replace('\n', " "));
         let _ = writeln!(s, "release={}", self.release);
         let _ = writeln!(s, "mode=loop");
+        let _ = writeln!(s, "upgrade={}", self.upgrade.0);
+        let _ = writeln!(s, "upgrades={}", self.upgrade.2);
+        let _ = writeln!(s, "upgrade_failures={}", self.upgrade.3);
+        let _ = writeln!(s, "version={}", self.upgrade.4);
         if let Some(c) = &self.child {
             let _ = writeln!(s, "worker=0 {} {} {}", c.generation, c.pid, c.state);
         }

@@ -49,6 +49,14 @@ impl Backoff {
         self.failures = 0;
     }
 
+    /// A back-off handed over by an in-place upgrade: `failures` in a row.
+    pub fn restored(cap: Duration, failures: u32) -> Backoff {
+        Backoff {
+            cap: cap.max(ONE_SECOND),
+            failures,
+        }
+    }
+
     /// Failures in a row so far.
     pub fn failures(&self) -> u32 {
         self.failures

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod child;
 pub mod readiness;
+pub mod reexec;
 pub mod signals;
 pub mod statusfile;
 pub mod supervise;
@@ -84,9 +85,15 @@ impl Tool {
         std::process::exit(0)
     }
 
-    /// `-V/--version`.
+    /// `-V/--version`: the name, the version, the build id
+    /// ([`reexec::build_id`]: what a status file's `version=` says).
     pub fn print_version(&self) -> ! {
-        println!("{} {}", self.name, env!("CARGO_PKG_VERSION"));
+        println!(
+            "{} {} build {}",
+            self.name,
+            env!("CARGO_PKG_VERSION"),
+            reexec::build_id()
+        );
         std::process::exit(0)
     }
 

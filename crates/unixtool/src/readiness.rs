@@ -80,6 +80,16 @@ impl ReadinessPipe {
         })
     }
 
+    /// The read end of a pipe handed over by an in-place upgrade (the child
+    /// has not written its newline yet), non-blocking.
+    pub fn adopt(read: OwnedFd) -> ReadinessPipe {
+        ReadinessPipe {
+            read,
+            write: None,
+            seen: false,
+        }
+    }
+
     /// The write end, to hand to the child (valid until [`Self::close_write`]).
     pub fn write_fd(&self) -> RawFd {
         self.write.as_ref().map(|w| w.as_raw_fd()).unwrap_or(-1)
@@ -165,6 +175,17 @@ impl NotifySocket {
         let addr = UnixAddr::new_abstract(name.as_bytes())?;
         bind(sock.as_raw_fd(), &addr)?;
         Ok(NotifySocket { sock, name })
+    }
+
+    /// The socket handed over by an in-place upgrade, by its descriptor and
+    /// name (what [`NotifySocket::name`] said in the previous image).
+    pub fn adopt(sock: OwnedFd, name: String) -> NotifySocket {
+        NotifySocket { sock, name }
+    }
+
+    /// The socket's name (without the `@`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The value of `NOTIFY_SOCKET` for children (`@` marks the abstract namespace).

@@ -56,6 +56,13 @@ impl Child {
         })
     }
 
+    /// A child handed over by an in-place upgrade: still our child (its pid
+    /// kept across exec), started at `started`, its readiness pipe if it is
+    /// still listened to.
+    pub fn adopt(pid: Pid, started: Instant, pipe: Option<ReadinessPipe>) -> Child {
+        Child { pid, started, pipe }
+    }
+
     /// The readiness pipe's descriptor, to poll, while it is listened to.
     pub fn pipe_fd(&self) -> Option<RawFd> {
         self.pipe.as_ref().map(|p| p.fd())

@@ -14,6 +14,8 @@ pub struct Upstream {
     addr: SocketAddr,
     /// NOTIFY_SOCKET's value, for messages.
     name: String,
+    /// NOTIFY_SOCKET's value as it was, to put back for an in-place upgrade.
+    value: std::ffi::OsString,
     warned: bool,
 }
 
@@ -45,8 +47,15 @@ impl Upstream {
             sock,
             addr,
             name: value.to_string_lossy().into_owned(),
+            value,
             warned: false,
         })
+    }
+
+    /// `NOTIFY_SOCKET` as it was at start: an in-place upgrade puts it back
+    /// in the environment of the next image, which takes it out again.
+    pub fn env_value(&self) -> &std::ffi::OsStr {
+        &self.value
     }
 
     /// Send one datagram (`KEY=value` lines); the first failure is a warning.

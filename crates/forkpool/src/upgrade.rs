@@ -1,0 +1,209 @@
+//! USR2: forkpool upgrades itself in place. Same pid, same workers, the
+//! socket never closed:
+//!
+//! 1. USR2 during a reload waits until the reload ends (`upgrade=running`
+//!    meanwhile); USR2 while stopping is ignored (a warning).
+//! 2. The whole state (state.rs) goes into a memfd; the program by the path
+//!    forkpool was started with runs in check mode on it
+//!    (`FORKPOOL_UPGRADE_CHECK=1`, the descriptor in `FORKPOOL_STATE_FD`): it
+//!    must read the same command line and the state, and exit 0. Otherwise
+//!    nothing is exec'd: one warning line, `upgrade=failed` and `reason=`.
+//! 3. Every signal is blocked (the ones caught and not handled yet are made
+//!    pending again), the state is written once more, and forkpool execs that
+//!    path with the same argv, keeping fd 0, the workers' readiness pipes and
+//!    hold descriptors, the notification socket and the state's descriptor
+//!    (close-on-exec cleared just for the exec). `NOTIFY_SOCKET` of its own
+//!    supervisor goes back into the environment (RELOADING=1 was sent; the new
+//!    image sends READY=1).
+//! 4. The new image ([`adopt`]) reads the state, adopts the workers (still
+//!    its children), then unblocks the signals: a HUP or TERM that arrived
+//!    meanwhile is handled now.
+//!
+//! Test hook: `FORKPOOL_UPGRADE_PAUSE_MS=N` makes the old image pause N ms
+//! between blocking the signals and the exec (one warning line says so).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Instant;
+
+use unixtool::readiness::{NotifySocket, ReadinessPipe};
+use unixtool::reexec;
+use unixtool::signals::{SignalPipe, SUPERVISOR_SIGNALS};
+use unixtool::supervise::Child;
+use unixtool::EXIT_TEMPORARY;
+
+use crate::policy::{Reload, Settings, Stop};
+use crate::pool::{Config, Pool};
+use crate::upstream::Upstream;
+use crate::workers::{Process, Processes};
+use crate::TOOL;
+
+pub const STATE_VAR: &str = "FORKPOOL_STATE_FD";
+pub const CHECK_VAR: &str = "FORKPOOL_UPGRADE_CHECK";
+pub const NAMES: reexec::Names = reexec::Names {
+    memfd: "forkpool-state",
+    state: STATE_VAR,
+    check: CHECK_VAR,
+    pause: "FORKPOOL_UPGRADE_PAUSE_MS",
+};
+
+pub use reexec::Upgrade;
+
+/// A fresh start's upgrade bookkeeping.
+pub fn fresh() -> Upgrade {
+    Upgrade::new(TOOL.name)
+}
+
+/// At start: when handed a state, its descriptor. In check mode, read the
+/// state with `settings` and exit: 0 if it is whole and of this version,
+/// 100 (one fatal line) if not.
+pub fn handed(settings: &Settings) -> Option<OwnedFd> {
+    let check = std::env::var_os(CHECK_VAR).is_some();
+    std::env::remove_var(CHECK_VAR);
+    let fd = match reexec::handed_fd(STATE_VAR)? {
+        Ok(fd) => fd,
+        Err(e) if check => TOOL.fatal(
+            unixtool::EXIT_USAGE,
+            format_args!("unable to read the state: {e}"),
+        ),
+        Err(e) => TOOL.fatal(
+            EXIT_TEMPORARY,
+            format_args!("unable to read the state: {e}"),
+        ),
+    };
+    if !check {
+        return Some(fd);
+    }
+    let read = reexec::read_fd(fd.as_raw_fd())
+        .and_then(|text| crate::state::read(&text, settings.clone(), Instant::now()));
+    match read {
+        Ok(_) => std::process::exit(0),
+        Err(e) => TOOL.fatal(
+            unixtool::EXIT_USAGE,
+            format_args!("unable to read the state: {e}"),
+        ),
+    }
+}
+
+/// The new image: read the state, adopt the workers and descriptors, then
+/// unblock the signals (still blocked since the old image's exec).
+pub fn adopt(
+    fd: OwnedFd,
+    cfg: Config,
+    settings: Settings,
+    upstream: Option<&mut Upstream>,
+) -> (SignalPipe, Pool) {
+    let now = Instant::now();
+    let h = reexec::read_fd(fd.as_raw_fd())
+        .and_then(|text| crate::state::read(&text, settings, now))
+        .unwrap_or_else(|e| {
+            TOOL.fatal(
+                EXIT_TEMPORARY,
+                format_args!("unable to read the state: {e}"),
+            )
+        });
+    drop(fd);
+    let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
+        .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
+    let fatal =
+        |e: String| -> ! { TOOL.fatal(EXIT_TEMPORARY, format_args!("unable to adopt: {e}")) };
+    let notify = h.notify.map(|(fd, name)| {
+        let sock = reexec::adopt_fd(fd).unwrap_or_else(|e| fatal(e));
+        NotifySocket::adopt(sock, name)
+    });
+    let mut procs = Processes::default();
+    for p in h.procs {
+        let pipe = p
+            .pipe
+            .map(|fd| reexec::adopt_fd(fd).map(ReadinessPipe::adopt))
+            .transpose()
+            .unwrap_or_else(|e| fatal(e));
+        let hold = p
+            .hold
+            .map(reexec::adopt_fd)
+            .transpose()
+            .unwrap_or_else(|e| fatal(e));
+        let child = Child::adopt(nix::unistd::Pid::from_raw(p.pid), p.started, pipe);
+        procs.list.push(Process {
+            id: p.id,
+            child,
+            hold,
+        });
+    }
+    let mut up = fresh();
+    up.adopted(h.upgrades, h.upgrade_failures, h.exe);
+    if let Some(u) = upstream {
+        u.adopted(h.policy.newest);
+    }
+    if cfg.verbose {
+        TOOL.info(format_args!(
+            "upgraded in place: version {}, {} workers adopted",
+            up.version,
+            h.policy.workers.len()
+        ));
+    }
+    let mut pool = Pool::from_parts(cfg, h.policy, notify, procs, up);
+    // Whatever ended meanwhile is reaped now (its SIGCHLD may be long gone).
+    pool.reap(now);
+    unixtool::signals::unblock_all();
+    (sigs, pool)
+}
+
+impl Pool {
+    /// After the signals of one turn: carry out a USR2 if one came and the
+    /// pool is not reloading (then it waits) or stopping (then it is dropped).
+    pub fn upgrade_if_asked(&mut self, sigs: &SignalPipe, mut upstream: Option<&mut Upstream>) {
+        if !self.upgrade.asked {
+            return;
+        }
+        if self.policy.stop != Stop::No {
+            self.upgrade.asked = false;
+            TOOL.warn("USR2 while stopping: no upgrade");
+            return;
+        }
+        self.upgrade.phase = reexec::Phase::Running;
+        if matches!(self.policy.reload, Reload::Running { .. }) {
+            // Waits for the end of the reload (ok or failed); then upgrades.
+            return;
+        }
+        self.upgrade.asked = false;
+        self.write_status();
+        if let Some(u) = upstream.as_deref_mut() {
+            u.reloading("upgrading forkpool in place");
+        }
+        let mut env = Vec::new();
+        if let Some(u) = &upstream {
+            env.push(("NOTIFY_SOCKET", u.env_value().to_os_string()));
+        }
+        let (exe, argv) = (self.upgrade.exe.clone(), self.upgrade.argv.clone());
+        let path = exe.clone().unwrap_or_default();
+        let why = reexec::run(
+            &exe,
+            &argv,
+            &TOOL,
+            &NAMES,
+            sigs,
+            &mut |blocked| {
+                if blocked {
+                    // SIGCHLD is blocked: what ended during the check is
+                    // accounted for now; the state is as of this moment.
+                    self.reap(Instant::now());
+                }
+                let text = crate::state::write(self, &path, Instant::now())?;
+                Ok((text, self.kept_fds()))
+            },
+            env,
+        );
+        self.upgrade.refused(&TOOL, why);
+    }
+
+    /// The descriptors the next image needs: the notification socket, the
+    /// workers' readiness pipes and hold descriptors.
+    fn kept_fds(&self) -> Vec<std::os::fd::RawFd> {
+        let mut keep: Vec<_> = self.notify.as_ref().map(|n| n.fd()).into_iter().collect();
+        for p in &self.procs.list {
+            keep.extend(p.child.pipe_fd());
+            keep.extend(p.hold.as_ref().map(|h| h.as_raw_fd()));
+        }
+        keep
+    }
+}

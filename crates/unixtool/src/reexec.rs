@@ -1,0 +1,707 @@
+//! The in-place upgrade both supervisors do on USR2 (forkpool, loop-forever):
+//! a process keeps its pid, its children and its descriptors across
+//! execve(2), so it can exec a new build of itself with its state handed over.
+//!
+//! The pieces shared here:
+//! - [`started_path`]: the program by the path it was started with (argv[0]
+//!   resolved against PATH and the working directory at start), so that a
+//!   binary rebuilt at that path is what runs next (`/proc/self/exe` would
+//!   name the old, possibly deleted, file);
+//! - [`build_id`]: the `version=` of the status files, a hash of the running
+//!   executable's bytes (two different builds differ), after an optional tag;
+//! - [`StateText`]: the versioned, line-based state format (`KIND key=value
+//!   ...`, values escaped; an unknown version, kind or key is refused), and
+//!   [`memfd`]/[`read_fd`] to hand it over on a descriptor;
+//! - [`check`]: the new program run in a check mode on that state (it must
+//!   parse it and exit 0) before anything is exec'd;
+//! - [`block_signals`] (pending signals stay pending across exec),
+//!   [`exec_keeping`] (the descriptors to keep lose close-on-exec just for the
+//!   exec, put back if the exec fails).
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::SigSet;
+
+use crate::signals::SignalPipe;
+
+/// argv[0] as a path to exec later: with a slash, against the working
+/// directory now; without, the first executable file of that name in PATH.
+pub fn started_path(argv0: &OsStr) -> Result<PathBuf, String> {
+    let p = Path::new(argv0);
+    if argv0.as_bytes().contains(&b'/') {
+        if p.is_absolute() {
+            return Ok(p.to_path_buf());
+        }
+        let cwd = std::env::current_dir().map_err(|e| crate::io_reason(&e))?;
+        return Ok(cwd.join(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let cand = dir.join(p);
+        let exec = std::fs::metadata(&cand)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if exec {
+            if cand.is_absolute() {
+                return Ok(cand);
+            }
+            let cwd = std::env::current_dir().map_err(|e| crate::io_reason(&e))?;
+            return Ok(cwd.join(cand));
+        }
+    }
+    Err(format!("{} is not in PATH", p.display()))
+}
+
+/// The build id: 16 hex digits of a 64-bit hash of the running executable's
+/// bytes, so two builds that differ in any byte have different ids (what
+/// `-V` prints after `build`, and `version=` in the status files);
+/// `unknown` if the executable cannot be read.
+pub fn build_id() -> String {
+    let hash = match std::fs::File::open("/proc/self/exe") {
+        Ok(mut f) => {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            let mut ok = true;
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        for chunk in buf[..n].chunks(8) {
+                            let mut w = [0u8; 8];
+                            w[..chunk.len()].copy_from_slice(chunk);
+                            h ^= u64::from_le_bytes(w);
+                            h = h.wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            ok.then(|| format!("{h:016x}"))
+        }
+        Err(_) => None,
+    };
+    hash.unwrap_or_else(|| "unknown".to_string())
+}
+
+/// A memfd holding `text`, close-on-exec, its offset at 0.
+pub fn memfd(name: &str, text: &str) -> Result<OwnedFd, Errno> {
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
+    let fd = memfd_create(&cname, MemFdCreateFlag::MFD_CLOEXEC)?;
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        match nix::unistd::write(&fd, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    nix::unistd::lseek(fd.as_raw_fd(), 0, nix::unistd::Whence::SeekSet)?;
+    Ok(fd)
+}
+
+/// The whole text on `fd`, from its start (the offset is shared with the
+/// check child, hence the seek).
+pub fn read_fd(fd: RawFd) -> Result<String, String> {
+    nix::unistd::lseek(fd, 0, nix::unistd::Whence::SeekSet)
+        .map_err(|e| format!("unable to seek: {}", crate::strerror(e)))?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(format!("unable to read: {}", crate::strerror(e))),
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the state is not UTF-8".to_string())
+}
+
+/// The descriptor an upgrading image handed over in `var` (the variable is
+/// taken out of the environment): None when not upgrading.
+pub fn handed_fd(var: &str) -> Option<Result<OwnedFd, String>> {
+    let v = std::env::var_os(var)?;
+    std::env::remove_var(var);
+    let fd = crate::parse_number::<RawFd>(&v, 0, RawFd::MAX)
+        .filter(|&fd| crate::fd_is_open(fd))
+        .ok_or_else(|| format!("{var}={:?} is not an open descriptor", v.to_string_lossy()));
+    Some(fd.map(|fd| {
+        let _ = crate::set_cloexec(fd, true);
+        // SAFETY: the previous image handed this descriptor to us alone (it
+        // is open, checked above); nothing else in this process owns it.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }))
+}
+
+/// Take a descriptor the previous image kept open for us, close-on-exec again.
+pub fn adopt_fd(fd: RawFd) -> Result<OwnedFd, String> {
+    if !crate::fd_is_open(fd) {
+        return Err(format!("descriptor {fd} is not open"));
+    }
+    let _ = crate::set_cloexec(fd, true);
+    // SAFETY: the state names this descriptor as one the previous image owned
+    // and kept across exec for us; it is open (checked) and owned by no one
+    // else in this process.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Run `exe argv[1..]` with `check_var=1` and `state_var=FD` (the state on
+/// `state`): Ok if it exits 0 within `timeout`, else why not (its first line
+/// on stderr when it said something).
+pub fn check(
+    exe: &Path,
+    argv: &[OsString],
+    state: &OwnedFd,
+    check_var: &str,
+    state_var: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let fd = state.as_raw_fd();
+    crate::set_cloexec(fd, false)
+        .map_err(|e| format!("unable to hand the state over: {}", crate::strerror(e)))?;
+    let spawned = Command::new(exe)
+        .arg0(argv.first().cloned().unwrap_or_default())
+        .args(argv.iter().skip(1))
+        .env(check_var, "1")
+        .env(state_var, fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let _ = crate::set_cloexec(fd, true);
+    let mut child = spawned
+        .map_err(|e| format!("unable to run {}: {}", exe.display(), crate::io_reason(&e)))?;
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if start.elapsed() >= timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} in check mode did not exit within {}s",
+                    exe.display(),
+                    timeout.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => {
+                return Err(format!(
+                    "unable to wait for the check: {}",
+                    crate::io_reason(&e)
+                ))
+            }
+        }
+    };
+    let mut said = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut said);
+    }
+    if status.success() {
+        return Ok(());
+    }
+    let how = match (
+        status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&status),
+    ) {
+        (Some(c), _) => format!("exited {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "failed".to_string(),
+    };
+    let first = said.lines().next().unwrap_or("").trim();
+    Err(if first.is_empty() {
+        format!("{} in check mode {how}", exe.display())
+    } else {
+        format!("{} in check mode {how}: {first}", exe.display())
+    })
+}
+
+use std::os::unix::process::CommandExt as _;
+
+/// Block every signal, then move the ones already caught on `sigs` (read
+/// from the self-pipe, not handled yet) back to pending, in order: across
+/// the exec they stay pending and the new image handles them. Returns the
+/// mask to restore if the exec fails.
+pub fn block_signals(sigs: &SignalPipe) -> SigSet {
+    let old = crate::signals::block_all();
+    for sig in sigs.drain() {
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), sig);
+    }
+    old
+}
+
+/// Exec `exe` with `argv` (argv[0] kept as given), `env` added, the
+/// descriptors `keep` inherited. Returns only on failure, with every
+/// descriptor of `keep` close-on-exec again and `env` taken back out.
+pub fn exec_keeping(
+    exe: &Path,
+    argv: &[OsString],
+    keep: &[RawFd],
+    env: &[(&str, OsString)],
+) -> Errno {
+    let mut cleared = Vec::new();
+    for &fd in keep {
+        if let Err(e) = crate::set_cloexec(fd, false) {
+            undo(&cleared, env);
+            return e;
+        }
+        cleared.push(fd);
+    }
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    let err = exec_path(exe, argv);
+    undo(&cleared, env);
+    err
+}
+
+fn undo(cleared: &[RawFd], env: &[(&str, OsString)]) {
+    for &fd in cleared {
+        let _ = crate::set_cloexec(fd, true);
+    }
+    for (k, _) in env {
+        std::env::remove_var(k);
+    }
+}
+
+fn exec_path(exe: &Path, argv: &[OsString]) -> Errno {
+    let Ok(cexe) = CString::new(exe.as_os_str().as_bytes()) else {
+        return Errno::EINVAL;
+    };
+    let cargs: Result<Vec<CString>, _> = argv.iter().map(|a| CString::new(a.as_bytes())).collect();
+    let Ok(cargs) = cargs else {
+        return Errno::EINVAL;
+    };
+    match nix::unistd::execv(&cexe, &cargs) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// Test hook `*_UPGRADE_PAUSE_MS`: the milliseconds to pause between
+/// blocking the signals and the exec (0: none).
+pub fn pause_hook(var: &str) -> Duration {
+    std::env::var_os(var)
+        .and_then(|v| crate::parse_number::<u64>(&v, 0, 600_000))
+        .map(Duration::from_millis)
+        .unwrap_or_default()
+}
+
+// ---- one upgrade, start to exec ------------------------------------------
+
+/// The environment variables of one tool's upgrade.
+pub struct Names {
+    /// The memfd's name (`forkpool-state`).
+    pub memfd: &'static str,
+    /// The state's descriptor (`FORKPOOL_STATE_FD`).
+    pub state: &'static str,
+    /// Check mode (`FORKPOOL_UPGRADE_CHECK`).
+    pub check: &'static str,
+    /// Test hook: pause before the exec (`FORKPOOL_UPGRADE_PAUSE_MS`).
+    pub pause: &'static str,
+}
+
+/// How long the check may take.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    None,
+    Running,
+    Ok,
+    Failed,
+}
+
+/// A supervisor's upgrade bookkeeping: its status-file keys and the program
+/// to exec.
+pub struct Upgrade {
+    /// A USR2 not acted on yet.
+    pub asked: bool,
+    pub phase: Phase,
+    /// Why the last upgrade failed (while `phase` is Failed).
+    pub reason: String,
+    /// Upgrades done in this supervisor's life (`upgrades=`).
+    pub count: u64,
+    /// Upgrades refused (`upgrade_failures=`).
+    pub failures: u64,
+    /// `version=`: this image's build id.
+    pub version: String,
+    /// The program to exec: argv[0] as resolved at the first start.
+    pub exe: Result<PathBuf, String>,
+    pub argv: Vec<OsString>,
+}
+
+impl Upgrade {
+    /// At a fresh start: the path to exec later, resolved now.
+    pub fn new(tool: &str) -> Upgrade {
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        let exe = argv
+            .first()
+            .ok_or_else(|| "no argv[0]".to_string())
+            .and_then(|a| started_path(a))
+            .map_err(|e| format!("unable to find the program {tool} was started as: {e}"));
+        Upgrade {
+            asked: false,
+            phase: Phase::None,
+            reason: String::new(),
+            count: 0,
+            failures: 0,
+            version: build_id(),
+            exe,
+            argv,
+        }
+    }
+
+    /// The new image: `count` upgrades before this one, `failures`, the
+    /// path handed over.
+    pub fn adopted(&mut self, count: u64, failures: u64, exe: PathBuf) {
+        self.count = count + 1;
+        self.failures = failures;
+        self.exe = Ok(exe);
+        self.phase = Phase::Ok;
+    }
+
+    /// `upgrade=`.
+    pub fn name(&self) -> &'static str {
+        match self.phase {
+            Phase::None => "none",
+            Phase::Running => "running",
+            Phase::Ok => "ok",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// The upgrade was refused (`why`): one warning line, the keys.
+    pub fn refused(&mut self, tool: &crate::Tool, why: String) {
+        self.phase = Phase::Failed;
+        self.failures += 1;
+        tool.warn(format_args!(
+            "upgrade refused: {why}; this {} keeps running",
+            tool.name
+        ));
+        self.reason = format!("upgrade refused: {why}");
+    }
+}
+
+/// Check, then exec `exe` (`argv` as given). `state(blocked)` writes the whole state (and says
+/// which descriptors to keep): once for the check, once more with every
+/// signal blocked right before the exec. `env`: variables for the next
+/// image. Returns only when nothing was exec'd: why.
+pub fn run(
+    exe: &Result<PathBuf, String>,
+    argv: &[OsString],
+    tool: &crate::Tool,
+    names: &Names,
+    sigs: &SignalPipe,
+    state: &mut dyn FnMut(bool) -> Result<(String, Vec<RawFd>), String>,
+    mut env: Vec<(&str, OsString)>,
+) -> String {
+    let exe = match exe {
+        Ok(e) => e.clone(),
+        Err(e) => return e.clone(),
+    };
+    let memfd_of = |text: &str| {
+        memfd(names.memfd, text)
+            .map_err(|e| format!("unable to create a memfd: {}", crate::strerror(e)))
+    };
+    let checked = state(false)
+        .and_then(|(text, _)| memfd_of(&text))
+        .and_then(|fd| check(&exe, argv, &fd, names.check, names.state, CHECK_TIMEOUT));
+    if let Err(e) = checked {
+        return e;
+    }
+    let old = block_signals(sigs);
+    let pause = pause_hook(names.pause);
+    if !pause.is_zero() {
+        tool.warn(format_args!(
+            "test hook {}: signals blocked, pausing {}ms before the exec",
+            names.pause,
+            pause.as_millis()
+        ));
+        std::thread::sleep(pause);
+    }
+    let handed = state(true).and_then(|(text, keep)| Ok((memfd_of(&text)?, keep)));
+    let (fd, mut keep) = match handed {
+        Ok(h) => h,
+        Err(e) => {
+            crate::signals::restore_mask(&old);
+            return e;
+        }
+    };
+    keep.push(fd.as_raw_fd());
+    env.push((names.state, OsString::from(fd.as_raw_fd().to_string())));
+    let err = exec_keeping(&exe, argv, &keep, &env);
+    crate::signals::restore_mask(&old);
+    format!("unable to run {}: {}", exe.display(), crate::strerror(err))
+}
+
+// ---- the state text ------------------------------------------------------
+
+/// The state handed from one image to the next: a first line `MAGIC VERSION`,
+/// then one record a line, `KIND key=value key=value ...`, values escaped
+/// (`%XX` for `%`, space, `=`, control bytes and newlines), and a last line `end`.
+/// Writing: [`StateText::new`], [`StateText::record`]; reading:
+/// [`StateText::parse`] then [`Record::take`] for every key, and
+/// [`Record::done`], which refuses a key nobody took.
+pub struct StateText {
+    text: String,
+}
+
+impl StateText {
+    pub fn new(magic: &str, version: u32) -> StateText {
+        StateText {
+            text: format!("{magic} {version}\n"),
+        }
+    }
+
+    /// One record: `kind` and its fields in order.
+    pub fn record(&mut self, kind: &str, fields: &[(&str, String)]) {
+        self.text.push_str(kind);
+        for (k, v) in fields {
+            self.text.push(' ');
+            self.text.push_str(k);
+            self.text.push('=');
+            self.text.push_str(&escape(v));
+        }
+        self.text.push('\n');
+    }
+
+    pub fn finish(mut self) -> String {
+        self.text.push_str("end\n");
+        self.text
+    }
+
+    /// The records of `text`, refused whole unless it starts with exactly
+    /// `magic version` and ends with `end` (nothing is ever half-read).
+    pub fn parse(text: &str, magic: &str, version: u32) -> Result<Vec<Record>, String> {
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or("");
+        let Some(v) = first.strip_prefix(magic).and_then(|r| r.strip_prefix(' ')) else {
+            return Err(format!("not a {magic} (first line {first:?})"));
+        };
+        if v != version.to_string() {
+            return Err(format!(
+                "state version {v} is not the version this build reads ({version})"
+            ));
+        }
+        let mut out = Vec::new();
+        let mut ended = false;
+        for line in lines {
+            if ended {
+                return Err("text after the end line".to_string());
+            }
+            if line == "end" {
+                ended = true;
+                continue;
+            }
+            let mut parts = line.split(' ');
+            let kind = parts.next().unwrap_or("").to_string();
+            let mut fields = BTreeMap::new();
+            for p in parts {
+                let (k, v) = p
+                    .split_once('=')
+                    .ok_or_else(|| format!("{kind}: {p:?} is not key=value"))?;
+                if fields.insert(k.to_string(), unescape(v)?).is_some() {
+                    return Err(format!("{kind}: {k} twice"));
+                }
+            }
+            out.push(Record { kind, fields });
+        }
+        if !ended {
+            return Err("the state is cut short (no end line)".to_string());
+        }
+        Ok(out)
+    }
+}
+
+/// One record of a state, its fields taken one by one.
+#[derive(Debug)]
+pub struct Record {
+    pub kind: String,
+    fields: BTreeMap<String, String>,
+}
+
+impl Record {
+    /// The field `key` (taken: [`Record::done`] checks that all were).
+    pub fn take(&mut self, key: &str) -> Result<String, String> {
+        self.fields
+            .remove(key)
+            .ok_or_else(|| format!("{}: no {key}", self.kind))
+    }
+
+    /// The field `key` as a number.
+    pub fn num<T: std::str::FromStr>(&mut self, key: &str) -> Result<T, String> {
+        let v = self.take(key)?;
+        v.parse()
+            .map_err(|_| format!("{}: {key}={v:?} is not a number", self.kind))
+    }
+
+    /// An optional number (`-` for none).
+    pub fn opt_num<T: std::str::FromStr>(&mut self, key: &str) -> Result<Option<T>, String> {
+        let v = self.take(key)?;
+        if v == "-" {
+            return Ok(None);
+        }
+        v.parse()
+            .map(Some)
+            .map_err(|_| format!("{}: {key}={v:?} is not a number", self.kind))
+    }
+
+    /// An `Instant` written by [`instant_field`], against `now`.
+    pub fn instant(&mut self, key: &str, now: Instant) -> Result<Option<Instant>, String> {
+        Ok(self.opt_num::<i64>(key)?.map(|us| instant_from(us, now)))
+    }
+
+    /// Every field was taken: an unknown one is refused.
+    pub fn done(self) -> Result<(), String> {
+        match self.fields.keys().next() {
+            Some(k) => Err(format!("{}: unknown key {k}", self.kind)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An `Instant` as microseconds from `now` (negative: in the past). Instants
+/// are CLOCK_MONOTONIC, which runs on across exec, so the next image puts
+/// them back against its own `now` within the time the exec took.
+pub fn instant_field(t: Option<Instant>, now: Instant) -> String {
+    match t {
+        None => "-".to_string(),
+        Some(t) if t >= now => ((t - now).as_micros().min(i64::MAX as u128) as i64).to_string(),
+        Some(t) => (-((now - t).as_micros().min(i64::MAX as u128) as i64)).to_string(),
+    }
+}
+
+fn instant_from(us: i64, now: Instant) -> Instant {
+    let d = Duration::from_micros(us.unsigned_abs());
+    if us >= 0 {
+        now.checked_add(d).unwrap_or(now)
+    } else {
+        now.checked_sub(d).unwrap_or(now)
+    }
+}
+
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for ch in v.chars() {
+        let c = ch as u32;
+        if ch == '%' || ch == ' ' || ch == '=' || c < 0x20 || c == 0x7f {
+            out.push_str(&format!("%{c:02X}"));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+fn unescape(v: &str) -> Result<String, String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = v
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad escape in {v:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{v:?} is not UTF-8"))
+}
+
+/// A path field: paths are written as text (a path that is not UTF-8 cannot
+/// be handed over, and the upgrade is refused).
+pub fn path_text(p: &Path) -> Result<String, String> {
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("{} is not UTF-8", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_text_round_trip() {
+        let now = Instant::now();
+        let mut s = StateText::new("test-state", 3);
+        s.record(
+            "thing",
+            &[
+                ("name", "a b=c%d\ne".to_string()),
+                (
+                    "when",
+                    instant_field(Some(now - Duration::from_millis(1500)), now),
+                ),
+                ("none", instant_field(None, now)),
+                ("utf", "é ü".to_string()),
+            ],
+        );
+        let text = s.finish();
+        let mut recs = StateText::parse(&text, "test-state", 3).expect("parses");
+        assert_eq!(recs.len(), 1);
+        let mut r = recs.remove(0);
+        assert_eq!(r.kind, "thing");
+        assert_eq!(r.take("name").unwrap(), "a b=c%d\ne");
+        assert_eq!(r.take("utf").unwrap(), "é ü");
+        let when = r.instant("when", now).unwrap().unwrap();
+        assert_eq!(now - when, Duration::from_millis(1500));
+        assert_eq!(r.instant("none", now).unwrap(), None);
+        r.done().unwrap();
+    }
+
+    #[test]
+    fn refuses_other_versions_unknown_keys_and_cut_text() {
+        let mut s = StateText::new("test-state", 3);
+        s.record("thing", &[("a", "1".to_string()), ("b", "2".to_string())]);
+        let text = s.finish();
+        let err = StateText::parse(&text, "test-state", 4).unwrap_err();
+        assert!(err.contains("version 3"), "{err}");
+        assert!(StateText::parse(&text, "other", 3).is_err());
+        let cut = text.trim_end_matches("end\n");
+        assert!(StateText::parse(cut, "test-state", 3).is_err());
+        let mut r = StateText::parse(&text, "test-state", 3).unwrap().remove(0);
+        r.take("a").unwrap();
+        assert!(r.done().unwrap_err().contains("unknown key b"));
+    }
+
+    #[test]
+    fn started_path_resolves_relative_and_path_lookups() {
+        let p = started_path(OsStr::new("./x/y")).unwrap();
+        assert!(p.is_absolute() && p.ends_with("x/y"));
+        let sh = started_path(OsStr::new("sh")).unwrap();
+        assert!(sh.is_absolute() && sh.ends_with("sh"));
+        assert!(started_path(OsStr::new("no-such-program-here-at-all")).is_err());
+    }
+
+    #[test]
+    fn memfd_reads_back_from_the_start() {
+        let fd = memfd("t", "hello\n").unwrap();
+        assert_eq!(read_fd(fd.as_raw_fd()).unwrap(), "hello\n");
+        assert_eq!(read_fd(fd.as_raw_fd()).unwrap(), "hello\n");
+    }
+}
