@@ -279,3 +279,32 @@ fn demo_serve_help_is_its_leading_comment() {
         }
     }
 }
+
+/// --help and --version into a pipe nobody reads (the reader gone, as after
+/// `| head -0`): one fatal line and 111, never a panic (found: setlock --help
+/// panicked with "failed printing to stdout").
+#[test]
+fn help_and_version_into_a_closed_pipe_fail_in_one_line() {
+    use std::process::Stdio;
+    for (tool, _) in TOOLS {
+        for arg in ["--help", "--version"] {
+            let (read, write) = nix::unistd::pipe().unwrap();
+            drop(read);
+            let out = Command::new(bin(tool))
+                .arg(arg)
+                .stdout(Stdio::from(write))
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(111), "{tool} {arg}: {err}");
+            assert_eq!(err.lines().count(), 1, "{tool} {arg}: {err}");
+            assert!(
+                err.starts_with(&format!(
+                    "{tool}: fatal: unable to write to standard output"
+                )),
+                "{tool} {arg}: {err}"
+            );
+        }
+    }
+}

@@ -77,7 +77,7 @@ fn status(args: &Args) -> i32 {
         Ok(c) => c,
         Err(e) => not_running(&e.0),
     };
-    print!("{}", screen(&chain, &st));
+    TOOL.print(format_args!("{}", screen(&chain, &st)));
     if st.serving() {
         0
     } else {
@@ -135,12 +135,12 @@ fn verdict(what: &str, answer: statusfile::Answer, path: &Path) -> i32 {
                 "" => String::new(),
                 r => format!(" in {r}"),
             };
-            println!(
-                "poolctl: {what} ok: generation {} serving, {} of {} ready{release}",
+            TOOL.print(format_args!(
+                "poolctl: {what} ok: generation {} serving, {} of {} ready{release}\n",
                 st.num("serving_generation"),
                 st.num("ready"),
                 st.num("workers")
-            );
+            ));
             0
         }
         Err(WaitError::NotRunning(r)) => not_running(&r),

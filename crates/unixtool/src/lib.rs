@@ -81,19 +81,34 @@ impl Tool {
 
     /// `-h/--help`: the synopsis and the option list on stdout, exit 0.
     pub fn print_help(&self) -> ! {
-        println!("usage: {}\n{}", self.usage, self.help.trim_end());
+        self.print(format_args!(
+            "usage: {}\n{}\n",
+            self.usage,
+            self.help.trim_end()
+        ));
         std::process::exit(0)
+    }
+
+    /// Write to stdout, whole; a stdout that cannot take it (closed, a pipe
+    /// whose reader is gone, a full disk) is one fatal line and exit 111,
+    /// never a panic (the Rust runtime ignores SIGPIPE, so print! would panic).
+    pub fn print(&self, what: std::fmt::Arguments) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = out.write_fmt(what).and_then(|()| out.flush()) {
+            self.fatal_errno(EXIT_TEMPORARY, "write to standard output", errno_of(&e));
+        }
     }
 
     /// `-V/--version`: the name, the version, the build id
     /// ([`reexec::build_id`]: what a status file's `version=` says).
     pub fn print_version(&self) -> ! {
-        println!(
-            "{} {} build {}",
+        self.print(format_args!(
+            "{} {} build {}\n",
             self.name,
             env!("CARGO_PKG_VERSION"),
             reexec::build_id()
-        );
+        ));
         std::process::exit(0)
     }
 

@@ -120,7 +120,7 @@ fn main() {
     } else {
         report::table(&run)
     };
-    print!("{out}");
+    TOOL.print(format_args!("{out}"));
     if let Some(path) = &opts.svg {
         write_picture(path, opts.marks.as_deref(), &run, &bins, start_unix);
     }

@@ -256,7 +256,7 @@ fn open_listener(listen: Option<&str>) -> OwnedFd {
                     TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("{what} {addr}"), e)
                 }
             });
-            println!("{port}");
+            TOOL.print(format_args!("{port}\n"));
             fd
         }
         None if unixtool::fd_is_open(0) => sys::adopt(0),
