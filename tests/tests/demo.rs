@@ -52,6 +52,17 @@ impl Site {
             "the site did not answer /release: {}",
             site.log()
         );
+        // and the supervisor's status file says so (a worker can answer a moment
+        // before its supervisor first writes the file; a deploy reads the file)
+        let status = site.state.join("status");
+        assert!(
+            wait_until(LONG, || {
+                let st = std::fs::read_to_string(&status).unwrap_or_default();
+                st.contains("state=running\n") && !st.contains("serving_generation=0\n")
+            }),
+            "no serving status file: {}",
+            site.log()
+        );
         site
     }
 
