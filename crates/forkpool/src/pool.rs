@@ -91,12 +91,12 @@ impl Pool {
                 } => {
                     self.procs.signal(worker, signal);
                     if cont {
-                        self.procs.signal(worker, Signal::SIGCONT);
+                        self.procs.signal_group(worker, Signal::SIGCONT);
                     }
                 }
-                Action::Hold { worker } => self.procs.signal(worker, Signal::SIGSTOP),
+                Action::Hold { worker } => self.procs.signal_group(worker, Signal::SIGSTOP),
                 Action::Release { workers, held, .. } => self.procs.release(&workers, &held),
-                Action::Kill { worker } => self.procs.signal(worker, Signal::SIGKILL),
+                Action::Kill { worker } => self.procs.signal_group(worker, Signal::SIGKILL),
                 Action::Info(msg) => {
                     if self.cfg.verbose {
                         TOOL.info(msg);
