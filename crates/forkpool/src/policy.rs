@@ -482,6 +482,14 @@ impl Policy {
     pub fn start_failed(&mut self, id: WorkerId, now: Instant, reason: &str) -> Vec<Action> {
         if let Some(i) = self.index(id) {
             let w = self.workers.remove(i);
+            if w.generation != self.target.id {
+                // A start the pool had in hand when its generation was given up.
+                self.info(format!(
+                    "worker {} (generation {}) not started: {reason}",
+                    w.slot, w.generation
+                ));
+                return self.take();
+            }
             if self.reload_at_stake(w.generation) {
                 let why = format!(
                     "unable to start worker {} (generation {}): {reason}",

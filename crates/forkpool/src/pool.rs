@@ -78,9 +78,15 @@ impl Pool {
                         notify: self.notify.as_ref(),
                         cutover: self.policy.settings.mode == crate::policy::Mode::Cutover,
                     };
-                    let more = match self.procs.start(&how, worker, slot, &generation, hold) {
-                        Ok(pid) => self.policy.started(worker, pid.as_raw()),
-                        Err(e) => self.policy.start_failed(worker, now, unixtool::strerror(e)),
+                    // A reload given up by an earlier action: start nothing of it.
+                    let more = if generation.id != self.policy.target.id {
+                        self.policy
+                            .start_failed(worker, now, "its reload was given up")
+                    } else {
+                        match self.procs.start(&how, worker, slot, &generation, hold) {
+                            Ok(pid) => self.policy.started(worker, pid.as_raw()),
+                            Err(e) => self.policy.start_failed(worker, now, unixtool::strerror(e)),
+                        }
                     };
                     self.apply(more, now);
                 }
