@@ -616,9 +616,9 @@ fn get(port: u16) -> Option<String> {
         .map(|(_, b)| b.trim().to_string())
 }
 
-/// The app answers with its generation; its first worker says READY=1
-/// (forkpool --notify) and nothing reads the hold descriptor: only the stop
-/// of the whole group holds it.
+/// The app answers with its generation; each worker says READY=1 (forkpool
+/// --notify) and nothing reads the hold descriptor: only the stop of the
+/// whole group holds it.
 const GEN_APP: &str = r#"
 import os
 GEN = os.environ.get('FORKPOOL_GENERATION', '-')
@@ -629,13 +629,19 @@ def app(environ, start_response):
 "#;
 
 const GEN_CONF: &str = r#"
-import os, socket
+import os, socket, time
 NOTIFY = os.environ.pop('NOTIFY_SOCKET', None)
 def post_worker_init(worker):
+    # slot 1 comes up a second after slot 0: slot 0's server waits, held,
+    # for its generation to be whole
+    if os.environ.get('FORKPOOL_WORKER') == '1':
+        time.sleep(3.0)
     if NOTIFY:
         addr = '\0' + NOTIFY[1:] if NOTIFY.startswith('@') else NOTIFY
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.sendto(b'READY=1', addr)
+    # forkpool's SIGSTOP comes meanwhile (no accept between READY=1 and it)
+    time.sleep(0.3)
 "#;
 
 #[test]
@@ -650,7 +656,7 @@ fn a_prefork_server_is_held_and_stopped_as_one() {
     let (sock, port) = listener();
     let mut c = cmd("forkpool");
     c.args([
-        "-n", "1", "-m", "cutover", "--notify", "-t", "30000", "-k", "30000", "-S",
+        "-n", "2", "-m", "cutover", "--notify", "-t", "30000", "-k", "30000", "-S",
     ])
     .arg(&st)
     .args([
@@ -694,8 +700,22 @@ fn a_prefork_server_is_held_and_stopped_as_one() {
             })
         })
         .collect();
+    let mut early = Vec::new();
     for g in 2..=4u64 {
         p.signal(Signal::SIGHUP);
+        // slot 0's server is held (slot 1 takes 3 s more): it must not answer
+        let held = wait_until(Duration::from_secs(60), || {
+            status(&st).gen_pids(g, "held").len() == 1
+        });
+        assert!(held, "reload {g}: {:?}\n{}", status(&st), err());
+        for _ in 0..10 {
+            early.push(get(port).unwrap_or_default());
+        }
+        let s = status(&st);
+        assert!(
+            s.num("serving_generation") < g,
+            "the hold window closed too soon: {s:?}"
+        );
         let ok = wait_until(Duration::from_secs(60), || {
             let s = status(&st);
             s.num("serving_generation") == g && s.get("reload") == "ok"
@@ -710,7 +730,14 @@ fn a_prefork_server_is_held_and_stopped_as_one() {
         flapping += f;
         failed += x;
     }
-    eprintln!("gunicorn -w 2 under forkpool -n 1 -m cutover, 3 reloads: {answers} answers, {flapping} flapping, {failed} failed");
+    // the answers while held: 10 per reload, each from the generation before
+    let premature = early
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| a.parse::<usize>().ok() != Some(i / 10 + 1))
+        .count();
+    eprintln!("gunicorn -w 2 under forkpool -n 2 -m cutover, 3 reloads: {answers} answers, {flapping} flapping, {failed} failed; while held: {premature} of {} answers from the held generation", early.len());
+    assert_eq!(premature, 0, "the held generation answered: {early:?}");
     assert!(answers > 0);
     assert_eq!(failed, 0, "{}", err());
     assert_eq!(flapping, 0, "{}", err());
