@@ -6,12 +6,12 @@
 //! The guard learns the groups over a pipe: forkpool writes a worker's pid
 //! (= its group) when it starts it and the negated pid when the group is gone
 //! (the leader reaped, what was left of the group killed). The write end is
-//! close-on-exec (no worker holds it). The guard gets SIGUSR1 when forkpool
-//! dies (PR_SET_PDEATHSIG) and reads end of file when forkpool's last copy of
-//! the write end closes: either way, once its parent is gone, it KILLs every
-//! group it knows and exits. End of file while forkpool still lives (an exec of
-//! forkpool itself) leaves the guard waiting for the parent-death signal with
-//! the groups it knows. The guard leads a process group of its own, so a KILL
+//! close-on-exec (no worker holds it). The guard reads end of file when
+//! forkpool's copy of the write end closes (forkpool died, or exec'd itself),
+//! then waits until its parent is gone (SIGUSR1 by PR_SET_PDEATHSIG ends the
+//! wait): then it KILLs every group it knows and exits. After an exec of
+//! forkpool itself (same pid), the guard keeps the groups it knows until the
+//! new image dies. The guard leads a process group of its own, so a KILL
 //! to the chain's group (a test harness, a terminal's job control) does not
 //! take it with the chain.
 
@@ -92,7 +92,7 @@ fn guard(read: RawFd, parent: Pid) -> ! {
         SaFlags::empty(),
         SigSet::empty(),
     );
-    // SAFETY: the handler does nothing (it only interrupts the read).
+    // SAFETY: the handler does nothing (it only ends the sigsuspend below).
     let _ = unsafe { sigaction(Signal::SIGUSR1, &act) };
     for sig in [
         Signal::SIGHUP,
@@ -110,28 +110,36 @@ fn guard(read: RawFd, parent: Pid) -> ! {
     }
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGUSR1);
     close_all_but(read);
-    signals::unblock_all();
+    // The parent-death signal stays blocked but in sigsuspend: none is lost
+    // between a look at the parent and the wait.
+    let mut usr1 = SigSet::empty();
+    usr1.add(Signal::SIGUSR1);
+    let _ = usr1.thread_set_mask();
+    let groups = read_groups(read);
+    // End of file: forkpool is gone, or exec'd itself (same pid, still our
+    // parent): then wait for its death.
+    while getppid() == parent {
+        SigSet::empty().suspend().ok();
+    }
+    for g in groups {
+        signal_group(Pid::from_raw(g), Signal::SIGKILL);
+    }
+    // SAFETY: _exit(2) ends the forked guard without running forkpool's exit code.
+    unsafe { libc::_exit(0) }
+}
+
+/// The groups forkpool announces on `read`, until end of file.
+fn read_groups(read: RawFd) -> Vec<i32> {
     let mut groups: Vec<i32> = Vec::new();
     let mut buf = [0u8; 4096];
     let mut have = 0usize;
-    let mut eof = false;
-    while getppid() == parent {
-        if eof {
-            // forkpool exec'd itself: wait for its death.
-            // SAFETY: pause(2) has no arguments; the USR1 handler ends it.
-            unsafe { libc::pause() };
-            continue;
+    loop {
+        match nix::unistd::read(read, &mut buf[have..]) {
+            Ok(0) => return groups,
+            Ok(n) => have += n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return groups,
         }
-        // SAFETY: read(2) into the unused tail of `buf`, whose length bounds it.
-        let n = unsafe { libc::read(read, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
-        if n == 0 {
-            eof = true;
-            continue;
-        }
-        if n < 0 {
-            continue; // EINTR: the parent-death signal; the loop looks.
-        }
-        have += n as usize;
         let whole = have - have % 4;
         for c in buf[..whole].chunks_exact(4) {
             let v = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
@@ -144,11 +152,6 @@ fn guard(read: RawFd, parent: Pid) -> ! {
         buf.copy_within(whole..have, 0);
         have -= whole;
     }
-    for g in groups {
-        signal_group(Pid::from_raw(g), Signal::SIGKILL);
-    }
-    // SAFETY: _exit(2) ends the forked guard without running forkpool's exit code.
-    unsafe { libc::_exit(0) }
 }
 
 /// Close every descriptor but `keep` and stderr: the guard must not hold the
