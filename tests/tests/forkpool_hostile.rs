@@ -564,7 +564,9 @@ fn a_fork_that_fails_fails_the_reload_with_the_reason() {
 fn planted_symlinks_at_the_status_temporary_are_never_followed() {
     // The old writer created `path.tmp.PID` with a plain create (following
     // a symlink planted there, truncating its target). Plant that name and
-    // the other guessable ones, for forkpool's pid, before it writes.
+    // the other guessable ones, for forkpool's pid, before it writes. (The
+    // fix, unixtool::statusfile::replace, came before this test: see the
+    // commit that added this comment for why it fails on the old writer.)
     let dir = TempDir::new("hostile-planted");
     let victim = dir.join("victim");
     std::fs::write(&victim, "precious\n").unwrap();
