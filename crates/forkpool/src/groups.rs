@@ -94,6 +94,7 @@ fn guard(read: RawFd, parent: Pid) -> ! {
     );
     // SAFETY: the handler does nothing (it only ends the sigsuspend below).
     let _ = unsafe { sigaction(Signal::SIGUSR1, &act) };
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
     for sig in [
         Signal::SIGHUP,
         Signal::SIGINT,
@@ -101,12 +102,7 @@ fn guard(read: RawFd, parent: Pid) -> ! {
         Signal::SIGTSTP,
     ] {
         // SAFETY: SIG_IGN installs no handler.
-        let _ = unsafe {
-            sigaction(
-                sig,
-                &SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty()),
-            )
-        };
+        let _ = unsafe { sigaction(sig, &ignore) };
     }
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGUSR1);
     close_all_but(read);
