@@ -15,6 +15,9 @@ use crate::TOOL;
 impl Pool {
     /// Readiness messages and timers, readiness deadlines, KILL deadlines.
     pub fn check_readiness(&mut self, now: Instant) {
+        if unixtool::signals::take_kernel_hups() > 0 {
+            TOOL.warn("ignored a SIGHUP sent by the kernel (orphaned process group or terminal hangup): not a reload");
+        }
         let mut ready: Vec<WorkerId> = Vec::new();
         if let Some(n) = &self.notify {
             let pids: Vec<_> = self.procs.list.iter().map(|p| p.child.pid).collect();

@@ -9,6 +9,7 @@
 //! decides what to start, what to retire; workers.rs runs the processes.
 
 mod events;
+mod groups;
 mod policy;
 mod pool;
 mod state;

@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use unixtool::backoff::Backoff;
+use unixtool::backoff::{Backoff, ONE_SECOND};
 use unixtool::child::{secs, Ended};
 use unixtool::readiness;
 use unixtool::signals::signal_name;
@@ -482,6 +482,22 @@ impl Policy {
     pub fn start_failed(&mut self, id: WorkerId, now: Instant, reason: &str) -> Vec<Action> {
         if let Some(i) = self.index(id) {
             let w = self.workers.remove(i);
+            if w.generation != self.target.id {
+                // A start the pool had in hand when its generation was given up.
+                self.info(format!(
+                    "worker {} (generation {}) not started: {reason}",
+                    w.slot, w.generation
+                ));
+                return self.take();
+            }
+            if self.reload_at_stake(w.generation) {
+                let why = format!(
+                    "unable to start worker {} (generation {}): {reason}",
+                    w.slot, w.generation
+                );
+                self.abandon(why);
+                return self.take();
+            }
             self.warn(format!(
                 "unable to start worker {} (generation {}): {reason}; retrying in 1s",
                 w.slot, w.generation
@@ -579,7 +595,11 @@ impl Policy {
             Phase::Stopping => [w.kill_at.0, None],
             Phase::Ready => [None, None],
         });
-        earliest(starts.chain(workers))
+        let reload = match self.reload {
+            Reload::Running { since } => Some(since + self.reload_deadline()),
+            _ => None,
+        };
+        earliest(starts.chain(workers).chain([reload]))
     }
 
     /// The time passed: readiness by `-a`, readiness deadlines, KILL
@@ -617,6 +637,7 @@ impl Policy {
                 self.failed(i, now, msg);
             }
         }
+        self.reload_overdue(now);
         for i in 0..self.workers.len() {
             let w = &mut self.workers[i];
             if w.kill_at.due(now) {
@@ -637,11 +658,7 @@ impl Policy {
     fn failed(&mut self, i: usize, now: Instant, what: String) {
         let w = &self.workers[i];
         let (id, slot, generation, started) = (w.id, w.slot, w.generation, w.started);
-        let reloading = matches!(self.reload, Reload::Running { .. });
-        // (A cutover's new generation, once whole, is the serving one: a crash
-        // of it while the old one drains is replaced, not a failed reload.)
-        let whole = self.serving.as_ref().map(|g| g.id) == Some(generation);
-        if generation == self.target.id && reloading && self.serving.is_some() && !whole {
+        if self.reload_at_stake(generation) {
             self.abandon(what);
         } else if generation == self.target.id && slot < self.slots.len() {
             let wait = self.slots[slot].backoff.failed(now - started);
@@ -654,6 +671,47 @@ impl Policy {
         }
         if self.workers[i].live() {
             self.retire(id, now, Why::Failed);
+        }
+    }
+
+    /// Whether a failure of a worker of `generation` fails the running
+    /// reload: it is of the new generation, not yet whole. (A cutover's new
+    /// generation, once whole, is the serving one: a crash of it while the
+    /// old one drains is replaced, not a failed reload.)
+    fn reload_at_stake(&self, generation: u64) -> bool {
+        let reloading = matches!(self.reload, Reload::Running { .. });
+        let whole = self.serving.as_ref().map(|g| g.id) == Some(generation);
+        generation == self.target.id && reloading && self.serving.is_some() && !whole
+    }
+
+    /// The overall reload deadline: the readiness deadline (`-t`), the drain
+    /// deadline (`-k`) and one second to reap. A reload still running then
+    /// cannot complete (see README.md, "Every reload ends").
+    pub fn reload_deadline(&self) -> Duration {
+        self.settings.ready.deadline.unwrap_or_default() + self.settings.drain + ONE_SECOND
+    }
+
+    /// The running reload passed its overall deadline: it failed. Before its
+    /// generation is whole, back to the serving one; after (a cutover whose
+    /// old workers will not go), the switch stays under way.
+    fn reload_overdue(&mut self, now: Instant) {
+        let Reload::Running { since } = self.reload else {
+            return;
+        };
+        let limit = self.reload_deadline();
+        if now < since + limit {
+            return;
+        }
+        let why = format!("the reload did not complete in {}", secs(limit));
+        if self.reload_at_stake(self.target.id) {
+            self.abandon(why);
+        } else {
+            self.warn(format!(
+                "reload to generation {} failed: {why}; older workers are still alive",
+                self.target.id
+            ));
+            self.reason = why;
+            self.reload = Reload::Failed;
         }
     }
 
@@ -684,7 +742,7 @@ impl Policy {
         let what = format!("{} {ended} after {}", w.name(), secs(ran));
         match w.phase {
             Phase::Stopping => self.info(what),
-            Phase::Ready if ended.clean() => {
+            Phase::Ready if ended.clean() && ran >= ONE_SECOND => {
                 // A worker that finished its work (e.g. max requests): replace it at once.
                 let slot = w.slot;
                 if w.generation == self.target.id && slot < self.slots.len() {
@@ -693,6 +751,11 @@ impl Policy {
                 } else {
                     self.info(what);
                 }
+            }
+            // A clean exit soon after the start is a crash for restart
+            // timing: no tight, silent loop of workers that exit 0 at once.
+            Phase::Ready if ended.clean() => {
+                self.failed(i, now, format!("{what} (less than 1s: counted as a crash)"))
             }
             Phase::Ready => self.failed(i, now, what),
             Phase::Starting => self.failed(i, now, format!("{what} before it was ready")),
@@ -811,3 +874,5 @@ impl Slot {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hostile;

@@ -100,9 +100,15 @@ impl Pool {
                         notify: self.notify.as_ref(),
                         cutover: self.policy.settings.mode == crate::policy::Mode::Cutover,
                     };
-                    let more = match self.procs.start(&how, worker, slot, &generation, hold) {
-                        Ok(pid) => self.policy.started(worker, pid.as_raw()),
-                        Err(e) => self.policy.start_failed(worker, now, unixtool::strerror(e)),
+                    // A reload given up by an earlier action: start nothing of it.
+                    let more = if generation.id != self.policy.target.id {
+                        self.policy
+                            .start_failed(worker, now, "its reload was given up")
+                    } else {
+                        match self.procs.start(&how, worker, slot, &generation, hold) {
+                            Ok(pid) => self.policy.started(worker, pid.as_raw()),
+                            Err(e) => self.policy.start_failed(worker, now, unixtool::strerror(e)),
+                        }
                     };
                     self.apply(more, now);
                 }
@@ -113,12 +119,12 @@ impl Pool {
                 } => {
                     self.procs.signal(worker, signal);
                     if cont {
-                        self.procs.signal(worker, Signal::SIGCONT);
+                        self.procs.signal_group(worker, Signal::SIGCONT);
                     }
                 }
-                Action::Hold { worker } => self.procs.signal(worker, Signal::SIGSTOP),
+                Action::Hold { worker } => self.procs.signal_group(worker, Signal::SIGSTOP),
                 Action::Release { workers, held, .. } => self.procs.release(&workers, &held),
-                Action::Kill { worker } => self.procs.signal(worker, Signal::SIGKILL),
+                Action::Kill { worker } => self.procs.signal_group(worker, Signal::SIGKILL),
                 Action::Info(msg) => {
                     if self.cfg.verbose {
                         TOOL.info(msg);

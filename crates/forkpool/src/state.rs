@@ -48,6 +48,8 @@ pub struct Handed {
     pub procs: Vec<HandedProcess>,
     /// `--notify`: the socket's descriptor and name.
     pub notify: Option<(RawFd, String)>,
+    /// The guard's write end (groups.rs), when one runs.
+    pub guard: Option<RawFd>,
     pub upgrades: u64,
     pub upgrade_failures: u64,
     pub exe: PathBuf,
@@ -160,6 +162,7 @@ pub fn write(pool: &Pool, exe: &std::path::Path, now: Instant) -> Result<String,
         ),
         None => s.record("notify", &[("fd", "-".into()), ("name", String::new())]),
     }
+    s.record("guard", &[("fd", fd_field(pool.procs.guard_fd()))]);
     s.record(
         "upgrade",
         &[
@@ -197,6 +200,7 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
     policy.slots.clear();
     let mut procs = Vec::new();
     let mut notify = None;
+    let mut guard = None;
     let mut upgrade = None;
     let mut base = now;
     let mut serving = None;
@@ -316,6 +320,7 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
                 let name = r.take("name")?;
                 notify = fd.map(|fd| (fd, name));
             }
+            "guard" => guard = r.opt_num("fd")?,
             "upgrade" => {
                 upgrade = Some((
                     r.num("count")?,
@@ -345,6 +350,7 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
         policy,
         procs,
         notify,
+        guard,
         upgrades,
         upgrade_failures,
         exe,

@@ -129,6 +129,9 @@ pub fn adopt(
             hold,
         });
     }
+    if let Some(fd) = h.guard {
+        procs.adopt_guard(reexec::adopt_fd(fd).unwrap_or_else(|e| fatal(e)));
+    }
     let mut up = fresh();
     up.adopted(h.upgrades, h.upgrade_failures, h.exe);
     if let Some(u) = upstream {
@@ -200,6 +203,7 @@ impl Pool {
     /// workers' readiness pipes and hold descriptors.
     fn kept_fds(&self) -> Vec<std::os::fd::RawFd> {
         let mut keep: Vec<_> = self.notify.as_ref().map(|n| n.fd()).into_iter().collect();
+        keep.extend(self.procs.guard_fd());
         for p in &self.procs.list {
             keep.extend(p.child.pipe_fd());
             keep.extend(p.hold.as_ref().map(|h| h.as_raw_fd()));

@@ -14,6 +14,7 @@ use unixtool::child;
 use unixtool::readiness::{self, NotifySocket};
 use unixtool::supervise::Child;
 
+use crate::groups::Guard;
 use crate::policy::{Generation, WorkerId};
 use crate::TOOL;
 
@@ -30,6 +31,23 @@ pub struct Process {
 #[derive(Default)]
 pub struct Processes {
     pub list: Vec<Process>,
+    /// KILLs every worker's group should forkpool die (started with the
+    /// first worker; None if it could not be).
+    guard: Option<Guard>,
+    guard_tried: bool,
+}
+
+impl Processes {
+    /// The guard's write end, for an in-place upgrade's hand-over.
+    pub fn guard_fd(&self) -> Option<RawFd> {
+        self.guard.as_ref().and_then(|g| g.fd())
+    }
+
+    /// The guard the previous image started: no second one is forked.
+    pub fn adopt_guard(&mut self, write: OwnedFd) {
+        self.guard = Some(Guard::adopt(write));
+        self.guard_tried = true;
+    }
 }
 
 /// A pipe for the hold descriptor, both ends close-on-exec; the read end is
@@ -75,7 +93,10 @@ impl Processes {
         gen: &Generation,
         hold: bool,
     ) -> Result<Pid, Errno> {
+        self.start_guard();
         let mut spawn = child::Spawn::new(TOOL.name, how.prog);
+        // A group of its own: held, killed and cleaned up as one (groups.rs).
+        spawn.process_group = true;
         spawn.env("FORKPOOL_WORKER", slot.to_string());
         spawn.env("FORKPOOL_GENERATION", gen.id.to_string());
         if let Some(r) = &gen.release {
@@ -94,15 +115,43 @@ impl Processes {
         }
         let child = Child::spawn(spawn, how.ready, how.notify)?;
         let pid = child.pid;
+        if let Some(g) = self.guard.as_mut() {
+            g.watch(pid);
+        }
         // A worker of a generation that accepts already is not held: EOF at once.
         let hold = hold_ends.map(|(_read, write)| write).filter(|_| hold);
         self.list.push(Process { id, child, hold });
         Ok(pid)
     }
 
+    /// The guard, once: a failure is a warning (workers still get the
+    /// parent-death KILL; their helpers would not).
+    fn start_guard(&mut self) {
+        if std::mem::replace(&mut self.guard_tried, true) {
+            return;
+        }
+        match Guard::start() {
+            Ok(g) => self.guard = Some(g),
+            Err(e) => TOOL.warn(format_args!(
+                "unable to start the guard: {}: helpers of the workers may outlive a killed forkpool",
+                unixtool::strerror(e)
+            )),
+        }
+    }
+
+    /// `sig` to the worker itself (its group's leader): the stop signal and
+    /// forwarded signals, which a pre-fork server passes on as it sees fit.
     pub fn signal(&self, id: WorkerId, sig: Signal) {
         if let Some(p) = self.get(id) {
             child::signal(p.child.pid, sig);
+        }
+    }
+
+    /// `sig` to the worker's whole process group: STOP (hold), CONT
+    /// (release, or a held worker's retire) and KILL.
+    pub fn signal_group(&self, id: WorkerId, sig: Signal) {
+        if let Some(p) = self.get(id) {
+            child::signal_group(p.child.pid, sig);
         }
     }
 
@@ -115,12 +164,20 @@ impl Processes {
             }
         }
         for &id in held {
-            self.signal(id, Signal::SIGCONT);
+            self.signal_group(id, Signal::SIGCONT);
         }
     }
 
-    /// Forget a worker that ended (its descriptors close).
+    /// Forget a worker that ended (its descriptors close) and KILL what is
+    /// left of its process group: helpers it forked end with it.
     pub fn remove(&mut self, id: WorkerId) {
-        self.list.retain(|p| p.id != id);
+        let Some(i) = self.list.iter().position(|p| p.id == id) else {
+            return;
+        };
+        let p = self.list.remove(i);
+        child::signal_group(p.child.pid, Signal::SIGKILL);
+        if let Some(g) = self.guard.as_mut() {
+            g.forget(p.child.pid);
+        }
     }
 }

@@ -34,6 +34,10 @@ pub struct Spawn<'a> {
     pub parent_death: Option<Signal>,
     /// Descriptors to put in place: (open descriptor, number in the child).
     pub fds: Vec<(RawFd, RawFd)>,
+    /// Put the child in a process group of its own (its pid), set in the
+    /// child before exec and in the parent after fork, so that neither side
+    /// can signal the group before it exists.
+    pub process_group: bool,
 }
 
 impl<'a> Spawn<'a> {
@@ -45,6 +49,7 @@ impl<'a> Spawn<'a> {
             dir: None,
             parent_death: None,
             fds: Vec::new(),
+            process_group: false,
         }
     }
 
@@ -65,6 +70,11 @@ impl<'a> Spawn<'a> {
         match res {
             Ok(ForkResult::Child) => self.child(parent),
             Ok(ForkResult::Parent { child }) => {
+                if self.process_group {
+                    // The child does the same; whichever comes second fails
+                    // harmlessly (EACCES once it has exec'd).
+                    let _ = nix::unistd::setpgid(child, child);
+                }
                 signals::restore_mask(&old);
                 Ok(child)
             }
@@ -77,6 +87,11 @@ impl<'a> Spawn<'a> {
 
     fn child(&self, parent: Pid) -> ! {
         signals::reset_for_child();
+        if self.process_group {
+            if let Err(e) = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)) {
+                self.die(format_args!("unable to make a process group"), e);
+            }
+        }
         if let Some(sig) = self.parent_death {
             let _ = nix::sys::prctl::set_pdeathsig(sig);
             // The parent may have died before the prctl: then nobody will send it.
@@ -195,4 +210,9 @@ pub fn secs(d: Duration) -> String {
 /// Send `sig` to `pid`, ignoring ESRCH (it may have just ended).
 pub fn signal(pid: Pid, sig: Signal) {
     let _ = nix::sys::signal::kill(pid, sig);
+}
+
+/// Send `sig` to the process group `pgid`, ignoring ESRCH (it may be empty).
+pub fn signal_group(pgid: Pid, sig: Signal) {
+    let _ = nix::sys::signal::killpg(pgid, sig);
 }

@@ -39,9 +39,22 @@ static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
 /// Bit n set: signal n has our handler (reset to default in children).
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 
-extern "C" fn on_signal(sig: libc::c_int) {
+/// SIGHUPs the kernel sent (si_code SI_KERNEL: the process group became
+/// orphaned while a member was stopped, or the terminal hung up), not written
+/// to the pipe: see [`take_kernel_hups`].
+static KERNEL_HUPS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // Only async-signal-safe calls here: write(2), and errno put back as it was.
     let saved = Errno::last_raw();
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t (or null,
+    // checked); si_code is a plain integer field.
+    let code = unsafe { info.as_ref() }.map_or(0, |i| i.si_code);
+    if sig == libc::SIGHUP && code == libc::SI_KERNEL {
+        KERNEL_HUPS.fetch_add(1, Ordering::Relaxed);
+        Errno::set_raw(saved);
+        return;
+    }
     let fd = WRITE_FD.load(Ordering::Relaxed);
     if fd >= 0 {
         let b = sig as u8;
@@ -51,6 +64,14 @@ extern "C" fn on_signal(sig: libc::c_int) {
         unsafe { libc::write(fd, &b as *const u8 as *const libc::c_void, 1) };
     }
     Errno::set_raw(saved);
+}
+
+/// How many SIGHUPs the kernel sent since the last call. Such a HUP is job
+/// control (an orphaned process group with a stopped member, a terminal's
+/// hangup), never a `kill -HUP` (SI_USER) by someone who wants a reload: the
+/// handler drops it and counts it here, so the tool can say so in a warning.
+pub fn take_kernel_hups() -> u64 {
+    KERNEL_HUPS.swap(0, Ordering::Relaxed)
 }
 
 /// The read end of the self-pipe; see the module documentation.
@@ -72,9 +93,9 @@ impl SignalPipe {
             } else {
                 SaFlags::SA_RESTART
             };
-            let act = SigAction::new(SigHandler::Handler(on_signal), flags, SigSet::empty());
-            // SAFETY: on_signal only does async-signal-safe things (an atomic
-            // load, write(2), errno saved and restored).
+            let act = SigAction::new(SigHandler::SigAction(on_signal), flags, SigSet::empty());
+            // SAFETY: on_signal only does async-signal-safe things (atomics,
+            // write(2), errno saved and restored); nix adds SA_SIGINFO.
             unsafe { sigaction(sig, &act) }?;
             HANDLED.fetch_or(1u64 << (sig as i32 as u32), Ordering::SeqCst);
         }

@@ -24,6 +24,10 @@
 //!                     --exit / --exit-after exit (NS: wall clock, for benchmarks)
 //!   --exit-after MS   stay alive MS milliseconds (not accepting), then exit 0
 //!   --accept-log PATH append "accept PID" to PATH after each accept
+//!   --helper          after the hold, fork a helper that accepts on descriptor 0
+//!                     too (the same answers, its own pid), as a worker that
+//!                     forks children would; its pid goes to --start-log as
+//!                     "PID GEN WORKER helper"
 //!   --ignore-hold     do not read FORKPOOL_HOLD_FD (a program that does not
 //!                     cooperate with forkpool's cutover: only SIGSTOP holds it)
 //!   --window-log PATH after saying ready, read the clock in a loop (yielding the
@@ -69,6 +73,7 @@ struct Opts {
     ignore_hold: bool,
     window_log: Option<String>,
     accept_log: Option<String>,
+    helper: bool,
 }
 
 fn parse(args: Vec<String>, o: &mut Opts) {
@@ -91,6 +96,7 @@ fn parse(args: Vec<String>, o: &mut Opts) {
             "--stamp" => o.stamp = Some(val()),
             "--exit-after" => o.exit_after = Some(num(&val())),
             "--ignore-hold" => o.ignore_hold = true,
+            "--helper" => o.helper = true,
             "--accept-log" => o.accept_log = Some(val()),
             "--window-log" => o.window_log = Some(val()),
             "--conf" => {
@@ -268,7 +274,37 @@ fn main() {
             hold(num(&v) as i32);
         }
     }
+    if o.helper {
+        helper(&o);
+    }
     serve(&o);
+}
+
+/// --helper: fork; the child (the helper) returns and serves like its parent.
+fn helper(o: &Opts) {
+    // SAFETY: test-worker is single-threaded here, so the child may run any code.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        if let Some(path) = &o.start_log {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = f.write_all(
+                    format!(
+                        "{} {} {} helper\n",
+                        std::process::id(),
+                        env("FORKPOOL_GENERATION"),
+                        env("FORKPOOL_WORKER")
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+    } else if pid < 0 {
+        die("unable to fork a helper");
+    }
 }
 
 /// Wait on the hold descriptor until a byte or EOF; a stop signal ends us.

@@ -1,0 +1,178 @@
+//! What forkpool starts, it ends: every worker leads a process group of its
+//! own (`unixtool::child::Spawn::process_group`), and a *guard* process, forked
+//! once, knows every such group and KILLs them all when forkpool dies, kill -9
+//! included. See "What forkpool starts, it ends" in README.md.
+//!
+//! The guard learns the groups over a pipe: forkpool writes a worker's pid
+//! (= its group) when it starts it and the negated pid when the group is gone
+//! (the leader reaped, what was left of the group killed). The write end is
+//! close-on-exec (no worker holds it); an in-place upgrade hands it to the
+//! next image (state.rs's `guard` record), so one guard serves every image.
+//! The guard reads end of file when forkpool's copy of the write end closes
+//! (forkpool died), then waits until its parent is gone (SIGUSR1 by
+//! PR_SET_PDEATHSIG ends the wait): then it KILLs every group it knows and
+//! exits. The guard leads a process group of its own, so a KILL
+//! to the chain's group (a test harness, a terminal's job control) does not
+//! take it with the chain.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::unistd::{fork, getpid, getppid, ForkResult, Pid};
+use unixtool::child::signal_group;
+use unixtool::signals;
+
+use crate::TOOL;
+
+/// forkpool's side of the guard.
+pub struct Guard {
+    /// The write end of the pipe; None once the guard is gone.
+    write: Option<OwnedFd>,
+}
+
+extern "C" fn on_parent_death(_: libc::c_int) {}
+
+impl Guard {
+    /// Fork the guard.
+    pub fn start() -> Result<Guard, Errno> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let parent = getpid();
+        let old = signals::block_all();
+        // SAFETY: forkpool is single-threaded, so the child may run any code
+        // (it never returns from `guard`).
+        let res = unsafe { fork() };
+        match res {
+            Ok(ForkResult::Child) => {
+                drop(write);
+                guard(read.as_raw_fd(), parent)
+            }
+            Ok(ForkResult::Parent { child }) => {
+                // As in the child: the group exists before anyone signals it.
+                let _ = nix::unistd::setpgid(child, child);
+                signals::restore_mask(&old);
+                Ok(Guard { write: Some(write) })
+            }
+            Err(e) => {
+                signals::restore_mask(&old);
+                Err(e)
+            }
+        }
+    }
+
+    /// The write end, to hand over across an in-place upgrade (USR2): the
+    /// guard then sees no end of file and keeps watching for the new image.
+    pub fn fd(&self) -> Option<RawFd> {
+        self.write.as_ref().map(|w| w.as_raw_fd())
+    }
+
+    /// The guard the previous image started (its write end, kept across exec).
+    pub fn adopt(write: OwnedFd) -> Guard {
+        Guard { write: Some(write) }
+    }
+
+    /// A worker's group to KILL should forkpool die.
+    pub fn watch(&mut self, pgid: Pid) {
+        self.send(pgid.as_raw());
+    }
+
+    /// The group is gone (its leader reaped, the rest killed): forget it.
+    pub fn forget(&mut self, pgid: Pid) {
+        self.send(-pgid.as_raw());
+    }
+
+    fn send(&mut self, n: i32) {
+        let Some(w) = &self.write else { return };
+        // 4 bytes: one atomic write to a pipe.
+        if let Err(e) = nix::unistd::write(w, &n.to_ne_bytes()) {
+            TOOL.warn(format_args!(
+                "the guard is gone ({}): helpers of the workers may outlive a killed forkpool",
+                unixtool::strerror(e)
+            ));
+            self.write = None;
+        }
+    }
+}
+
+/// The guard process: read groups until forkpool is gone, then KILL them all.
+fn guard(read: RawFd, parent: Pid) -> ! {
+    signals::reset_for_child();
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    let act = SigAction::new(
+        SigHandler::Handler(on_parent_death),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler does nothing (it only ends the sigsuspend below).
+    let _ = unsafe { sigaction(Signal::SIGUSR1, &act) };
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for sig in [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTSTP,
+    ] {
+        // SAFETY: SIG_IGN installs no handler.
+        let _ = unsafe { sigaction(sig, &ignore) };
+    }
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGUSR1);
+    close_all_but(read);
+    // The parent-death signal stays blocked but in sigsuspend: none is lost
+    // between a look at the parent and the wait.
+    let mut usr1 = SigSet::empty();
+    usr1.add(Signal::SIGUSR1);
+    let _ = usr1.thread_set_mask();
+    let groups = read_groups(read);
+    // End of file: forkpool is gone, or exec'd itself (same pid, still our
+    // parent): then wait for its death.
+    while getppid() == parent {
+        SigSet::empty().suspend().ok();
+    }
+    for g in groups {
+        signal_group(Pid::from_raw(g), Signal::SIGKILL);
+    }
+    // SAFETY: _exit(2) ends the forked guard without running forkpool's exit code.
+    unsafe { libc::_exit(0) }
+}
+
+/// The groups forkpool announces on `read`, until end of file.
+fn read_groups(read: RawFd) -> Vec<i32> {
+    let mut groups: Vec<i32> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut have = 0usize;
+    loop {
+        match nix::unistd::read(read, &mut buf[have..]) {
+            Ok(0) => return groups,
+            Ok(n) => have += n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return groups,
+        }
+        let whole = have - have % 4;
+        for c in buf[..whole].chunks_exact(4) {
+            let v = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            if v > 0 {
+                groups.push(v);
+            } else {
+                groups.retain(|&g| g != -v);
+            }
+        }
+        buf.copy_within(whole..have, 0);
+        have -= whole;
+    }
+}
+
+/// Close every descriptor but `keep` and stderr: the guard must not hold the
+/// listening socket (fd 0), nor any pipe of forkpool's.
+fn close_all_but(keep: RawFd) {
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(d) => d
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => (0..1024).collect(),
+    };
+    for fd in fds {
+        if fd != keep && fd != 2 {
+            let _ = nix::unistd::close(fd);
+        }
+    }
+}
