@@ -9,6 +9,7 @@
 //! decides what to start, what to retire; workers.rs runs the processes.
 
 mod events;
+mod lifecycle;
 mod policy;
 mod pool;
 mod status;
@@ -110,6 +111,7 @@ fn parse_options() -> (Config, Settings, usize) {
         drain: common.drain,
         ready: common.ready.clone(),
         backoff_max: common.backoff_max,
+        life: Default::default(),
     };
     let cfg = Config {
         prog,
