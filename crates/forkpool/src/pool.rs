@@ -10,7 +10,7 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use unixtool::readiness::{self, NotifySocket};
 
-use crate::policy::{Action, Phase, Policy, Settings};
+use crate::policy::{Action, Policy, Settings};
 use crate::status::{StatusFile, Summary};
 use crate::workers::{Launch, Processes};
 use crate::TOOL;
@@ -30,6 +30,8 @@ pub struct Pool {
     pub(crate) policy: Policy,
     pub(crate) procs: Processes,
     status: Option<StatusFile>,
+    /// `--max-rss`: the next memory sample (rss.rs).
+    pub(crate) next_sample: Option<Instant>,
 }
 
 /// Resolve the pinned symlink to the directory it names now.
@@ -57,6 +59,7 @@ impl Pool {
             policy,
             procs: Processes::default(),
             status,
+            next_sample: None,
         };
         pool.apply(actions, Instant::now());
         pool
@@ -77,6 +80,7 @@ impl Pool {
                         ready: &self.cfg.ready,
                         notify: self.notify.as_ref(),
                         cutover: self.policy.settings.mode == crate::policy::Mode::Cutover,
+                        watchdog: self.policy.settings.life.watchdog,
                     };
                     let more = match self.procs.start(&how, worker, slot, &generation, hold) {
                         Ok(pid) => self.policy.started(worker, pid.as_raw()),
@@ -105,9 +109,10 @@ impl Pool {
                 Action::Warn(msg) => TOOL.warn(msg),
             }
         }
-        // A worker no longer starting says nothing more on its pipe.
+        // After READY the pipe carries the worker's messages (pings,
+        // `recycle`, `stopping`): listened to while the worker lives.
         for p in &mut self.procs.list {
-            if self.policy.worker(p.id).map(|w| w.phase) != Some(Phase::Starting) {
+            if self.policy.worker(p.id).is_none() {
                 p.child.stop_listening();
             }
         }
@@ -144,6 +149,6 @@ impl Pool {
 
     /// The next moment something is due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.policy.next_deadline()
+        unixtool::supervise::earliest([self.policy.next_deadline(), self.next_sample])
     }
 }

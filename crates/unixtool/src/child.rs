@@ -34,6 +34,8 @@ pub struct Spawn<'a> {
     pub parent_death: Option<Signal>,
     /// Descriptors to put in place: (open descriptor, number in the child).
     pub fds: Vec<(RawFd, RawFd)>,
+    /// Variables set to the child's own pid (`WATCHDOG_PID`).
+    pub own_pid_env: Vec<&'static str>,
 }
 
 impl<'a> Spawn<'a> {
@@ -45,6 +47,7 @@ impl<'a> Spawn<'a> {
             dir: None,
             parent_death: None,
             fds: Vec::new(),
+            own_pid_env: Vec::new(),
         }
     }
 
@@ -96,6 +99,9 @@ impl<'a> Spawn<'a> {
         }
         for (k, v) in &self.env {
             std::env::set_var(k, v);
+        }
+        for k in &self.own_pid_env {
+            std::env::set_var(k, nix::unistd::getpid().to_string());
         }
         if std::env::var_os("LISTEN_FDS").is_some() {
             std::env::set_var("LISTEN_PID", nix::unistd::getpid().to_string());
