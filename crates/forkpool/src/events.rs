@@ -64,7 +64,13 @@ impl Pool {
                 if notice.ready() {
                     ready.push(p.id);
                 }
-                said.extend(notice.lines.iter().filter_map(|l| Said::datagram(l)).map(|s| (p.id, s)));
+                said.extend(
+                    notice
+                        .lines
+                        .iter()
+                        .filter_map(|l| Said::datagram(l))
+                        .map(|s| (p.id, s)),
+                );
                 if let (Some(st), true) = (notice.status(), self.cfg.verbose) {
                     if let Some(w) = self.policy.worker(p.id) {
                         TOOL.info(format_args!("{} status: {st}", w.name()));
@@ -77,7 +83,12 @@ impl Pool {
             if m.ready {
                 ready.push(p.id);
             }
-            said.extend(m.lines.iter().filter_map(|l| Said::line(l)).map(|s| (p.id, s)));
+            said.extend(
+                m.lines
+                    .iter()
+                    .filter_map(|l| Said::line(l))
+                    .map(|s| (p.id, s)),
+            );
         }
         let actions = self.policy.tick(now, &ready);
         self.apply(actions, now);

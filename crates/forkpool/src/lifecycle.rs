@@ -219,8 +219,8 @@ impl Policy {
         let Some(first) = here.next() else {
             return true;
         };
-        let recycle = first.generation == self.target.id
-            && here.all(|w| w.generation == self.target.id);
+        let recycle =
+            first.generation == self.target.id && here.all(|w| w.generation == self.target.id);
         if !recycle && self.settings.mode != Mode::Rolling {
             return true;
         }
@@ -391,7 +391,10 @@ impl Policy {
                 mib(limit)
             ));
         } else if before > 0 {
-            self.info(format!("{name} Pss {}: under the limit again", mib(pss_kib)));
+            self.info(format!(
+                "{name} Pss {}: under the limit again",
+                mib(pss_kib)
+            ));
         }
         if over >= k {
             self.mark(i, Recycle::Memory, format!("Pss {}", mib(pss_kib)));
@@ -416,7 +419,9 @@ mod tests {
         let ages: Vec<Duration> = (0..50)
             .map(|_| jittered_age(max, 20, next_random(&mut rng)))
             .collect();
-        assert!(ages.iter().all(|a| *a <= max && *a >= Duration::from_secs(80)));
+        assert!(ages
+            .iter()
+            .all(|a| *a <= max && *a >= Duration::from_secs(80)));
         let mut distinct = ages.clone();
         distinct.sort();
         distinct.dedup();

@@ -180,7 +180,10 @@ fn main() {
         }
         let mut fds = vec![sigs.raw_fd()];
         fds.extend(pool.poll_fds());
-        let due = [pool.next_deadline(), upstream.as_ref().and_then(|u| u.next_ping())];
+        let due = [
+            pool.next_deadline(),
+            upstream.as_ref().and_then(|u| u.next_ping()),
+        ];
         let timeout = supervise::earliest(due).map(|d| d.saturating_duration_since(Instant::now()));
         poll_readable(&fds, timeout);
         let now = Instant::now();

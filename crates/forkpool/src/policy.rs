@@ -374,15 +374,12 @@ impl Policy {
         }
         // 1. A live target worker in every slot.
         for slot in 0..self.slots.len() {
-            let has = self
-                .workers
-                .iter()
-                .any(|w| {
-                    w.live()
-                        && w.slot == slot
-                        && w.generation == self.target.id
-                        && w.life.recycle.is_none()
-                });
+            let has = self.workers.iter().any(|w| {
+                w.live()
+                    && w.slot == slot
+                    && w.generation == self.target.id
+                    && w.life.recycle.is_none()
+            });
             if has || self.slots[slot].not_before.is_some_and(|t| t > now) {
                 continue;
             }

@@ -20,7 +20,12 @@ impl Pool {
             return;
         }
         self.next_sample = Some(now + Duration::from_secs(1));
-        let ids: Vec<_> = self.procs.list.iter().map(|p| (p.id, p.child.pid)).collect();
+        let ids: Vec<_> = self
+            .procs
+            .list
+            .iter()
+            .map(|p| (p.id, p.child.pid))
+            .collect();
         for (id, pid) in ids {
             if let Some(kib) = pss_kib(pid) {
                 let actions = self.policy.memory(id, kib, now);

@@ -144,7 +144,10 @@ fn recycling_by_age_starts_the_replacement_first() {
     s.at(10_100);
     let a = s.tick();
     assert_eq!(starts(&a), vec![0, 1, 2], "a replacement in every slot");
-    assert!(retired(&a).is_empty(), "killed before the replacement was ready");
+    assert!(
+        retired(&a).is_empty(),
+        "killed before the replacement was ready"
+    );
     assert_eq!(s.p.ready_count(), N);
     // The replacement of slot 1 is ready: the old worker of slot 1 goes, only it.
     let new = s.of(1, Phase::Starting);
@@ -204,10 +207,13 @@ fn age_recycling_pauses_while_a_reload_runs() {
 
 #[test]
 fn a_rolling_reload_under_surge_1_keeps_n_plus_1() {
-    let mut s = Sim::new(Mode::Rolling, Lifecycle {
-        surge: Some(1),
-        ..Default::default()
-    });
+    let mut s = Sim::new(
+        Mode::Rolling,
+        Lifecycle {
+            surge: Some(1),
+            ..Default::default()
+        },
+    );
     let mut a = s.p.hup(s.now, || Ok(None));
     a.extend(s.p.step(s.now));
     let a = s.feed(a);
@@ -232,10 +238,13 @@ fn a_rolling_reload_under_surge_1_keeps_n_plus_1() {
 
 #[test]
 fn a_cutover_reload_is_not_held_back_by_the_surge_bound() {
-    let mut s = Sim::new(Mode::Cutover, Lifecycle {
-        surge: Some(1),
-        ..Default::default()
-    });
+    let mut s = Sim::new(
+        Mode::Cutover,
+        Lifecycle {
+            surge: Some(1),
+            ..Default::default()
+        },
+    );
     let mut a = s.p.hup(s.now, || Ok(None));
     a.extend(s.p.step(s.now));
     let a = s.feed(a);
@@ -244,10 +253,13 @@ fn a_cutover_reload_is_not_held_back_by_the_surge_bound() {
 
 #[test]
 fn the_watchdog_aborts_a_silent_worker_and_replaces_it_at_once() {
-    let mut s = Sim::new(Mode::Rolling, Lifecycle {
-        watchdog: Some(Duration::from_millis(500)),
-        ..Default::default()
-    });
+    let mut s = Sim::new(
+        Mode::Rolling,
+        Lifecycle {
+            watchdog: Some(Duration::from_millis(500)),
+            ..Default::default()
+        },
+    );
     let ids = s.of(1, Phase::Ready);
     let deadline = s.p.life_deadline().expect("a ping is due");
     assert_eq!(deadline, s.t0 + Duration::from_millis(600));
@@ -275,11 +287,14 @@ fn the_watchdog_aborts_a_silent_worker_and_replaces_it_at_once() {
 
 #[test]
 fn memory_over_the_limit_k_samples_in_a_row_recycles() {
-    let mut s = Sim::new(Mode::Rolling, Lifecycle {
-        max_rss_kib: Some(20 * 1024),
-        rss_samples: 3,
-        ..Default::default()
-    });
+    let mut s = Sim::new(
+        Mode::Rolling,
+        Lifecycle {
+            max_rss_kib: Some(20 * 1024),
+            rss_samples: 3,
+            ..Default::default()
+        },
+    );
     let ids = s.of(1, Phase::Ready);
     let big = 50 * 1024;
     for (i, pss) in [big, 1024, big, big, 1024].into_iter().enumerate() {
