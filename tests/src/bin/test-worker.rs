@@ -43,7 +43,7 @@
 //!   --say-stopping    on a stop signal during a connection (--serve-delay), stop
 //!                     accepting at once (close descriptor 0) and say so: `stopping`
 //!                     on --notify-fd, or STOPPING=1; then finish the connection
-//!   --leak MIB        after ready, allocate and touch MIB MiB and keep them
+//!   --leak MIB        before ready, allocate and touch MIB MiB and keep them (a big app)
 //!   --spike MIB       after ready, allocate and touch MIB MiB for 1.5 s, once
 //!
 //! With FORKPOOL_HOLD_FD set (forkpool -m cutover) and without --ignore-hold,
@@ -259,6 +259,7 @@ fn main() {
             wait(-1, -1);
         }
     }
+    let leak = vec![1u8; (o.leak as usize) << 20];
     if o.ready_delay > 0 {
         let end = std::time::Instant::now() + Duration::from_millis(o.ready_delay);
         while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
@@ -290,6 +291,7 @@ fn main() {
         notify();
     }
     let mut life = Life::new(&o, chan);
+    life.leak = leak;
     if let Some(path) = &o.window_log {
         window(t_ready, path);
     }
@@ -383,9 +385,6 @@ impl Life {
             served: 0,
             asked: false,
         };
-        if o.leak > 0 {
-            l.leak = vec![1u8; (o.leak as usize) << 20];
-        }
         if o.spike > 0 {
             l.spike = vec![1u8; (o.spike as usize) << 20];
             l.spike_end = Some(now + Duration::from_millis(1500));
