@@ -425,3 +425,158 @@ fn bad_lifecycle_options_are_usage_errors() {
         assert!(err.starts_with("forkpool: "), "{err}");
     }
 }
+
+// ------------------------------------------------------------ the demo app
+
+/// `site/releases/ID` for the demo app: RELEASE and htdocs/index.html.
+fn demo_release(site: &Path, id: &str) {
+    let d = site.join("releases").join(id);
+    std::fs::create_dir_all(d.join("htdocs")).expect("mkdir");
+    std::fs::write(d.join("RELEASE"), format!("{id}\n")).expect("RELEASE");
+    std::fs::write(
+        d.join("htdocs/index.html"),
+        format!("<!doctype html>\n<html><body data-release=\"{id}\">{id}</body></html>\n"),
+    )
+    .expect("index.html");
+}
+
+fn point_current(site: &Path, id: &str) {
+    let mut c = cmd("atomic-symlink");
+    c.arg(format!("releases/{id}")).arg(site.join("current"));
+    let (code, _, err) = run(c, LONG);
+    assert_eq!(code, 0, "atomic-symlink: {err}");
+}
+
+/// forkpool OPTS -p current app --root . --ready-fd 3 APP_OPTS, in a site
+/// with release r1 current (r2 built too).
+fn demo_pool(opts: &[&str], app: &[&str]) -> Pool {
+    let pool_dir = TempDir::new("life-demo");
+    let site = pool_dir.path().to_path_buf();
+    demo_release(&site, "r1");
+    demo_release(&site, "r2");
+    point_current(&site, "r1");
+    let st = site.join("status");
+    let (sock, port) = listener();
+    let mut c = cmd("forkpool");
+    c.arg("-v")
+        .arg("-S")
+        .arg(&st)
+        .args(opts)
+        .arg("-p")
+        .arg(site.join("current"));
+    c.arg(bin("app"))
+        .args(["--root", ".", "--ready-fd", "3"])
+        .args(app);
+    c.stdin(sock)
+        .stderr(std::fs::File::create(site.join("log")).expect("log"))
+        .current_dir(&site);
+    let p = Proc::spawn(c);
+    Pool {
+        p,
+        port,
+        st,
+        dir: pool_dir,
+    }
+}
+
+/// uptime-probe on the pool until INT: its JSON.
+struct Probe(Proc);
+
+impl Probe {
+    fn start(port: u16, extra: &[&str]) -> Probe {
+        let mut c = cmd("uptime-probe");
+        c.args(["-c", "8", "--json", "-q", "-t", "30000"])
+            .args(extra)
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        Probe(Proc::spawn(c))
+    }
+
+    fn finish(mut self) -> String {
+        self.0.signal(Signal::SIGINT);
+        let out = self.0.stdout();
+        let json = read_all_timeout(out, LONG).unwrap_or_default();
+        self.0
+            .wait_timeout(LONG)
+            .expect("the probe exits after INT");
+        json
+    }
+}
+
+#[test]
+fn the_demo_app_recycled_by_age_and_at_its_word_under_the_probe_fails_nothing() {
+    let pool = demo_pool(
+        &[
+            "-n",
+            "4",
+            "-d",
+            "3",
+            "--surge",
+            "1",
+            "--max-age",
+            "3",
+            "--watchdog",
+            "1000",
+        ],
+        &["--retire-after", "500"],
+    );
+    pool.serving(1, 4);
+    let probe = Probe::start(pool.port, &[]);
+    let recycled = wait_until(LONG, || {
+        let s = pool.status();
+        s.num("recycled_asked") >= 4 && s.num("recycled_age") >= 2
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let json = probe.finish();
+    let s = pool.status();
+    let log = pool.log();
+    assert!(recycled, "{:?}\n{log}", s.kv);
+    assert_eq!(json_count(&json, "failed"), 0, "{json}\n{log}");
+    assert_eq!(json_count(&json, "mixed"), 0, "{json}");
+    assert!(json_count(&json, "requests") > 1000, "{json}");
+    // The app pings its watchdog: never touched.
+    assert_eq!(s.num("recycled_watchdog"), 0, "{log}");
+    assert!(!log.contains("missed its watchdog ping"), "{log}");
+}
+
+#[test]
+fn a_long_request_does_not_delay_the_demo_apps_cutover_and_nothing_flaps() {
+    let pool = demo_pool(
+        &["-n", "2", "-d", "3", "-m", "cutover", "-k", "20000"],
+        &["--stop-timeout", "20000", "--read-timeout", "30000"],
+    );
+    pool.serving(1, 2);
+    let probe = Probe::start(pool.port, &["--flapping-fails"]);
+    // Half a request, on an old worker; the rest only when told.
+    let mut conn = TcpStream::connect(("127.0.0.1", pool.port)).expect("connect");
+    use std::io::Write;
+    conn.write_all(b"GET / HTTP/1.1\r\n").expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    let site = pool.dir.path().to_path_buf();
+    point_current(&site, "r2");
+    pool.p.signal(Signal::SIGHUP);
+    let t0 = Instant::now();
+    let s = pool.serving(2, 2);
+    let switch = t0.elapsed();
+    assert_eq!(s.get("reload"), "ok");
+    // The request in hand was still open all along: now it completes, from r1.
+    conn.write_all(b"Host: x\r\nConnection: close\r\n\r\n")
+        .expect("send the rest");
+    conn.set_read_timeout(Some(LONG)).expect("timeout");
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer:?}\n{}",
+        pool.log()
+    );
+    assert!(answer.contains("data-release=\"r1\""), "{answer:?}");
+    let json = probe.finish();
+    let log = pool.log();
+    assert_eq!(json_count(&json, "failed"), 0, "{json}\n{log}");
+    assert_eq!(json_count(&json, "flapping"), 0, "{json}");
+    assert_eq!(json_count(&json, "mixed"), 0, "{json}");
+    assert!(log.contains("stopped accepting"), "{log}");
+    eprintln!("cutover with a request in hand: reload done {switch:?} after the HUP");
+}
