@@ -447,9 +447,10 @@ fn point_current(site: &Path, id: &str) {
     assert_eq!(code, 0, "atomic-symlink: {err}");
 }
 
-/// forkpool OPTS -p current app --root . --ready-fd 3 APP_OPTS, in a site
+/// forkpool OPTS -p current app --root . --ready-fd 3 APP_OPTS (slot 0: and
+/// APP_OPTS0), through `sh -c '... exec app'`, in a site
 /// with release r1 current (r2 built too).
-fn demo_pool(opts: &[&str], app: &[&str]) -> Pool {
+fn demo_pool(opts: &[&str], app: &[&str], app0: &[&str]) -> Pool {
     let pool_dir = TempDir::new("life-demo");
     let site = pool_dir.path().to_path_buf();
     demo_release(&site, "r1");
@@ -464,9 +465,14 @@ fn demo_pool(opts: &[&str], app: &[&str]) -> Pool {
         .args(opts)
         .arg("-p")
         .arg(site.join("current"));
-    c.arg(bin("app"))
-        .args(["--root", ".", "--ready-fd", "3"])
-        .args(app);
+    // Slot 0 gets APP_OPTS0 (after APP_OPTS) too.
+    let script = format!(
+        "o=; [ \"$FORKPOOL_WORKER\" = 0 ] && o='{}'; exec '{}' --root . --ready-fd 3 {} $o",
+        app0.join(" "),
+        bin("app").display(),
+        app.join(" ")
+    );
+    c.args(["sh", "-c", &script]);
     c.stdin(sock)
         .stderr(std::fs::File::create(site.join("log")).expect("log"))
         .current_dir(&site);
@@ -515,17 +521,18 @@ fn the_demo_app_recycled_by_age_and_at_its_word_under_the_probe_fails_nothing() 
             "--surge",
             "1",
             "--max-age",
-            "3",
+            "2",
             "--watchdog",
             "1000",
         ],
-        &["--retire-after", "500"],
+        &[],
+        &["--retire-after", "300"],
     );
     pool.serving(1, 4);
     let probe = Probe::start(pool.port, &[]);
     let recycled = wait_until(LONG, || {
         let s = pool.status();
-        s.num("recycled_asked") >= 4 && s.num("recycled_age") >= 2
+        s.num("recycled_asked") >= 3 && s.num("recycled_age") >= 3
     });
     std::thread::sleep(Duration::from_secs(1));
     let json = probe.finish();
@@ -545,6 +552,7 @@ fn a_long_request_does_not_delay_the_demo_apps_cutover_and_nothing_flaps() {
     let pool = demo_pool(
         &["-n", "2", "-d", "3", "-m", "cutover", "-k", "20000"],
         &["--stop-timeout", "20000", "--read-timeout", "30000"],
+        &[],
     );
     pool.serving(1, 2);
     let probe = Probe::start(pool.port, &["--flapping-fails"]);
