@@ -588,3 +588,71 @@ fn a_long_request_does_not_delay_the_demo_apps_cutover_and_nothing_flaps() {
     assert!(log.contains("stopped accepting"), "{log}");
     eprintln!("cutover with a request in hand: reload done {switch:?} after the HUP");
 }
+
+#[test]
+fn forkpool_pings_its_own_supervisors_watchdog_and_keeps_the_variables_from_workers() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("life-wd");
+    let path = dir.join("notify");
+    let sock = UnixDatagram::bind(&path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let env_file = dir.join("env");
+    let (stdin, _port) = listener();
+    let mut c = cmd("forkpool");
+    c.args(["-n", "1", "-d", "3", "sh", "-c"])
+        .arg(format!(
+            "env > '{}'; echo >&3; exec sleep 600",
+            env_file.display()
+        ))
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdin(stdin)
+        .stderr(Stdio::null());
+    let p = Proc::spawn(c);
+    // WATCHDOG_PID names another process: not ours, no pings.
+    let mut c2 = cmd("forkpool");
+    let path2 = dir.join("notify2");
+    let sock2 = UnixDatagram::bind(&path2).expect("bind");
+    sock2
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let (stdin2, _) = listener();
+    c2.args(["-n", "1", "-d", "3", "sh", "-c", "echo >&3; exec sleep 600"])
+        .env("NOTIFY_SOCKET", &path2)
+        .env("WATCHDOG_USEC", "400000")
+        .env("WATCHDOG_PID", "1")
+        .stdin(stdin2)
+        .stderr(Stdio::null());
+    let _p2 = Proc::spawn(c2);
+    let mut pings = 0;
+    let end = Instant::now() + LONG;
+    let mut buf = [0u8; 4096];
+    while pings < 5 && Instant::now() < end {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]);
+            if msg.lines().any(|l| l == "WATCHDOG=1") {
+                pings += 1;
+            }
+        }
+    }
+    assert_eq!(pings, 5, "forkpool did not ping its watchdog");
+    assert!(alive(p.pid().as_raw()));
+    let env = std::fs::read_to_string(&env_file).unwrap_or_default();
+    assert!(env.contains("FORKPOOL_WORKER="), "{env}");
+    assert!(
+        !env.contains("WATCHDOG_"),
+        "a worker got forkpool's watchdog: {env}"
+    );
+    assert!(!env.contains("NOTIFY_SOCKET"), "{env}");
+    // The other one said READY=1 (so it talks) but never WATCHDOG=1.
+    let mut other = String::new();
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if let Ok(n) = sock2.recv(&mut buf) {
+            other.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    assert!(other.contains("READY=1"), "{other}");
+    assert!(!other.contains("WATCHDOG=1"), "{other}");
+}
