@@ -16,6 +16,13 @@
 //!    (all-at-once);
 //! 3. a target generation with every slot ready becomes the serving one.
 //!
+//! Lifecycle (lifecycle.rs): a ready worker due for recycling (age, memory,
+//! its own word) is *marked*; step 1 counts a marked worker as missing from
+//! its slot (a second worker in a slot starts only within the `--surge`
+//! bound), and step 2b retires the marked worker once a ready worker of the
+//! target generation stands in its slot. The watchdog retires a silent worker
+//! with ABRT; step 1 then fills its slot at once.
+//!
 //! A reload (HUP) only changes the target. A failed reload sets the target
 //! back to the serving generation: the same rule then brings back whatever old
 //! worker was already retired and retires the broken new ones, and ready
@@ -98,8 +105,7 @@ pub struct Generation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId(pub u64);
 
-/// Why a worker was retired. (Room for the next reasons: age, memory, its
-/// own word, a missed watchdog ping.)
+/// Why a worker was retired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Why {
     /// Outgoing and ready: a worker of the target generation stands in for it.
