@@ -141,10 +141,16 @@ fn max_age_2_surge_1_recycles_every_worker_never_below_4_ready_never_above_5() {
     let first = pool.serving(1, 4);
     let first_pids = first.pids("ready");
     let mut hammer = Hammer::start(pool.port, 4);
+    // 15 s at least, and (on a loaded machine) until every first worker and
+    // 8 more were replaced, sampling all along.
     let end = Instant::now() + Duration::from_secs(15);
+    let give_up = end + LONG;
     let (mut samples, mut min_ready, mut max_lines, mut max_children) = (0, usize::MAX, 0, 0);
     let mut seen = std::collections::HashSet::new();
-    while Instant::now() < end {
+    let replaced = |seen: &std::collections::HashSet<i32>| {
+        seen.len() >= 12 && first_pids.iter().all(|p| !alive(*p))
+    };
+    while Instant::now() < give_up && (Instant::now() < end || !replaced(&seen)) {
         let s = pool.status();
         if !s.workers.is_empty() {
             samples += 1;
@@ -171,11 +177,7 @@ fn max_age_2_surge_1_recycles_every_worker_never_below_4_ready_never_above_5() {
     for pid in &first_pids {
         assert!(!alive(*pid), "worker {pid} was never recycled\n{log}");
     }
-    assert!(
-        seen.len() >= 12,
-        "only {} workers in 15 s\n{log}",
-        seen.len()
-    );
+    assert!(seen.len() >= 12, "only {} workers\n{log}", seen.len());
     assert!(s.num("recycled_age") >= 8, "{:?}", s.kv);
     assert_eq!(s.num("recycles"), s.num("recycled_age"));
     // Per worker: age, and how often and why its slot was recycled.
@@ -195,7 +197,7 @@ fn watchdog(readiness: &[&str], say: &str) {
          fi
          exec \"$TW\" {say} --ping"
     );
-    let mut opts = vec!["-n", "3", "--watchdog", "300", "-k", "3000"];
+    let mut opts = vec!["-n", "3", "--watchdog", "1000", "-k", "3000"];
     opts.extend(readiness);
     let pool = Pool::script(&opts, &script);
     let first = pool.serving(1, 3);
@@ -523,7 +525,7 @@ fn the_demo_app_recycled_by_age_and_at_its_word_under_the_probe_fails_nothing() 
             "--max-age",
             "2",
             "--watchdog",
-            "1000",
+            "2000",
         ],
         &[],
         &["--retire-after", "300"],
