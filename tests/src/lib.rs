@@ -325,7 +325,7 @@ impl PoolStatus {
             };
             if k == "worker" {
                 let f: Vec<&str> = v.split_whitespace().collect();
-                if f.len() == 4 {
+                if f.len() >= 4 {
                     st.workers.push((
                         f[0].parse().unwrap_or(0),
                         f[1].parse().unwrap_or(0),

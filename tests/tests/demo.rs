@@ -110,7 +110,10 @@ impl Site {
         assert!(
             wait_until(LONG, || {
                 let w = self.workers();
-                !w.is_empty() && w.iter().all(|l| l.ends_with(" ready"))
+                // slot gen pid state, then forkpool's lifecycle fields
+                !w.is_empty()
+                    && w.iter()
+                        .all(|l| l.split_whitespace().nth(3) == Some("ready"))
             }),
             "workers still stopping: {:?}",
             self.workers()

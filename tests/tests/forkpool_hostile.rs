@@ -438,7 +438,9 @@ fn running_out_of_descriptors_fails_the_reload_with_the_reason() {
     let (sock, _port) = listener();
     let mut c = Command::new("sh");
     c.arg("-c")
-        .arg("ulimit -n 16 && exec \"$@\"")
+        // enough for generation 1 (a ready worker keeps its readiness pipe
+        // open in forkpool, for its messages), not for generation 2 beside it
+        .arg("ulimit -n 24 && exec \"$@\"")
         .arg("limited")
         .arg(bin("forkpool"))
         .args(["-n", "8", "-m", "cutover", "-d", "3", "-S"])

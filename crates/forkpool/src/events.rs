@@ -12,13 +12,49 @@ use crate::policy::{Stop, WorkerId};
 use crate::pool::{resolve, Pool};
 use crate::TOOL;
 
+/// What a worker says after READY.
+enum Said {
+    /// A watchdog ping: an empty line, `WATCHDOG=1`.
+    Ping,
+    /// Recycle me: `recycle`, `RECYCLE=1`.
+    Recycle,
+    /// I stopped accepting: `stopping`, `STOPPING=1`.
+    Stopping,
+}
+
+impl Said {
+    /// A line on the `-d` pipe (other lines are ignored).
+    fn line(l: &str) -> Option<Said> {
+        match l.trim_end_matches('\r') {
+            "" => Some(Said::Ping),
+            "recycle" => Some(Said::Recycle),
+            "stopping" => Some(Said::Stopping),
+            _ => None,
+        }
+    }
+
+    /// A line of a `NOTIFY_SOCKET` datagram.
+    fn datagram(l: &str) -> Option<Said> {
+        match l {
+            "WATCHDOG=1" => Some(Said::Ping),
+            "RECYCLE=1" => Some(Said::Recycle),
+            "STOPPING=1" => Some(Said::Stopping),
+            _ => None,
+        }
+    }
+}
+
 impl Pool {
-    /// Readiness messages and timers, readiness deadlines, KILL deadlines.
+    /// Readiness messages and timers, readiness deadlines, KILL deadlines;
+    /// then what workers say after READY (lifecycle.rs): a ping, `recycle`,
+    /// `stopping` on the pipe; `WATCHDOG=1`, `RECYCLE=1`, `STOPPING=1` as
+    /// datagrams; then ages, watchdog deadlines and memory samples.
     pub fn check_readiness(&mut self, now: Instant) {
         if unixtool::signals::take_kernel_hups() > 0 {
             TOOL.warn("ignored a SIGHUP sent by the kernel (orphaned process group or terminal hangup): not a reload");
         }
         let mut ready: Vec<WorkerId> = Vec::new();
+        let mut said: Vec<(WorkerId, Said)> = Vec::new();
         if let Some(n) = &self.notify {
             let pids: Vec<_> = self.procs.list.iter().map(|p| p.child.pid).collect();
             for notice in n.drain() {
@@ -31,6 +67,13 @@ impl Pool {
                 if notice.ready() {
                     ready.push(p.id);
                 }
+                said.extend(
+                    notice
+                        .lines
+                        .iter()
+                        .filter_map(|l| Said::datagram(l))
+                        .map(|s| (p.id, s)),
+                );
                 if let (Some(st), true) = (notice.status(), self.cfg.verbose) {
                     if let Some(w) = self.policy.worker(p.id) {
                         TOOL.info(format_args!("{} status: {st}", w.name()));
@@ -39,12 +82,30 @@ impl Pool {
             }
         }
         for p in &mut self.procs.list {
-            if p.child.told_ready() {
+            let m = p.child.messages();
+            if m.ready {
                 ready.push(p.id);
             }
+            said.extend(
+                m.lines
+                    .iter()
+                    .filter_map(|l| Said::line(l))
+                    .map(|s| (p.id, s)),
+            );
         }
         let actions = self.policy.tick(now, &ready);
         self.apply(actions, now);
+        for (id, what) in said {
+            let actions = match what {
+                Said::Ping => self.policy.ping(id, now),
+                Said::Recycle => self.policy.asked_recycle(id, now),
+                Said::Stopping => self.policy.stopped_accepting(id, now),
+            };
+            self.apply(actions, now);
+        }
+        let actions = self.policy.life_tick(now);
+        self.apply(actions, now);
+        self.sample_memory(now);
     }
 
     /// A signal, in order of arrival.

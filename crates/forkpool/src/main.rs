@@ -10,8 +10,10 @@
 
 mod events;
 mod groups;
+mod lifecycle;
 mod policy;
 mod pool;
+mod rss;
 mod state;
 mod status;
 mod upgrade;
@@ -31,7 +33,7 @@ use pool::{Config, Pool};
 
 const TOOL: Tool = Tool {
     name: "forkpool",
-    usage: "forkpool [-v] [-n workers] [-s sig] [-k ms] [-d fd | --notify] [-a ms] [-t ms] [-p symlink] [-S statusfile] [-m rolling|all-at-once|cutover] [-b ms] prog...",
+    usage: "forkpool [-v] [-n workers] [-s sig] [-k ms] [-d fd | --notify] [-a ms] [-t ms] [-p symlink] [-S statusfile] [-m rolling|all-at-once|cutover] [-b ms] [--surge k] [--max-age s [--jitter pct]] [--max-rss mib [--rss-samples k]] [--watchdog ms] prog...",
     help: "
   -n, --workers N           keep N workers running (default 4)
   -s, --stop-signal SIG     the signal that tells a worker to finish and exit
@@ -51,6 +53,13 @@ const TOOL: Tool = Tool {
                             until it is whole and the old one is gone, then release it
   -b, --backoff-max MS      let the wait after failures in a row double up to MS ms
                             (default 1000: one second, as runsv)
+      --surge K             at most N+K workers while recycling or in a rolling reload
+      --max-age S           recycle a worker after about S seconds (replacement first)
+      --jitter PCT          each worker's age is S less a random part of up to PCT% (default 10)
+      --max-rss MIB         recycle a worker whose Pss stays over MIB (sampled every second)
+      --rss-samples K       ... K samples in a row (default 3)
+      --watchdog MS         a ready worker pings every MS ms (empty line on -d, WATCHDOG=1);
+                            one that misses gets ABRT, KILL after -k, and is replaced
   -v, --verbose             one info line per transition
   -h, --help                this text
   -V, --version             the version
@@ -64,6 +73,7 @@ fn parse_options() -> (Config, Settings, usize) {
     let mut pin: Option<PathBuf> = None;
     let mut status: Option<PathBuf> = None;
     let mut mode = Mode::Rolling;
+    let mut life = lifecycle::Lifecycle::default();
 
     let (mut common, prog) = SupervisorOptions::parse(&TOOL, |opt, parser| {
         match opt {
@@ -95,10 +105,29 @@ fn parse_options() -> (Config, Settings, usize) {
                     )),
                 };
             }
+            // Lifecycle (issue 14): lifecycle.rs.
+            "--surge" => life.surge = Some(TOOL.number("--surge", &TOOL.value(parser), 1, 10_000)),
+            "--max-age" => {
+                let s: u64 = TOOL.number("--max-age", &TOOL.value(parser), 1, 31_536_000);
+                life.max_age = Some(Duration::from_secs(s));
+            }
+            "--jitter" => life.jitter_pct = TOOL.number("--jitter", &TOOL.value(parser), 0, 90),
+            "--max-rss" => {
+                let mib: u64 = TOOL.number("--max-rss", &TOOL.value(parser), 1, 1 << 30);
+                life.max_rss_kib = Some(mib * 1024);
+            }
+            "--rss-samples" => {
+                life.rss_samples = TOOL.number("--rss-samples", &TOOL.value(parser), 1, 3600)
+            }
+            "--watchdog" => {
+                let ms: u64 = TOOL.number("--watchdog", &TOOL.value(parser), 10, 86_400_000);
+                life.watchdog = Some(Duration::from_millis(ms));
+            }
             _ => return false,
         }
         true
     });
+    life.seed = lifecycle::seed();
     let ready = &mut common.ready;
     if !ready.told() && ready.alive.is_none() {
         ready.alive = Some(Duration::from_secs(1));
@@ -113,6 +142,7 @@ fn parse_options() -> (Config, Settings, usize) {
         drain: common.drain,
         ready: common.ready.clone(),
         backoff_max: common.backoff_max,
+        life,
     };
     let cfg = Config {
         prog,
@@ -142,15 +172,18 @@ fn main() {
         pool.write_status();
         if let Some(u) = upstream.as_mut() {
             u.update(&pool.summary());
+            u.ping(Instant::now());
         }
         if pool.finished() {
             std::process::exit(0);
         }
         let mut fds = vec![sigs.raw_fd()];
         fds.extend(pool.poll_fds());
-        let timeout = pool
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()));
+        let due = [
+            pool.next_deadline(),
+            upstream.as_ref().and_then(|u| u.next_ping()),
+        ];
+        let timeout = supervise::earliest(due).map(|d| d.saturating_duration_since(Instant::now()));
         poll_readable(&fds, timeout);
         let now = Instant::now();
         pool.check_readiness(now);

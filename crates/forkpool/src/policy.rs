@@ -16,6 +16,13 @@
 //!    (all-at-once);
 //! 3. a target generation with every slot ready becomes the serving one.
 //!
+//! Lifecycle (lifecycle.rs): a ready worker due for recycling (age, memory,
+//! its own word) is *marked*; step 1 counts a marked worker as missing from
+//! its slot (a second worker in a slot starts only within the `--surge`
+//! bound), and step 2b retires the marked worker once a ready worker of the
+//! target generation stands in its slot. The watchdog retires a silent worker
+//! with ABRT; step 1 then fills its slot at once.
+//!
 //! A reload (HUP) only changes the target. A failed reload sets the target
 //! back to the serving generation: the same rule then brings back whatever old
 //! worker was already retired and retires the broken new ones, and ready
@@ -46,6 +53,8 @@ use unixtool::child::{secs, Ended};
 use unixtool::readiness;
 use unixtool::signals::signal_name;
 use unixtool::supervise::{earliest, KillDeadline, ReadinessTimes};
+
+use crate::lifecycle::{Lifecycle, PoolLife, Recycle, WorkerLife};
 
 /// How the old generation makes way for the new one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +90,8 @@ pub struct Settings {
     pub ready: readiness::Options,
     /// `-b`: the longest back-off.
     pub backoff_max: Duration,
+    /// Recycling, watchdog, surge (lifecycle.rs).
+    pub life: Lifecycle,
 }
 
 /// One generation: its number and the release directory it is pinned to.
@@ -94,8 +105,7 @@ pub struct Generation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId(pub u64);
 
-/// Why a worker was retired. (Room for the next reasons: age, memory, its
-/// own word, a missed watchdog ping.)
+/// Why a worker was retired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Why {
     /// Outgoing and ready: a worker of the target generation stands in for it.
@@ -107,6 +117,10 @@ pub enum Why {
     Failed,
     /// The pool stops (TERM, INT, QUIT).
     Stopping,
+    /// Recycled (age, memory, its own word) once its replacement was ready.
+    Recycled(Recycle),
+    /// It missed its watchdog ping.
+    Watchdog,
 }
 
 impl Why {
@@ -116,6 +130,10 @@ impl Why {
             Why::NotNeeded => "not needed",
             Why::Failed => "failed",
             Why::Stopping => "stopping",
+            Why::Recycled(Recycle::Age) => "recycled: age",
+            Why::Recycled(Recycle::Memory) => "recycled: memory",
+            Why::Recycled(Recycle::Asked) => "recycled: it asked",
+            Why::Recycled(Recycle::Watchdog) | Why::Watchdog => "watchdog",
         }
     }
 }
@@ -143,6 +161,8 @@ pub struct Worker {
     pub held: bool,
     /// Why it was retired (None while it is not).
     pub retired: Option<Why>,
+    /// Recycling and watchdog state (lifecycle.rs).
+    pub life: WorkerLife,
 }
 
 impl Worker {
@@ -238,6 +258,8 @@ pub struct Policy {
     /// The next [`WorkerId`].
     pub next_worker: u64,
     out: Vec<Action>,
+    /// Recycle counts and the random state of the age draws (lifecycle.rs).
+    pub life: PoolLife,
 }
 
 /// `3.2ms`: a short duration (a cutover's switch) as the log lines write it.
@@ -258,6 +280,7 @@ impl Policy {
     pub fn new(settings: Settings, release: Option<PathBuf>, n: usize) -> (Policy, Vec<Action>) {
         let first = Generation { id: 1, release };
         let slots = (0..n).map(|_| Slot::new(&settings)).collect();
+        let life = PoolLife::new(settings.life.seed);
         let mut p = Policy {
             settings,
             workers: Vec::new(),
@@ -272,6 +295,7 @@ impl Policy {
             stop: Stop::No,
             next_worker: 1,
             out: Vec::new(),
+            life,
         };
         p.info(format!(
             "generation 1: starting {n} workers{}",
@@ -281,19 +305,19 @@ impl Policy {
         (p, actions)
     }
 
-    fn take(&mut self) -> Vec<Action> {
+    pub(crate) fn take(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.out)
     }
 
-    fn info(&mut self, msg: String) {
+    pub(crate) fn info(&mut self, msg: String) {
         self.out.push(Action::Info(msg));
     }
 
-    fn warn(&mut self, msg: String) {
+    pub(crate) fn warn(&mut self, msg: String) {
         self.out.push(Action::Warn(msg));
     }
 
-    fn index(&self, id: WorkerId) -> Option<usize> {
+    pub(crate) fn index(&self, id: WorkerId) -> Option<usize> {
         self.workers.iter().position(|w| w.id == id)
     }
 
@@ -350,17 +374,23 @@ impl Policy {
         self.take()
     }
 
-    fn converge(&mut self, now: Instant) {
+    pub(crate) fn converge(&mut self, now: Instant) {
         if self.stop != Stop::No {
             return;
         }
         // 1. A live target worker in every slot.
         for slot in 0..self.slots.len() {
-            let has = self
-                .workers
-                .iter()
-                .any(|w| w.live() && w.slot == slot && w.generation == self.target.id);
+            let has = self.workers.iter().any(|w| {
+                w.live()
+                    && w.slot == slot
+                    && w.generation == self.target.id
+                    && w.life.recycle.is_none()
+            });
             if has || self.slots[slot].not_before.is_some_and(|t| t > now) {
+                continue;
+            }
+            // The surge bound (lifecycle.rs): a second worker in a slot waits.
+            if !self.may_start(slot) {
                 continue;
             }
             self.slots[slot].not_before = None;
@@ -401,6 +431,8 @@ impl Policy {
             }
             self.retire(id, now, Why::Replaced);
         }
+        // 2b. Recycled workers whose replacement is ready (lifecycle.rs).
+        self.retire_recycled(now);
         // 3. A wholly ready target generation serves.
         if self.serving.as_ref().map(|g| g.id) != Some(self.target.id) && self.target_ready() {
             if mode == Mode::Cutover && self.target.id > self.accepting.id {
@@ -433,7 +465,9 @@ impl Policy {
         }
         // 4. Cutover: release the serving generation once nothing older is left.
         if let Some(s) = self.serving.clone() {
-            if s.id > self.accepting.id && self.workers.iter().all(|w| w.generation >= s.id) {
+            // (An old worker that said it stopped accepting counts as gone.)
+            let gone = |w: &Worker| w.generation >= s.id || Policy::gone_for_switch(w);
+            if s.id > self.accepting.id && self.workers.iter().all(gone) {
                 self.release(s, now);
             }
         }
@@ -455,6 +489,7 @@ impl Policy {
             kill_at: KillDeadline::default(),
             held: false,
             retired: None,
+            life: WorkerLife::default(),
         });
         self.out.push(Action::Start {
             worker: id,
@@ -557,9 +592,14 @@ impl Policy {
     }
 
     /// Send worker `id` the stop signal; KILL after the drain deadline.
-    fn retire(&mut self, id: WorkerId, now: Instant, why: Why) {
-        let Some(i) = self.index(id) else { return };
+    pub(crate) fn retire(&mut self, id: WorkerId, now: Instant, why: Why) {
         let signal = self.settings.stop_signal;
+        self.retire_with(id, now, why, signal);
+    }
+
+    /// Send worker `id` `signal`; KILL after the drain deadline.
+    pub(crate) fn retire_with(&mut self, id: WorkerId, now: Instant, why: Why, signal: Signal) {
+        let Some(i) = self.index(id) else { return };
         let drain = self.settings.drain;
         let w = &mut self.workers[i];
         if w.phase == Phase::Stopping {
@@ -599,7 +639,7 @@ impl Policy {
             Reload::Running { since } => Some(since + self.reload_deadline()),
             _ => None,
         };
-        earliest(starts.chain(workers).chain([reload]))
+        earliest(starts.chain(workers).chain([reload, self.life_deadline()]))
     }
 
     /// The time passed: readiness by `-a`, readiness deadlines, KILL
@@ -876,3 +916,5 @@ impl Slot {
 mod tests;
 #[cfg(test)]
 mod tests_hostile;
+#[cfg(test)]
+mod tests_lifecycle;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use unixtool::readiness::{self, NotifySocket};
 
-use crate::policy::{Action, Phase, Policy, Settings};
+use crate::policy::{Action, Policy, Settings};
 use crate::status::{StatusFile, Summary};
 use crate::workers::{Launch, Processes};
 use crate::TOOL;
@@ -32,6 +32,8 @@ pub struct Pool {
     status: Option<StatusFile>,
     /// USR2, the in-place upgrade (upgrade.rs).
     pub(crate) upgrade: crate::upgrade::Upgrade,
+    /// `--max-rss`: the next memory sample (rss.rs).
+    pub(crate) next_sample: Option<Instant>,
 }
 
 /// Resolve the pinned symlink to the directory it names now.
@@ -60,6 +62,7 @@ impl Pool {
             procs: Processes::default(),
             status,
             upgrade: crate::upgrade::fresh(),
+            next_sample: None,
         };
         pool.apply(actions, Instant::now());
         pool
@@ -81,6 +84,7 @@ impl Pool {
             procs,
             status,
             upgrade,
+            next_sample: None,
         }
     }
 
@@ -99,6 +103,7 @@ impl Pool {
                         ready: &self.cfg.ready,
                         notify: self.notify.as_ref(),
                         cutover: self.policy.settings.mode == crate::policy::Mode::Cutover,
+                        watchdog: self.policy.settings.life.watchdog,
                     };
                     // A reload given up by an earlier action: start nothing of it.
                     let more = if generation.id != self.policy.target.id {
@@ -133,9 +138,10 @@ impl Pool {
                 Action::Warn(msg) => TOOL.warn(msg),
             }
         }
-        // A worker no longer starting says nothing more on its pipe.
+        // After READY the pipe carries the worker's messages (pings,
+        // `recycle`, `stopping`): listened to while the worker lives.
         for p in &mut self.procs.list {
-            if self.policy.worker(p.id).map(|w| w.phase) != Some(Phase::Starting) {
+            if self.policy.worker(p.id).is_none() {
                 p.child.stop_listening();
             }
         }
@@ -173,6 +179,6 @@ impl Pool {
 
     /// The next moment something is due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.policy.next_deadline()
+        unixtool::supervise::earliest([self.policy.next_deadline(), self.next_sample])
     }
 }

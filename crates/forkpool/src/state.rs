@@ -26,6 +26,7 @@ use unixtool::reexec::{instant_field, path_text, Record, StateText};
 use unixtool::supervise::KillDeadline;
 use unixtool::upstream::monotonic_usec;
 
+use crate::lifecycle::{Counts, Recycle, WorkerLife};
 use crate::policy::{Generation, Phase, Policy, Reload, Settings, Slot, Stop, Why, WorkerId};
 use crate::pool::Pool;
 
@@ -86,7 +87,27 @@ fn why_name(w: Option<Why>) -> &'static str {
         Some(Why::NotNeeded) => "not-needed",
         Some(Why::Failed) => "failed",
         Some(Why::Stopping) => "stopping",
+        Some(Why::Recycled(Recycle::Age)) => "recycled-age",
+        Some(Why::Recycled(Recycle::Memory)) => "recycled-memory",
+        Some(Why::Recycled(Recycle::Asked)) => "recycled-asked",
+        Some(Why::Recycled(Recycle::Watchdog)) => "recycled-watchdog",
+        Some(Why::Watchdog) => "watchdog",
     }
+}
+
+/// A recycle reason's name, `-` for none.
+fn recycle_name(r: Option<Recycle>) -> &'static str {
+    r.map_or("-", Recycle::name)
+}
+
+fn recycle_of(r: &Record, key: &str, v: &str) -> Result<Option<Recycle>, String> {
+    let mut names: Vec<(&str, Option<Recycle>)> = vec![("-", None)];
+    names.extend(Recycle::ALL.iter().map(|x| (x.name(), Some(*x))));
+    one_of(r, key, v, &names)
+}
+
+fn counts_of(key: &str, v: &str) -> Result<Counts, String> {
+    Counts::from_list(v).ok_or_else(|| format!("{key}={v:?} is not four counts"))
 }
 
 /// The pool's state as text, at `now`. Err: something cannot be handed over.
@@ -115,6 +136,8 @@ pub fn write(pool: &Pool, exe: &std::path::Path, now: Instant) -> Result<String,
             ("reason", p.reason.clone()),
             ("stop", stop.to_string()),
             ("switch_since", instant_field(p.switch_since, now)),
+            ("rng", p.life.rng.to_string()),
+            ("recycled", p.life.totals.list()),
         ],
     );
     s.record("generation", &generation_fields("target", &p.target)?);
@@ -130,6 +153,9 @@ pub fn write(pool: &Pool, exe: &std::path::Path, now: Instant) -> Result<String,
                 ("not_before", instant_field(slot.not_before, now)),
             ],
         );
+    }
+    for counts in &p.life.slots {
+        s.record("slot_recycled", &[("counts", counts.list())]);
     }
     for w in &p.workers {
         let proc = pool.procs.get(w.id);
@@ -150,6 +176,19 @@ pub fn write(pool: &Pool, exe: &std::path::Path, now: Instant) -> Result<String,
                 ("kill_at", instant_field(w.kill_at.0, now)),
                 ("held", (w.held as u8).to_string()),
                 ("retired", why_name(w.retired).to_string()),
+                (
+                    "max_age_ms",
+                    w.life
+                        .max_age
+                        .map_or("-".to_string(), |d| d.as_millis().to_string()),
+                ),
+                ("recycle", recycle_name(w.life.recycle).to_string()),
+                ("ping_due", instant_field(w.life.ping_due, now)),
+                ("over", w.life.over.to_string()),
+                (
+                    "stopped_accepting",
+                    (w.life.stopped_accepting as u8).to_string(),
+                ),
                 ("pipe", fd_field(pipe)),
                 ("hold", fd_field(hold)),
             ],
@@ -207,6 +246,7 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
     let mut target = None;
     let mut accepting = None;
     let mut seen_pool = false;
+    let mut slot_counts = Vec::new();
     for mut r in records {
         match r.kind.as_str() {
             "clock" => {
@@ -242,6 +282,8 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
                     ],
                 )?;
                 policy.switch_since = r.instant("switch_since", base)?;
+                policy.life.rng = r.num("rng")?;
+                policy.life.totals = counts_of("recycled", &r.take("recycled")?)?;
             }
             "generation" => {
                 let role = r.take("role")?;
@@ -252,6 +294,10 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
                     "accepting" => accepting = Some(g),
                     _ => return Err(format!("generation: role={role:?} is not known")),
                 }
+            }
+            "slot_recycled" => {
+                let counts = counts_of("counts", &r.take("counts")?)?;
+                slot_counts.push(counts);
             }
             "slot" => {
                 let failures = r.num("failures")?;
@@ -285,8 +331,21 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
                         ("not-needed", Some(Why::NotNeeded)),
                         ("failed", Some(Why::Failed)),
                         ("stopping", Some(Why::Stopping)),
+                        ("recycled-age", Some(Why::Recycled(Recycle::Age))),
+                        ("recycled-memory", Some(Why::Recycled(Recycle::Memory))),
+                        ("recycled-asked", Some(Why::Recycled(Recycle::Asked))),
+                        ("recycled-watchdog", Some(Why::Recycled(Recycle::Watchdog))),
+                        ("watchdog", Some(Why::Watchdog)),
                     ],
                 )?;
+                let life_recycle = r.take("recycle")?;
+                let life = WorkerLife {
+                    max_age: r.opt_num::<u64>("max_age_ms")?.map(Duration::from_millis),
+                    recycle: recycle_of(&r, "recycle", &life_recycle)?,
+                    ping_due: r.instant("ping_due", base)?,
+                    over: r.num("over")?,
+                    stopped_accepting: r.num::<u8>("stopped_accepting")? == 1,
+                };
                 let started = r
                     .instant("started", base)?
                     .ok_or_else(|| "worker: no start".to_string())?;
@@ -300,6 +359,7 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
                     kill_at: KillDeadline(r.instant("kill_at", base)?),
                     held: r.num::<u8>("held")? != 0,
                     retired,
+                    life,
                 };
                 let pipe = r.opt_num("pipe")?;
                 let hold = r.opt_num("hold")?;
@@ -343,6 +403,7 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
     if settings.ready.notify != notify.is_some() {
         return Err("--notify differs between the state and the command line".to_string());
     }
+    policy.life.slots = slot_counts;
     policy.target = target;
     policy.serving = serving;
     policy.accepting = accepting;
@@ -369,6 +430,7 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
+            life: Default::default(),
             mode: Mode::Cutover,
             stop_signal: Signal::SIGTERM,
             drain: Duration::from_secs(10),
@@ -419,6 +481,17 @@ mod tests {
             status: None,
             verbose: false,
         };
+        // Lifecycle state (lifecycle.rs) that must survive an upgrade.
+        p.life.rng = 0xfeed;
+        p.life.totals.add(crate::lifecycle::Recycle::Age);
+        p.life.totals.add(crate::lifecycle::Recycle::Watchdog);
+        p.life.slots = vec![Counts::default(), Counts::from_list("2,0,1,0").unwrap()];
+        p.workers[0].life.max_age = Some(Duration::from_millis(1900));
+        p.workers[0].life.recycle = Some(crate::lifecycle::Recycle::Memory);
+        p.workers[0].life.ping_due = Some(t0 + Duration::from_secs(5));
+        p.workers[0].life.over = 2;
+        p.workers[0].life.stopped_accepting = true;
+        p.workers[1].retired = Some(Why::Recycled(crate::lifecycle::Recycle::Asked));
         let mut up = crate::upgrade::fresh();
         up.count = 7;
         Pool::from_parts(cfg, p, None, procs, up)
@@ -471,6 +544,16 @@ mod tests {
         assert_eq!((a.newest, a.next_worker), (b.newest, b.next_worker));
         assert_eq!(h.upgrades, 7);
         assert_eq!(h.procs.len(), 6);
+        // lifecycle: counts, random state, and each worker's marks
+        assert_eq!((a.life.rng, &a.life.totals), (b.life.rng, &b.life.totals));
+        assert_eq!(a.life.slots, b.life.slots);
+        let (x, y) = (&a.workers[0].life, &b.workers[0].life);
+        assert_eq!(
+            (x.max_age, x.recycle, x.over, x.stopped_accepting),
+            (y.max_age, y.recycle, y.over, y.stopped_accepting)
+        );
+        assert!(y.ping_due.is_some());
+        assert_eq!(a.workers[1].retired, b.workers[1].retired);
         assert_eq!(h.exe, PathBuf::from("/usr/bin/forkpool"));
     }
 

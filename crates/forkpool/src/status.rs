@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use crate::lifecycle::Recycle;
 use crate::policy::{Phase, Policy, Reload, Stop, Worker};
 use crate::TOOL;
 
@@ -154,6 +155,13 @@ pub fn text_with(p: &Policy, up: &UpgradeLines) -> String {
         let _ = writeln!(s, "upgrade_failures={}", up.failures);
         let _ = writeln!(s, "version={}", up.version);
     }
+    // Lifecycle (issue 14): recycles by reason, the whole pool.
+    let totals = &p.life.totals;
+    let _ = writeln!(s, "recycles={}", totals.total());
+    for r in Recycle::ALL {
+        let _ = writeln!(s, "recycled_{}={}", r.name(), totals.get(r));
+    }
+    let now = std::time::Instant::now();
     let mut ws: Vec<&Worker> = p.workers.iter().collect();
     ws.sort_by_key(|w| (w.slot, w.generation));
     for w in ws {
@@ -163,7 +171,20 @@ pub fn text_with(p: &Policy, up: &UpgradeLines) -> String {
             Phase::Ready => "ready",
             Phase::Stopping => "stopping",
         };
-        let _ = writeln!(s, "worker={} {} {} {st}", w.slot, w.generation, w.pid);
+        let _ = write!(s, "worker={} {} {} {st}", w.slot, w.generation, w.pid);
+        // After the four fields: age (whole seconds), the slot's recycles and why.
+        let slot = p.life.slot(w.slot);
+        let _ = write!(
+            s,
+            " age={} recycles={} why={}",
+            now.saturating_duration_since(w.started).as_secs(),
+            slot.total(),
+            slot.text()
+        );
+        if let (Some(r), Phase::Ready) = (w.life.recycle, w.phase) {
+            let _ = write!(s, " recycling={}", r.name());
+        }
+        let _ = writeln!(s);
     }
     s
 }

@@ -114,7 +114,15 @@ pub fn adopt(
     for p in h.procs {
         let pipe = p
             .pipe
-            .map(|fd| reexec::adopt_fd(fd).map(ReadinessPipe::adopt))
+            .map(|fd| {
+                // A ready worker's pipe carries messages now, not readiness.
+                let seen = h
+                    .policy
+                    .workers
+                    .iter()
+                    .any(|w| w.id == p.id && w.phase != crate::policy::Phase::Starting);
+                reexec::adopt_fd(fd).map(|r| ReadinessPipe::adopt(r, seen))
+            })
             .transpose()
             .unwrap_or_else(|e| fatal(e));
         let hold = p

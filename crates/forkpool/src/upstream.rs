@@ -9,7 +9,9 @@
 //! workers never talk to forkpool's supervisor themselves; with `--notify`
 //! they get forkpool's own socket instead) is `unixtool::upstream`.
 
-use unixtool::upstream::{monotonic_usec, Upstream as Sender};
+use std::time::Instant;
+
+use unixtool::upstream::{monotonic_usec, Upstream as Sender, Watchdog};
 
 use crate::status::Summary;
 use crate::TOOL;
@@ -21,12 +23,16 @@ pub struct Upstream {
     /// Whether the pool is between a RELOADING=1 (or the start) and its READY=1.
     pending: bool,
     stopping: bool,
+    /// `WATCHDOG_USEC`: `WATCHDOG=1` from the loop (issue 14).
+    watchdog: Option<Watchdog>,
 }
 
 impl Upstream {
     /// From `NOTIFY_SOCKET`, taken out of the environment (None: not set or unusable).
     pub fn from_env() -> Option<Upstream> {
+        let watchdog = Watchdog::from_env();
         Some(Upstream {
+            watchdog,
             sender: Sender::from_env(&TOOL)?,
             newest: 1,
             pending: true,
@@ -102,6 +108,18 @@ impl Upstream {
     /// `NOTIFY_SOCKET` as forkpool got it, for the next image.
     pub fn env_value(&self) -> &std::ffi::OsStr {
         self.sender.env_value()
+    }
+
+    /// The supervisor's watchdog: `WATCHDOG=1` when due (the loop runs).
+    pub fn ping(&mut self, now: Instant) {
+        if self.watchdog.as_mut().is_some_and(|w| w.due(now)) {
+            self.send("WATCHDOG=1\n".to_string());
+        }
+    }
+
+    /// When the next watchdog ping is due.
+    pub fn next_ping(&self) -> Option<Instant> {
+        self.watchdog.as_ref().map(Watchdog::next)
     }
 
     fn send(&mut self, msg: String) {

@@ -72,6 +72,8 @@ pub struct Launch<'a> {
     pub notify: Option<&'a NotifySocket>,
     /// Cutover: every worker gets a hold descriptor.
     pub cutover: bool,
+    /// `--watchdog`: WATCHDOG_USEC and WATCHDOG_PID in every worker.
+    pub watchdog: Option<std::time::Duration>,
 }
 
 impl Processes {
@@ -102,6 +104,10 @@ impl Processes {
         if let Some(r) = &gen.release {
             spawn.env("FORKPOOL_RELEASE", r.clone());
             spawn.dir = Some(r.clone());
+        }
+        if let Some(w) = how.watchdog {
+            spawn.env("WATCHDOG_USEC", w.as_micros().to_string());
+            spawn.own_pid_env.push("WATCHDOG_PID");
         }
         // Cutover: the hold descriptor, on the number the read end has here
         // (free in the worker too), never on the -d descriptor.

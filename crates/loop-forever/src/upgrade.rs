@@ -124,7 +124,7 @@ pub fn adopt(fd: OwnedFd, opts: Options) -> (SignalPipe, Loop) {
         c.child = Child::adopt(
             c.child.pid,
             c.child.started,
-            Some(ReadinessPipe::adopt(pipe)),
+            Some(ReadinessPipe::adopt(pipe, c.ready)),
         );
     }
     if l.opts.common.verbose {

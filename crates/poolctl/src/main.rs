@@ -108,8 +108,13 @@ fn screen(chain: &statusfile::Chain, st: &Status) -> String {
     s.push('\n');
     for w in &st.workers {
         let f: Vec<&str> = w.split_whitespace().collect();
-        if let [slot, gen, pid, state] = f[..] {
-            s += &format!("worker {slot}: generation {gen}, pid {pid}, {state}\n");
+        // Four fields, then forkpool's lifecycle fields (age=, recycles=, ...).
+        if let [slot, gen, pid, state, ref more @ ..] = f[..] {
+            s += &format!("worker {slot}: generation {gen}, pid {pid}, {state}");
+            if !more.is_empty() {
+                s += &format!(" ({})", more.join(" "));
+            }
+            s.push('\n');
         }
     }
     s
@@ -173,7 +178,7 @@ mod tests {
     #[test]
     fn the_screen_says_what_the_file_says() {
         let st = Status::parse(
-            "pid=7\nstate=running\ngeneration=3\nserving_generation=2\nworkers=2\nready=2\nreload=failed\nreason=worker 1 exited 1\nrelease=/srv/r2\nmode=cutover\nworker=0 2 10 ready\nworker=1 2 11 ready\n",
+            "pid=7\nstate=running\ngeneration=3\nserving_generation=2\nworkers=2\nready=2\nreload=failed\nreason=worker 1 exited 1\nrelease=/srv/r2\nmode=cutover\nworker=0 2 10 ready\nworker=1 2 11 ready age=5 recycles=1 why=age:1\n",
         );
         let chain = statusfile::Chain {
             pid: 7,
@@ -186,7 +191,7 @@ mod tests {
              release /srv/r2\n\
              last reload: failed: worker 1 exited 1\n\
              worker 0: generation 2, pid 10, ready\n\
-             worker 1: generation 2, pid 11, ready\n"
+             worker 1: generation 2, pid 11, ready (age=5 recycles=1 why=age:1)\n"
         );
         assert!(st.serving());
     }

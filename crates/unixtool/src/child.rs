@@ -38,6 +38,8 @@ pub struct Spawn<'a> {
     /// child before exec and in the parent after fork, so that neither side
     /// can signal the group before it exists.
     pub process_group: bool,
+    /// Variables set to the child's own pid (`WATCHDOG_PID`).
+    pub own_pid_env: Vec<&'static str>,
 }
 
 impl<'a> Spawn<'a> {
@@ -50,6 +52,7 @@ impl<'a> Spawn<'a> {
             parent_death: None,
             fds: Vec::new(),
             process_group: false,
+            own_pid_env: Vec::new(),
         }
     }
 
@@ -111,6 +114,9 @@ impl<'a> Spawn<'a> {
         }
         for (k, v) in &self.env {
             std::env::set_var(k, v);
+        }
+        for k in &self.own_pid_env {
+            std::env::set_var(k, nix::unistd::getpid().to_string());
         }
         if std::env::var_os("LISTEN_FDS").is_some() {
             std::env::set_var("LISTEN_PID", nix::unistd::getpid().to_string());

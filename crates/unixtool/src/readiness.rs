@@ -54,6 +54,20 @@ pub struct ReadinessPipe {
     read: OwnedFd,
     write: Option<OwnedFd>,
     seen: bool,
+    /// [`ReadinessPipe::messages`]: bytes after the last whole line.
+    rest: Vec<u8>,
+}
+
+/// What [`ReadinessPipe::messages`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Messages {
+    /// The readiness newline arrived now.
+    pub ready: bool,
+    /// Whole lines after the readiness newline (without their newline; an
+    /// empty line is an empty string).
+    pub lines: Vec<String>,
+    /// The child closed its end (or ended).
+    pub closed: bool,
 }
 
 /// What a look at a readiness pipe found.
@@ -77,16 +91,19 @@ impl ReadinessPipe {
             read: r,
             write: Some(w),
             seen: false,
+            rest: Vec::new(),
         })
     }
 
-    /// The read end of a pipe handed over by an in-place upgrade (the child
-    /// has not written its newline yet), non-blocking.
-    pub fn adopt(read: OwnedFd) -> ReadinessPipe {
+    /// The read end of a pipe handed over by an in-place upgrade,
+    /// non-blocking; `seen`: the child wrote its readiness newline already
+    /// (what comes next are messages: pings, recycle, stopping).
+    pub fn adopt(read: OwnedFd, seen: bool) -> ReadinessPipe {
         ReadinessPipe {
             read,
             write: None,
-            seen: false,
+            seen,
+            rest: Vec::new(),
         }
     }
 
@@ -127,6 +144,48 @@ impl ReadinessPipe {
                 Err(_) => return PipeEvent::Nothing,
             }
         }
+    }
+}
+
+impl ReadinessPipe {
+    /// Read what is there, keeping what comes after readiness: the first
+    /// newline means ready, each line after it is a message (forkpool's
+    /// protocol after READY). A line longer than 4 KiB is cut there.
+    pub fn messages(&mut self) -> Messages {
+        let mut m = Messages::default();
+        let mut buf = [0u8; 4096];
+        loop {
+            match nix::unistd::read(self.read.as_raw_fd(), &mut buf) {
+                Ok(0) => {
+                    m.closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    let mut data = &buf[..n];
+                    if !self.seen {
+                        let Some(at) = data.iter().position(|&b| b == b'\n') else {
+                            continue;
+                        };
+                        self.seen = true;
+                        m.ready = true;
+                        data = &data[at + 1..];
+                    }
+                    for &b in data {
+                        if b == b'\n' || self.rest.len() >= 4096 {
+                            let line = std::mem::take(&mut self.rest);
+                            m.lines.push(String::from_utf8_lossy(&line).into_owned());
+                            if b == b'\n' {
+                                continue;
+                            }
+                        }
+                        self.rest.push(b);
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+        m
     }
 }
 
@@ -326,4 +385,26 @@ pub fn notify_address(value: &std::ffi::OsStr) -> Option<std::os::unix::net::Soc
         None => SocketAddr::from_pathname(std::path::Path::new(value)),
     }
     .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_after_readiness_are_lines() {
+        let mut p = ReadinessPipe::new().expect("pipe");
+        let w = p.write.take().expect("write end");
+        nix::unistd::write(&w, b"\nrecycle\n\nstopp").expect("write");
+        let m = p.messages();
+        assert!(m.ready);
+        assert_eq!(m.lines, vec!["recycle".to_string(), String::new()]);
+        assert!(!m.closed);
+        nix::unistd::write(&w, b"ing\n").expect("write");
+        drop(w);
+        let m = p.messages();
+        assert!(!m.ready);
+        assert_eq!(m.lines, vec!["stopping".to_string()]);
+        assert!(m.closed);
+    }
 }

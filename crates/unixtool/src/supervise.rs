@@ -84,6 +84,19 @@ impl Child {
         }
     }
 
+    /// Readiness and the messages after it ([`ReadinessPipe::messages`]);
+    /// a pipe the child closed is no longer listened to.
+    pub fn messages(&mut self) -> readiness::Messages {
+        let Some(p) = self.pipe.as_mut() else {
+            return readiness::Messages::default();
+        };
+        let m = p.messages();
+        if m.closed {
+            self.pipe = None;
+        }
+        m
+    }
+
     /// No more readiness from this child (it is ready, or stopping).
     pub fn stop_listening(&mut self) {
         self.pipe = None;

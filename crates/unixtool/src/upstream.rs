@@ -85,3 +85,43 @@ pub fn monotonic_usec() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
+
+/// The supervisor's watchdog (systemd `WatchdogSec=`): `WATCHDOG_USEC` (and
+/// `WATCHDOG_PID`, when set, naming this process) in the environment ask for
+/// `WATCHDOG=1` at least that often; it is sent every half of it. Both
+/// variables are taken out of the environment, so children never see them.
+pub struct Watchdog {
+    interval: std::time::Duration,
+    next: std::time::Instant,
+}
+
+impl Watchdog {
+    pub fn from_env() -> Option<Watchdog> {
+        let usec = std::env::var("WATCHDOG_USEC").ok();
+        let pid = std::env::var("WATCHDOG_PID").ok();
+        std::env::remove_var("WATCHDOG_USEC");
+        std::env::remove_var("WATCHDOG_PID");
+        if pid.is_some_and(|p| p.trim() != std::process::id().to_string()) {
+            return None;
+        }
+        let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
+        Some(Watchdog {
+            interval: std::time::Duration::from_micros(usec / 2),
+            next: std::time::Instant::now(),
+        })
+    }
+
+    /// Whether a ping is due now; if so, the next one is due an interval later.
+    pub fn due(&mut self, now: std::time::Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.interval;
+        true
+    }
+
+    /// When the next ping is due.
+    pub fn next(&self) -> std::time::Instant {
+        self.next
+    }
+}

@@ -37,6 +37,19 @@
 //!                     before the process was stopped ("window PID none" if no
 //!                     SIGCONT came): the window of forkpool's SIGSTOP hold
 //!
+//!   --ping            with WATCHDOG_USEC set, ping forkpool's watchdog every third
+//!                     of it after ready: an empty line on --notify-fd, or WATCHDOG=1
+//!   --hang-after MS   MS ms after ready, hang: accept nothing, ping no more, take
+//!                     no stop signal (only KILL or ABRT ends it)
+//!   --abrt-log PATH   catch SIGABRT: append "abrt PID" to PATH and keep hanging
+//!   --recycle-after K after answering K connections, ask to be recycled (once):
+//!                     `recycle` on --notify-fd, or RECYCLE=1
+//!   --say-stopping    on a stop signal during a connection (--serve-delay), stop
+//!                     accepting at once (close descriptor 0) and say so: `stopping`
+//!                     on --notify-fd, or STOPPING=1; then finish the connection
+//!   --leak MIB        before ready, allocate and touch MIB MiB and keep them (a big app)
+//!   --spike MIB       after ready, allocate and touch MIB MiB for 1.5 s, once
+//!
 //! With FORKPOOL_HOLD_FD set (forkpool -m cutover) and without --ignore-hold,
 //! the worker reads that descriptor after saying ready and before its first
 //! accept, until a byte or end of file; a stop signal meanwhile ends it (exit 0).
@@ -74,6 +87,13 @@ struct Opts {
     window_log: Option<String>,
     accept_log: Option<String>,
     helper: bool,
+    ping: bool,
+    hang_after: Option<u64>,
+    abrt_log: Option<String>,
+    recycle_after: Option<u64>,
+    say_stopping: bool,
+    leak: u64,
+    spike: u64,
 }
 
 fn parse(args: Vec<String>, o: &mut Opts) {
@@ -99,6 +119,13 @@ fn parse(args: Vec<String>, o: &mut Opts) {
             "--helper" => o.helper = true,
             "--accept-log" => o.accept_log = Some(val()),
             "--window-log" => o.window_log = Some(val()),
+            "--ping" => o.ping = true,
+            "--hang-after" => o.hang_after = Some(num(&val())),
+            "--abrt-log" => o.abrt_log = Some(val()),
+            "--recycle-after" => o.recycle_after = Some(num(&val())),
+            "--say-stopping" => o.say_stopping = true,
+            "--leak" => o.leak = num(&val()),
+            "--spike" => o.spike = num(&val()),
             "--conf" => {
                 let path = val();
                 if let Ok(text) = std::fs::read_to_string(&path) {
@@ -238,6 +265,7 @@ fn main() {
             wait(-1, -1);
         }
     }
+    let leak = vec![1u8; (o.leak as usize) << 20];
     if o.ready_delay > 0 {
         let end = std::time::Instant::now() + Duration::from_millis(o.ready_delay);
         while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
@@ -257,15 +285,19 @@ fn main() {
         unsafe { libc::sigaction(libc::SIGCONT, &sa, std::ptr::null_mut()) };
     }
     let t_ready = std::time::Instant::now();
+    let mut chan = None;
     if let Some(fd) = o.notify_fd {
-        // SAFETY: --notify-fd names a descriptor the parent handed us for this
-        // one write; nothing else in this process owns or closes it.
+        // SAFETY: --notify-fd names a descriptor the parent handed us for our
+        // messages; nothing else in this process owns or closes it.
         let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let _ = f.write_all(b"\n");
+        chan = Some(f);
     }
     if o.notify {
         notify();
     }
+    let mut life = Life::new(&o, chan);
+    life.leak = leak;
     if let Some(path) = &o.window_log {
         window(t_ready, path);
     }
@@ -277,7 +309,159 @@ fn main() {
     if o.helper {
         helper(&o);
     }
-    serve(&o);
+    serve(&o, &mut life);
+}
+
+static ABRT_LOG: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+
+extern "C" fn on_abrt(_: libc::c_int) {
+    if let Some(path) = ABRT_LOG.get() {
+        // SAFETY: open/write/close are async-signal-safe; `path` is a valid C
+        // string that lives for the whole program (a static).
+        unsafe {
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT,
+                0o644,
+            );
+            if fd >= 0 {
+                let mut digits = [0u8; 10];
+                let (mut pid, mut n) = (libc::getpid() as u32, 0);
+                while pid > 0 && n < digits.len() {
+                    digits[n] = b'0' + (pid % 10) as u8;
+                    pid /= 10;
+                    n += 1;
+                }
+                let mut buf = [0u8; 16];
+                buf[..5].copy_from_slice(b"abrt ");
+                for i in 0..n {
+                    buf[5 + i] = digits[n - 1 - i];
+                }
+                buf[5 + n] = b'\n';
+                let buf = &buf[..6 + n];
+                libc::write(fd, buf.as_ptr().cast(), buf.len());
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// What a worker does beside serving: watchdog pings, asking to be
+/// recycled, saying it stops, hanging, memory.
+struct Life {
+    chan: Option<std::fs::File>,
+    datagrams: bool,
+    ping_every: Option<Duration>,
+    next_ping: std::time::Instant,
+    hang_at: Option<std::time::Instant>,
+    spike_end: Option<std::time::Instant>,
+    spike: Vec<u8>,
+    leak: Vec<u8>,
+    served: u64,
+    asked: bool,
+}
+
+impl Life {
+    fn new(o: &Opts, chan: Option<std::fs::File>) -> Life {
+        let now = std::time::Instant::now();
+        // As sd_watchdog_enabled(3): WATCHDOG_PID, when set, must be our pid.
+        let mine =
+            std::env::var("WATCHDOG_PID").map_or(true, |p| p == std::process::id().to_string());
+        let usec = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|_| mine);
+        if let Some(path) = &o.abrt_log {
+            let _ = ABRT_LOG.set(std::ffi::CString::new(path.as_str()).unwrap_or_default());
+            // SAFETY: struct sigaction is plain data; all zeroes is a valid value
+            // (no flags, an empty mask), the handler is set below.
+            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+            sa.sa_sigaction = on_abrt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            // SAFETY: on_abrt uses async-signal-safe calls only; `sa` is valid.
+            unsafe { libc::sigaction(libc::SIGABRT, &sa, std::ptr::null_mut()) };
+        }
+        let mut l = Life {
+            chan,
+            datagrams: o.notify,
+            ping_every: usec
+                .filter(|_| o.ping)
+                .map(|u| Duration::from_micros(u / 3)),
+            next_ping: now,
+            hang_at: o.hang_after.map(|ms| now + Duration::from_millis(ms)),
+            spike_end: None,
+            spike: Vec::new(),
+            leak: Vec::new(),
+            served: 0,
+            asked: false,
+        };
+        if o.spike > 0 {
+            l.spike = vec![1u8; (o.spike as usize) << 20];
+            l.spike_end = Some(now + Duration::from_millis(1500));
+        }
+        l
+    }
+
+    /// Tell forkpool `line` (pipe) or `dgram` (NOTIFY_SOCKET).
+    fn say(&mut self, line: &[u8], dgram: &[u8]) {
+        if let Some(f) = self.chan.as_mut() {
+            let _ = f.write_all(line);
+        }
+        if self.datagrams {
+            send_notify(dgram);
+        }
+    }
+
+    /// Time-based chores; how long the next wait may last (-1: forever).
+    fn chores(&mut self) -> i64 {
+        let now = std::time::Instant::now();
+        if self.hang_at.is_some_and(|t| now >= t) {
+            loop {
+                // SAFETY: pause(2) takes no arguments.
+                unsafe { libc::pause() };
+            }
+        }
+        if self.spike_end.is_some_and(|t| now >= t) {
+            self.spike = Vec::new();
+            self.spike_end = None;
+        }
+        if let Some(every) = self.ping_every {
+            if now >= self.next_ping {
+                self.say(b"\n", b"WATCHDOG=1\n");
+                self.next_ping = now + every;
+            }
+        }
+        let dues = [
+            self.hang_at,
+            self.spike_end,
+            self.ping_every.map(|_| self.next_ping),
+        ];
+        match dues.into_iter().flatten().min() {
+            Some(t) => t.saturating_duration_since(now).as_millis() as i64 + 1,
+            None => -1,
+        }
+    }
+
+    /// One more connection answered.
+    fn served(&mut self, o: &Opts) {
+        self.served += 1;
+        if !self.asked && o.recycle_after.is_some_and(|k| self.served >= k) {
+            self.asked = true;
+            self.say(b"recycle\n", b"RECYCLE=1\n");
+        }
+        let _ = self.leak.len();
+    }
+}
+
+/// A stop signal waiting (blocked outside of `wait`)?
+fn stop_pending() -> bool {
+    // SAFETY: sigset_t is plain data; all zeroes is a valid value, filled below.
+    let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `pending` is a valid sigset_t to write.
+    unsafe { libc::sigpending(&mut pending) };
+    [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT]
+        .iter()
+        // SAFETY: `pending` is an initialised sigset_t and `sig` a valid signal.
+        .any(|&sig| unsafe { libc::sigismember(&pending, sig) } == 1)
 }
 
 /// --helper: fork; the child (the helper) returns and serves like its parent.
@@ -343,6 +527,10 @@ fn window(t_ready: std::time::Instant, path: &str) {
 }
 
 fn notify() {
+    send_notify(b"READY=1\n");
+}
+
+fn send_notify(msg: &[u8]) {
     use std::os::unix::net::{SocketAddr, UnixDatagram};
     let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
         die("NOTIFY_SOCKET is not set")
@@ -352,17 +540,16 @@ fn notify() {
     };
     let res = if let Some(name) = path.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
-        SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|a| sock.send_to_addr(b"READY=1\n", &a))
+        SocketAddr::from_abstract_name(name.as_bytes()).and_then(|a| sock.send_to_addr(msg, &a))
     } else {
-        sock.send_to(b"READY=1\n", &path)
+        sock.send_to(msg, &path)
     };
     if let Err(e) = res {
         die(&format!("unable to notify {path}: {e}"));
     }
 }
 
-fn serve(o: &Opts) {
+fn serve(o: &Opts, life: &mut Life) {
     // Shared flag of the socket, as gunicorn sets it: accept never blocks.
     // SAFETY: fcntl(2) on descriptor 0 with integer arguments: no memory is passed.
     let fl = unsafe { libc::fcntl(0, libc::F_GETFL) };
@@ -382,7 +569,8 @@ fn serve(o: &Opts) {
     );
     let mut served = 0u64;
     loop {
-        if !wait(0, -1) {
+        let ms = life.chores();
+        if !wait(0, ms) {
             continue;
         }
         // SAFETY: null address and length pointers are allowed (the peer is not wanted).
@@ -420,10 +608,23 @@ fn serve(o: &Opts) {
         // SAFETY: fcntl(2) on a descriptor we own, with integer arguments only.
         unsafe { libc::fcntl(conn.as_raw_fd(), libc::F_SETFL, 0) };
         if o.serve_delay > 0 {
-            std::thread::sleep(Duration::from_millis(o.serve_delay));
+            let end = std::time::Instant::now() + Duration::from_millis(o.serve_delay);
+            let mut said = false;
+            while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+                if o.say_stopping && !said && stop_pending() {
+                    // Stop accepting now, say so, finish this connection.
+                    // SAFETY: descriptor 0 is our copy of the listening socket;
+                    // nothing uses it after this (we exit after this answer).
+                    unsafe { libc::close(0) };
+                    life.say(b"stopping\n", b"STOPPING=1\n");
+                    said = true;
+                }
+                std::thread::sleep(left.min(Duration::from_millis(5)));
+            }
         }
         let _ = conn.write_all(line.as_bytes());
         drop(conn);
+        life.served(o);
         served += 1;
         if o.crash_after.is_some_and(|k| served >= k) {
             std::process::exit(1);

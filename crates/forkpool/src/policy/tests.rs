@@ -25,6 +25,7 @@ fn settings(mode: Mode) -> Settings {
             ..Default::default()
         },
         backoff_max: Duration::from_secs(1),
+        life: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@ use super::*;
 
 fn settings(mode: Mode) -> Settings {
     Settings {
+        life: Default::default(),
         mode,
         stop_signal: Signal::SIGTERM,
         drain: Duration::from_secs(10),
