@@ -8,6 +8,7 @@
 //! events.rs); write the status file (status.rs). The policy (policy.rs)
 //! decides what to start, what to retire; workers.rs runs the processes.
 
+mod control;
 mod events;
 mod policy;
 mod pool;
@@ -28,7 +29,7 @@ use pool::{Config, Pool};
 
 const TOOL: Tool = Tool {
     name: "forkpool",
-    usage: "forkpool [-v] [-n workers] [-s sig] [-k ms] [-d fd | --notify] [-a ms] [-t ms] [-p symlink] [-S statusfile] [-m rolling|all-at-once|cutover] [-b ms] prog...",
+    usage: "forkpool [-v] [-n workers] [-s sig] [-k ms] [-d fd | --notify] [-a ms] [-t ms] [-p symlink] [-S statusfile] [-m rolling|all-at-once|cutover] [-b ms] [-C fifo [--prepare-timeout ms]] prog...",
     help: "
   -n, --workers N           keep N workers running (default 4)
   -s, --stop-signal SIG     the signal that tells a worker to finish and exit
@@ -48,6 +49,10 @@ const TOOL: Tool = Tool {
                             until it is whole and the old one is gone, then release it
   -b, --backoff-max MS      let the wait after failures in a row double up to MS ms
                             (default 1000: one second, as runsv)
+  -C, --control FIFO        (-m cutover) read prepare, commit [UNIX_TIME], abort from FIFO:
+                            a new generation held ready until a commit switches to it
+      --prepare-timeout MS  a prepare neither committed nor aborted in MS ms aborts
+                            (default 60000)
   -v, --verbose             one info line per transition
   -h, --help                this text
   -V, --version             the version
@@ -61,6 +66,8 @@ fn parse_options() -> (Config, Settings, usize) {
     let mut pin: Option<PathBuf> = None;
     let mut status: Option<PathBuf> = None;
     let mut mode = Mode::Rolling;
+    let mut control: Option<PathBuf> = None;
+    let mut prepare_timeout = Duration::from_secs(60);
 
     let (mut common, prog) = SupervisorOptions::parse(&TOOL, |opt, parser| {
         match opt {
@@ -92,10 +99,19 @@ fn parse_options() -> (Config, Settings, usize) {
                     )),
                 };
             }
+            "-C" | "--control" => control = Some(TOOL.value(parser).into()),
+            "--prepare-timeout" => {
+                let v = TOOL.value(parser);
+                let ms = TOOL.number("--prepare-timeout", &v, 1, 86_400_000);
+                prepare_timeout = Duration::from_millis(ms);
+            }
             _ => return false,
         }
         true
     });
+    if control.is_some() && mode != Mode::Cutover {
+        TOOL.usage("-C needs -m cutover");
+    }
     let ready = &mut common.ready;
     if !ready.told() && ready.alive.is_none() {
         ready.alive = Some(Duration::from_secs(1));
@@ -117,6 +133,8 @@ fn parse_options() -> (Config, Settings, usize) {
         pin,
         status,
         verbose: common.verbose,
+        control,
+        prepare_timeout,
     };
     (cfg, settings, workers)
 }
@@ -136,6 +154,7 @@ fn main() {
         })
     });
     let mut pool = Pool::new(cfg, settings, notify, release, workers);
+    pool.open_control();
 
     loop {
         pool.step(Instant::now());
@@ -149,6 +168,7 @@ fn main() {
         }
         let mut fds = vec![sigs.raw_fd()];
         fds.extend(pool.poll_fds());
+        fds.extend(pool.control_fd());
         let timeout = pool
             .next_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()));
@@ -158,6 +178,7 @@ fn main() {
         for sig in sigs.drain() {
             pool.signal(sig, now);
         }
+        pool.read_control(now);
         pool.reap(now);
     }
 }

@@ -238,6 +238,8 @@ pub struct Policy {
     /// The next [`WorkerId`].
     pub next_worker: u64,
     out: Vec<Action>,
+    /// `-C`: prepare, commit, abort (policy/prepare.rs).
+    pub two_phase: TwoPhase,
 }
 
 /// `3.2ms`: a short duration (a cutover's switch) as the log lines write it.
@@ -272,6 +274,7 @@ impl Policy {
             stop: Stop::No,
             next_worker: 1,
             out: Vec::new(),
+            two_phase: TwoPhase::default(),
         };
         p.info(format!(
             "generation 1: starting {n} workers{}",
@@ -354,6 +357,7 @@ impl Policy {
         if self.stop != Stop::No {
             return;
         }
+        self.prepare_due(now);
         // 1. A live target worker in every slot.
         for slot in 0..self.slots.len() {
             let has = self
@@ -385,7 +389,8 @@ impl Policy {
         // (all-at-once) when the whole target generation is ready. Slots
         // beyond N (TTOU) go first, then the oldest generation.
         let mode = self.settings.mode;
-        let all_at_once_go = mode != Mode::Rolling && self.target_ready();
+        let all_at_once_go =
+            mode != Mode::Rolling && self.target_ready() && !self.prepare_holds(now);
         loop {
             let n = self.slots.len();
             let candidate = self
@@ -402,7 +407,10 @@ impl Policy {
             self.retire(id, now, Why::Replaced);
         }
         // 3. A wholly ready target generation serves.
-        if self.serving.as_ref().map(|g| g.id) != Some(self.target.id) && self.target_ready() {
+        if self.serving.as_ref().map(|g| g.id) != Some(self.target.id)
+            && self.target_ready()
+            && !self.prepare_holds(now)
+        {
             if mode == Mode::Cutover && self.target.id > self.accepting.id {
                 // The switch: the old generations go now; the new one stays
                 // held until they are gone (4.). The reload is done then.
@@ -538,6 +546,7 @@ impl Policy {
                 millis(drained)
             ));
         }
+        self.prepare_released(id, now);
     }
 
     /// Send worker `id` the stop signal; KILL after the drain deadline.
@@ -579,7 +588,7 @@ impl Policy {
             Phase::Stopping => [w.kill_at.0, None],
             Phase::Ready => [None, None],
         });
-        earliest(starts.chain(workers))
+        earliest(starts.chain(workers).chain(self.prepare_deadlines()))
     }
 
     /// The time passed: readiness by `-a`, readiness deadlines, KILL
@@ -637,7 +646,8 @@ impl Policy {
     fn failed(&mut self, i: usize, now: Instant, what: String) {
         let w = &self.workers[i];
         let (id, slot, generation, started) = (w.id, w.slot, w.generation, w.started);
-        let reloading = matches!(self.reload, Reload::Running { .. });
+        let reloading =
+            matches!(self.reload, Reload::Running { .. }) || self.prepare_failing(generation);
         // (A cutover's new generation, once whole, is the serving one: a crash
         // of it while the old one drains is replaced, not a failed reload.)
         let whole = self.serving.as_ref().map(|g| g.id) == Some(generation);
@@ -672,6 +682,7 @@ impl Policy {
         for s in &mut self.slots {
             s.not_before = None;
         }
+        self.prepare_abandoned();
     }
 
     /// Worker `id` ended (reaped): account for it, forget it.
@@ -711,6 +722,9 @@ impl Policy {
         if self.stop != Stop::No {
             self.info("HUP while stopping: ignored".to_string());
             return self.take();
+        }
+        if let Some(refused) = self.hup_refused() {
+            return refused;
         }
         self.newest += 1;
         let id = self.newest;
@@ -782,6 +796,7 @@ impl Policy {
             signal_name(signal)
         ));
         self.stop = how;
+        self.prepare_stopped();
         let drain = self.settings.drain;
         for w in &mut self.workers {
             if w.phase != Phase::Stopping || how == Stop::Fast {
@@ -809,5 +824,10 @@ impl Slot {
     }
 }
 
+mod prepare;
+pub use prepare::TwoPhase;
+
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_prepare;

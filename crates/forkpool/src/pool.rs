@@ -22,6 +22,9 @@ pub struct Config {
     pub pin: Option<PathBuf>,
     pub status: Option<PathBuf>,
     pub verbose: bool,
+    /// `-C`: the control FIFO; `--prepare-timeout`.
+    pub control: Option<PathBuf>,
+    pub prepare_timeout: std::time::Duration,
 }
 
 pub struct Pool {
@@ -30,6 +33,8 @@ pub struct Pool {
     pub(crate) policy: Policy,
     pub(crate) procs: Processes,
     status: Option<StatusFile>,
+    /// `-C`: the control FIFO, open (control.rs).
+    pub(crate) control: Option<crate::control::ControlFifo>,
 }
 
 /// Resolve the pinned symlink to the directory it names now.
@@ -57,6 +62,7 @@ impl Pool {
             policy,
             procs: Processes::default(),
             status,
+            control: None,
         };
         pool.apply(actions, Instant::now());
         pool
