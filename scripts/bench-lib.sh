@@ -32,9 +32,21 @@ p99_ratio() {
 # "refused 12, reset 3"; empty when nothing failed.
 failed_why() {
     why=
-    for o in refused reset timeout eof bad_status error; do
+    for o in refused reset timeout too_large eof bad_status error; do
         v=$(json $o "$1")
         [ "${v:-0}" = 0 ] || why="$why${why:+, }$o $v"
     done
     echo "$why"
 }
+
+# picture NAME [MARKS]: the probe's options to draw its run (issue 20) into
+# $BENCH_OUT/NAME.svg (default $top/bench-out, $top the repository), with the
+# labelled marks of the file MARKS when given. Use unquoted: $(picture NAME).
+picture() {
+    BENCH_OUT=${BENCH_OUT:-$top/bench-out}
+    mkdir -p "$BENCH_OUT"
+    echo "--svg $BENCH_OUT/$1.svg${2:+ --marks $2}"
+}
+
+# mark FILE LABEL: one `unix-time label` line for the picture's marks.
+mark() { echo "$(date +%s.%N | cut -c1-14) $2" >>"$1"; }

@@ -108,6 +108,7 @@ start() {
 deploy() {
     [ "$1" = gunicorn ] || g0=$(st_get generation)
     new_release
+    mark "$STATE/logs/marks" "$rel"
     kill -HUP "$srv_pid"
     if [ "$1" != gunicorn ]; then
         end=$(($(now_ms) + 30000))
@@ -126,7 +127,8 @@ row() {
     start "$1"
     url=http://127.0.0.1:$port/
     "$BIN/uptime-probe" --json -q -c "$CONCURRENCY" -d "$DURATION" "$url" >"$work/steady.json" 2>>"$work/probe.err" || true
-    "$BIN/uptime-probe" --json -q -c "$CONCURRENCY" "$url" >"$work/during.json" 2>>"$work/probe.err" &
+    # shellcheck disable=SC2046
+    "$BIN/uptime-probe" --json -q -c "$CONCURRENCY" $(picture "cutover-$1" "$STATE/logs/marks") "$url" >"$work/during.json" 2>>"$work/probe.err" &
     probe_pid=$!
     sleep 0.5
     n=0

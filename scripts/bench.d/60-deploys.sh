@@ -75,7 +75,7 @@ wait_for_file() {
 # sets $srv_pid and $port; the state is in $st.
 start_server() {
     st=$tmp/$1
-    mkdir -p "$st"
+    mkdir -p "$st/logs"
     case $1 in
     forkpool-* | loop)
         if [ "$1" = loop ]; then sm=loop rm_=; else sm=forkpool rm_=${1#forkpool-}; fi
@@ -101,11 +101,13 @@ deploy() {
     forkpool-* | loop) STATE=$st "$top/demo/deploy" </dev/null >/dev/null 2>>"$st/log" ;;
     gunicorn-hup)
         g_release
+        mark "$st/logs/marks" "$rel"
         kill -HUP "$srv_pid"
         wait_release "$port" "$rel"
         ;;
     gunicorn-restart)
         g_release
+        mark "$st/logs/marks" "$rel"
         stop_pid "$srv_pid"
         srv_pid=
         gunicorn_start "$port"
@@ -150,7 +152,8 @@ scenario() {
     if [ "$3" = off ]; then ka=--no-keepalive; else ka=; fi
     url=http://127.0.0.1:$port/
     "$BIN/uptime-probe" --json -q -c "$C" -d "$DURATION" $ka "$url" >"$tmp/steady.json" 2>>"$tmp/probe.err" || true
-    "$BIN/uptime-probe" --json -q -c "$C" $ka "$url" >"$tmp/during.json" 2>>"$tmp/probe.err" &
+    # shellcheck disable=SC2046
+    "$BIN/uptime-probe" --json -q -c "$C" $ka $(picture "deploys-$1-keepalive-$3" "$st/logs/marks") "$url" >"$tmp/during.json" 2>>"$tmp/probe.err" &
     probe_pid=$!
     sleep 0.5 # the clients connect and settle before the first deploy
     want=$DEPLOYS

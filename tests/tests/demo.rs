@@ -278,6 +278,13 @@ fn twenty_deploys(mode: &str, reload: &str) {
         last = site.current();
         assert_eq!(get(site.port, "/release").body, format!("{last}\n"));
     }
+    // one mark per deploy for uptime-probe --marks: `unix-time deploy ID`
+    let marks = std::fs::read_to_string(site.state.join("logs/marks")).unwrap_or_default();
+    let deploys: Vec<&str> = marks.lines().filter(|l| l.contains(" deploy r")).collect();
+    assert_eq!(deploys.len(), 20, "marks: {marks}");
+    assert!(deploys[19].ends_with(&format!(" deploy {last}")), "{marks}");
+    let t: f64 = deploys[0].split(' ').next().unwrap().parse().unwrap();
+    assert!(t > 1.7e9, "a unix time: {marks}");
     times.sort_by(f64::total_cmp);
     eprintln!(
         "{mode} {reload}: 20 deploys: min {:.3}s median {:.3}s max {:.3}s",

@@ -555,6 +555,9 @@ impl Systemd {
             .stderr(std::fs::File::create(log.with_extension("err")).unwrap());
         if let Some(l) = socket {
             let fd = l.as_raw_fd();
+            // SAFETY: the closure runs in the forked child before exec and calls
+            // only fcntl(2) and dup2(2), which are async-signal-safe; `fd` is a
+            // plain integer copied into it, the listener outlives the spawn.
             unsafe {
                 c.pre_exec(move || {
                     if fd == 3 {
@@ -580,6 +583,7 @@ impl Systemd {
                 events: libc::POLLIN,
                 revents: 0,
             }];
+            // SAFETY: `p` is one valid pollfd and the count passed is 1.
             unsafe { libc::poll(p.as_mut_ptr(), 1, 50) > 0 }
         });
         assert!(ok, "no datagram on NOTIFY_SOCKET within {T:?}");
@@ -613,6 +617,7 @@ fn monotonic_usec() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: `ts` is a valid, writable timespec for the whole call.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }

@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -179,15 +178,7 @@ fn counts_resets() {
                 l_onoff: 1,
                 l_linger: 0,
             };
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&lg as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
+            let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &lg);
         }
     });
     let (code, out, _) = probe(&["-c", "2", "-n", "6"], srv.port);

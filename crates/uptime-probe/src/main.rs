@@ -5,22 +5,25 @@
 mod client;
 mod report;
 mod stats;
+mod svg;
 
 use std::io::IsTerminal;
 use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lexopt::prelude::*;
+use nix::sys::signal::{SigSet, Signal};
 use unixtool::{Tool, EXIT_TEMPORARY};
 
 use client::{Live, Shared, Target};
-use stats::Stats;
+use stats::{Bin, Stats};
 
 const TOOL: Tool = Tool {
     name: "uptime-probe",
-    usage: "uptime-probe [-c N] [-d SECS | -n COUNT] [--no-keepalive] [-t MS] [--json] [--flapping-fails] [-q] URL",
+    usage: "uptime-probe [-c N] [-d SECS | -n COUNT] [--no-keepalive] [-t MS] [--json] [--flapping-fails] [-q] [--svg FILE [--marks FILE]] URL",
     help: "
   -c, --concurrency N    N clients at once (default 8)
   -d, --duration SECS    stop after SECS seconds
@@ -31,6 +34,8 @@ const TOOL: Tool = Tool {
       --json             the results as one JSON object on stdout, not a table
       --flapping-fails   a client seeing an older release after a newer one fails the run
   -q, --quiet            no progress lines on stderr
+      --svg FILE         draw the run's timeline (100 ms bins) into FILE, an SVG picture
+      --marks FILE       add a labelled mark per `unix-time label` line of FILE (with --svg)
   -h, --help             this text
   -V, --version          the version
 Exit: 0 nothing failed and nothing mixed; 1 some request failed or was mixed (or
@@ -40,6 +45,8 @@ flapped, with --flapping-fails), or none finished; 100 usage; 111 could not star
 
 /// Exit status when the run counted a failure or a mixed response.
 const EXIT_FAILED: i32 = 1;
+/// How often the main thread looks at the clock (and prints progress).
+const TICK: Duration = Duration::from_millis(50);
 
 pub struct Run {
     pub url: String,
@@ -73,36 +80,93 @@ impl Run {
     }
 }
 
-fn main() {
-    let mut concurrency: usize = 8;
-    let mut duration: Option<u64> = None;
-    let mut limit: Option<u64> = None;
-    let mut keepalive = true;
-    let mut timeout_ms: u64 = 5000;
-    let mut json = false;
-    let mut flapping_fails = false;
-    let mut quiet = false;
-    let mut url: Option<String> = None;
+/// The command line.
+struct Options {
+    concurrency: usize,
+    duration: Option<u64>,
+    limit: Option<u64>,
+    keepalive: bool,
+    timeout_ms: u64,
+    json: bool,
+    flapping_fails: bool,
+    quiet: bool,
+    svg: Option<PathBuf>,
+    marks: Option<PathBuf>,
+    url: String,
+}
 
+/// The clients at work, and what they share with the main thread.
+struct Clients {
+    shared: Arc<Shared>,
+    live: Arc<Vec<Live>>,
+    finished: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Stats>>,
+}
+
+fn main() {
+    let opts = parse_options();
+    let target = Arc::new(target(&opts));
+    let stop_signals = block_stop_signals();
+    let start_unix = unix_now();
+    let clients = start_clients(&opts, target);
+    let stopped_by = wait_for_the_end(&opts, &clients, &stop_signals);
+    clients.shared.stop.store(true, Ordering::Relaxed);
+    if let (Some(sig), false) = (stopped_by, opts.quiet) {
+        TOOL.info(format_args!("stopped by signal {sig}"));
+    }
+    let (run, bins) = collect(&opts, clients);
+    let out = if opts.json {
+        report::json(&run)
+    } else {
+        report::table(&run)
+    };
+    print!("{out}");
+    if let Some(path) = &opts.svg {
+        write_picture(path, opts.marks.as_deref(), &run, &bins, start_unix);
+    }
+    std::process::exit(if run.failure().is_some() {
+        EXIT_FAILED
+    } else {
+        0
+    });
+}
+
+fn parse_options() -> Options {
+    let mut o = Options {
+        concurrency: 8,
+        duration: None,
+        limit: None,
+        keepalive: true,
+        timeout_ms: 5000,
+        json: false,
+        flapping_fails: false,
+        quiet: false,
+        svg: None,
+        marks: None,
+        url: String::new(),
+    };
+    let mut url: Option<String> = None;
     let mut p = lexopt::Parser::from_env();
     while let Some(arg) = TOOL.next_arg(&mut p) {
         match arg {
             Short('c') | Long("concurrency") => {
-                concurrency = TOOL.number("-c", &TOOL.value(&mut p), 1, 4096)
+                o.concurrency = TOOL.number("-c", &TOOL.value(&mut p), 1, 4096)
             }
             Short('d') | Long("duration") => {
-                duration = Some(TOOL.number("-d", &TOOL.value(&mut p), 1, 100 * 365 * 86_400))
+                o.duration = Some(TOOL.number("-d", &TOOL.value(&mut p), 1, 100 * 365 * 86_400))
             }
             Short('n') | Long("requests") => {
-                limit = Some(TOOL.number("-n", &TOOL.value(&mut p), 1, u64::MAX / 2))
+                o.limit = Some(TOOL.number("-n", &TOOL.value(&mut p), 1, u64::MAX / 2))
             }
-            Long("no-keepalive") => keepalive = false,
+            Long("no-keepalive") => o.keepalive = false,
             Short('t') | Long("timeout") => {
-                timeout_ms = TOOL.number("-t", &TOOL.value(&mut p), 1, 86_400_000)
+                o.timeout_ms = TOOL.number("-t", &TOOL.value(&mut p), 1, 86_400_000)
             }
-            Long("json") => json = true,
-            Long("flapping-fails") => flapping_fails = true,
-            Short('q') | Long("quiet") => quiet = true,
+            Long("json") => o.json = true,
+            Long("flapping-fails") => o.flapping_fails = true,
+            Short('q') | Long("quiet") => o.quiet = true,
+            Long("svg") => o.svg = Some(PathBuf::from(TOOL.value(&mut p))),
+            Long("marks") => o.marks = Some(PathBuf::from(TOOL.value(&mut p))),
             Short('h') | Long("help") => TOOL.print_help(),
             Short('V') | Long("version") => TOOL.print_version(),
             Value(v) if url.is_none() => match v.into_string() {
@@ -117,7 +181,17 @@ fn main() {
         }
     }
     let Some(url) = url else { TOOL.usage("no URL") };
-    let Some((host, port, path)) = parse_url(&url) else {
+    if o.marks.is_some() && o.svg.is_none() {
+        TOOL.usage("--marks without --svg");
+    }
+    o.url = url;
+    o
+}
+
+/// The address (resolved once) and the request every client sends.
+fn target(opts: &Options) -> Target {
+    let url = &opts.url;
+    let Some((host, port, path)) = parse_url(url) else {
         TOOL.usage(format_args!(
             "bad URL {url:?} (want http://HOST[:PORT][/PATH])"
         ))
@@ -132,7 +206,7 @@ fn main() {
         },
         Err(e) => TOOL.fatal(
             EXIT_TEMPORARY,
-            format_args!("unable to resolve {host}: {e}"),
+            format_args!("unable to resolve {host}: {}", unixtool::io_reason(&e)),
         ),
     };
     let authority = if port == 80 {
@@ -143,32 +217,43 @@ fn main() {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: uptime-probe/{}\r\nAccept: */*\r\n{}\r\n",
         env!("CARGO_PKG_VERSION"),
-        if keepalive { "" } else { "Connection: close\r\n" }
+        if opts.keepalive { "" } else { "Connection: close\r\n" }
     );
-    let target = Arc::new(Target {
+    Target {
         addr,
         request: request.into_bytes(),
-        keepalive,
-        timeout: Duration::from_millis(timeout_ms),
-    });
+        keepalive: opts.keepalive,
+        timeout: Duration::from_millis(opts.timeout_ms),
+    }
+}
 
-    // SIGINT and SIGTERM end the run (and the results are printed): blocked in
-    // every thread, taken by this one with sigtimedwait.
-    let stop_signals = signal_set();
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &stop_signals, std::ptr::null_mut()) };
+/// SIGINT and SIGTERM end the run (and the results are printed): blocked in
+/// every thread (the clients inherit the mask), taken by the main one with
+/// sigtimedwait.
+fn block_stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if let Err(e) = set.thread_block() {
+        TOOL.fatal_errno(EXIT_TEMPORARY, "block INT and TERM", e);
+    }
+    set
+}
 
-    let start = Instant::now();
+fn start_clients(opts: &Options, target: Arc<Target>) -> Clients {
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         issued: AtomicU64::new(0),
-        limit,
-        start,
+        limit: opts.limit,
+        start: Instant::now(),
         releases: Mutex::new(Vec::new()),
+        bins: opts.svg.as_ref().map(|_| Mutex::new(Vec::new())),
     });
-    let live: Arc<Vec<Live>> = Arc::new((0..concurrency).map(|_| Live::default()).collect());
+    let n = opts.concurrency;
+    let live: Arc<Vec<Live>> = Arc::new((0..n).map(|_| Live::default()).collect());
     let finished = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::with_capacity(concurrency);
-    for i in 0..concurrency {
+    let mut threads = Vec::with_capacity(n);
+    for i in 0..n {
         let (t, s, l, f) = (
             target.clone(),
             shared.clone(),
@@ -183,18 +268,31 @@ fn main() {
                 stats
             });
         match spawned {
-            Ok(h) => clients.push(h),
+            Ok(h) => threads.push(h),
             Err(e) => {
                 shared.stop.store(true, Ordering::Relaxed);
                 TOOL.fatal(
                     EXIT_TEMPORARY,
-                    format_args!("unable to start client {}: {e}", i + 1),
+                    format_args!(
+                        "unable to start client {}: {}",
+                        i + 1,
+                        unixtool::io_reason(&e)
+                    ),
                 );
             }
         }
     }
+    Clients {
+        shared,
+        live,
+        finished,
+        threads,
+    }
+}
 
-    // Wait: for the duration, the count, or a signal; progress on stderr meanwhile.
+/// Wait for the duration, the count, or a signal (its name); progress on
+/// stderr meanwhile.
+fn wait_for_the_end(opts: &Options, c: &Clients, stop_signals: &SigSet) -> Option<&'static str> {
     let every = if std::io::stderr().is_terminal() {
         1
     } else {
@@ -202,20 +300,22 @@ fn main() {
     };
     let mut next_progress = Duration::from_secs(every);
     let mut releases_told = 0;
-    let mut stopped_by = None;
-    while finished.load(Ordering::Acquire) < concurrency {
-        if let Some(sig) = wait_signal(&stop_signals, Duration::from_millis(50)) {
-            stopped_by = Some(sig);
-            break;
-        }
+    let start = c.shared.start;
+    while c.finished.load(Ordering::Acquire) < opts.concurrency {
         let t = start.elapsed();
-        if duration.is_some_and(|d| t >= Duration::from_secs(d)) {
-            break;
+        let end = opts.duration.map(Duration::from_secs);
+        if end.is_some_and(|d| t >= d) {
+            return None;
         }
-        if quiet {
+        // Never past the duration's end: -d ends the run on time.
+        let slice = end.map_or(TICK, |d| (d - t).min(TICK));
+        if let Some(sig) = wait_signal(stop_signals, slice) {
+            return Some(sig);
+        }
+        if opts.quiet {
             continue;
         }
-        if let Ok(r) = shared.releases.lock() {
+        if let Ok(r) = c.shared.releases.lock() {
             for (rel, at) in r.iter().skip(releases_told) {
                 TOOL.info(format_args!(
                     "release {} first seen at {:.3} s",
@@ -225,60 +325,99 @@ fn main() {
             }
             releases_told = r.len();
         }
+        let t = start.elapsed();
         if t >= next_progress {
             next_progress += Duration::from_secs(every);
-            let sum = |f: fn(&Live) -> &AtomicU64| {
-                live.iter()
-                    .map(|l| f(l).load(Ordering::Relaxed))
-                    .sum::<u64>()
-            };
-            let n = sum(|l| &l.requests);
-            TOOL.info(format_args!(
-                "{:.0} s: {} requests ({:.0}/s), {} failed, {} mixed",
-                t.as_secs_f64(),
-                n,
-                n as f64 / t.as_secs_f64(),
-                sum(|l| &l.failed),
-                sum(|l| &l.mixed)
-            ));
+            progress(&c.live, t);
         }
     }
-    shared.stop.store(true, Ordering::Relaxed);
-    if let (Some(sig), false) = (stopped_by, quiet) {
-        TOOL.info(format_args!("stopped by signal {sig}"));
-    }
+    None
+}
+
+fn progress(live: &[Live], t: Duration) {
+    let sum = |f: fn(&Live) -> &AtomicU64| {
+        live.iter()
+            .map(|l| f(l).load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let n = sum(|l| &l.requests);
+    TOOL.info(format_args!(
+        "{:.0} s: {} requests ({:.0}/s), {} failed, {} mixed",
+        t.as_secs_f64(),
+        n,
+        n as f64 / t.as_secs_f64(),
+        sum(|l| &l.failed),
+        sum(|l| &l.mixed)
+    ));
+}
+
+/// Join the clients (stopped) and merge what they counted: the run, and its
+/// timeline (empty without --svg).
+fn collect(opts: &Options, c: Clients) -> (Run, Vec<Bin>) {
     let mut stats = Stats::new();
-    for h in clients {
+    for h in c.threads {
         match h.join() {
             Ok(s) => stats.merge(&s),
             Err(_) => TOOL.fatal(EXIT_TEMPORARY, "a client thread died"),
         }
     }
-    let elapsed = start.elapsed();
-    let releases = match shared.releases.lock() {
-        Ok(r) => r.clone(),
-        Err(p) => p.into_inner().clone(),
+    let elapsed = c.shared.start.elapsed();
+    let releases = unpoison(c.shared.releases.lock()).clone();
+    let bins = match &c.shared.bins {
+        Some(b) => std::mem::take(&mut *unpoison(b.lock())),
+        None => Vec::new(),
     };
     let run = Run {
-        url,
-        concurrency,
-        keepalive,
+        url: opts.url.clone(),
+        concurrency: opts.concurrency,
+        keepalive: opts.keepalive,
         elapsed,
         stats,
         releases,
-        flapping_fails,
+        flapping_fails: opts.flapping_fails,
     };
-    let out = if json {
-        report::json(&run)
-    } else {
-        report::table(&run)
+    (run, bins)
+}
+
+/// --svg: the picture, with the marks of the --marks file (read now, at the
+/// end, so that marks written during the run are in it).
+fn write_picture(path: &Path, marks: Option<&Path>, run: &Run, bins: &[Bin], start_unix: f64) {
+    let marks = match marks.map(std::fs::read_to_string) {
+        None => Vec::new(),
+        Some(Ok(text)) => svg::parse_marks(&text, start_unix),
+        Some(Err(e)) => {
+            TOOL.warn(format_args!(
+                "unable to read marks {}: {}",
+                marks.unwrap_or(Path::new("")).display(),
+                unixtool::io_reason(&e)
+            ));
+            Vec::new()
+        }
     };
-    print!("{out}");
-    std::process::exit(if run.failure().is_some() {
-        EXIT_FAILED
-    } else {
-        0
-    });
+    if let Err(e) = std::fs::write(path, svg::picture(run, bins, &marks)) {
+        TOOL.fatal(
+            EXIT_TEMPORARY,
+            format_args!(
+                "unable to write {}: {}",
+                path.display(),
+                unixtool::io_reason(&e)
+            ),
+        );
+    }
+}
+
+/// A lock's value even if a client panicked holding it (the counts stay usable).
+fn unpoison<T>(r: Result<T, std::sync::PoisonError<T>>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// `http://HOST[:PORT][/PATH]` to (host, port, path); HOST may be `[v6]`.
@@ -321,23 +460,15 @@ fn parse_url(url: &str) -> Option<(String, u16, String)> {
     Some((host, port, path))
 }
 
-fn signal_set() -> libc::sigset_t {
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-    }
-    set
-}
-
 /// The name of a blocked stop signal that came within `d`, if one did.
-fn wait_signal(set: &libc::sigset_t, d: Duration) -> Option<&'static str> {
+fn wait_signal(set: &SigSet, d: Duration) -> Option<&'static str> {
     let ts = libc::timespec {
         tv_sec: d.as_secs() as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
     };
-    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    // SAFETY: `set` is a valid, initialised signal set and `ts` a valid
+    // timespec, both alive for the call; the siginfo pointer may be null.
+    let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
     match sig {
         libc::SIGINT => Some("INT"),
         libc::SIGTERM => Some("TERM"),

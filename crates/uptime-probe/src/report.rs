@@ -80,11 +80,12 @@ pub fn table(run: &Run) -> String {
     line(
         "failed",
         format!(
-            "{} (refused {}, reset {}, timeout {}, eof {}, bad status {}, error {})",
+            "{} (refused {}, reset {}, timeout {}, too large {}, eof {}, bad status {}, error {})",
             s.failed(),
             s.refused,
             s.reset,
             s.timeout,
+            s.too_large,
             s.eof,
             s.bad_status,
             s.error
@@ -221,7 +222,7 @@ pub fn json(run: &Run) -> String {
         concat!(
             "{{\"url\":{},\"elapsed_s\":{:.3},\"concurrency\":{},\"keepalive\":{},",
             "\"requests\":{},\"requests_per_s\":{:.1},\"ok\":{},\"failed\":{},",
-            "\"refused\":{},\"reset\":{},\"timeout\":{},\"eof\":{},\"bad_status\":{},\"error\":{},",
+            "\"refused\":{},\"reset\":{},\"timeout\":{},\"too_large\":{},\"eof\":{},\"bad_status\":{},\"error\":{},",
             "\"retried\":{},\"mixed\":{},\"flapping\":{},\"no_x_release\":{},\"no_data_release\":{},",
             "\"releases\":[{}],",
             "\"latency_ms\":{{\"p50\":{},\"p99\":{},\"p99_9\":{},\"max\":{}}},",
@@ -238,6 +239,7 @@ pub fn json(run: &Run) -> String {
         s.refused,
         s.reset,
         s.timeout,
+        s.too_large,
         s.eof,
         s.bad_status,
         s.error,

@@ -10,6 +10,8 @@ pub enum Outcome {
     Refused,
     Reset,
     Timeout,
+    /// Past a cap: head, chunk line, trailers or body.
+    TooLarge,
     Eof,
     BadStatus,
     Error,
@@ -98,6 +100,7 @@ pub struct Stats {
     pub refused: u64,
     pub reset: u64,
     pub timeout: u64,
+    pub too_large: u64,
     pub eof: u64,
     pub bad_status: u64,
     pub error: u64,
@@ -120,6 +123,7 @@ impl Stats {
             refused: 0,
             reset: 0,
             timeout: 0,
+            too_large: 0,
             eof: 0,
             bad_status: 0,
             error: 0,
@@ -135,7 +139,13 @@ impl Stats {
     }
 
     pub fn failed(&self) -> u64 {
-        self.refused + self.reset + self.timeout + self.eof + self.bad_status + self.error
+        self.refused
+            + self.reset
+            + self.timeout
+            + self.too_large
+            + self.eof
+            + self.bad_status
+            + self.error
     }
 
     pub fn requests(&self) -> u64 {
@@ -149,6 +159,7 @@ impl Stats {
             Outcome::Refused => self.refused += 1,
             Outcome::Reset => self.reset += 1,
             Outcome::Timeout => self.timeout += 1,
+            Outcome::TooLarge => self.too_large += 1,
             Outcome::Eof => self.eof += 1,
             Outcome::BadStatus => self.bad_status += 1,
             Outcome::Error => self.error += 1,
@@ -174,6 +185,7 @@ impl Stats {
         self.refused += o.refused;
         self.reset += o.reset;
         self.timeout += o.timeout;
+        self.too_large += o.too_large;
         self.eof += o.eof;
         self.bad_status += o.bad_status;
         self.error += o.error;
@@ -197,6 +209,122 @@ impl Stats {
     }
 }
 
+/// The width of a timeline bin (the picture's x resolution).
+pub const BIN: Duration = Duration::from_millis(100);
+/// A bin's latency buckets: four per power of two of microseconds (under 19% wide).
+const BIN_BUCKETS: usize = 4 * 40;
+
+/// The failed outcomes, in the order of a bin's `failed` counts.
+pub const FAILED_KINDS: [(Outcome, &str); 7] = [
+    (Outcome::Refused, "refused"),
+    (Outcome::Reset, "reset"),
+    (Outcome::Timeout, "timeout"),
+    (Outcome::TooLarge, "too_large"),
+    (Outcome::Eof, "eof"),
+    (Outcome::BadStatus, "bad_status"),
+    (Outcome::Error, "error"),
+];
+
+/// The count of one outcome in `s`.
+pub fn count_of(s: &Stats, o: Outcome) -> u64 {
+    match o {
+        Outcome::Ok => s.ok,
+        Outcome::Refused => s.refused,
+        Outcome::Reset => s.reset,
+        Outcome::Timeout => s.timeout,
+        Outcome::TooLarge => s.too_large,
+        Outcome::Eof => s.eof,
+        Outcome::BadStatus => s.bad_status,
+        Outcome::Error => s.error,
+    }
+}
+
+/// What finished in one 100 ms of the run (for --svg).
+#[derive(Clone, Default)]
+pub struct Bin {
+    pub ok: u64,
+    pub failed: [u64; 7],
+    pub retried: u64,
+    pub mixed: u64,
+    pub flapping: u64,
+    /// Responses per release, by order of first appearance.
+    pub releases: Vec<u64>,
+    latency: Vec<u32>,
+}
+
+impl Bin {
+    pub fn requests(&self) -> u64 {
+        self.ok + self.failed.iter().sum::<u64>()
+    }
+
+    pub fn count(&mut self, outcome: Outcome, took: Duration, answered: bool, retried: bool) {
+        match FAILED_KINDS.iter().position(|(o, _)| *o == outcome) {
+            Some(i) => self.failed[i] += 1,
+            None => self.ok += 1,
+        }
+        self.retried += u64::from(retried);
+        if answered {
+            let us = took.as_micros().max(1) as f64;
+            let i = ((us.log2() * 4.0) as usize).min(BIN_BUCKETS - 1);
+            if self.latency.is_empty() {
+                self.latency = vec![0; BIN_BUCKETS];
+            }
+            self.latency[i] += 1;
+        }
+    }
+
+    pub fn release(&mut self, index: usize) {
+        if self.releases.len() <= index {
+            self.releases.resize(index + 1, 0);
+        }
+        self.releases[index] += 1;
+    }
+
+    pub fn merge(&mut self, o: &Bin) {
+        self.ok += o.ok;
+        for (a, b) in self.failed.iter_mut().zip(&o.failed) {
+            *a += b;
+        }
+        self.retried += o.retried;
+        self.mixed += o.mixed;
+        self.flapping += o.flapping;
+        for (i, n) in o.releases.iter().enumerate() {
+            if *n > 0 {
+                if self.releases.len() <= i {
+                    self.releases.resize(i + 1, 0);
+                }
+                self.releases[i] += n;
+            }
+        }
+        if !o.latency.is_empty() {
+            if self.latency.is_empty() {
+                self.latency = vec![0; BIN_BUCKETS];
+            }
+            for (a, b) in self.latency.iter_mut().zip(&o.latency) {
+                *a += b;
+            }
+        }
+    }
+
+    /// The latency (ms, a bucket's upper end) below which `q` of the bin's
+    /// answered requests fall; None when none was answered.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let n: u64 = self.latency.iter().map(|&c| u64::from(c)).sum();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+        let mut seen = 0;
+        for (i, &c) in self.latency.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= rank {
+                return Some(2f64.powf((i + 1) as f64 / 4.0) / 1000.0);
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +343,27 @@ mod tests {
         assert!((500..=508).contains(&h.quantile(0.5)));
         assert!((990..=1000).contains(&h.quantile(0.99)));
         assert_eq!(h.quantile(1.0), 1000);
+    }
+
+    #[test]
+    fn bins_count_and_merge() {
+        let mut a = Bin::default();
+        for ms in 1..=100 {
+            a.count(Outcome::Ok, Duration::from_millis(ms), true, ms == 7);
+        }
+        a.count(Outcome::Timeout, Duration::from_secs(5), false, false);
+        a.release(2);
+        let mut b = Bin::default();
+        b.count(Outcome::TooLarge, Duration::from_millis(1), false, false);
+        b.release(0);
+        b.merge(&a);
+        assert_eq!((b.requests(), b.ok, b.retried), (102, 100, 1));
+        assert_eq!(b.failed, [0, 0, 1, 1, 0, 0, 0]);
+        assert_eq!(b.releases, vec![1, 0, 1]);
+        let p50 = b.quantile_ms(0.5).unwrap();
+        let p99 = b.quantile_ms(0.99).unwrap();
+        assert!((50.0..=50.0 * 1.19).contains(&p50), "{p50}");
+        assert!((99.0..=99.0 * 1.19).contains(&p99), "{p99}");
+        assert_eq!(Bin::default().quantile_ms(0.5), None);
     }
 }

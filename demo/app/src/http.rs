@@ -1,15 +1,13 @@
 //! HTTP/1.1 on one connection: GET and HEAD of static files under htdocs, and
 //! `/release`; keep-alive; every response carries `X-Release`.
 
-use std::os::fd::RawFd;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use nix::errno::Errno;
-
-use crate::sys;
 use crate::Site;
 
+/// The most input a connection may have buffered: a whole head and a whole body.
+pub const MAX_REQUEST: usize = MAX_HEAD + MAX_BODY;
 /// The longest request head (request line and headers) read: 431 or 414 beyond.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// The longest request target: 414 beyond.
@@ -22,6 +20,9 @@ struct Response {
     status: u16,
     content_type: &'static str,
     body: Vec<u8>,
+    /// A file too large to hold in memory for the whole send: sent from the
+    /// open file as the client takes it (`body` is then empty).
+    file: Option<FileBody>,
     allow: bool,
     close: bool,
 }
@@ -33,161 +34,131 @@ impl Response {
             status,
             content_type: "text/plain; charset=utf-8",
             body,
+            file: None,
             allow: false,
             close: false,
         }
     }
+
+    fn len(&self) -> u64 {
+        self.file
+            .as_ref()
+            .map_or(self.body.len() as u64, |f| f.left)
+    }
 }
 
-/// What became of reading one request head.
-enum Head {
-    /// A complete head of this many bytes is in the buffer.
-    Complete(usize),
-    /// The client closed, went silent before sending anything, or broke the connection.
-    Gone,
-    /// Answer this (400, 408, 414, 431) and close.
-    Reject(u16),
+/// The part of a response still in a file: the open file and how many bytes of it
+/// are still to be sent.
+pub struct FileBody {
+    pub file: std::fs::File,
+    pub left: u64,
 }
 
-/// Serve one connection until the client closes, the connection goes idle past
-/// the read timeout, a response says `Connection: close`, or a stop comes while
-/// the connection is idle between requests.
-pub fn serve_connection(site: &Site, fd: RawFd, buf: &mut Vec<u8>) {
-    buf.clear();
-    sys::set_send_timeout(fd, site.read_timeout);
-    let mut served = 0u64;
-    loop {
-        let head_len = match read_head(site, fd, buf, served) {
-            Head::Complete(n) => n,
-            Head::Gone => return finish(fd, !buf.is_empty()),
-            Head::Reject(status) => {
-                let mut r = Response::error(status);
-                r.close = true;
-                let _ = send(site, fd, &r, false, 1, Some("-"));
-                return finish(fd, true);
+/// Files up to this size are read whole per request; larger ones are streamed.
+const IN_MEMORY: u64 = 64 * 1024;
+
+/// What to do with the bytes a connection has sent so far.
+pub enum Next {
+    /// No whole request yet: read more.
+    Wait,
+    /// Send `out`; drop `consumed` bytes of input; close after it if `close`.
+    Answer {
+        out: Vec<u8>,
+        file: Option<FileBody>,
+        consumed: usize,
+        close: bool,
+    },
+}
+
+/// The next request in `buf` and its response. `must_close`: this response will
+/// be the connection's last (the app is stopping, or the client has finished
+/// sending), so it says `Connection: close`.
+pub fn next(site: &Site, buf: &[u8], must_close: bool) -> Next {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() >= MAX_HEAD {
+                let line_done = buf.contains(&b'\n');
+                return refuse(site, buf, if line_done { 431 } else { 414 });
             }
-        };
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        // The head parsed Complete in read_head; parse again to borrow it here.
-        if !matches!(
-            req.parse(&buf[..head_len]),
-            Ok(httparse::Status::Complete(_))
-        ) {
-            return finish(fd, true);
-        }
-        let minor = req.version.unwrap_or(1);
-        let head_only = req.method == Some("HEAD");
-        let log = site
-            .verbose
-            .then(|| format!("{} {}", req.method.unwrap_or(""), req.path.unwrap_or("")));
-        let (mut resp, keep_alive, body_len) = answer(site, &req);
-        // Close when the client wants it, when we stop, or when other connections
-        // wait for this worker (fairness: a busy keep-alive client must not starve
-        // the backlog of a one-connection-at-a-time worker).
-        let others_waiting =
-            keep_alive && !resp.close && sys::poll_in(site.listener, 0).unwrap_or(false);
-        resp.close = resp.close || sys::stopping() || others_waiting || !keep_alive;
-        // Drop the body of the request (a GET may carry one) before answering.
-        let body_ok = resp.close || skip_body(site, fd, buf, head_len, body_len);
-        let sent = send(site, fd, &resp, head_only, minor, log.as_deref()).is_ok();
-        served += 1;
-        if !sent || !body_ok {
-            return finish(fd, true);
-        }
-        if resp.close {
-            // The response said `Connection: close`, so the client sends no more;
-            // finish() still lingers if it already had (a pipelining client).
-            return finish(fd, resp.status >= 400);
-        }
-        let consumed = (head_len + body_len).min(buf.len());
-        buf.drain(..consumed);
-    }
-}
-
-/// Read until `buf` holds a complete request head.
-fn read_head(site: &Site, fd: RawFd, buf: &mut Vec<u8>, served: u64) -> Head {
-    let deadline = Instant::now() + site.read_timeout;
-    loop {
-        if !buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    if req.path.map_or(0, str::len) > MAX_URI {
-                        return Head::Reject(414);
-                    }
-                    return Head::Complete(n);
-                }
-                Ok(httparse::Status::Partial) => {
-                    if buf.len() >= MAX_HEAD {
-                        let line_done = buf.contains(&b'\n');
-                        return Head::Reject(if line_done { 431 } else { 414 });
-                    }
-                    // A request line longer than MAX_URI is refused before it ends.
-                    if !buf.contains(&b'\n') && buf.len() > MAX_URI + 64 {
-                        return Head::Reject(414);
-                    }
-                }
-                Err(httparse::Error::TooManyHeaders) => return Head::Reject(431),
-                Err(_) => return Head::Reject(400),
+            // A request line longer than MAX_URI is refused before it ends.
+            if !buf.contains(&b'\n') && buf.len() > MAX_URI + 64 {
+                return refuse(site, buf, 414);
             }
+            return Next::Wait;
         }
-        // Idle between requests and told to stop: close, unless a request is
-        // already arriving. A fresh connection always gets its first request served.
-        if sys::stopping() && buf.is_empty() && served > 0 && !sys::poll_in(fd, 0).unwrap_or(false)
-        {
-            return Head::Gone;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return if buf.is_empty() {
-                Head::Gone
-            } else {
-                Head::Reject(408)
-            };
-        }
-        match sys::poll_in(fd, ms(left)) {
-            Ok(true) => {}
-            Ok(false) | Err(Errno::EINTR) => continue,
-            Err(_) => return Head::Gone,
-        }
-        let start = buf.len();
-        buf.resize(start + 4096, 0);
-        let r = sys::read(fd, &mut buf[start..]);
-        buf.truncate(start + *r.as_ref().unwrap_or(&0));
-        match r {
-            Ok(0) => return Head::Gone,
-            Ok(_) | Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
-            Err(_) => return Head::Gone,
-        }
+        Err(httparse::Error::TooManyHeaders) => return refuse(site, buf, 431),
+        Err(_) => return refuse(site, buf, 400),
+    };
+    if req.path.map_or(0, str::len) > MAX_URI {
+        return refuse(site, buf, 414);
+    }
+    if head_len > MAX_HEAD {
+        return refuse(site, buf, 431);
+    }
+    // Wait for a body the request announces (a GET may carry one), unless it is
+    // refused anyway (too large, or a bad Content-Length: answer() says which).
+    let announced = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .filter_map(|h| content_length(h.value))
+        .max()
+        .unwrap_or(0);
+    if announced <= MAX_BODY && buf.len() < head_len + announced {
+        return Next::Wait;
+    }
+    let minor = req.version.unwrap_or(1);
+    let head_only = req.method == Some("HEAD");
+    let log = site
+        .verbose
+        .then(|| format!("{} {}", req.method.unwrap_or(""), req.path.unwrap_or("")));
+    let (mut resp, keep_alive, body_len) = answer(site, &req);
+    resp.close = resp.close || must_close || !keep_alive;
+    let out = render(site, &resp, head_only, minor, log.as_deref());
+    let file = if head_only { None } else { resp.file };
+    let consumed = if resp.close {
+        buf.len()
+    } else {
+        head_len + body_len
+    };
+    Next::Answer {
+        out,
+        file,
+        consumed,
+        close: resp.close,
     }
 }
 
-/// Read and drop `body_len` bytes after the head; false if they did not come.
-fn skip_body(site: &Site, fd: RawFd, buf: &mut Vec<u8>, head_len: usize, body_len: usize) -> bool {
-    let deadline = Instant::now() + site.read_timeout;
-    while buf.len() < head_len + body_len {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        match sys::poll_in(fd, ms(left)) {
-            Ok(true) => {}
-            Ok(false) | Err(Errno::EINTR) => continue,
-            Err(_) => return false,
-        }
-        let start = buf.len();
-        buf.resize(start + 4096, 0);
-        let r = sys::read(fd, &mut buf[start..]);
-        buf.truncate(start + *r.as_ref().unwrap_or(&0));
-        match r {
-            Ok(0) => return false,
-            Ok(_) | Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
-            Err(_) => return false,
-        }
+/// An error response that ends the connection (the rest of the input is dropped).
+fn refuse(site: &Site, buf: &[u8], status: u16) -> Next {
+    Next::Answer {
+        out: error_response(site, status),
+        file: None,
+        consumed: buf.len(),
+        close: true,
     }
-    true
+}
+
+/// The bytes of an error response that closes the connection (also 408, sent
+/// when a request did not arrive whole within its deadline).
+pub fn error_response(site: &Site, status: u16) -> Vec<u8> {
+    let mut r = Response::error(status);
+    r.close = true;
+    render(site, &r, false, 1, Some("-"))
+}
+
+/// A Content-Length value: digits only (RFC 9110 8.6), no sign, no inner space,
+/// no overflow. httparse has already dropped the whitespace around the value.
+fn content_length(v: &[u8]) -> Option<usize> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0usize, |n, &d| {
+        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+    })
 }
 
 /// The response to one parsed request, whether the client wants keep-alive,
@@ -197,7 +168,7 @@ fn answer(site: &Site, req: &httparse::Request) -> (Response, bool, usize) {
     let mut conn_close = false;
     let mut conn_keep = false;
     let mut host = false;
-    let mut content_length: Option<usize> = None;
+    let mut length: Option<usize> = None;
     let mut bad = false;
     let mut chunked = false;
     for h in req.headers.iter() {
@@ -212,13 +183,8 @@ fn answer(site: &Site, req: &httparse::Request) -> (Response, bool, usize) {
             bad |= host; // two Host headers
             host = true;
         } else if name.eq_ignore_ascii_case("content-length") {
-            match std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-            {
-                Some(n) if content_length.is_none() || content_length == Some(n) => {
-                    content_length = Some(n)
-                }
+            match content_length(h.value) {
+                Some(n) if length.is_none() || length == Some(n) => length = Some(n),
                 _ => bad = true,
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -230,7 +196,7 @@ fn answer(site: &Site, req: &httparse::Request) -> (Response, bool, usize) {
     } else {
         !conn_close
     };
-    let body_len = content_length.unwrap_or(0);
+    let body_len = length.unwrap_or(0);
     let reject = |status: u16| {
         let mut r = Response::error(status);
         r.close = true;
@@ -256,6 +222,7 @@ fn answer(site: &Site, req: &httparse::Request) -> (Response, bool, usize) {
             status: 200,
             content_type: "text/plain; charset=utf-8",
             body: format!("{}\n", site.release).into_bytes(),
+            file: None,
             allow: false,
             close: false,
         },
@@ -355,16 +322,20 @@ fn serve_file(site: &Site, rel: PathBuf) -> Response {
     if !canon.is_file() {
         return Response::error(404);
     }
-    match std::fs::read(&canon) {
-        Ok(body) => Response {
-            status: 200,
-            content_type: content_type(&canon),
-            body,
-            allow: false,
-            close: false,
-        },
-        Err(e) => Response::error(io_status(&e)),
+    let opened = std::fs::File::open(&canon).and_then(|f| Ok((f.metadata()?.len(), f)));
+    let (len, mut file) = match opened {
+        Ok(x) => x,
+        Err(e) => return Response::error(io_status(&e)),
+    };
+    let mut r = Response::error(200);
+    r.content_type = content_type(&canon);
+    r.body.clear();
+    if len > IN_MEMORY {
+        r.file = Some(FileBody { file, left: len });
+    } else if let Err(e) = std::io::Read::read_to_end(&mut file, &mut r.body) {
+        return Response::error(io_status(&e));
     }
+    r
 }
 
 fn io_status(e: &std::io::Error) -> u16 {
@@ -394,14 +365,9 @@ fn content_type(p: &std::path::Path) -> &'static str {
     }
 }
 
-fn send(
-    site: &Site,
-    fd: RawFd,
-    r: &Response,
-    head_only: bool,
-    minor: u8,
-    log: Option<&str>,
-) -> Result<(), Errno> {
+/// The bytes of a response: head, and the body unless `head_only` (what is left
+/// in `r.file` is the rest of the body).
+fn render(site: &Site, r: &Response, head_only: bool, minor: u8, log: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + r.body.len());
     use std::io::Write;
     let _ = write!(
@@ -412,7 +378,7 @@ fn send(
         http_date(SystemTime::now()),
         site.release,
         r.content_type,
-        r.body.len()
+        r.len()
     );
     if r.allow {
         out.extend_from_slice(b"Allow: GET, HEAD\r\n");
@@ -431,44 +397,11 @@ fn send(
             "{} {} {}{}",
             what,
             r.status,
-            r.body.len(),
+            r.len(),
             if r.close { " close" } else { "" }
         ));
     }
-    sys::write_all(fd, &out)
-}
-
-/// Close the connection. `linger`: we may close with unread input (or the client
-/// may still be sending); shut down our side first and drop what arrives for a
-/// moment, so the kernel does not answer with a reset that destroys our response.
-fn finish(fd: RawFd, linger: bool) {
-    if linger || sys::poll_in(fd, 0).unwrap_or(false) {
-        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-        let end = Instant::now() + Duration::from_millis(500);
-        let mut scratch = [0u8; 4096];
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match sys::poll_in(fd, ms(left)) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(Errno::EINTR) => continue,
-                Err(_) => break,
-            }
-            match sys::read(fd, &mut scratch) {
-                Ok(0) => break,
-                Ok(_) | Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
-                Err(_) => break,
-            }
-        }
-    }
-    sys::close(fd);
-}
-
-fn ms(d: Duration) -> i32 {
-    d.as_millis().clamp(1, i32::MAX as u128) as i32
+    out
 }
 
 fn reason(status: u16) -> &'static str {
@@ -523,6 +456,22 @@ fn http_date(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(content_length(b"5"), Some(5));
+        assert_eq!(content_length(b"0005"), Some(5));
+        for bad in [&b"+5"[..], b"-1", b"5 5", b" 5", b"", b"0x5", b"5,5"] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(content_length(b"99999999999999999999999"), None);
+    }
 
     #[test]
     fn date() {

@@ -1,32 +1,46 @@
 //! app: the demo site. One release, pinned at start; accepts on descriptor 0 and
-//! serves one connection at a time (workers are processes: forkpool runs N of them).
+//! serves many connections per process on epoll, each under whole-request
+//! deadlines (workers are processes: forkpool runs N of them).
 
 mod http;
+mod lifecycle;
+mod server;
 mod sys;
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lexopt::prelude::*;
-use nix::errno::Errno;
+use nix::unistd::Pid;
 use unixtool::{Tool, EXIT_TEMPORARY, EXIT_USAGE};
 
-const TOOL: Tool = Tool {
+use lifecycle::Lifecycle;
+use server::Limits;
+use sys::{Order, Signals, Woke};
+
+pub const TOOL: Tool = Tool {
     name: "app",
-    usage: "app [--root DIR] [--ready-fd N] [--slow-start MS] [--fail-start] [--read-timeout MS] [--listen HOST:PORT [--workers N]] [-v]",
+    usage: "app [--root DIR] [--ready-fd N] [--slow-start MS] [--fail-start] [--read-timeout MS] [--send-timeout MS] [--idle-timeout MS] [--stop-timeout MS] [--max-connections N] [--retire-after N] [--listen HOST:PORT [--workers N]] [-v]",
     help: "
-  -r, --root DIR         the release directory (default .): canonicalized once, chdir there
-  -d, --ready-fd N       write a newline to descriptor N once able to accept, then close it
-      --slow-start MS    wait MS milliseconds before becoming ready
-      --fail-start       exit 1 at start (a release that fails, on purpose)
-  -t, --read-timeout MS  close a connection silent for MS milliseconds (default 5000)
-  -l, --listen HOST:PORT bind a socket of its own instead of using descriptor 0
-                         (prints the port on stdout; for benchmarks)
-  -w, --workers N        with --listen: N processes accept on that socket (default 1)
-  -v, --verbose          one line per request on stderr
-  -h, --help             this text
-  -V, --version          the version
+  -r, --root DIR            the release directory (default .): canonicalized once, chdir there
+  -d, --ready-fd N          write a newline to descriptor N once able to accept; later lines:
+                            stopping, recycle, and an empty line per watchdog ping
+      --slow-start MS       wait MS milliseconds before becoming ready
+      --fail-start          exit 1 at start (a release that fails, on purpose)
+  -t, --read-timeout MS     a whole request (head and body) must arrive within MS ms (default 5000)
+      --send-timeout MS     a whole response must be sent within MS ms (default 10000)
+      --idle-timeout MS     close a keep-alive connection idle for MS ms (default 5000)
+      --stop-timeout MS     after a stop signal, close what is still open after MS ms (default 1000)
+  -c, --max-connections N   serve at most N connections at once (default: the soft limit on
+                            open files, minus 32)
+      --retire-after N      after N responses, ask the supervisor once to be replaced
+  -l, --listen HOST:PORT    bind a socket of its own instead of using descriptor 0
+                            (prints the port on stdout; for benchmarks)
+  -w, --workers N           with --listen: N processes accept on that socket (default 1)
+  -v, --verbose             one line per request on stderr
+  -h, --help                this text
+  -V, --version             the version
 ",
 };
 
@@ -36,44 +50,116 @@ pub struct Site {
     pub release: String,
     /// The canonical DIR/htdocs, computed once; no file outside it is ever served.
     pub htdocs: PathBuf,
-    pub read_timeout: Duration,
     pub verbose: bool,
-    /// The listening socket, to see whether others wait for this worker.
-    pub listener: RawFd,
+}
+
+struct Options {
+    root: PathBuf,
+    ready_fd: Option<RawFd>,
+    slow_start: Duration,
+    fail_start: bool,
+    listen: Option<String>,
+    workers: u32,
+    verbose: bool,
+    limits: Limits,
 }
 
 fn main() {
-    let mut root = PathBuf::from(".");
-    let mut ready_fd: Option<RawFd> = None;
-    let mut slow_start_ms: u64 = 0;
-    let mut fail_start = false;
-    let mut read_timeout_ms: u64 = 5000;
-    let mut listen: Option<String> = None;
-    let mut workers: u32 = 1;
-    let mut verbose = false;
+    let opts = parse_options();
+    let hold_fd = hold_descriptor();
+    if opts.fail_start {
+        TOOL.fatal(
+            1,
+            "unable to start: --fail-start was given (a release that fails at start, on purpose)",
+        );
+    }
+    let (site, root) = pin_release(&opts.root, opts.verbose);
+    let ready_pipe = adopt_descriptor(opts.ready_fd);
+    let hold = adopt_descriptor(hold_fd);
+    let mut signals = Signals::install()
+        .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "block the stop signals", e));
+    let listener = open_listener(opts.listen.as_deref());
+    let (children, ready_pipe) = fork_workers(opts.workers, ready_pipe);
 
+    // Ready: it can accept now (connections queue in the kernel's backlog meanwhile).
+    if !sys::sleep_unless_stopped(&mut signals, opts.slow_start) {
+        std::process::exit(0);
+    }
+    let mut life = Lifecycle::new(ready_pipe);
+    life.ready();
+    if opts.verbose {
+        TOOL.info(format_args!(
+            "release {} ready in {} (pid {})",
+            site.release,
+            root.display(),
+            std::process::id()
+        ));
+    }
+    // Held: a cutover keeps the new generation from accepting until it lets go.
+    if let Some(hold) = hold {
+        if !wait_for_release_of_hold(hold, &mut signals, &mut life) {
+            std::process::exit(0);
+        }
+    }
+    let mut server = server::Server::new(&site, &opts.limits, &mut life, &mut signals, &listener)
+        .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "set up epoll", e));
+    if let server::End::Quit = server.run() {
+        std::process::exit(0);
+    }
+    sys::stop_children(&children);
+    std::process::exit(0);
+}
+
+fn parse_options() -> Options {
+    let mut o = Options {
+        root: PathBuf::from("."),
+        ready_fd: None,
+        slow_start: Duration::ZERO,
+        fail_start: false,
+        listen: None,
+        workers: 1,
+        verbose: false,
+        limits: Limits {
+            request: Duration::from_millis(5000),
+            send: Duration::from_millis(10_000),
+            idle: Duration::from_millis(5000),
+            stop: Duration::from_millis(1000),
+            max_connections: default_max_connections(),
+            retire_after: None,
+        },
+    };
+    let ms = |p: &mut lexopt::Parser, opt: &str, min: u64| {
+        Duration::from_millis(TOOL.number(opt, &TOOL.value(p), min, 86_400_000))
+    };
     let mut p = lexopt::Parser::from_env();
     while let Some(arg) = TOOL.next_arg(&mut p) {
         match arg {
-            Short('r') | Long("root") => root = PathBuf::from(TOOL.value(&mut p)),
+            Short('r') | Long("root") => o.root = PathBuf::from(TOOL.value(&mut p)),
             Short('d') | Long("ready-fd") => {
-                ready_fd = Some(TOOL.number("--ready-fd", &TOOL.value(&mut p), 0, i32::MAX))
+                o.ready_fd = Some(TOOL.number("--ready-fd", &TOOL.value(&mut p), 0, i32::MAX))
             }
-            Long("slow-start") => {
-                slow_start_ms = TOOL.number("--slow-start", &TOOL.value(&mut p), 0, 86_400_000)
+            Long("slow-start") => o.slow_start = ms(&mut p, "--slow-start", 0),
+            Long("fail-start") => o.fail_start = true,
+            Short('t') | Long("read-timeout") => o.limits.request = ms(&mut p, "--read-timeout", 1),
+            Long("send-timeout") => o.limits.send = ms(&mut p, "--send-timeout", 1),
+            Long("idle-timeout") => o.limits.idle = ms(&mut p, "--idle-timeout", 1),
+            Long("stop-timeout") => o.limits.stop = ms(&mut p, "--stop-timeout", 0),
+            Short('c') | Long("max-connections") => {
+                o.limits.max_connections =
+                    TOOL.number("--max-connections", &TOOL.value(&mut p), 1, 1_000_000)
             }
-            Long("fail-start") => fail_start = true,
-            Short('t') | Long("read-timeout") => {
-                read_timeout_ms = TOOL.number("--read-timeout", &TOOL.value(&mut p), 1, 86_400_000)
+            Long("retire-after") => {
+                o.limits.retire_after =
+                    Some(TOOL.number("--retire-after", &TOOL.value(&mut p), 1, u64::MAX))
             }
             Short('l') | Long("listen") => match TOOL.value(&mut p).into_string() {
-                Ok(s) => listen = Some(s),
+                Ok(s) => o.listen = Some(s),
                 Err(v) => TOOL.usage(format_args!("bad address {:?}", v.to_string_lossy())),
             },
             Short('w') | Long("workers") => {
-                workers = TOOL.number("--workers", &TOOL.value(&mut p), 1, 1024)
+                o.workers = TOOL.number("--workers", &TOOL.value(&mut p), 1, 1024)
             }
-            Short('v') | Long("verbose") => verbose = true,
+            Short('v') | Long("verbose") => o.verbose = true,
             Short('h') | Long("help") => TOOL.print_help(),
             Short('V') | Long("version") => TOOL.print_version(),
             Value(v) => TOOL.usage(format_args!(
@@ -83,41 +169,58 @@ fn main() {
             other => TOOL.bad_arg(other.unexpected()),
         }
     }
-    if workers > 1 && listen.is_none() {
+    if o.workers > 1 && o.listen.is_none() {
         TOOL.usage("--workers needs --listen");
     }
-    let hold_fd: Option<RawFd> = std::env::var_os("FORKPOOL_HOLD_FD").map(|v| {
-        match unixtool::parse_number(&v, 0, i32::MAX) {
-            Some(n) => n,
-            None => TOOL.fatal(
-                EXIT_USAGE,
-                format_args!(
-                    "FORKPOOL_HOLD_FD is not a descriptor number: {:?}",
-                    v.to_string_lossy()
-                ),
-            ),
-        }
-    });
+    o
+}
 
-    if fail_start {
-        TOOL.fatal(
-            1,
-            "unable to start: --fail-start was given (a release that fails at start, on purpose)",
-        );
-    }
+/// The soft limit on open files, less 32 for the listener, the files being
+/// served and the rest; at least 1.
+fn default_max_connections() -> usize {
+    let limit = sys::open_files_limit().unwrap_or(1024);
+    limit.saturating_sub(32).clamp(1, 1_000_000) as usize
+}
 
-    // The release: resolved once, for the life of this process.
-    let root = match std::fs::canonicalize(&root) {
-        Ok(r) => r,
-        Err(e) => TOOL.fatal(
-            EXIT_TEMPORARY,
+/// FORKPOOL_HOLD_FD, if set.
+fn hold_descriptor() -> Option<RawFd> {
+    std::env::var_os("FORKPOOL_HOLD_FD").map(|v| match unixtool::parse_number(&v, 0, i32::MAX) {
+        Some(n) => n,
+        None => TOOL.fatal(
+            EXIT_USAGE,
             format_args!(
-                "unable to resolve {}: {}",
-                root.display(),
-                unixtool::io_reason(&e)
+                "FORKPOOL_HOLD_FD is not a descriptor number: {:?}",
+                v.to_string_lossy()
             ),
         ),
+    })
+}
+
+/// A descriptor handed down (--ready-fd, FORKPOOL_HOLD_FD): it must be open; the
+/// app owns it from now on (close-on-exec).
+fn adopt_descriptor(fd: Option<RawFd>) -> Option<OwnedFd> {
+    let fd = fd?;
+    if !unixtool::fd_is_open(fd) {
+        TOOL.fatal(
+            EXIT_USAGE,
+            format_args!("unable to use descriptor {fd}: it is not open"),
+        );
+    }
+    let _ = unixtool::set_cloexec(fd, true);
+    Some(sys::adopt(fd))
+}
+
+/// Resolve the release once, chdir there, read its id: (the site, the directory).
+fn pin_release(root: &Path, verbose: bool) -> (Site, PathBuf) {
+    let resolve = |p: &Path, shown: &dyn std::fmt::Display| {
+        std::fs::canonicalize(p).unwrap_or_else(|e| {
+            TOOL.fatal(
+                EXIT_TEMPORARY,
+                format_args!("unable to resolve {shown}: {}", unixtool::io_reason(&e)),
+            )
+        })
     };
+    let root = resolve(root, &root.display());
     if let Err(e) = std::env::set_current_dir(&root) {
         TOOL.fatal(
             EXIT_TEMPORARY,
@@ -129,135 +232,79 @@ fn main() {
         );
     }
     let release = read_release(&root);
-    let htdocs = match std::fs::canonicalize(root.join("htdocs")) {
-        Ok(h) => h,
-        Err(e) => TOOL.fatal(
-            EXIT_TEMPORARY,
-            format_args!(
-                "unable to resolve {}/htdocs: {}",
-                root.display(),
-                unixtool::io_reason(&e)
-            ),
-        ),
+    let htdocs = resolve(
+        &root.join("htdocs"),
+        &format_args!("{}/htdocs", root.display()),
+    );
+    let site = Site {
+        release,
+        htdocs,
+        verbose,
     };
-    for fd in ready_fd.iter().chain(hold_fd.iter()) {
-        if !unixtool::fd_is_open(*fd) {
-            TOOL.fatal(
-                EXIT_USAGE,
-                format_args!("unable to use descriptor {fd}: it is not open"),
-            );
-        }
-        let _ = unixtool::set_cloexec(*fd, true);
-    }
+    (site, root)
+}
 
-    sys::install_signal_handlers();
-
-    // The socket: descriptor 0 (tcplisten, forkpool), or our own for benchmarks.
-    let listener: RawFd = match &listen {
+/// Descriptor 0 (tcplisten, forkpool), or a socket of our own for benchmarks.
+fn open_listener(listen: Option<&str>) -> OwnedFd {
+    let listener = match listen {
         Some(addr) => {
-            let (fd, port) = match sys::listen_on(addr) {
-                Ok(x) => x,
-                Err(sys::ListenError::Address) => {
+            let (fd, port) = sys::listen_on(addr).unwrap_or_else(|e| match e {
+                sys::ListenError::Address => {
                     TOOL.usage(format_args!("bad address {addr:?} (want HOST:PORT)"))
                 }
-                Err(sys::ListenError::Os(what, e)) => {
+                sys::ListenError::Os(what, e) => {
                     TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("{what} {addr}"), e)
                 }
-            };
+            });
             println!("{port}");
             fd
         }
-        None => 0,
-    };
-    if let Err(e) = sys::check_listening(listener) {
-        TOOL.fatal(
+        None if unixtool::fd_is_open(0) => sys::adopt(0),
+        None => TOOL.fatal(
             EXIT_USAGE,
-            format_args!("unable to accept on descriptor {listener}: {e}"),
-        );
+            "unable to accept on descriptor 0: Bad file descriptor",
+        ),
+    };
+    if let Err(e) = sys::check_listening(listener.as_fd()) {
+        let which = if listen.is_some() {
+            "the socket"
+        } else {
+            "descriptor 0"
+        };
+        TOOL.fatal(EXIT_USAGE, format_args!("unable to accept on {which}: {e}"));
     }
+    listener
+}
 
+/// --workers N: N-1 more processes; the others get no readiness pipe.
+fn fork_workers(workers: u32, ready: Option<OwnedFd>) -> (Vec<Pid>, Option<OwnedFd>) {
     let mut children = Vec::new();
     for _ in 1..workers {
         match sys::fork() {
             Ok(Some(pid)) => children.push(pid),
-            Ok(None) => {
-                children.clear();
-                ready_fd = None;
-                break;
-            }
+            Ok(None) => return (Vec::new(), None),
             Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, "fork", e),
         }
     }
+    (children, ready)
+}
 
-    if slow_start_ms > 0 && !sys::sleep_unless_stopped(Duration::from_millis(slow_start_ms)) {
-        std::process::exit(0);
-    }
-
-    // Ready: it can accept now (connections queue in the kernel's backlog meanwhile).
-    if let Some(fd) = ready_fd {
-        if let Err(e) = sys::write_all(fd, b"\n") {
-            TOOL.warn(format_args!(
-                "unable to write to descriptor {fd}: {}",
-                unixtool::strerror(e)
-            ));
-        }
-        sys::close(fd);
-    }
-    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
-        if let Err(e) = sys::notify(&path, b"READY=1") {
-            TOOL.warn(format_args!(
-                "unable to notify {}: {}",
-                path.to_string_lossy(),
-                unixtool::io_reason(&e)
-            ));
-        }
-    }
-    if verbose {
-        TOOL.info(format_args!(
-            "release {release} ready in {} (pid {})",
-            root.display(),
-            std::process::id()
-        ));
-    }
-
-    // Held: a cutover keeps the new generation from accepting until it lets go.
-    if let Some(fd) = hold_fd {
-        sys::wait_for_release_of_hold(fd);
-        sys::close(fd);
-        if sys::stopping() {
-            std::process::exit(0);
-        }
-    }
-
-    let site = Site {
-        release,
-        htdocs,
-        read_timeout: Duration::from_millis(read_timeout_ms),
-        verbose,
-        listener,
-    };
-    let mut conn_buf = Vec::with_capacity(http::MAX_HEAD);
+/// Block on the hold descriptor until it yields a byte or end of file, pinging
+/// the watchdog meanwhile; false if told to stop first.
+fn wait_for_release_of_hold(hold: OwnedFd, signals: &mut Signals, life: &mut Lifecycle) -> bool {
     loop {
-        if sys::stopping() {
-            break;
-        }
-        match sys::accept(listener) {
-            Ok(fd) => http::serve_connection(&site, fd, &mut conn_buf),
-            Err(Errno::EINTR) | Err(Errno::ECONNABORTED) | Err(Errno::EPROTO) => {}
-            Err(Errno::EAGAIN) => sys::wait_readable(listener),
-            Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
-                TOOL.warn(format_args!("unable to accept: {}", unixtool::strerror(e)));
-                sys::sleep_unless_stopped(Duration::from_millis(100));
+        match sys::wait_for(Some(hold.as_fd()), signals, life.next_ping()) {
+            Woke::Signal(Order::Stop | Order::Quit) => return false,
+            Woke::Timeout => life.tick(Instant::now()),
+            Woke::Readable => {
+                let mut b = [0u8; 1];
+                match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&hold), &mut b) {
+                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                    _ => return true,
+                }
             }
-            Err(e) => TOOL.fatal_errno(
-                EXIT_TEMPORARY,
-                format_args!("accept on descriptor {listener}"),
-                e,
-            ),
         }
     }
-    sys::stop_children(&children);
-    std::process::exit(0);
 }
 
 /// DIR/RELEASE: the release id, one line, read once.

@@ -1,157 +1,138 @@
-//! The system side: signals, the stop flag, accept, poll, readiness.
+//! The system side, on nix and OwnedFd: signals as a descriptor, the listening
+//! socket, accept, non-blocking reads and writes, waiting, forking.
 
-use std::ffi::OsStr;
 use std::net::ToSocketAddrs;
-use std::os::fd::{IntoRawFd, RawFd};
-use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{self, sockopt, MsgFlags, Shutdown, SockFlag};
+use nix::unistd::Pid;
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-/// Whether HUP, TERM or INT has come: finish the request in hand, accept no more.
-pub fn stopping() -> bool {
-    STOP.load(Ordering::Relaxed)
+/// What a signal asks of the app.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Order {
+    /// HUP, TERM, INT: stop accepting, finish what is in hand, exit 0.
+    Stop,
+    /// QUIT: exit 0 now.
+    Quit,
 }
 
-extern "C" fn on_stop(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-    // From now on, interrupt whatever blocks every 10 ms: a signal that came just
-    // before a blocking accept/poll/read must not leave it blocked.
-    let tick = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 10_000,
-    };
-    let it = libc::itimerval {
-        it_interval: tick,
-        it_value: tick,
-    };
-    unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) };
+/// HUP, TERM, INT and QUIT, blocked and read from a descriptor, so that every
+/// wait (poll, epoll) sees them with no race; PIPE is ignored (a write to a client
+/// that left fails with EPIPE).
+pub struct Signals {
+    fd: SignalFd,
 }
 
-extern "C" fn on_quit(_: libc::c_int) {
-    unsafe { libc::_exit(0) };
-}
-
-extern "C" fn on_alarm(_: libc::c_int) {}
-
-/// HUP/TERM/INT: graceful stop; QUIT: exit now; ALRM: only interrupts. No
-/// SA_RESTART, so a blocking accept, poll or read returns EINTR and the loops
-/// look at the stop flag. PIPE is ignored (a write to a gone client fails).
-pub fn install_signal_handlers() {
-    let set = |sig, h| {
-        let sa = SigAction::new(h, SaFlags::empty(), SigSet::empty());
-        let _ = unsafe { sigaction(sig, &sa) };
-    };
-    for sig in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
-        set(sig, SigHandler::Handler(on_stop));
-    }
-    set(Signal::SIGQUIT, SigHandler::Handler(on_quit));
-    set(Signal::SIGALRM, SigHandler::Handler(on_alarm));
-    set(Signal::SIGPIPE, SigHandler::SigIgn);
-}
-
-/// Sleep, waking early when told to stop; false if stopped.
-pub fn sleep_unless_stopped(d: Duration) -> bool {
-    let end = Instant::now() + d;
-    while !stopping() {
-        let now = Instant::now();
-        if now >= end {
-            return true;
+impl Signals {
+    pub fn install() -> Result<Signals, Errno> {
+        let mut set = SigSet::empty();
+        for sig in [
+            Signal::SIGHUP,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGQUIT,
+        ] {
+            set.add(sig);
         }
-        std::thread::sleep((end - now).min(Duration::from_millis(20)));
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        // SAFETY: SIG_IGN runs no code of ours, so no handler can break any invariant.
+        unsafe { sigaction(Signal::SIGPIPE, &ignore) }?;
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Signals { fd })
     }
-    false
-}
 
-pub fn accept(listener: RawFd) -> Result<RawFd, Errno> {
-    let fd = unsafe {
-        libc::accept4(
-            listener,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC,
-        )
-    };
-    Errno::result(fd)
-}
-
-/// poll one descriptor; Ok(true) readable (or hung up), Ok(false) timed out.
-pub fn poll_in(fd: RawFd, timeout_ms: i32) -> Result<bool, Errno> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let n = Errno::result(unsafe { libc::poll(&mut p, 1, timeout_ms) })?;
-    Ok(n > 0)
-}
-
-/// Wait until a non-blocking listener has a connection (or a signal comes).
-pub fn wait_readable(fd: RawFd) {
-    let _ = poll_in(fd, -1);
-}
-
-pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<usize, Errno> {
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    Errno::result(n).map(|n| n as usize)
-}
-
-/// Write everything; EINTR is retried (a stop still finishes the response in hand).
-pub fn write_all(fd: RawFd, mut buf: &[u8]) -> Result<(), Errno> {
-    while !buf.is_empty() {
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-        match Errno::result(n) {
-            Ok(0) => return Err(Errno::EPIPE),
-            Ok(n) => buf = &buf[n as usize..],
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(e),
+    /// The strongest order pending, if any (QUIT over a stop).
+    pub fn take(&mut self) -> Option<Order> {
+        let mut order = None;
+        while let Ok(Some(info)) = self.fd.read_signal() {
+            let quit = info.ssi_signo == Signal::SIGQUIT as u32;
+            if quit || order.is_none() {
+                order = Some(if quit { Order::Quit } else { Order::Stop });
+            }
         }
+        order
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Wait until `fd` is readable, a signal comes, or `until` passes. What came first.
+pub enum Woke {
+    Readable,
+    Signal(Order),
+    Timeout,
+}
+
+pub fn wait_for(fd: Option<BorrowedFd>, signals: &mut Signals, until: Option<Instant>) -> Woke {
+    loop {
+        if let Some(order) = signals.take() {
+            return Woke::Signal(order);
+        }
+        let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Woke::Timeout;
+        }
+        let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
+        if let Some(fd) = fd {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        match nix::poll::poll(&mut fds, poll_timeout(left)) {
+            Ok(_)
+                if fds
+                    .get(1)
+                    .and_then(|f| f.revents())
+                    .is_some_and(|r| !r.is_empty()) =>
+            {
+                return Woke::Readable
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return Woke::Readable,
+        }
+    }
+}
+
+/// A timeout for poll/epoll: None waits for ever; rounded up to whole milliseconds.
+pub fn poll_timeout(left: Option<Duration>) -> PollTimeout {
+    match left {
+        None => PollTimeout::NONE,
+        Some(d) => {
+            let ms = d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+        }
+    }
+}
+
+/// Descriptor `fd`, which the app was handed and is now the only user of.
+pub fn adopt(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller checked that `fd` is open (unixtool::fd_is_open) and no
+    // other object in this process owns it: the app takes it over for good.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Switch O_NONBLOCK on for `fd` (for a socket: for every holder of it).
+pub fn set_nonblocking(fd: BorrowedFd) -> Result<(), Errno> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    if !flags.contains(OFlag::O_NONBLOCK) {
+        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     }
     Ok(())
 }
 
-pub fn close(fd: RawFd) {
-    unsafe { libc::close(fd) };
-}
-
-/// The sending side times out: a client that never reads cannot hold the worker.
-pub fn set_send_timeout(fd: RawFd, d: Duration) {
-    let tv = libc::timeval {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_usec: d.subsec_micros() as libc::suseconds_t,
-    };
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-}
-
 /// Whether `fd` is a listening socket; the reason if not.
-pub fn check_listening(fd: RawFd) -> Result<(), String> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    match Errno::result(r) {
+pub fn check_listening(fd: BorrowedFd) -> Result<(), String> {
+    match socket::getsockopt(&fd, sockopt::AcceptConn) {
         Err(e) => Err(unixtool::strerror(e).to_string()),
-        Ok(_) if v == 0 => Err("it is not a listening socket".to_string()),
-        Ok(_) => Ok(()),
+        Ok(false) => Err("it is not a listening socket".to_string()),
+        Ok(true) => Ok(()),
     }
 }
 
@@ -160,61 +141,113 @@ pub enum ListenError {
     Os(&'static str, Errno),
 }
 
-/// Bind and listen on HOST:PORT (SO_REUSEADDR, backlog SOMAXCONN); (fd, port).
-pub fn listen_on(addr: &str) -> Result<(RawFd, u16), ListenError> {
+/// Bind and listen on HOST:PORT (SO_REUSEADDR, backlog SOMAXCONN); (socket, port).
+pub fn listen_on(addr: &str) -> Result<(OwnedFd, u16), ListenError> {
     let sa = addr
         .to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
         .ok_or(ListenError::Address)?;
-    let l = std::net::TcpListener::bind(sa)
-        .map_err(|e| ListenError::Os("bind", unixtool::errno_of(&e)))?;
-    let port = l
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| ListenError::Os("bind", unixtool::errno_of(&e)))?;
-    let fd = l.into_raw_fd();
+    let os = |what| move |e: std::io::Error| ListenError::Os(what, unixtool::errno_of(&e));
+    let l = std::net::TcpListener::bind(sa).map_err(os("bind"))?;
+    let port = l.local_addr().map_err(os("bind"))?.port();
     // std binds with SO_REUSEADDR and a backlog of 128; make it SOMAXCONN.
-    unsafe { libc::listen(fd, libc::SOMAXCONN) };
-    Ok((fd, port))
+    socket::listen(&l, socket::Backlog::MAXCONN).map_err(|e| ListenError::Os("listen on", e))?;
+    Ok((OwnedFd::from(l), port))
 }
 
-pub fn fork() -> Result<Option<libc::pid_t>, Errno> {
-    let pid = Errno::result(unsafe { libc::fork() })?;
-    Ok((pid > 0).then_some(pid))
+/// A connection from the listener: non-blocking, close-on-exec.
+pub fn accept(listener: BorrowedFd) -> Result<OwnedFd, Errno> {
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let fd = socket::accept4(listener.as_raw_fd(), flags)?;
+    // SAFETY: accept4 just returned this descriptor: it is open and nobody else owns it.
+    let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+    limit_unsent(conn.as_fd());
+    Ok(conn)
+}
+
+/// The most a connection may have queued in the kernel and not yet sent: a slow
+/// reader holds this much kernel memory, not the socket's whole (autotuned, up to
+/// tcp_wmem's 4 MB) send buffer; beyond it send(2) says EAGAIN.
+const UNSENT_LIMIT: libc::c_int = 128 * 1024;
+
+/// TCP_NOTSENT_LOWAT (nix 0.29 has no wrapper for it). A failure only leaves the
+/// kernel's default, so it is not reported.
+fn limit_unsent(fd: BorrowedFd) {
+    let value = UNSENT_LIMIT;
+    // SAFETY: the pointer and length describe `value`, a c_int that lives across
+    // the call; setsockopt only reads it.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Read what is there (non-blocking socket); Ok(0) is end of file.
+pub fn recv(fd: BorrowedFd, buf: &mut [u8]) -> Result<usize, Errno> {
+    socket::recv(fd.as_raw_fd(), buf, MsgFlags::empty())
+}
+
+/// Write what fits (non-blocking socket); no SIGPIPE.
+pub fn send(fd: BorrowedFd, buf: &[u8]) -> Result<usize, Errno> {
+    socket::send(fd.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL)
+}
+
+/// Our side is done sending: the client reads end of file after the response.
+pub fn shutdown_write(fd: BorrowedFd) {
+    let _ = socket::shutdown(fd.as_raw_fd(), Shutdown::Write);
+}
+
+/// Cut the connection: close(2) then sends a reset and drops what the kernel
+/// still holds for the client, instead of delivering it after we are gone.
+pub fn reset_on_close(fd: BorrowedFd) {
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = socket::setsockopt(&fd, sockopt::Linger, &abort);
+}
+
+/// The soft limit on open descriptors (RLIMIT_NOFILE), if it can be read.
+pub fn open_files_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, Resource};
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
+/// --workers: fork; Some(pid) in the parent, None in the child.
+pub fn fork() -> Result<Option<Pid>, Errno> {
+    // SAFETY: the app has no other thread at this point, so the child may run any
+    // code (the async-signal-safety rule of fork in threaded programs does not apply).
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
+        nix::unistd::ForkResult::Child => Ok(None),
+    }
 }
 
 /// --workers: stop the other processes gracefully and reap them.
-pub fn stop_children(children: &[libc::pid_t]) {
+pub fn stop_children(children: &[Pid]) {
     for &pid in children {
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
     }
     for &pid in children {
-        let mut st = 0;
-        while unsafe { libc::waitpid(pid, &mut st, 0) } == -1 && Errno::last() == Errno::EINTR {}
+        while let Err(Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
     }
 }
 
-/// Block on the hold descriptor until it yields a byte or EOF (or we are told to stop).
-pub fn wait_for_release_of_hold(fd: RawFd) {
-    let mut b = [0u8; 1];
-    loop {
-        match read(fd, &mut b) {
-            Err(Errno::EINTR) if !stopping() => continue,
-            Err(Errno::EAGAIN) if !stopping() => {
-                let _ = poll_in(fd, -1);
-            }
-            _ => return,
-        }
+/// Sleep, waking early when told to stop; false if stopped.
+pub fn sleep_unless_stopped(signals: &mut Signals, d: Duration) -> bool {
+    if d.is_zero() {
+        return true;
     }
-}
-
-/// systemd readiness: one datagram to $NOTIFY_SOCKET (a path, or `@name` for the
-/// abstract namespace).
-pub fn notify(path: &OsStr, msg: &[u8]) -> std::io::Result<()> {
-    let sock = UnixDatagram::unbound()?;
-    let addr = unixtool::readiness::notify_address(path)
-        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    sock.send_to_addr(msg, &addr)?;
-    Ok(())
+    !matches!(
+        wait_for(None, signals, Some(Instant::now() + d)),
+        Woke::Signal(_)
+    )
 }

@@ -1,0 +1,530 @@
+//! The event loop: one process serves many connections on epoll, each under
+//! whole-request deadlines, and stops gracefully.
+//!
+//! A connection is in one phase at a time:
+//! - `Request`: reading a request (head and announced body) until it is whole,
+//!   under the request deadline (`--read-timeout`, from its first byte, or from
+//!   the accept for a fresh connection);
+//! - `Response`: writing one response, all of it under the send deadline;
+//! - `Idle`: kept alive between requests, under the idle deadline;
+//! - `Linger`: our side is shut after the last response; what the client still
+//!   sends is read and dropped for a moment, so that unread input does not make
+//!   the kernel reset the connection and destroy the response.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+
+use crate::lifecycle::Lifecycle;
+use crate::sys::{self, Order, Signals};
+use crate::{http, Site, TOOL};
+
+/// How long a closing connection drains what the client still sends.
+const LINGER: Duration = Duration::from_millis(500);
+/// The pause after accept(2) failed for lack of descriptors or memory.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How much of a file body is read at a time.
+const FILE_PIECE: usize = 64 * 1024;
+const LISTENER: u64 = u64::MAX;
+const SIGNALS: u64 = u64::MAX - 1;
+
+/// The deadlines and limits of `--read-timeout`, `--send-timeout`,
+/// `--idle-timeout`, `--stop-timeout`, `--max-connections`, `--retire-after`.
+pub struct Limits {
+    pub request: Duration,
+    pub send: Duration,
+    pub idle: Duration,
+    pub stop: Duration,
+    pub max_connections: usize,
+    pub retire_after: Option<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Request,
+    Response,
+    Idle,
+    Linger,
+}
+
+struct Conn {
+    fd: OwnedFd,
+    /// Tells this connection from an earlier one in the same slot (for the timers).
+    serial: u64,
+    phase: Phase,
+    deadline: Instant,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    /// The rest of the response body, in a file: read into `output` in pieces.
+    file: Option<http::FileBody>,
+    close_after: bool,
+    /// The client has finished sending (end of file).
+    eof: bool,
+}
+
+pub struct Server<'a> {
+    site: &'a Site,
+    limits: &'a Limits,
+    life: &'a mut Lifecycle,
+    signals: &'a mut Signals,
+    listener: &'a OwnedFd,
+    epoll: Epoll,
+    slots: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    open: usize,
+    serial: u64,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    accepting: bool,
+    paused_until: Option<Instant>,
+    stop_at: Option<Instant>,
+    served: u64,
+}
+
+/// How the loop ended.
+pub enum End {
+    /// Stopped (HUP, TERM, INT) and every connection finished.
+    Stopped,
+    /// QUIT.
+    Quit,
+}
+
+impl<'a> Server<'a> {
+    pub fn new(
+        site: &'a Site,
+        limits: &'a Limits,
+        life: &'a mut Lifecycle,
+        signals: &'a mut Signals,
+        listener: &'a OwnedFd,
+    ) -> Result<Server<'a>, Errno> {
+        // Another worker may take a connection between our wake-up and our
+        // accept(2): it must fail with EAGAIN, not block. (O_NONBLOCK is shared by
+        // every holder of the socket; servers such as gunicorn set it too.)
+        sys::set_nonblocking(listener.as_fd())?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(signals.fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
+        let mut s = Server {
+            site,
+            limits,
+            life,
+            signals,
+            listener,
+            epoll,
+            slots: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            serial: 0,
+            timers: BinaryHeap::new(),
+            accepting: false,
+            paused_until: None,
+            stop_at: None,
+            served: 0,
+        };
+        s.listen(true)?;
+        Ok(s)
+    }
+
+    /// Serve until stopped and drained, or QUIT.
+    pub fn run(&mut self) -> End {
+        let mut events = vec![EpollEvent::empty(); 256];
+        loop {
+            if self.stop_at.is_some() && self.open == 0 {
+                return End::Stopped;
+            }
+            let timeout = sys::poll_timeout(
+                self.next_wake()
+                    .map(|t| t.saturating_duration_since(Instant::now())),
+            );
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => 0,
+                Err(e) => TOOL.fatal_errno(unixtool::EXIT_TEMPORARY, "wait in epoll", e),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    LISTENER => self.accept_all(),
+                    SIGNALS => {
+                        if let Some(order) = self.signals.take() {
+                            if order == Order::Quit {
+                                return End::Quit;
+                            }
+                            self.stop();
+                        }
+                    }
+                    slot => self.drive(slot as usize),
+                }
+            }
+            self.expire(Instant::now());
+        }
+    }
+
+    /// The earliest of: a connection's deadline, a watchdog ping, the end of an
+    /// accept pause.
+    fn next_wake(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, slot, serial))) = self.timers.peek().copied() {
+            if self.current(slot, serial, at) {
+                break;
+            }
+            self.timers.pop();
+        }
+        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        [timer, self.life.next_ping(), self.paused_until]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether a timer entry is still the deadline of the connection it names.
+    fn current(&self, slot: usize, serial: u64, at: Instant) -> bool {
+        matches!(self.slots.get(slot), Some(Some(c)) if c.serial == serial && c.deadline == at)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        self.life.tick(now);
+        if self.paused_until.is_some_and(|t| now >= t) {
+            self.paused_until = None;
+            let _ = self.listen(true);
+        }
+        while let Some(Reverse((at, slot, serial))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if self.current(slot, serial, at) {
+                self.deadline_passed(slot);
+            }
+        }
+    }
+
+    /// Register or unregister the listener, as the cap, a pause and a stop allow.
+    fn listen(&mut self, on: bool) -> Result<(), Errno> {
+        let want = on
+            && self.stop_at.is_none()
+            && self.paused_until.is_none()
+            && self.open < self.limits.max_connections;
+        if want == self.accepting {
+            return Ok(());
+        }
+        self.accepting = want;
+        if want {
+            // EPOLLEXCLUSIVE: one waiting worker wakes per connection, not all.
+            let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
+            self.epoll
+                .add(self.listener, EpollEvent::new(flags, LISTENER))
+        } else {
+            self.epoll.delete(self.listener)
+        }
+    }
+
+    fn accept_all(&mut self) {
+        while self.accepting {
+            match sys::accept(self.listener.as_fd()) {
+                Ok(fd) => self.add(fd),
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR | Errno::ECONNABORTED | Errno::EPROTO) => {}
+                Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
+                    TOOL.warn(format_args!("unable to accept: {}", unixtool::strerror(e)));
+                    let _ = self.listen(false);
+                    self.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    return;
+                }
+                Err(e) => TOOL.fatal_errno(
+                    unixtool::EXIT_TEMPORARY,
+                    "accept on the listening socket",
+                    e,
+                ),
+            }
+        }
+    }
+
+    fn add(&mut self, fd: OwnedFd) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        let flags = EpollFlags::EPOLLIN
+            | EpollFlags::EPOLLOUT
+            | EpollFlags::EPOLLRDHUP
+            | EpollFlags::EPOLLET;
+        if let Err(e) = self.epoll.add(&fd, EpollEvent::new(flags, slot as u64)) {
+            TOOL.warn(format_args!(
+                "unable to watch a connection: {}",
+                unixtool::strerror(e)
+            ));
+            self.free.push(slot);
+            return;
+        }
+        self.serial += 1;
+        self.slots[slot] = Some(Conn {
+            fd,
+            serial: self.serial,
+            phase: Phase::Request,
+            deadline: Instant::now(),
+            input: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+            file: None,
+            close_after: false,
+            eof: false,
+        });
+        self.open += 1;
+        self.set_deadline(slot, self.limits.request);
+        if self.open >= self.limits.max_connections {
+            let _ = self.listen(false);
+        }
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(c) = self.slots.get_mut(slot).and_then(Option::take) {
+            let _ = self.epoll.delete(&c.fd);
+            drop(c);
+            self.free.push(slot);
+            self.open -= 1;
+            if !self.accepting {
+                let _ = self.listen(true);
+            }
+        }
+    }
+
+    fn set_deadline(&mut self, slot: usize, after: Duration) {
+        let mut at = Instant::now() + after;
+        if let Some(stop) = self.stop_at {
+            at = at.min(stop);
+        }
+        if let Some(Some(c)) = self.slots.get_mut(slot) {
+            c.deadline = at;
+            self.timers.push(Reverse((at, slot, c.serial)));
+        }
+    }
+
+    /// HUP, TERM, INT: stop accepting, tell the supervisor, close idle connections
+    /// and give the others at most --stop-timeout.
+    fn stop(&mut self) {
+        if self.stop_at.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.stop_at = Some(now + self.limits.stop);
+        let _ = self.listen(false);
+        self.life.stopping();
+        for slot in 0..self.slots.len() {
+            let Some(c) = &self.slots[slot] else { continue };
+            if c.phase == Phase::Idle {
+                self.remove(slot);
+            } else if c.deadline > now + self.limits.stop {
+                self.set_deadline(slot, self.limits.stop);
+            }
+        }
+    }
+
+    fn deadline_passed(&mut self, slot: usize) {
+        let Some(Some(c)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        match c.phase {
+            // A request begun but not finished in time: 408, then close.
+            Phase::Request if !c.input.is_empty() && self.stop_at.is_none() => {
+                c.output = http::error_response(self.site, 408);
+                c.written = 0;
+                c.close_after = true;
+                c.phase = Phase::Response;
+                self.set_deadline(slot, self.limits.send);
+                self.drive(slot);
+            }
+            // A response not taken in time (a slow reader): cut it, so that the
+            // kernel does not go on sending it for us.
+            Phase::Response => {
+                sys::reset_on_close(c.fd.as_fd());
+                self.remove(slot);
+            }
+            // Silent, idle, lingering, or the stop deadline: close.
+            _ => self.remove(slot),
+        }
+    }
+
+    /// Move a connection on as far as it goes without waiting.
+    fn drive(&mut self, slot: usize) {
+        loop {
+            let Some(Some(c)) = self.slots.get_mut(slot) else {
+                return;
+            };
+            let step = match c.phase {
+                Phase::Request | Phase::Idle => self.read_request(slot),
+                Phase::Response => self.write_response(slot),
+                Phase::Linger => self.linger(slot),
+            };
+            if !step {
+                return;
+            }
+        }
+    }
+
+    /// Read what the client sent, answer a whole request. True if the phase changed.
+    fn read_request(&mut self, slot: usize) -> bool {
+        let stopping = self.stop_at.is_some();
+        let Some(Some(c)) = self.slots.get_mut(slot) else {
+            return false;
+        };
+        let was_empty = c.input.is_empty();
+        match fill(c) {
+            Ok(()) => {}
+            Err(_) => {
+                self.remove(slot);
+                return false;
+            }
+        }
+        if c.input.is_empty() {
+            if c.eof {
+                self.remove(slot);
+            }
+            return false;
+        }
+        let idle = c.phase == Phase::Idle;
+        let started = idle && was_empty;
+        let next = http::next(self.site, &c.input, stopping || c.eof);
+        match next {
+            http::Next::Wait => {
+                if c.eof {
+                    self.remove(slot);
+                    return false;
+                }
+                if started {
+                    // The first bytes of the next request: its deadline starts now.
+                    c.phase = Phase::Request;
+                    self.set_deadline(slot, self.limits.request);
+                }
+                false
+            }
+            http::Next::Answer {
+                out,
+                file,
+                consumed,
+                close,
+            } => {
+                c.input.drain(..consumed.min(c.input.len()));
+                c.output = out;
+                c.file = file;
+                c.written = 0;
+                c.close_after = close;
+                c.phase = Phase::Response;
+                self.set_deadline(slot, self.limits.send);
+                true
+            }
+        }
+    }
+
+    /// Write what the socket takes. True if the response is done (phase changed).
+    fn write_response(&mut self, slot: usize) -> bool {
+        let Some(Some(c)) = self.slots.get_mut(slot) else {
+            return false;
+        };
+        loop {
+            while c.written < c.output.len() {
+                match sys::send(c.fd.as_fd(), &c.output[c.written..]) {
+                    Ok(n) => c.written += n,
+                    Err(Errno::EINTR) => {}
+                    Err(Errno::EAGAIN) => return false,
+                    Err(_) => {
+                        self.remove(slot);
+                        return false;
+                    }
+                }
+            }
+            match refill(c) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(()) => {
+                    // The file ended before its announced length: the response
+                    // cannot be completed; cut it.
+                    sys::reset_on_close(c.fd.as_fd());
+                    self.remove(slot);
+                    return false;
+                }
+            }
+        }
+        c.output = Vec::new();
+        self.served += 1;
+        if self.limits.retire_after.is_some_and(|n| self.served >= n) {
+            self.life.recycle();
+        }
+        let Some(Some(c)) = self.slots.get_mut(slot) else {
+            return false;
+        };
+        if c.close_after {
+            sys::shutdown_write(c.fd.as_fd());
+            c.phase = Phase::Linger;
+            self.set_deadline(slot, LINGER);
+        } else if c.input.is_empty() {
+            c.phase = Phase::Idle;
+            self.set_deadline(slot, self.limits.idle);
+        } else {
+            // A pipelined request is already here: its deadline starts now.
+            c.phase = Phase::Request;
+            self.set_deadline(slot, self.limits.request);
+        }
+        true
+    }
+
+    /// Drop what the client still sends; close at its end of file.
+    fn linger(&mut self, slot: usize) -> bool {
+        let Some(Some(c)) = self.slots.get_mut(slot) else {
+            return false;
+        };
+        let mut scratch = [0u8; 4096];
+        loop {
+            match sys::recv(c.fd.as_fd(), &mut scratch) {
+                Ok(0) => break,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return false,
+                Err(_) => break,
+            }
+        }
+        self.remove(slot);
+        false
+    }
+}
+
+/// The next piece of a file body into the (sent) output. Ok(false): no more.
+fn refill(c: &mut Conn) -> Result<bool, ()> {
+    let Some(f) = c.file.as_mut() else {
+        return Ok(false);
+    };
+    if f.left == 0 {
+        c.file = None;
+        return Ok(false);
+    }
+    let piece = f.left.min(FILE_PIECE as u64) as usize;
+    c.output.resize(piece, 0);
+    c.written = 0;
+    match std::io::Read::read(&mut f.file, &mut c.output) {
+        Ok(n) if n > 0 => {
+            c.output.truncate(n);
+            f.left -= n as u64;
+            Ok(true)
+        }
+        _ => Err(()),
+    }
+}
+
+/// Read into the connection's input until the socket has no more, the client's
+/// end of file, or the input holds the most one request may be.
+fn fill(c: &mut Conn) -> Result<(), Errno> {
+    while !c.eof && c.input.len() < http::MAX_REQUEST {
+        let start = c.input.len();
+        let room = (http::MAX_REQUEST - start).min(16 * 1024);
+        c.input.resize(start + room, 0);
+        let r = sys::recv(c.fd.as_fd(), &mut c.input[start..]);
+        c.input.truncate(start + *r.as_ref().unwrap_or(&0));
+        match r {
+            Ok(0) => c.eof = true,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
