@@ -86,7 +86,9 @@ impl Site {
         switch(site, "r1");
         let mut c = cmd("tcplisten");
         c.args(["-1", "127.0.0.1", "0"]).arg(bin("forkpool"));
-        c.args(["-v", "-S", "status", "-C", "control", "-n", "4", "-m", "cutover"]);
+        c.args([
+            "-v", "-S", "status", "-C", "control", "-n", "4", "-m", "cutover",
+        ]);
         c.args(["-d", "3", "-t", "30000", "-k", "5000", "-p"]);
         c.arg(site.join("current")).args(extra).arg("./bin/app");
         c.current_dir(site)
@@ -180,7 +182,9 @@ impl Probe {
         self.p.signal(Signal::SIGINT);
         let out = self.p.child.stdout.take().expect("stdout");
         let json = read_all_timeout(out, LONG).unwrap_or_default();
-        self.p.wait_timeout(LONG).expect("the probe exits after INT");
+        self.p
+            .wait_timeout(LONG)
+            .expect("the probe exits after INT");
         json
     }
 }
@@ -194,7 +198,10 @@ fn prepare_holds_the_new_generation_while_the_old_serves_then_commit_switches_cl
 
     let (code, out, err) = s.prepare();
     assert_eq!(code, 0, "prepare: {out}{err}\n{}", s.log());
-    assert!(out.contains("poolctl: prepare ok: generation 2 ready and held"), "{out}");
+    assert!(
+        out.contains("poolctl: prepare ok: generation 2 ready and held"),
+        "{out}"
+    );
     let st = s.status();
     assert_eq!(st.get("phase"), "prepared", "{:?}", st.kv);
     assert_eq!(st.num("phase_generation"), 2);
@@ -216,7 +223,10 @@ fn prepare_holds_the_new_generation_while_the_old_serves_then_commit_switches_cl
 
     let (code, out, err) = s.poolctl(&["commit", "-t", "60"]);
     assert_eq!(code, 0, "commit: {out}{err}\n{}", s.log());
-    assert!(out.contains("poolctl: commit ok: generation 2 serving, 4 of 4 ready"), "{out}");
+    assert!(
+        out.contains("poolctl: commit ok: generation 2 serving, 4 of 4 ready"),
+        "{out}"
+    );
     let st = s.status();
     assert_eq!(st.get("phase"), "committed");
     assert_eq!(st.num("serving_generation"), 2);
@@ -270,7 +280,11 @@ fn abort_leaves_the_old_generation_serving_and_no_new_worker_alive_and_hup_is_re
     let json = probe.finish();
     assert_eq!(json_number(&json, "failed"), 0.0, "{json}");
     assert_eq!(json_number(&json, "mixed"), 0.0, "{json}");
-    assert_eq!(json.matches("{\"id\":").count(), 1, "only r1 answered: {json}");
+    assert_eq!(
+        json.matches("{\"id\":").count(),
+        1,
+        "only r1 answered: {json}"
+    );
 }
 
 #[test]
@@ -284,7 +298,13 @@ fn a_prepare_neither_committed_nor_aborted_aborts_at_its_deadline() {
         st.get("phase") == "aborted" && st.workers.len() == 4
     });
     let st = s.status();
-    assert!(ok, "never aborted: {:?} {:?}\n{}", st.kv, st.workers, s.log());
+    assert!(
+        ok,
+        "never aborted: {:?} {:?}\n{}",
+        st.kv,
+        st.workers,
+        s.log()
+    );
     assert!(st.get("reason").contains("expired"), "{:?}", st.kv);
     assert_eq!(st.gen_pids(1, "ready").len(), 4);
     assert!(held.iter().all(|p| !alive(*p)), "held workers gone");
@@ -326,10 +346,16 @@ fn commit_at_an_instant_switches_at_that_instant_not_before() {
     let released: f64 = st.get("released_at").parse().expect("released_at");
     let asked: f64 = st.get("commit_at").parse().expect("commit_at");
     assert!((asked - at).abs() < 1e-6, "{:?}", st.kv);
-    assert!(released >= at, "released at {released} before the instant {at}");
+    assert!(
+        released >= at,
+        "released at {released} before the instant {at}"
+    );
     assert!(done >= at, "poolctl returned before the instant");
     let first_new = first_new.expect("the watcher saw r2");
-    assert!(first_new >= at - 0.001, "r2 answered a request sent at {first_new}, before {at}");
+    assert!(
+        first_new >= at - 0.001,
+        "r2 answered a request sent at {first_new}, before {at}"
+    );
     eprintln!(
         "commit at {at_text}: released {:+.1} ms after the instant; last r1 answer {:+.1} ms, first r2 request sent {:+.1} ms",
         (released - at) * 1000.0,
@@ -343,11 +369,18 @@ fn commit_without_a_prepare_is_refused_with_a_reason() {
     let s = Site::start("control-refused", false, &[]);
     let (code, out, err) = s.poolctl(&["commit", "-t", "30"]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("poolctl: commit failed: commit refused: nothing is prepared"), "{err}");
+    assert!(
+        err.contains("poolctl: commit failed: commit refused: nothing is prepared"),
+        "{err}"
+    );
     let st = s.status();
     assert_eq!(st.get("phase"), "none");
     assert_eq!(st.get("command"), "1 commit refused");
-    assert!(st.get("reason").contains("nothing is prepared"), "{:?}", st.kv);
+    assert!(
+        st.get("reason").contains("nothing is prepared"),
+        "{:?}",
+        st.kv
+    );
     assert_eq!(st.num("generation"), 1);
     assert_eq!(st.workers.len(), 4);
     // and a line that is no command: refused, counted, nothing else
@@ -367,7 +400,10 @@ fn a_broken_release_fails_the_prepare_and_the_old_generation_serves_on() {
     let probe = Probe::start(s.port);
     let (code, out, err) = s.prepare();
     assert_eq!(code, 1, "prepare of a broken release: {out}{err}");
-    assert!(err.contains("poolctl: prepare failed: generation 2 failed"), "{err}");
+    assert!(
+        err.contains("poolctl: prepare failed: generation 2 failed"),
+        "{err}"
+    );
     assert!(err.contains("exited 1"), "{err}");
     let ok = wait_until(LONG, || s.status().workers.len() == 4);
     let st = s.status();
@@ -378,10 +414,17 @@ fn a_broken_release_fails_the_prepare_and_the_old_generation_serves_on() {
     let (code, _, err) = s.poolctl(&["commit"]);
     assert_eq!(code, 1, "{err}");
     let (code, out, err) = s.poolctl(&["abort"]);
-    assert_eq!(code, 0, "abort after a failed prepare: nothing to do: {out}{err}");
+    assert_eq!(
+        code, 0,
+        "abort after a failed prepare: nothing to do: {out}{err}"
+    );
     let json = probe.finish();
     assert_eq!(json_number(&json, "failed"), 0.0, "{json}");
-    assert_eq!(json.matches("{\"id\":").count(), 1, "only r1 answered: {json}");
+    assert_eq!(
+        json.matches("{\"id\":").count(),
+        1,
+        "only r1 answered: {json}"
+    );
 }
 
 #[test]
@@ -391,7 +434,9 @@ fn the_control_fifo_is_never_a_planted_file_and_needs_cutover() {
     std::fs::write(&file, "precious\n").expect("file");
     let (stdin, _port) = listener();
     let mut c = cmd("forkpool");
-    c.args(["-m", "cutover", "-C"]).arg(&file).args(["sleep", "100"]);
+    c.args(["-m", "cutover", "-C"])
+        .arg(&file)
+        .args(["sleep", "100"]);
     c.stdin(stdin);
     let (code, _, err) = run(c, LONG);
     assert_eq!(code, 111, "{err}");
@@ -403,11 +448,16 @@ fn the_control_fifo_is_never_a_planted_file_and_needs_cutover() {
     let link = dir.join("link");
     std::os::unix::fs::symlink(dir.join("elsewhere"), &link).expect("symlink");
     let mut c = cmd("forkpool");
-    c.args(["-m", "cutover", "-C"]).arg(&link).args(["sleep", "100"]);
+    c.args(["-m", "cutover", "-C"])
+        .arg(&link)
+        .args(["sleep", "100"]);
     let (code, _, err) = run(c, LONG);
     assert_eq!(code, 111, "{err}");
     assert!(err.contains("symbolic link"), "{err}");
-    assert!(!dir.join("elsewhere").exists(), "nothing made through the link");
+    assert!(
+        !dir.join("elsewhere").exists(),
+        "nothing made through the link"
+    );
     let mut c = cmd("forkpool");
     c.args(["-C", "ctl", "sleep", "100"]);
     let (code, _, err) = run(c, LONG);

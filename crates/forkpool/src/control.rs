@@ -30,7 +30,9 @@ const MAX_LINE: usize = 256;
 pub enum Command {
     Prepare,
     /// `at`: the wall-clock instant (seconds since the epoch) to switch at.
-    Commit { at: Option<f64> },
+    Commit {
+        at: Option<f64>,
+    },
     Abort,
 }
 
@@ -134,7 +136,8 @@ impl ControlFifo {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
-            let n = match unixtool::retry_eintr(|| nix::unistd::read(self.fd.as_raw_fd(), &mut buf)) {
+            let n = match unixtool::retry_eintr(|| nix::unistd::read(self.fd.as_raw_fd(), &mut buf))
+            {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
@@ -256,15 +259,22 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was taken");
         }
-        assert!(parse("frobnicate").unwrap_err().contains("unknown control command"));
-        assert!(parse("commit soon").unwrap_err().contains("seconds since the epoch"));
+        assert!(parse("frobnicate")
+            .unwrap_err()
+            .contains("unknown control command"));
+        assert!(parse("commit soon")
+            .unwrap_err()
+            .contains("seconds since the epoch"));
     }
 
     #[test]
     fn a_wall_clock_instant_becomes_a_monotonic_one() {
         let now = Instant::now();
         let wall = 1_764_245_000.0;
-        assert_eq!(instant_of(wall + 1.5, now, wall), now + Duration::from_millis(1500));
+        assert_eq!(
+            instant_of(wall + 1.5, now, wall),
+            now + Duration::from_millis(1500)
+        );
         assert_eq!(instant_of(wall - 3.0, now, wall), now);
         assert_eq!(instant_of(wall, now, wall), now);
     }
@@ -286,7 +296,10 @@ mod tests {
         let meta = std::fs::metadata(&path).expect("stat");
         assert!(meta.file_type().is_fifo());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert!(c.lines().is_empty(), "nothing written, nothing read, no EOF");
+        assert!(
+            c.lines().is_empty(),
+            "nothing written, nothing read, no EOF"
+        );
         let mut w = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -316,7 +329,9 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious\n");
         let link = d.join("link");
         std::os::unix::fs::symlink(&path, &link).expect("symlink");
-        let e = ControlFifo::open(&link).err().expect("a symlink is refused");
+        let e = ControlFifo::open(&link)
+            .err()
+            .expect("a symlink is refused");
         assert!(e.contains("symbolic link"), "{e}");
         std::fs::remove_dir_all(&d).ok();
     }

@@ -105,7 +105,10 @@ fn run(args: &Args, word: &str, line: &str, done: Done) -> i32 {
             }
         }
         if !statusfile::alive(pid) {
-            not_running(&format!("pid {pid} ({}) died while we waited", chain.program));
+            not_running(&format!(
+                "pid {pid} ({}) died while we waited",
+                chain.program
+            ));
         }
         if start.elapsed() >= args.timeout {
             let st = statusfile::read(&args.statusfile).unwrap_or_default();

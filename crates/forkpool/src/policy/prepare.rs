@@ -111,10 +111,7 @@ impl Policy {
         let t = &mut self.two_phase;
         t.commands += 1;
         t.wall_ref = Some((now, wall));
-        t.last = format!(
-            "{word} {}",
-            if accepted { "accepted" } else { "refused" }
-        );
+        t.last = format!("{word} {}", if accepted { "accepted" } else { "refused" });
     }
 
     fn refuse(&mut self, word: &str, why: String, now: Instant, wall: f64) -> Vec<Action> {
@@ -215,10 +212,9 @@ impl Policy {
             Stage::Committing | Stage::Committed => {
                 Some(format!("generation {g} is {} already", t.stage.name()))
             }
-            Stage::None | Stage::Aborted | Stage::Failed => Some(format!(
-                "nothing is prepared (phase={})",
-                t.stage.name()
-            )),
+            Stage::None | Stage::Aborted | Stage::Failed => {
+                Some(format!("nothing is prepared (phase={})", t.stage.name()))
+            }
         };
         if let Some(why) = refused {
             return self.refuse("commit", why, now, wall);
@@ -369,7 +365,10 @@ impl Policy {
             self.two_phase.generation,
             self.two_phase.stage.name()
         );
-        self.warn(format!("reload to generation {} failed: {why}", self.newest));
+        self.warn(format!(
+            "reload to generation {} failed: {why}",
+            self.newest
+        ));
         self.reason = why;
         self.reload = Reload::Failed;
         Some(self.take())

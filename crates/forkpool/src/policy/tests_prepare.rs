@@ -192,7 +192,9 @@ fn prepare_holds_the_new_generation_ready_and_never_switches_on_its_own() {
     let holds: Vec<bool> = a
         .iter()
         .filter_map(|a| match a {
-            Action::Start { hold, generation, .. } if generation.id == 2 => Some(*hold),
+            Action::Start {
+                hold, generation, ..
+            } if generation.id == 2 => Some(*hold),
             _ => None,
         })
         .collect();
@@ -238,7 +240,10 @@ fn commit_at_an_instant_waits_for_it() {
     s.at(2000);
     let a = s.commit(Some(5000));
     assert!(retired(&a).is_empty(), "{a:?}");
-    assert_eq!(s.p.next_deadline(), Some(s.t0 + Duration::from_millis(5000)));
+    assert_eq!(
+        s.p.next_deadline(),
+        Some(s.t0 + Duration::from_millis(5000))
+    );
     s.at(4999);
     assert!(retired(&s.tick()).is_empty());
     s.at(5000);
@@ -287,9 +292,9 @@ fn abort_stops_the_held_generation_and_nothing_else() {
     let r = retired(&a);
     assert_eq!(r.len(), N, "{a:?}");
     assert!(r.iter().all(|id| !old.contains(id)), "only new ones go");
-    assert!(a.iter().any(
-        |a| matches!(a, Action::Retire { cont: true, .. })
-    ));
+    assert!(a
+        .iter()
+        .any(|a| matches!(a, Action::Retire { cont: true, .. })));
     assert_eq!(s.p.target.id, 1);
     assert!(s.p.reason.contains("aborted"), "{}", s.p.reason);
     let a = s.stopped_ones_exit();
