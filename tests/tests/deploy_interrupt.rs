@@ -74,10 +74,19 @@ fn interrupt(site: &Site, step: &str, sig: Signal) {
     }
     drop(d);
 
-    // what serves: the status file and the site agree
-    site.wait_settled();
+    // what serves: the status file and the site agree. A HUP sent just
+    // before the kill may not have reached the supervisor yet when the
+    // status first looks settled: wait until both say the same release.
+    let agree = wait_until(LONG, || {
+        site.wait_settled();
+        site.answer() == Some(site.serving())
+    });
     let serving = site.serving();
-    assert_eq!(site.answer(), Some(serving.clone()), "{what}: {err}");
+    assert!(
+        agree,
+        "{what}: the site answers {:?}, the status file says {serving}: {err}",
+        site.answer()
+    );
     let current = site.current();
     if sig != Signal::SIGKILL {
         assert_eq!(

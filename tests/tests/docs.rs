@@ -19,6 +19,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("uptime-probe", "crates/uptime-probe/README.md"),
     ("poolctl", "crates/poolctl/README.md"),
     ("deploy-release", "crates/deploy-release/README.md"),
+    ("pool-health", "crates/pool-health/README.md"),
     ("app", "demo/app/README.md"),
 ];
 

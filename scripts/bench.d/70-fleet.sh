@@ -1,0 +1,150 @@
+#!/bin/sh
+# Fleet deploys (issue 15): examples/fleet/up with 3 and 10 hosts (demo/serve,
+# 2 workers each, pool-health, HAProxy in front), then $DEPLOYS fleet deploys
+# rolling (examples/fleet/deploy --rolling: host by host) and two-phase (prepare
+# everywhere, commit at one agreed instant), uptime-probe through HAProxy the
+# whole time ($CONCURRENCY clients, keep-alive). Per row: the deploy's wall time
+# (ansible-playbook included; median), the commit skew (for each deploy, the
+# time from the first host answering its new release to the last one doing so,
+# seen by a sampler asking every host's /release in a loop on fresh
+# connections; median and max), the fleet flapping (responses older than one
+# the same client had seen), failed and mixed.
+#
+# Run by scripts/bench ($BIN = target/release; .venv/bin on PATH).
+# Environment: DEPLOYS (default 5), CONCURRENCY (8), HOSTS (default "3 10"),
+# BENCH_QUICK=1 (1 deploy, 3 hosts).
+set -eu
+top=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${BIN:-$top/target/release}
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+    DEPLOYS=${DEPLOYS:-1} HOSTS=${HOSTS:-3}
+else
+    DEPLOYS=${DEPLOYS:-5} HOSTS=${HOSTS:-"3 10"}
+fi
+CONCURRENCY=${CONCURRENCY:-8}
+
+# shellcheck source=../bench-lib.sh
+. "$top/scripts/bench-lib.sh"
+
+tmp=$(mktemp -d)
+probe_pid= sampler_pid=
+export FLEET_DIR="$tmp/fleet"
+cleanup() {
+    stop_pid "$probe_pid"
+    stop_pid "$sampler_pid"
+    "$top/examples/fleet/down" >/dev/null 2>&1 || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A copy of the binaries measured (nobody's rebuild changes them halfway).
+mkdir "$tmp/bin"
+for b in tcplisten forkpool loop-forever setlock atomic-symlink app uptime-probe pool-health poolctl deploy-release; do
+    [ -x "$BIN/$b" ] && cp "$BIN/$b" "$tmp/bin/$b"
+done
+for b in tcplisten forkpool setlock atomic-symlink app uptime-probe pool-health; do
+    [ -x "$tmp/bin/$b" ] || { echo "70-fleet: fatal: $BIN/$b is missing (cargo build --release)" >&2; exit 111; }
+done
+BIN=$tmp/bin
+export BIN FLEET_WORKERS=2
+
+# The sampler: a thread per host asking GET /release on a fresh connection in
+# a loop; a line "HOST MS RELEASE" (wall clock, ms) each time the answer changes.
+cat >"$tmp/sampler.py" <<'EOF'
+import http.client, sys, threading, time
+out = open(sys.argv[1], "a", buffering=1)
+lock = threading.Lock()
+def watch(host, port):
+    last = None
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/release", headers={"Connection": "close"})
+            got = c.getresponse().read().decode().strip()
+            c.close()
+        except Exception:
+            continue
+        if got != last:
+            with lock:
+                out.write("%s %.1f %s\n" % (host, time.time() * 1000, got))
+            last = got
+for a in sys.argv[2:]:
+    h, p = a.split("=")
+    threading.Thread(target=watch, args=(h, int(p)), daemon=True).start()
+while True:
+    time.sleep(3600)
+EOF
+
+# skew FILE N: for each deploy k (1..N), the spread of the hosts' k-th change
+# (their first answer of the new release): "median max" in ms.
+skew() {
+    awk -v n="$2" '
+        { c[$1]++; if (c[$1] > 1) { k = c[$1] - 1; t = $2
+            if (!(k in lo) || t < lo[k]) lo[k] = t
+            if (!(k in hi) || t > hi[k]) hi[k] = t } }
+        END { m = 0; for (k = 1; k <= n; k++) if (k in lo) { s[++m] = hi[k] - lo[k] }
+              if (m == 0) { print "- -"; exit }
+              for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (s[j] < s[i]) { x = s[i]; s[i] = s[j]; s[j] = x }
+              printf "%.0f %.0f\n", s[int((m + 1) / 2)], s[m] }' "$1"
+}
+
+# median of numbers, one a line
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "-" }'; }
+
+echo "## Fleet deploys: rolling against two-phase, behind HAProxy"
+echo
+echo "$DEPLOYS fleet deploys per row, uptime-probe through HAProxy at $CONCURRENCY clients (keep-alive)"
+echo "the whole time; hosts are demo/serve chains with 2 workers on one machine ($(nproc) cores),"
+echo "HAProxy checking each host's pool-health every 200 ms. Deploy time includes ansible-playbook."
+echo "Commit skew: first to last host answering the new release, per deploy (sampler resolution"
+echo "a few ms). Rolling runs demo/deploy per host until deploy-release is built, so each host then"
+echo "gets a release id of its own and its flapping also counts clients moving between hosts."
+echo
+echo "| hosts | deploy | time per deploy (median) | commit skew median / max | fleet flapping | failed | mixed | requests |"
+echo "|---|---|---|---|---|---|---|---|"
+skipped=""
+for n in $HOSTS; do
+    rm -rf "$FLEET_DIR"
+    url=$("$top/examples/fleet/up" "$n" 2>"$tmp/up.err" | tail -n 1) || { cat "$tmp/up.err" >&2; exit 111; }
+    two_phase=false
+    if [ -x "$BIN/poolctl" ] && grep -q '^control=' "$FLEET_DIR/host1/status"; then two_phase=true; fi
+    for kind in rolling two-phase; do
+        if [ "$kind" = two-phase ] && ! $two_phase; then
+            skipped="two-phase skipped: forkpool -C (prepare/commit/abort), poolctl and demo/serve passing -C are not there yet"
+            continue
+        fi
+        : >"$tmp/samples"
+        set --
+        for h in $(cat "$FLEET_DIR/hosts"); do set -- "$@" "$h=$(cat "$FLEET_DIR/$h/port")"; done
+        python3 "$tmp/sampler.py" "$tmp/samples" "$@" &
+        sampler_pid=$!
+        uptime-probe --json -q -c "$CONCURRENCY" -t 30000 "$url" >"$tmp/probe.json" &
+        probe_pid=$!
+        sleep 1
+        : >"$tmp/times"
+        args=""
+        [ "$kind" = rolling ] && args=--rolling
+        i=0
+        while [ "$i" -lt "$DEPLOYS" ]; do
+            t=$(now_ms)
+            "$top/examples/fleet/deploy" $args >"$tmp/deploy.out" 2>"$tmp/deploy.err" ||
+                { echo "70-fleet: deploy ($kind, $n hosts) failed:" >&2; cat "$tmp/deploy.out" >&2; }
+            echo $(($(now_ms) - t)) >>"$tmp/times"
+            i=$((i + 1))
+        done
+        sleep 1
+        kill -INT "$probe_pid" 2>/dev/null || true
+        wait "$probe_pid" 2>/dev/null || true
+        probe_pid=
+        stop_pid "$sampler_pid"
+        sampler_pid=
+        set -- $(skew "$tmp/samples" "$DEPLOYS")
+        printf '| %s | %s | %.1f s | %s / %s ms | %s | %s | %s | %s |\n' "$n" "$kind" \
+            "$(median <"$tmp/times" | awk '{ print $1 / 1000 }')" "$1" "$2" \
+            "$(json flapping "$tmp/probe.json")" "$(json failed "$tmp/probe.json")" \
+            "$(json mixed "$tmp/probe.json")" "$(json requests "$tmp/probe.json")"
+    done
+    "$top/examples/fleet/down" >/dev/null 2>&1
+done
+[ -z "$skipped" ] || { echo; echo "$skipped."; }
