@@ -220,6 +220,13 @@ impl Policy {
             return self.refuse("commit", why, now, wall);
         }
         self.answer("commit", true, now, wall);
+        if let Some((_, w)) = at.filter(|(_, w)| *w < wall) {
+            // Late: this host switches now, behind the others.
+            self.warn(format!(
+                "commit: the instant {w:.3} was {:.0} ms past when the commit came: switching now",
+                (wall - w) * 1000.0
+            ));
+        }
         let (at, at_wall) = at.unwrap_or((now, wall));
         let t = &mut self.two_phase;
         t.stage = Stage::Committing;

@@ -394,3 +394,16 @@ fn abort_after_the_switch_began_is_refused() {
     s.stopped_ones_exit();
     assert_eq!(s.stage(), Stage::Committed);
 }
+
+#[test]
+fn a_commit_whose_instant_is_past_switches_now_and_says_how_late() {
+    let mut s = prepared();
+    s.at(3000);
+    let a = s.commit(Some(2750));
+    assert_eq!(retired(&a).len(), N, "switched at once: {a:?}");
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Warn(m) if m.contains("was 250 ms past"))),
+        "{a:?}"
+    );
+}
