@@ -2,9 +2,10 @@
 //! real forkpool; examples/fleet/up (N demo/serve hosts, pool-health beside each,
 //! HAProxy in front), uptime-probe through HAProxy during rolling fleet deploys
 //! (examples/fleet/deploy --rolling), and a host drained by its drain file and
-//! through HAProxy's runtime API (examples/fleet/drain). The two-phase deploys
-//! need forkpool's -C (prepare/commit/abort) and poolctl; their tests are here,
-//! ignored until those land.
+//! through HAProxy's runtime API (examples/fleet/drain); two-phase deploys
+//! (forkpool -C, poolctl prepare/commit/abort): 5 of them flap far less than 5
+//! rolling ones, a release broken on one host or a host unreachable at prepare
+//! switches no host.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -565,7 +566,6 @@ fn a_drained_host_gets_nothing_more_and_nothing_fails() {
 /// 5 two-phase fleet deploys of 3 hosts: every host committed each time, nothing
 /// failed or mixed, and the fleet flapping (printed) far below 5 rolling ones'.
 #[test]
-#[ignore = "needs forkpool -C (prepare/commit/abort) and poolctl"]
 fn five_two_phase_fleet_deploys_flap_far_less_than_rolling() {
     if !fleet_peers() {
         return;
@@ -612,7 +612,6 @@ fn five_two_phase_fleet_deploys_flap_far_less_than_rolling() {
 /// no host switched, each serves (and `current` names) its recorded release,
 /// nothing failed; the deploy exits 1.
 #[test]
-#[ignore = "needs forkpool -C (prepare/commit/abort) and poolctl"]
 fn a_release_broken_on_one_host_switches_no_host() {
     if !fleet_peers() {
         return;
@@ -656,7 +655,6 @@ fn a_release_broken_on_one_host_switches_no_host() {
 /// host3 cannot be reached for the prepare: every host aborts (host3's own
 /// prepare never ran), no host switched, the deploy exits 1.
 #[test]
-#[ignore = "needs forkpool -C (prepare/commit/abort) and poolctl"]
 fn a_host_unreachable_at_prepare_aborts_everywhere() {
     if !fleet_peers() {
         return;

@@ -8,6 +8,7 @@
 //! events.rs); write the status file (status.rs). The policy (policy.rs)
 //! decides what to start, what to retire; workers.rs runs the processes.
 
+mod control;
 mod events;
 mod groups;
 mod lifecycle;
@@ -33,7 +34,7 @@ use pool::{Config, Pool};
 
 const TOOL: Tool = Tool {
     name: "forkpool",
-    usage: "forkpool [-v] [-n workers] [-s sig] [-k ms] [-d fd | --notify] [-a ms] [-t ms] [-p symlink] [-S statusfile] [-m rolling|all-at-once|cutover] [-b ms] [--surge k] [--max-age s [--jitter pct]] [--max-rss mib [--rss-samples k]] [--watchdog ms] prog...",
+    usage: "forkpool [-v] [-n workers] [-s sig] [-k ms] [-d fd | --notify] [-a ms] [-t ms] [-p symlink] [-S statusfile] [-m rolling|all-at-once|cutover] [-b ms] [--surge k] [--max-age s [--jitter pct]] [--max-rss mib [--rss-samples k]] [--watchdog ms] [-C fifo [--prepare-timeout ms]] prog...",
     help: "
   -n, --workers N           keep N workers running (default 4)
   -s, --stop-signal SIG     the signal that tells a worker to finish and exit
@@ -60,6 +61,10 @@ const TOOL: Tool = Tool {
       --rss-samples K       ... K samples in a row (default 3)
       --watchdog MS         a ready worker pings every MS ms (empty line on -d, WATCHDOG=1);
                             one that misses gets ABRT, KILL after -k, and is replaced
+  -C, --control FIFO        (-m cutover) read prepare, commit [UNIX_TIME], abort from FIFO:
+                            a new generation held ready until a commit switches to it
+      --prepare-timeout MS  a prepare neither committed nor aborted in MS ms aborts
+                            (default 60000)
   -v, --verbose             one info line per transition
   -h, --help                this text
   -V, --version             the version
@@ -74,6 +79,8 @@ fn parse_options() -> (Config, Settings, usize) {
     let mut status: Option<PathBuf> = None;
     let mut mode = Mode::Rolling;
     let mut life = lifecycle::Lifecycle::default();
+    let mut control: Option<PathBuf> = None;
+    let mut prepare_timeout = Duration::from_secs(60);
 
     let (mut common, prog) = SupervisorOptions::parse(&TOOL, |opt, parser| {
         match opt {
@@ -123,10 +130,19 @@ fn parse_options() -> (Config, Settings, usize) {
                 let ms: u64 = TOOL.number("--watchdog", &TOOL.value(parser), 10, 86_400_000);
                 life.watchdog = Some(Duration::from_millis(ms));
             }
+            "-C" | "--control" => control = Some(TOOL.value(parser).into()),
+            "--prepare-timeout" => {
+                let v = TOOL.value(parser);
+                let ms = TOOL.number("--prepare-timeout", &v, 1, 86_400_000);
+                prepare_timeout = Duration::from_millis(ms);
+            }
             _ => return false,
         }
         true
     });
+    if control.is_some() && mode != Mode::Cutover {
+        TOOL.usage("-C needs -m cutover");
+    }
     life.seed = lifecycle::seed();
     let ready = &mut common.ready;
     if !ready.told() && ready.alive.is_none() {
@@ -150,6 +166,8 @@ fn parse_options() -> (Config, Settings, usize) {
         pin,
         status,
         verbose: common.verbose,
+        control,
+        prepare_timeout,
     };
     (cfg, settings, workers)
 }
@@ -179,6 +197,7 @@ fn main() {
         }
         let mut fds = vec![sigs.raw_fd()];
         fds.extend(pool.poll_fds());
+        fds.extend(pool.control_fd());
         let due = [
             pool.next_deadline(),
             upstream.as_ref().and_then(|u| u.next_ping()),
@@ -190,6 +209,7 @@ fn main() {
         for sig in sigs.drain() {
             pool.signal(sig, now);
         }
+        pool.read_control(now);
         pool.reap(now);
         pool.upgrade_if_asked(&sigs, upstream.as_mut());
     }
@@ -207,5 +227,7 @@ fn start(cfg: Config, settings: Settings, workers: usize) -> (SignalPipe, Pool) 
             )
         })
     });
-    (sigs, Pool::new(cfg, settings, notify, release, workers))
+    let mut pool = Pool::new(cfg, settings, notify, release, workers);
+    pool.open_control();
+    (sigs, pool)
 }

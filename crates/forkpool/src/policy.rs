@@ -260,6 +260,8 @@ pub struct Policy {
     out: Vec<Action>,
     /// Recycle counts and the random state of the age draws (lifecycle.rs).
     pub life: PoolLife,
+    /// `-C`: prepare, commit, abort (policy/prepare.rs).
+    pub two_phase: TwoPhase,
 }
 
 /// `3.2ms`: a short duration (a cutover's switch) as the log lines write it.
@@ -296,6 +298,7 @@ impl Policy {
             next_worker: 1,
             out: Vec::new(),
             life,
+            two_phase: TwoPhase::default(),
         };
         p.info(format!(
             "generation 1: starting {n} workers{}",
@@ -378,6 +381,7 @@ impl Policy {
         if self.stop != Stop::No {
             return;
         }
+        self.prepare_due(now);
         // 1. A live target worker in every slot.
         for slot in 0..self.slots.len() {
             let has = self.workers.iter().any(|w| {
@@ -415,7 +419,8 @@ impl Policy {
         // (all-at-once) when the whole target generation is ready. Slots
         // beyond N (TTOU) go first, then the oldest generation.
         let mode = self.settings.mode;
-        let all_at_once_go = mode != Mode::Rolling && self.target_ready();
+        let all_at_once_go =
+            mode != Mode::Rolling && self.target_ready() && !self.prepare_holds(now);
         loop {
             let n = self.slots.len();
             let candidate = self
@@ -434,7 +439,10 @@ impl Policy {
         // 2b. Recycled workers whose replacement is ready (lifecycle.rs).
         self.retire_recycled(now);
         // 3. A wholly ready target generation serves.
-        if self.serving.as_ref().map(|g| g.id) != Some(self.target.id) && self.target_ready() {
+        if self.serving.as_ref().map(|g| g.id) != Some(self.target.id)
+            && self.target_ready()
+            && !self.prepare_holds(now)
+        {
             if mode == Mode::Cutover && self.target.id > self.accepting.id {
                 // The switch: the old generations go now; the new one stays
                 // held until they are gone (4.). The reload is done then.
@@ -589,6 +597,7 @@ impl Policy {
                 millis(drained)
             ));
         }
+        self.prepare_released(id, now);
     }
 
     /// Send worker `id` the stop signal; KILL after the drain deadline.
@@ -639,7 +648,12 @@ impl Policy {
             Reload::Running { since } => Some(since + self.reload_deadline()),
             _ => None,
         };
-        earliest(starts.chain(workers).chain([reload, self.life_deadline()]))
+        earliest(
+            starts
+                .chain(workers)
+                .chain([reload, self.life_deadline()])
+                .chain(self.prepare_deadlines()),
+        )
     }
 
     /// The time passed: readiness by `-a`, readiness deadlines, KILL
@@ -698,7 +712,7 @@ impl Policy {
     fn failed(&mut self, i: usize, now: Instant, what: String) {
         let w = &self.workers[i];
         let (id, slot, generation, started) = (w.id, w.slot, w.generation, w.started);
-        if self.reload_at_stake(generation) {
+        if self.reload_at_stake(generation) || self.prepare_failing(generation) {
             self.abandon(what);
         } else if generation == self.target.id && slot < self.slots.len() {
             let wait = self.slots[slot].backoff.failed(now - started);
@@ -770,6 +784,7 @@ impl Policy {
         for s in &mut self.slots {
             s.not_before = None;
         }
+        self.prepare_abandoned();
     }
 
     /// Worker `id` ended (reaped): account for it, forget it.
@@ -814,6 +829,9 @@ impl Policy {
         if self.stop != Stop::No {
             self.info("HUP while stopping: ignored".to_string());
             return self.take();
+        }
+        if let Some(refused) = self.hup_refused() {
+            return refused;
         }
         self.newest += 1;
         let id = self.newest;
@@ -885,6 +903,7 @@ impl Policy {
             signal_name(signal)
         ));
         self.stop = how;
+        self.prepare_stopped();
         let drain = self.settings.drain;
         for w in &mut self.workers {
             if w.phase != Phase::Stopping || how == Stop::Fast {
@@ -912,9 +931,14 @@ impl Slot {
     }
 }
 
+mod prepare;
+pub use prepare::TwoPhase;
+
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_hostile;
 #[cfg(test)]
 mod tests_lifecycle;
+#[cfg(test)]
+mod tests_prepare;

@@ -22,6 +22,9 @@ pub struct Config {
     pub pin: Option<PathBuf>,
     pub status: Option<PathBuf>,
     pub verbose: bool,
+    /// `-C`: the control FIFO; `--prepare-timeout`.
+    pub control: Option<PathBuf>,
+    pub prepare_timeout: std::time::Duration,
 }
 
 pub struct Pool {
@@ -34,6 +37,8 @@ pub struct Pool {
     pub(crate) upgrade: crate::upgrade::Upgrade,
     /// `--max-rss`: the next memory sample (rss.rs).
     pub(crate) next_sample: Option<Instant>,
+    /// `-C`: the control FIFO, open (control.rs).
+    pub(crate) control: Option<crate::control::ControlFifo>,
 }
 
 /// Resolve the pinned symlink to the directory it names now.
@@ -63,6 +68,7 @@ impl Pool {
             status,
             upgrade: crate::upgrade::fresh(),
             next_sample: None,
+            control: None,
         };
         pool.apply(actions, Instant::now());
         pool
@@ -85,6 +91,7 @@ impl Pool {
             status,
             upgrade,
             next_sample: None,
+            control: None,
         }
     }
 

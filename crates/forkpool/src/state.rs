@@ -480,6 +480,8 @@ mod tests {
             pin: None,
             status: None,
             verbose: false,
+            control: None,
+            prepare_timeout: Duration::from_secs(60),
         };
         // Lifecycle state (lifecycle.rs) that must survive an upgrade.
         p.life.rng = 0xfeed;

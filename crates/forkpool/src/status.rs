@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::lifecycle::Recycle;
-use crate::policy::{Phase, Policy, Reload, Stop, Worker};
+use crate::policy::{Phase, Policy, Reload, Stop, TwoPhase, Worker};
 use crate::TOOL;
 
 /// What forkpool's own supervisor is told about (see upstream.rs).
@@ -161,6 +161,7 @@ pub fn text_with(p: &Policy, up: &UpgradeLines) -> String {
     for r in Recycle::ALL {
         let _ = writeln!(s, "recycled_{}={}", r.name(), totals.get(r));
     }
+    two_phase_lines(&mut s, &p.two_phase);
     let now = std::time::Instant::now();
     let mut ws: Vec<&Worker> = p.workers.iter().collect();
     ws.sort_by_key(|w| (w.slot, w.generation));
@@ -187,4 +188,17 @@ pub fn text_with(p: &Policy, up: &UpgradeLines) -> String {
         let _ = writeln!(s);
     }
     s
+}
+
+/// `-C`: the two-phase keys (README.md, "Two-phase: prepare, commit, abort").
+fn two_phase_lines(s: &mut String, t: &TwoPhase) {
+    let Some(control) = &t.control else { return };
+    let wall = |w: Option<f64>| w.map(|w| format!("{w:.6}")).unwrap_or_default();
+    let _ = writeln!(s, "control={}", control.display());
+    let _ = writeln!(s, "phase={}", t.stage.name());
+    let _ = writeln!(s, "phase_generation={}", t.generation);
+    let command = format!("{} {}", t.commands, t.last);
+    let _ = writeln!(s, "command={}", command.trim_end());
+    let _ = writeln!(s, "commit_at={}", wall(t.commit_wall));
+    let _ = writeln!(s, "released_at={}", wall(t.released_wall));
 }

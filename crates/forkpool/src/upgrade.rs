@@ -153,6 +153,8 @@ pub fn adopt(
         ));
     }
     let mut pool = Pool::from_parts(cfg, h.policy, notify, procs, up);
+    // -C: the FIFO again, by its path (the old image's descriptor closed at exec).
+    pool.open_control();
     // Whatever ended meanwhile is reaped now (its SIGCHLD may be long gone).
     pool.reap(now);
     unixtool::signals::unblock_all();
@@ -172,8 +174,9 @@ impl Pool {
             return;
         }
         self.upgrade.phase = reexec::Phase::Running;
-        if matches!(self.policy.reload, Reload::Running { .. }) {
-            // Waits for the end of the reload (ok or failed); then upgrades.
+        if matches!(self.policy.reload, Reload::Running { .. }) || self.policy.two_phase.open() {
+            // Waits for the end of the reload (ok or failed), or of an open
+            // prepare (committed, aborted, expired); then upgrades.
             return;
         }
         self.upgrade.asked = false;

@@ -1,6 +1,9 @@
 //! poolctl: ask the supervisor (forkpool or loop-forever) that writes a status
 //! file for its state, a reload or an in-place upgrade, and wait for the
-//! definite answer. See README.md.
+//! definite answer; with forkpool -C, prepare, commit or abort a two-phase
+//! deploy (control.rs). See README.md.
+
+mod control;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -17,12 +20,17 @@ const EXIT_NOT_RUNNING: i32 = 3;
 
 const TOOL: Tool = Tool {
     name: "poolctl",
-    usage: "poolctl status|reload|upgrade [-t secs] statusfile",
+    usage: "poolctl status|reload|upgrade|prepare|abort [-t secs] statusfile | poolctl commit [--at unix_time] [-t secs] statusfile",
     help: "
   status                    the pool in one screen; exit 0 when whole and serving
   reload                    HUP the pool, wait until the new generation serves
   upgrade                   USR2 the pool, wait until the new binary runs
-  -t, --timeout SECS        how long reload and upgrade wait (default 60)
+  prepare                   (forkpool -C) start a new generation, wait until it is
+                            ready and held while the old one serves
+  commit                    switch to the prepared generation, wait until it serves
+      --at UNIX_TIME        commit at that wall-clock instant (e.g. 1764245000.250)
+  abort                     stop the prepared generation, wait until it is gone
+  -t, --timeout SECS        how long every form but status waits (default 60)
   -h, --help                this text
   -V, --version             the version
 ",
@@ -32,22 +40,41 @@ const TOOL: Tool = Tool {
 struct Args {
     statusfile: PathBuf,
     timeout: Duration,
+    /// `commit --at`: the wall-clock instant, as given (checked).
+    at: Option<String>,
 }
 
-/// The subcommands: name and what runs it (returns the exit code). New forms
-/// (prepare, commit, abort for fleets) are one line here and one function.
+/// The subcommands: name and what runs it (returns the exit code).
 type Command = (&'static str, fn(&Args) -> i32);
-const COMMANDS: [Command; 3] = [("status", status), ("reload", reload), ("upgrade", upgrade)];
+const COMMANDS: [Command; 6] = [
+    ("status", status),
+    ("reload", reload),
+    ("upgrade", upgrade),
+    ("prepare", control::prepare),
+    ("commit", control::commit),
+    ("abort", control::abort),
+];
 
 fn main() {
     let mut parser = lexopt::Parser::from_env();
     let mut timeout = Duration::from_secs(60);
     let mut words: Vec<OsString> = Vec::new();
+    let mut at: Option<String> = None;
     while let Some(arg) = TOOL.next_arg(&mut parser) {
         match arg {
             Short('t') | Long("timeout") => {
                 let v = TOOL.value(&mut parser);
                 timeout = Duration::from_secs(TOOL.number("-t", &v, 1, 86_400));
+            }
+            Long("at") => {
+                let v = TOOL.value(&mut parser);
+                match v.to_str().filter(|t| control::valid_time(t)) {
+                    Some(t) => at = Some(t.to_string()),
+                    None => TOOL.usage(format_args!(
+                        "--at wants seconds since the epoch such as 1764245000.250, not {:?}",
+                        v.to_string_lossy()
+                    )),
+                }
             }
             Short('h') | Long("help") => TOOL.print_help(),
             Short('V') | Long("version") => TOOL.print_version(),
@@ -64,9 +91,13 @@ fn main() {
     let Some((_, run)) = COMMANDS.iter().find(|(name, _)| *name == command) else {
         TOOL.usage(format_args!("unknown command {command}"))
     };
+    if at.is_some() && command != "commit" {
+        TOOL.usage("--at goes with commit only");
+    }
     let args = Args {
         statusfile: statusfile.into(),
         timeout,
+        at,
     };
     std::process::exit(run(&args))
 }
