@@ -521,11 +521,10 @@ fn the_readiness_pipe_gets_watchdog_recycle_and_stopping_lines() {
     assert_eq!(count("recycle"), 1, "{lines:?}");
     assert_eq!(count("stopping"), 1, "{lines:?}");
     assert!(count("") >= 2, "watchdog pings: {lines:?}");
-    assert_eq!(
-        lines.last().map(String::as_str),
-        Some("stopping"),
-        "{lines:?}"
-    );
+    // after `stopping` only watchdog pings (a draining worker is alive and
+    // may still ping: under load one came after it)
+    let after = lines.iter().skip_while(|l| *l != "stopping").skip(1);
+    assert!(after.clone().all(|l| l.is_empty()), "{lines:?}");
     assert_eq!(
         lines.len(),
         count("recycle") + count("stopping") + count("")
