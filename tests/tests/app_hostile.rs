@@ -256,8 +256,11 @@ fn idle_dribbling_and_slow_clients_do_not_delay_a_normal_request() {
             took.as_secs_f64() * 1e3
         );
         assert_eq!(status, Some(200), "{k} {kind:?}");
+        // The figure goes to bench 55 (milliseconds); this bound only tells
+        // a stall (tens of seconds before: each idle client held a worker for
+        // the read timeout) from a machine shared with other runs (2.1 s seen).
         assert!(
-            took < Duration::from_secs(2),
+            took < Duration::from_secs(5),
             "{k} {kind:?}: a normal request took {took:?}"
         );
         drop(crowd);
