@@ -334,6 +334,59 @@ pub fn read_head(s: &mut std::net::TcpStream) -> Option<Resp> {
     })
 }
 
+/// uptime-probe against http://127.0.0.1:`port`/ until stopped (`args` before
+/// the URL, `--no-keepalive` unless `keepalive`); its stderr goes to `err` so a
+/// test can wait until it has seen a release. `long`: how long to wait for
+/// that, and for its end.
+pub struct Probe {
+    p: Proc,
+    err: PathBuf,
+    long: Duration,
+}
+
+impl Probe {
+    pub fn spawn(port: u16, args: &[&str], keepalive: bool, err: PathBuf, long: Duration) -> Probe {
+        let mut c = cmd("uptime-probe");
+        c.args(args);
+        if !keepalive {
+            c.arg("--no-keepalive");
+        }
+        c.arg(format!("http://127.0.0.1:{port}/"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&err).expect("probe log"));
+        Probe {
+            p: Proc::spawn(c),
+            err,
+            long,
+        }
+    }
+
+    /// Wait until the probe has had a response from `release`.
+    pub fn wait_seen(&self, release: &str) {
+        let line = format!("release {release} first seen");
+        assert!(
+            wait_until(self.long, || std::fs::read_to_string(&self.err)
+                .map(|s| s.contains(&line))
+                .unwrap_or(false)),
+            "the probe never saw {release}: {}",
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        );
+    }
+
+    /// Stop it with INT: (exit code, the JSON line).
+    pub fn stop(mut self) -> (i32, String) {
+        let out = self.p.stdout();
+        self.p.signal(Signal::SIGINT);
+        let json = read_all_timeout(out, self.long).expect("the probe's results");
+        let st = self
+            .p
+            .wait_timeout(self.long)
+            .expect("the probe exits after INT");
+        (st.code().unwrap_or(-1), json)
+    }
+}
+
 /// Connect to test-worker and read its one-line answer; None on any failure.
 pub fn ask(port: u16) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
