@@ -270,6 +270,123 @@ pub fn listener() -> (Stdio, u16) {
     (Stdio::from(std::os::fd::OwnedFd::from(l)), port)
 }
 
+/// A connection to 127.0.0.1:`port`, reads timing out after 10 s.
+pub fn connect(port: u16) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// One HTTP response as read by [`read_response`] or [`read_head`].
+pub struct Resp {
+    pub status: u16,
+    /// The status line and the headers.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    /// The value of header `name` (any case), trimmed.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
+    pub fn body(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Read one response (head, and the body by Content-Length); None if the
+/// connection ends first.
+pub fn read_response(s: &mut std::net::TcpStream) -> Option<Resp> {
+    let mut r = read_head(s)?;
+    let len: usize = r
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    r.body = vec![0; len];
+    s.read_exact(&mut r.body).ok()?;
+    Some(r)
+}
+
+/// Read one response's head only (the body left unread); None if the
+/// connection ends first.
+pub fn read_head(s: &mut std::net::TcpStream) -> Option<Resp> {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => buf.push(b[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some(Resp {
+        status,
+        head,
+        body: Vec::new(),
+    })
+}
+
+/// uptime-probe against http://127.0.0.1:`port`/ until stopped (`args` before
+/// the URL, `--no-keepalive` unless `keepalive`); its stderr goes to `err` so a
+/// test can wait until it has seen a release. `long`: how long to wait for
+/// that, and for its end.
+pub struct Probe {
+    p: Proc,
+    err: PathBuf,
+    long: Duration,
+}
+
+impl Probe {
+    pub fn spawn(port: u16, args: &[&str], keepalive: bool, err: PathBuf, long: Duration) -> Probe {
+        let mut c = cmd("uptime-probe");
+        c.args(args);
+        if !keepalive {
+            c.arg("--no-keepalive");
+        }
+        c.arg(format!("http://127.0.0.1:{port}/"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&err).expect("probe log"));
+        Probe {
+            p: Proc::spawn(c),
+            err,
+            long,
+        }
+    }
+
+    /// Wait until the probe has had a response from `release`.
+    pub fn wait_seen(&self, release: &str) {
+        let line = format!("release {release} first seen");
+        assert!(
+            wait_until(self.long, || std::fs::read_to_string(&self.err)
+                .map(|s| s.contains(&line))
+                .unwrap_or(false)),
+            "the probe never saw {release}: {}",
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        );
+    }
+
+    /// Stop it with INT: (exit code, the JSON line).
+    pub fn stop(mut self) -> (i32, String) {
+        let out = self.p.stdout();
+        self.p.signal(Signal::SIGINT);
+        let json = read_all_timeout(out, self.long).expect("the probe's results");
+        let st = self
+            .p
+            .wait_timeout(self.long)
+            .expect("the probe exits after INT");
+        (st.code().unwrap_or(-1), json)
+    }
+}
+
 /// Connect to test-worker and read its one-line answer; None on any failure.
 pub fn ask(port: u16) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;

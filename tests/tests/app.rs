@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use integration_tests::{cmd, run, Proc, TempDir};
+use integration_tests::{cmd, connect, read_head, read_response, run, Proc, Resp, TempDir};
 use nix::sys::signal::Signal;
 
 /// A release directory: RELEASE, htdocs/index.html naming the release, a text
@@ -87,61 +87,6 @@ fn ready(mut r: impl Read + Send + 'static, timeout: Duration) -> bool {
     rx.recv_timeout(timeout).unwrap_or(false)
 }
 
-struct Resp {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-    }
-    fn body(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
-/// Read one response (head, and the body by Content-Length unless `head_only`);
-/// None if the connection ends first.
-fn read_response(s: &mut TcpStream, head_only: bool) -> Option<Resp> {
-    let mut buf = Vec::new();
-    let mut b = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(1) => buf.push(b[0]),
-            _ => return None,
-        }
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let mut r = Resp {
-        status,
-        head,
-        body: Vec::new(),
-    };
-    let len: usize = r
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if !head_only {
-        r.body = vec![0; len];
-        s.read_exact(&mut r.body).ok()?;
-    }
-    Some(r)
-}
-
 fn get(port: u16, path: &str) -> Resp {
     let mut s = connect(port);
     write!(
@@ -149,14 +94,14 @@ fn get(port: u16, path: &str) -> Resp {
         "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    read_response(&mut s, false).expect("a response")
+    read_response(&mut s).expect("a response")
 }
 
 /// Send raw bytes on a fresh connection; the response, if any.
 fn raw(port: u16, req: &[u8]) -> Option<Resp> {
     let mut s = connect(port);
     let _ = s.write_all(req);
-    read_response(&mut s, false)
+    read_response(&mut s)
 }
 
 /// Whether the peer closed: EOF (or reset) within the socket's read timeout.
@@ -209,10 +154,10 @@ fn serves_its_release_code_and_content() {
     let mut s = connect(app.port);
     s.write_all(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET /release HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    let h = read_response(&mut s, true).unwrap();
+    let h = read_head(&mut s).unwrap();
     assert_eq!(h.status, 200);
     // The next bytes on the connection are the second response, not a body.
-    let next = read_response(&mut s, false).unwrap();
+    let next = read_response(&mut s).unwrap();
     assert_eq!(next.body(), "r1\n");
     drop(s);
     let full = get(app.port, "/");
@@ -318,8 +263,8 @@ fn malformed_and_refused_requests_get_their_status() {
     let mut s = connect(app.port);
     s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhelloGET /release HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    assert_eq!(read_response(&mut s, false).unwrap().body(), "r1\n");
-    assert_eq!(read_response(&mut s, false).unwrap().body(), "r1\n");
+    assert_eq!(read_response(&mut s).unwrap().body(), "r1\n");
+    assert_eq!(read_response(&mut s).unwrap().body(), "r1\n");
     drop(s);
     assert_eq!(
         get(app.port, "/release").status,
@@ -339,13 +284,13 @@ fn keep_alive_as_http_says() {
     for _ in 0..3 {
         s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
             .unwrap();
-        let r = read_response(&mut s, false).unwrap();
+        let r = read_response(&mut s).unwrap();
         assert_eq!((r.status, r.header("connection")), (200, None));
     }
     s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();
     assert_eq!(
-        read_response(&mut s, false)
+        read_response(&mut s)
             .unwrap()
             .header("connection")
             .as_deref(),
@@ -357,7 +302,7 @@ fn keep_alive_as_http_says() {
     let mut s = connect(app.port);
     s.write_all(b"GET /release HTTP/1.0\r\n\r\n").unwrap();
     assert_eq!(
-        read_response(&mut s, false)
+        read_response(&mut s)
             .unwrap()
             .header("connection")
             .as_deref(),
@@ -368,7 +313,7 @@ fn keep_alive_as_http_says() {
     for _ in 0..2 {
         s.write_all(b"GET /release HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             .unwrap();
-        let r = read_response(&mut s, false).unwrap();
+        let r = read_response(&mut s).unwrap();
         assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
     }
 }
@@ -389,7 +334,7 @@ fn keepalive_connections_are_served_side_by_side() {
         for s in [&mut a, &mut b] {
             s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
                 .unwrap();
-            let r = read_response(s, false).expect("answered while the other is open");
+            let r = read_response(s).expect("answered while the other is open");
             assert_eq!((r.body().as_str(), r.header("connection")), ("r1\n", None));
         }
     }
@@ -407,7 +352,7 @@ fn a_silent_client_cannot_hold_the_worker() {
     let r = get(app.port, "/release");
     assert_eq!(r.body(), "r1\n");
     assert!(closed(&mut silent), "the silent connection was closed");
-    let r = read_response(&mut partial, false).expect("408 for a request that never ends");
+    let r = read_response(&mut partial).expect("408 for a request that never ends");
     assert_eq!(r.status, 408);
 }
 
@@ -419,12 +364,12 @@ fn hup_finishes_the_request_in_hand_then_exits() {
     let mut s = connect(app.port);
     s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    assert_eq!(read_response(&mut s, false).unwrap().status, 200);
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
     // The app is on this connection; half a request is in hand when HUP comes.
     s.write_all(b"GET /release HTTP/1.1\r\n").unwrap();
     app.p.signal(Signal::SIGHUP);
     s.write_all(b"Host: t\r\n\r\n").unwrap();
-    let r = read_response(&mut s, false).expect("the request in hand is answered");
+    let r = read_response(&mut s).expect("the request in hand is answered");
     assert_eq!(
         (r.status, r.header("connection").as_deref()),
         (200, Some("close"))
@@ -446,7 +391,7 @@ fn hup_and_term_close_idle_keepalive_connections_promptly() {
         let mut s = connect(app.port);
         s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
             .unwrap();
-        assert_eq!(read_response(&mut s, false).unwrap().status, 200);
+        assert_eq!(read_response(&mut s).unwrap().status, 200);
         app.p.signal(sig);
         // Well before the 60 s read timeout.
         let st = app
@@ -646,7 +591,7 @@ fn held_app_is_ready_but_accepts_only_when_let_go() {
             nix::unistd::write(&w, b"x").unwrap();
         }
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let r = read_response(&mut s, false).expect("answered once let go");
+        let r = read_response(&mut s).expect("answered once let go");
         assert_eq!(r.body(), "r1\n");
     }
 }
@@ -701,7 +646,7 @@ fn listen_and_workers_for_benchmarks() {
             let s = &mut conns[i];
             s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
                 .unwrap();
-            let r = read_response(s, false).unwrap();
+            let r = read_response(s).unwrap();
             assert_eq!((r.body().as_str(), r.header("connection")), ("r1\n", None));
         }
     }

@@ -52,55 +52,6 @@ fn with_ulimit(prog: &Path) -> Command {
     c
 }
 
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
-struct Resp {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-    }
-}
-
-/// One response (head, and the body by Content-Length); None if the connection ends first.
-fn read_response(s: &mut TcpStream) -> Option<Resp> {
-    let mut buf = Vec::new();
-    let mut b = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(1) => buf.push(b[0]),
-            _ => return None,
-        }
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let mut r = Resp {
-        status,
-        head,
-        body: Vec::new(),
-    };
-    let len: usize = r
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    r.body = vec![0; len];
-    s.read_exact(&mut r.body).ok()?;
-    Some(r)
-}
-
 /// A normal request on a fresh connection: its status and how long it took.
 fn timed_get(port: u16, path: &str) -> (Option<u16>, Duration) {
     let t0 = Instant::now();

@@ -198,55 +198,18 @@ fn get(port: u16, path: &str) -> Resp {
     try_get(port, path).unwrap_or_else(|| panic!("no response to GET {path}"))
 }
 
-/// uptime-probe hammering the site until stopped; its stderr goes to a file so
-/// a test can wait until it has seen a release.
-struct Probe {
-    p: Proc,
-    err: PathBuf,
+/// uptime-probe hammering the site until stopped, once it has seen the
+/// site's current release.
+trait ProbeSite {
+    fn start(site: &Site, keepalive: bool) -> Self;
 }
 
-impl Probe {
+impl ProbeSite for Probe {
     fn start(site: &Site, keepalive: bool) -> Probe {
         let err = site.dir.join(format!("probe-{keepalive}.err"));
-        let mut c = cmd("uptime-probe");
-        c.args(["--json", "-c", "4"]);
-        if !keepalive {
-            c.arg("--no-keepalive");
-        }
-        c.arg(format!("http://127.0.0.1:{}/", site.port))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&err).expect("probe log"));
-        let probe = Probe {
-            p: Proc::spawn(c),
-            err,
-        };
+        let probe = Probe::spawn(site.port, &["--json", "-c", "4"], keepalive, err, LONG);
         probe.wait_seen(&site.current());
         probe
-    }
-
-    /// Wait until the probe has had a response from `release`.
-    fn wait_seen(&self, release: &str) {
-        let line = format!("release {release} first seen");
-        assert!(
-            wait_until(LONG, || std::fs::read_to_string(&self.err)
-                .map(|s| s.contains(&line))
-                .unwrap_or(false)),
-            "the probe never saw {release}: {}",
-            std::fs::read_to_string(&self.err).unwrap_or_default()
-        );
-    }
-
-    /// Stop it with INT: (exit code, the JSON line).
-    fn stop(mut self) -> (i32, String) {
-        let out = self.p.stdout();
-        self.p.signal(Signal::SIGINT);
-        let json = read_all_timeout(out, LONG).expect("the probe's results");
-        let st = self
-            .p
-            .wait_timeout(LONG)
-            .expect("the probe exits after INT");
-        (st.code().unwrap_or(-1), json)
     }
 }
 

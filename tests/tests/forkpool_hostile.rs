@@ -7,7 +7,7 @@
 //! TOOLS_BIN_DIR=that tree's target/debug); the figures are in the commits.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -74,31 +74,36 @@ fn tw() -> String {
     bin("test-worker").display().to_string()
 }
 
+/// forkpool of `n` test workers, each with a helper (`opts` after `-n`;
+/// status in `dir/status`, starts logged to `dir/starts`), once generation 1
+/// serves: the pool, its port, the status and start-log paths.
+fn helper_pool(dir: &TempDir, n: &str, opts: &[&str]) -> (Proc, u16, PathBuf, PathBuf) {
+    let st = dir.join("status");
+    let log = dir.join("starts");
+    let mut args = vec!["-n", n];
+    args.extend_from_slice(opts);
+    let tw = tw();
+    args.extend_from_slice(&[
+        "-d",
+        "3",
+        "-S",
+        st.to_str().unwrap(),
+        &tw,
+        "--notify-fd",
+        "3",
+        "--helper",
+        "--start-log",
+        log.to_str().unwrap(),
+    ]);
+    let (p, port) = forkpool(dir, &args);
+    wait_status(&st, "serving_generation", "1", &dir.join("err"));
+    (p, port, st, log)
+}
+
 #[test]
 fn a_workers_helper_ends_with_it_over_a_cutover_reload() {
     let dir = TempDir::new("hostile-helper");
-    let st = dir.join("status");
-    let log = dir.join("starts");
-    let (p, port) = forkpool(
-        &dir,
-        &[
-            "-n",
-            "2",
-            "-m",
-            "cutover",
-            "-d",
-            "3",
-            "-S",
-            st.to_str().unwrap(),
-            &tw(),
-            "--notify-fd",
-            "3",
-            "--helper",
-            "--start-log",
-            log.to_str().unwrap(),
-        ],
-    );
-    wait_status(&st, "serving_generation", "1", &dir.join("err"));
+    let (p, port, st, log) = helper_pool(&dir, "2", &["-m", "cutover"]);
     assert!(
         wait_until(T, || helpers(&log, "1").len() == 2),
         "no helpers"
@@ -128,26 +133,7 @@ fn a_workers_helper_ends_with_it_over_a_cutover_reload() {
 #[test]
 fn kill_9_of_forkpool_leaves_no_helper_and_frees_the_port() {
     let dir = TempDir::new("hostile-kill9");
-    let st = dir.join("status");
-    let log = dir.join("starts");
-    let (mut p, port) = forkpool(
-        &dir,
-        &[
-            "-n",
-            "3",
-            "-d",
-            "3",
-            "-S",
-            st.to_str().unwrap(),
-            &tw(),
-            "--notify-fd",
-            "3",
-            "--helper",
-            "--start-log",
-            log.to_str().unwrap(),
-        ],
-    );
-    wait_status(&st, "serving_generation", "1", &dir.join("err"));
+    let (mut p, port, _, log) = helper_pool(&dir, "3", &[]);
     assert!(
         wait_until(T, || helpers(&log, "1").len() == 3),
         "no helpers"
@@ -766,27 +752,8 @@ fn non_worker_children(pid: i32, st: &Path) -> Vec<i32> {
 #[test]
 fn upgrades_keep_one_guard_and_kill_9_still_ends_every_helper() {
     let dir = TempDir::new("hostile-upgrade-guard");
-    let st = dir.join("status");
-    let log = dir.join("starts");
-    let (mut p, port) = forkpool(
-        &dir,
-        &[
-            "-n",
-            "2",
-            "-d",
-            "3",
-            "-S",
-            st.to_str().unwrap(),
-            &tw(),
-            "--notify-fd",
-            "3",
-            "--helper",
-            "--start-log",
-            log.to_str().unwrap(),
-        ],
-    );
+    let (mut p, port, st, log) = helper_pool(&dir, "2", &[]);
     let err = dir.join("err");
-    wait_status(&st, "serving_generation", "1", &err);
     let guards = non_worker_children(p.pid().as_raw(), &st);
     assert_eq!(guards.len(), 1, "one guard at start: {guards:?}");
     for (i, gen) in [(1u64, "2"), (2, "3"), (3, "4")] {

@@ -935,6 +935,8 @@ mod prepare;
 pub use prepare::TwoPhase;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_hostile;

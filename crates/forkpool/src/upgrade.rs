@@ -188,26 +188,23 @@ impl Pool {
         if let Some(u) = &upstream {
             env.push(("NOTIFY_SOCKET", u.env_value().to_os_string()));
         }
-        let (exe, argv) = (self.upgrade.exe.clone(), self.upgrade.argv.clone());
-        let path = exe.clone().unwrap_or_default();
-        let why = reexec::run(
-            &exe,
-            &argv,
+        reexec::upgrade_now(
+            self,
+            |p| &mut p.upgrade,
             &TOOL,
             &NAMES,
             sigs,
-            &mut |blocked| {
+            &mut |p: &mut Pool, blocked, path| {
                 if blocked {
                     // SIGCHLD is blocked: what ended during the check is
                     // accounted for now; the state is as of this moment.
-                    self.reap(Instant::now());
+                    p.reap(Instant::now());
                 }
-                let text = crate::state::write(self, &path, Instant::now())?;
-                Ok((text, self.kept_fds()))
+                let text = crate::state::write(p, path, Instant::now())?;
+                Ok((text, p.kept_fds()))
             },
             env,
         );
-        self.upgrade.refused(&TOOL, why);
     }
 
     /// The descriptors the next image needs: the notification socket, the

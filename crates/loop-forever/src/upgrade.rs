@@ -286,25 +286,22 @@ impl Loop {
         }
         self.upgrade.asked = false;
         self.status.write();
-        let (exe, argv) = (self.upgrade.exe.clone(), self.upgrade.argv.clone());
-        let path = exe.clone().unwrap_or_default();
-        let why = reexec::run(
-            &exe,
-            &argv,
+        reexec::upgrade_now(
+            self,
+            |l| &mut l.upgrade,
             &TOOL,
             &NAMES,
             sigs,
-            &mut |blocked| {
+            &mut |l: &mut Loop, blocked, path| {
                 if blocked {
-                    self.reap(Instant::now());
+                    l.reap(Instant::now());
                 }
-                let text = state(self, &path, Instant::now())?;
-                let mut keep: Vec<RawFd> = self.notify.iter().map(|n| n.fd()).collect();
-                keep.extend(self.child.as_ref().and_then(|c| c.child.pipe_fd()));
+                let text = state(l, path, Instant::now())?;
+                let mut keep: Vec<RawFd> = l.notify.iter().map(|n| n.fd()).collect();
+                keep.extend(l.child.as_ref().and_then(|c| c.child.pipe_fd()));
                 Ok((text, keep))
             },
             Vec::new(),
         );
-        self.upgrade.refused(&TOOL, why);
     }
 }

@@ -454,6 +454,39 @@ pub fn run(
     format!("unable to run {}: {}", exe.display(), crate::strerror(err))
 }
 
+/// What a supervisor's state writer hands over: the state text and the
+/// descriptors to keep across the exec; or why not.
+pub type Handed = Result<(String, Vec<RawFd>), String>;
+
+/// The USR2 step both supervisors take once nothing holds it back: [`run`]
+/// on the program `sup` was started as (its [`Upgrade`], `upgrade(sup)`);
+/// when nothing was exec'd, the refusal ([`Upgrade::refused`]).
+/// `state(sup, blocked, exe)`: as for [`run`], with the program's path for the
+/// state.
+pub fn upgrade_now<S>(
+    sup: &mut S,
+    upgrade: fn(&mut S) -> &mut Upgrade,
+    tool: &crate::Tool,
+    names: &Names,
+    sigs: &SignalPipe,
+    state: &mut dyn FnMut(&mut S, bool, &Path) -> Handed,
+    env: Vec<(&str, OsString)>,
+) {
+    let u = upgrade(sup);
+    let (exe, argv) = (u.exe.clone(), u.argv.clone());
+    let path = exe.clone().unwrap_or_default();
+    let why = run(
+        &exe,
+        &argv,
+        tool,
+        names,
+        sigs,
+        &mut |blocked| state(sup, blocked, &path),
+        env,
+    );
+    upgrade(sup).refused(tool, why);
+}
+
 // ---- the state text ------------------------------------------------------
 
 /// The state handed from one image to the next: a first line `MAGIC VERSION`,

@@ -208,54 +208,20 @@ pub fn lock_is_free(path: &Path) -> bool {
     r == 0
 }
 
-/// uptime-probe against the site until stopped.
-pub struct Probe {
-    p: Proc,
-    err: PathBuf,
+/// uptime-probe against the site until stopped, once it has seen the site's
+/// current release.
+pub trait ProbeSite {
+    fn start(site: &Site, keepalive: bool) -> Self;
 }
 
-impl Probe {
-    pub fn start(site: &Site, keepalive: bool) -> Probe {
+impl ProbeSite for Probe {
+    fn start(site: &Site, keepalive: bool) -> Probe {
         let err = site.dir.join(format!("probe-{keepalive}.err"));
-        let mut c = cmd("uptime-probe");
         // a request may wait in the backlog while a loaded machine switches
-        c.args(["--json", "-c", "4", "-t", "30000"]);
-        if !keepalive {
-            c.arg("--no-keepalive");
-        }
-        c.arg(format!("http://127.0.0.1:{}/", site.port))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&err).expect("probe log"));
-        let probe = Probe {
-            p: Proc::spawn(c),
-            err,
-        };
+        let args = ["--json", "-c", "4", "-t", "30000"];
+        let probe = Probe::spawn(site.port, &args, keepalive, err, LONG);
         probe.wait_seen(&site.current());
         probe
-    }
-
-    pub fn wait_seen(&self, release: &str) {
-        let line = format!("release {release} first seen");
-        assert!(
-            wait_until(LONG, || std::fs::read_to_string(&self.err)
-                .map(|s| s.contains(&line))
-                .unwrap_or(false)),
-            "the probe never saw {release}: {}",
-            std::fs::read_to_string(&self.err).unwrap_or_default()
-        );
-    }
-
-    /// Stop it with INT: (exit code, the JSON line).
-    pub fn stop(mut self) -> (i32, String) {
-        let out = self.p.stdout();
-        self.p.signal(nix::sys::signal::Signal::SIGINT);
-        let json = read_all_timeout(out, LONG).expect("the probe's results");
-        let st = self
-            .p
-            .wait_timeout(LONG)
-            .expect("the probe exits after INT");
-        (st.code().unwrap_or(-1), json)
     }
 }
 

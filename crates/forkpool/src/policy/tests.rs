@@ -1,96 +1,40 @@
 //! The rule without processes: a fake clock (an `Instant` base plus
 //! offsets), pids handed out by the test, readiness and ends told by it.
 
+use super::sim::*;
 use super::*;
 
-const N: usize = 3;
-
-struct Sim {
-    p: Policy,
-    t0: Instant,
-    now: Instant,
-    next_pid: i32,
-    /// Every action so far, in order.
-    log: Vec<Action>,
-}
-
 fn settings(mode: Mode) -> Settings {
-    Settings {
-        mode,
-        stop_signal: Signal::SIGTERM,
-        drain: Duration::from_secs(10),
-        ready: readiness::Options {
-            fd: Some(3),
-            deadline: Some(Duration::from_secs(30)),
-            ..Default::default()
-        },
-        backoff_max: Duration::from_secs(1),
-        life: Default::default(),
-    }
+    super::sim::settings(mode, Default::default())
 }
 
-fn release(name: &str) -> Option<PathBuf> {
-    Some(PathBuf::from(format!("/srv/releases/{name}")))
+/// How these tests set up and drive a host.
+trait Rules {
+    fn new(mode: Mode) -> Self;
+    fn with(s: Settings, n: usize) -> Self;
+    fn serving(mode: Mode) -> Self;
+    fn all_ready(&mut self, gen: u64) -> Vec<Action>;
+    fn serving_size(&self) -> usize;
+    fn hup(&mut self, to: &str) -> Vec<Action>;
 }
 
-impl Sim {
+impl Rules for Sim {
     fn new(mode: Mode) -> Sim {
         Sim::with(settings(mode), N)
     }
 
     fn with(s: Settings, n: usize) -> Sim {
         let (p, log) = Policy::new(s, release("r1"), n);
-        let t0 = Instant::now();
-        let mut sim = Sim {
-            p,
-            t0,
-            now: t0,
-            next_pid: 100,
-            log,
-        };
-        sim.step();
-        sim
+        Sim::start(p, log)
     }
 
-    fn at(&mut self, ms: u64) {
-        self.now = self.t0 + Duration::from_millis(ms);
-    }
-
-    /// Take actions in: every Start forks (a new pid); return what came out.
-    fn feed(&mut self, actions: Vec<Action>) -> Vec<Action> {
-        let mut out = Vec::new();
-        for a in actions {
-            if let Action::Start { worker, .. } = &a {
-                self.next_pid += 1;
-                let more = self.p.started(*worker, self.next_pid);
-                out.push(a);
-                out.extend(more);
-            } else {
-                out.push(a);
-            }
-        }
-        self.log.extend(out.clone());
-        out
-    }
-
-    fn step(&mut self) -> Vec<Action> {
-        let a = self.p.step(self.now);
-        self.feed(a)
-    }
-
-    /// Workers of generation `gen` in `phase`.
-    fn of(&self, gen: u64, phase: Phase) -> Vec<WorkerId> {
-        let ws = self.p.workers.iter();
-        ws.filter(|w| w.generation == gen && w.phase == phase)
-            .map(|w| w.id)
-            .collect()
-    }
-
-    /// These workers say they are ready; then a step.
-    fn ready(&mut self, ids: &[WorkerId]) -> Vec<Action> {
-        let mut a = self.p.tick(self.now, ids);
-        a.extend(self.p.step(self.now));
-        self.feed(a)
+    /// Generation 1 whole and serving.
+    fn serving(mode: Mode) -> Sim {
+        let mut s = Sim::new(mode);
+        s.at(100);
+        s.all_ready(1);
+        assert_eq!(s.p.serving.as_ref().map(|g| g.id), Some(1));
+        s
     }
 
     /// Every starting worker of `gen` says it is ready, one at a time; the
@@ -115,31 +59,9 @@ impl Sim {
         }
     }
 
-    fn end(&mut self, id: WorkerId, how: Ended) -> Vec<Action> {
-        let mut a = self.p.ended(id, how, self.now);
-        a.extend(self.p.step(self.now));
-        self.feed(a)
-    }
-
-    fn tick(&mut self) -> Vec<Action> {
-        let mut a = self.p.tick(self.now, &[]);
-        a.extend(self.p.step(self.now));
-        self.feed(a)
-    }
-
     fn hup(&mut self, to: &str) -> Vec<Action> {
-        let mut a = self.p.hup(self.now, || Ok(release(to)));
-        a.extend(self.p.step(self.now));
-        self.feed(a)
-    }
-
-    /// Generation 1 whole and serving.
-    fn serving(mode: Mode) -> Sim {
-        let mut s = Sim::new(mode);
-        s.at(100);
-        s.all_ready(1);
-        assert_eq!(s.p.serving.as_ref().map(|g| g.id), Some(1));
-        s
+        let a = self.p.hup(self.now, || Ok(release(to)));
+        self.with_step(a)
     }
 }
 
@@ -152,15 +74,6 @@ fn starts(a: &[Action]) -> Vec<(usize, u64, bool)> {
                 hold,
                 ..
             } => Some((*slot, generation.id, *hold)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn retired(a: &[Action]) -> Vec<WorkerId> {
-    a.iter()
-        .filter_map(|a| match a {
-            Action::Retire { worker, .. } => Some(*worker),
             _ => None,
         })
         .collect()

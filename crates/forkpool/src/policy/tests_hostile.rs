@@ -2,67 +2,26 @@
 //! worker that cannot be started during a reload, a reload that cannot end.
 //! A fake clock, as in tests.rs.
 
+use super::sim::Sim;
 use super::*;
 
 fn settings(mode: Mode) -> Settings {
-    Settings {
-        life: Default::default(),
-        mode,
-        stop_signal: Signal::SIGTERM,
-        drain: Duration::from_secs(10),
-        ready: readiness::Options {
-            fd: Some(3),
-            deadline: Some(Duration::from_secs(30)),
-            ..Default::default()
-        },
-        backoff_max: Duration::from_secs(1),
-    }
+    super::sim::settings(mode, Default::default())
 }
 
-struct Sim {
-    p: Policy,
-    t0: Instant,
-    now: Instant,
-    pid: i32,
+/// How these tests set up and drive a host.
+trait Hostile {
+    fn new(mode: Mode, n: usize) -> Self;
+    fn ready_all(&mut self) -> Vec<Action>;
+    fn starts(actions: &[Action]) -> usize;
+    fn warnings(actions: &[Action]) -> Vec<String>;
+    fn of_gen(&self, gen: u64) -> Vec<WorkerId>;
 }
 
-impl Sim {
+impl Hostile for Sim {
     fn new(mode: Mode, n: usize) -> Sim {
         let (p, _) = Policy::new(settings(mode), None, n);
-        let t0 = Instant::now();
-        let mut s = Sim {
-            p,
-            t0,
-            now: t0,
-            pid: 100,
-        };
-        s.step();
-        s
-    }
-
-    fn at(&mut self, ms: u64) {
-        self.now = self.t0 + Duration::from_millis(ms);
-    }
-
-    /// Every Start forks (a new pid); the actions, as they came.
-    fn feed(&mut self, actions: Vec<Action>) -> Vec<Action> {
-        let mut out = Vec::new();
-        for a in actions {
-            if let Action::Start { worker, .. } = &a {
-                self.pid += 1;
-                let more = self.p.started(*worker, self.pid);
-                out.push(a);
-                out.extend(self.feed(more));
-            } else {
-                out.push(a);
-            }
-        }
-        out
-    }
-
-    fn step(&mut self) -> Vec<Action> {
-        let a = self.p.step(self.now);
-        self.feed(a)
+        Sim::start(p, Vec::new())
     }
 
     fn ready_all(&mut self) -> Vec<Action> {

@@ -3,43 +3,24 @@
 //! watchdog, memory over several samples, the worker's own word, and a
 //! cutover that counts a worker that stopped accepting as gone.
 
+use super::sim::{settings, Sim, N};
 use super::*;
 
-const N: usize = 3;
-
-struct Sim {
-    p: Policy,
-    t0: Instant,
-    now: Instant,
-    next_pid: i32,
+/// How these tests set up and drive a host: every input is followed by the
+/// lifecycle's tick and a step.
+trait Life {
+    fn new(mode: Mode, life: Lifecycle) -> Self;
+    fn ready(&mut self, ids: &[WorkerId]) -> Vec<Action>;
+    fn tick(&mut self) -> Vec<Action>;
+    fn end(&mut self, id: WorkerId) -> Vec<Action>;
+    fn stopping(&self) -> Vec<WorkerId>;
+    fn slot_of(&self, id: WorkerId) -> usize;
 }
 
-fn settings(mode: Mode, life: Lifecycle) -> Settings {
-    Settings {
-        mode,
-        stop_signal: Signal::SIGTERM,
-        drain: Duration::from_secs(10),
-        ready: readiness::Options {
-            fd: Some(3),
-            deadline: Some(Duration::from_secs(30)),
-            ..Default::default()
-        },
-        backoff_max: Duration::from_secs(1),
-        life,
-    }
-}
-
-impl Sim {
+impl Life for Sim {
     fn new(mode: Mode, life: Lifecycle) -> Sim {
         let (p, _) = Policy::new(settings(mode, life), None, N);
-        let t0 = Instant::now();
-        let mut s = Sim {
-            p,
-            t0,
-            now: t0,
-            next_pid: 100,
-        };
-        s.step();
+        let mut s = Sim::start(p, Vec::new());
         s.at(100);
         let ids = s.of(1, Phase::Starting);
         s.ready(&ids);
@@ -47,43 +28,10 @@ impl Sim {
         s
     }
 
-    fn at(&mut self, ms: u64) {
-        self.now = self.t0 + Duration::from_millis(ms);
-    }
-
-    /// Carry out Starts (a pid each); check the invariants after each input.
-    fn feed(&mut self, actions: Vec<Action>) -> Vec<Action> {
-        let mut out = Vec::new();
-        for a in actions {
-            if let Action::Start { worker, .. } = &a {
-                self.next_pid += 1;
-                let more = self.p.started(*worker, self.next_pid);
-                out.push(a);
-                out.extend(more);
-            } else {
-                out.push(a);
-            }
-        }
-        out
-    }
-
-    fn step(&mut self) -> Vec<Action> {
-        let a = self.p.step(self.now);
-        self.feed(a)
-    }
-
-    fn of(&self, gen: u64, phase: Phase) -> Vec<WorkerId> {
-        let ws = self.p.workers.iter();
-        ws.filter(|w| w.generation == gen && w.phase == phase)
-            .map(|w| w.id)
-            .collect()
-    }
-
     fn ready(&mut self, ids: &[WorkerId]) -> Vec<Action> {
         let mut a = self.p.tick(self.now, ids);
         a.extend(self.p.life_tick(self.now));
-        a.extend(self.p.step(self.now));
-        self.feed(a)
+        self.with_step(a)
     }
 
     fn tick(&mut self) -> Vec<Action> {
@@ -91,9 +39,8 @@ impl Sim {
     }
 
     fn end(&mut self, id: WorkerId) -> Vec<Action> {
-        let mut a = self.p.ended(id, Ended::Exited(0), self.now);
-        a.extend(self.p.step(self.now));
-        self.feed(a)
+        let a = self.p.ended(id, Ended::Exited(0), self.now);
+        self.with_step(a)
     }
 
     fn stopping(&self) -> Vec<WorkerId> {

@@ -2,113 +2,49 @@
 //! and a fake wall clock (`WALL` at the start), pids handed out here.
 
 use super::prepare::Stage;
+use super::sim::*;
 use super::*;
 
-const N: usize = 3;
 const WALL: f64 = 1_764_245_000.0;
 
-struct Sim {
-    p: Policy,
-    t0: Instant,
-    now: Instant,
-    next_pid: i32,
+/// How these tests set up and drive a host with `-C`.
+trait TwoPhase {
+    fn serving() -> Self;
+    fn wall(&self) -> f64;
+    fn all_ready(&mut self, gen: u64) -> Vec<Action>;
+    fn prepare(&mut self, to: &str) -> Vec<Action>;
+    fn commit(&mut self, at_ms: Option<u64>) -> Vec<Action>;
+    fn abort(&mut self) -> Vec<Action>;
+    fn stopped_ones_exit(&mut self) -> Vec<Action>;
+    fn stage(&self) -> Stage;
 }
 
-fn settings() -> Settings {
-    Settings {
-        life: Default::default(),
-        mode: Mode::Cutover,
-        stop_signal: Signal::SIGTERM,
-        drain: Duration::from_secs(10),
-        ready: readiness::Options {
-            fd: Some(3),
-            deadline: Some(Duration::from_secs(30)),
-            ..Default::default()
-        },
-        backoff_max: Duration::from_secs(1),
-    }
-}
-
-fn release(name: &str) -> Option<PathBuf> {
-    Some(PathBuf::from(format!("/srv/releases/{name}")))
-}
-
-impl Sim {
+impl TwoPhase for Sim {
     /// Generation 1 whole and serving, with `-C` and a 60 s prepare deadline.
     fn serving() -> Sim {
-        let (mut p, _) = Policy::new(settings(), release("r1"), N);
+        let (mut p, _) = Policy::new(
+            settings(Mode::Cutover, Default::default()),
+            release("r1"),
+            N,
+        );
         p.two_phase.control = Some(PathBuf::from("/run/app/control"));
-        let t0 = Instant::now();
-        let mut s = Sim {
-            p,
-            t0,
-            now: t0,
-            next_pid: 100,
-        };
-        s.step();
+        let mut s = Sim::start(p, Vec::new());
         s.at(100);
         s.all_ready(1);
         assert_eq!(s.p.serving.as_ref().map(|g| g.id), Some(1));
         s
     }
 
-    fn at(&mut self, ms: u64) {
-        self.now = self.t0 + Duration::from_millis(ms);
-    }
-
     fn wall(&self) -> f64 {
         WALL + (self.now - self.t0).as_secs_f64()
-    }
-
-    fn feed(&mut self, actions: Vec<Action>) -> Vec<Action> {
-        let mut out = Vec::new();
-        for a in actions {
-            if let Action::Start { worker, .. } = &a {
-                self.next_pid += 1;
-                let more = self.p.started(*worker, self.next_pid);
-                out.push(a);
-                out.extend(more);
-            } else {
-                out.push(a);
-            }
-        }
-        out
-    }
-
-    fn step(&mut self) -> Vec<Action> {
-        let a = self.p.step(self.now);
-        self.feed(a)
-    }
-
-    fn with_step(&mut self, mut a: Vec<Action>) -> Vec<Action> {
-        a.extend(self.p.step(self.now));
-        self.feed(a)
-    }
-
-    fn of(&self, gen: u64, phase: Phase) -> Vec<WorkerId> {
-        let ws = self.p.workers.iter();
-        ws.filter(|w| w.generation == gen && w.phase == phase)
-            .map(|w| w.id)
-            .collect()
     }
 
     fn all_ready(&mut self, gen: u64) -> Vec<Action> {
         let mut out = Vec::new();
         for id in self.of(gen, Phase::Starting) {
-            let a = self.p.tick(self.now, &[id]);
-            out.extend(self.with_step(a));
+            out.extend(self.ready(&[id]));
         }
         out
-    }
-
-    fn tick(&mut self) -> Vec<Action> {
-        let a = self.p.tick(self.now, &[]);
-        self.with_step(a)
-    }
-
-    fn end(&mut self, id: WorkerId, how: Ended) -> Vec<Action> {
-        let a = self.p.ended(id, how, self.now);
-        self.with_step(a)
     }
 
     fn prepare(&mut self, to: &str) -> Vec<Action> {
@@ -153,15 +89,6 @@ impl Sim {
     fn stage(&self) -> Stage {
         self.p.two_phase.stage
     }
-}
-
-fn retired(a: &[Action]) -> Vec<WorkerId> {
-    a.iter()
-        .filter_map(|a| match a {
-            Action::Retire { worker, .. } => Some(*worker),
-            _ => None,
-        })
-        .collect()
 }
 
 fn released(a: &[Action]) -> Option<u64> {
