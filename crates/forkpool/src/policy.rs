@@ -853,8 +853,20 @@ impl Policy {
                 self.target.id
             ));
         }
-        self.target = Generation { id, release };
+        self.begin_generation(id, release);
         self.reload = Reload::Running { since: now };
+        self.info(format!(
+            "HUP: generation {id}: starting {} workers{}",
+            self.slots.len(),
+            release_text(&self.target)
+        ));
+        self.take()
+    }
+
+    /// A new target generation (a HUP, a prepare): every slot starts afresh,
+    /// without the back-off of the generation before.
+    pub(crate) fn begin_generation(&mut self, id: u64, release: Option<PathBuf>) {
+        self.target = Generation { id, release };
         self.reason.clear();
         let fresh: Vec<Slot> = self
             .slots
@@ -862,12 +874,6 @@ impl Policy {
             .map(|_| Slot::new(&self.settings))
             .collect();
         self.slots = fresh;
-        self.info(format!(
-            "HUP: generation {id}: starting {} workers{}",
-            self.slots.len(),
-            release_text(&self.target)
-        ));
-        self.take()
     }
 
     /// TTIN: one slot more.

@@ -179,14 +179,7 @@ impl Policy {
         t.stage = Stage::Preparing;
         t.expires = Some(now + t.timeout);
         t.reload_before = self.reload.clone();
-        self.target = Generation { id, release };
-        self.reason.clear();
-        let fresh: Vec<Slot> = self
-            .slots
-            .iter()
-            .map(|_| Slot::new(&self.settings))
-            .collect();
-        self.slots = fresh;
+        self.begin_generation(id, release);
         self.info(format!(
             "prepare: generation {id}: starting {} workers{}, held until a commit",
             self.slots.len(),
