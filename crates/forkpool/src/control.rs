@@ -1,92 +1,18 @@
-//! The control FIFO (`-C`): two-phase deploys for fleets. forkpool creates the
-//! FIFO (0600), opens it read-write and non-blocking (so the open never
-//! blocks and the FIFO never reads end of file, whoever comes and goes), and
-//! reads one command per line:
-//!
-//! - `prepare`: resolve the pin, start a new generation, hold it ready;
-//! - `commit [UNIX_TIME]`: switch to the prepared generation as a cutover
-//!   does, now or at that wall-clock instant;
-//! - `abort`: stop the prepared generation; nothing changes.
-//!
-//! [`parse`] is the pure part (a line in, a [`Command`] out); the policy
-//! (policy/prepare.rs) decides what each command does.
+//! The control FIFO (`-C`), an I/O leaf: forkpool creates the FIFO (0600),
+//! opens it read-write and non-blocking (so the open never blocks and the
+//! FIFO never reads end of file, whoever comes and goes), and hands out one
+//! whole line at a time. What a line means is command.rs; what a command
+//! does, the rule's (policy/prepare.rs).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{fstat, Mode, SFlag};
 
-use crate::pool::{resolve, Pool};
-use crate::TOOL;
-
 /// The longest command line read; a longer one is refused whole.
 const MAX_LINE: usize = 256;
-
-/// One control command.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Command {
-    Prepare,
-    /// `at`: the wall-clock instant (seconds since the epoch) to switch at.
-    Commit {
-        at: Option<f64>,
-    },
-    Abort,
-}
-
-/// One line of the FIFO (without its newline): a command, nothing (a blank
-/// line), or why it is not one.
-pub fn parse(line: &str) -> Result<Option<Command>, String> {
-    let words: Vec<&str> = line.split_ascii_whitespace().collect();
-    match words[..] {
-        [] => Ok(None),
-        ["prepare"] => Ok(Some(Command::Prepare)),
-        ["abort"] => Ok(Some(Command::Abort)),
-        ["commit"] => Ok(Some(Command::Commit { at: None })),
-        ["commit", t] => match unix_time(t) {
-            Some(at) => Ok(Some(Command::Commit { at: Some(at) })),
-            None => Err(format!(
-                "commit wants a time in seconds since the epoch such as 1764245000.250, not {t:?}"
-            )),
-        },
-        [w @ ("prepare" | "abort"), ..] => Err(format!("{w} takes no argument: {line:?}")),
-        ["commit", ..] => Err(format!("commit takes at most one argument: {line:?}")),
-        _ => Err(format!(
-            "unknown control command {:?} (prepare, commit [UNIX_TIME], abort)",
-            words[0]
-        )),
-    }
-}
-
-/// `1764245000` or `1764245000.250`: digits, an optional fraction; below
-/// the year 5138 (1e11 s), so that it is a time and not a typo.
-fn unix_time(t: &str) -> Option<f64> {
-    let (int, frac) = t.split_once('.').unwrap_or((t, "0"));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(int) || !digits(frac) || int.len() > 11 {
-        return None;
-    }
-    t.parse::<f64>().ok().filter(|v| *v < 1e11)
-}
-
-/// The wall clock now, in seconds since the epoch.
-pub fn wall_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-/// The monotonic instant at which the wall clock reads `at`, given that it
-/// reads `wall` at `now` (a time already past: `now`).
-pub fn instant_of(at: f64, now: Instant, wall: f64) -> Instant {
-    if at <= wall {
-        return now;
-    }
-    now + Duration::try_from_secs_f64(at - wall).unwrap_or(Duration::MAX / 4)
-}
 
 /// The FIFO, open for reading, and the part of a line read so far.
 pub struct ControlFifo {
@@ -162,122 +88,10 @@ impl ControlFifo {
     }
 }
 
-impl Pool {
-    /// `-C`: create and open the FIFO (or die, 111); the policy learns its
-    /// name and the prepare deadline.
-    pub fn open_control(&mut self) {
-        let Some(path) = self.cfg.control.clone() else {
-            return;
-        };
-        let fifo = ControlFifo::open(&path).unwrap_or_else(|why| {
-            TOOL.fatal(
-                unixtool::EXIT_TEMPORARY,
-                format_args!("unable to open control FIFO {}: {why}", path.display()),
-            )
-        });
-        self.policy.two_phase.control = Some(path);
-        self.policy.two_phase.timeout = self.cfg.prepare_timeout;
-        self.control = Some(fifo);
-    }
-
-    /// `-C`: the FIFO's descriptor, to poll.
-    pub fn control_fd(&self) -> Option<RawFd> {
-        self.control.as_ref().map(|c| c.fd())
-    }
-
-    /// Read and carry out the commands written to the FIFO, in order.
-    pub fn read_control(&mut self, now: Instant) {
-        let Some(c) = self.control.as_mut() else {
-            return;
-        };
-        for line in c.lines() {
-            let wall = wall_now();
-            let actions = match line.and_then(|l| parse(&l)) {
-                Ok(None) => continue,
-                Err(why) => self.policy.bad_command(why),
-                Ok(Some(Command::Prepare)) => {
-                    let pin = self.cfg.pin.clone();
-                    self.policy.prepare(now, wall, || match pin {
-                        None => Ok(None),
-                        Some(p) => resolve(&p)
-                            .map(Some)
-                            .map_err(|e| format!("unable to resolve {}: {e}", p.display())),
-                    })
-                }
-                Ok(Some(Command::Commit { at })) => {
-                    let at = at.map(|t| (instant_of(t, now, wall), t));
-                    self.policy.commit(now, wall, at)
-                }
-                Ok(Some(Command::Abort)) => self.policy.abort(now, wall),
-            };
-            self.apply(actions, now);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::PathBuf;
-
-    #[test]
-    fn the_three_commands_parse() {
-        assert_eq!(parse("prepare"), Ok(Some(Command::Prepare)));
-        assert_eq!(parse("  abort \r"), Ok(Some(Command::Abort)));
-        assert_eq!(parse("commit"), Ok(Some(Command::Commit { at: None })));
-        assert_eq!(
-            parse("commit 1764245000.250"),
-            Ok(Some(Command::Commit {
-                at: Some(1764245000.25)
-            }))
-        );
-        assert_eq!(
-            parse("commit 1764245000"),
-            Ok(Some(Command::Commit {
-                at: Some(1764245000.0)
-            }))
-        );
-        assert_eq!(parse(""), Ok(None));
-        assert_eq!(parse("   "), Ok(None));
-    }
-
-    #[test]
-    fn anything_else_is_refused_with_a_reason() {
-        for bad in [
-            "commit -1",
-            "commit 1e9",
-            "commit 12.",
-            "commit .5",
-            "commit 0x10",
-            "commit nan",
-            "commit 99999999999999",
-            "commit 1 2",
-            "prepare now",
-            "abort 1",
-            "reload",
-            "PREPARE",
-        ] {
-            assert!(parse(bad).is_err(), "{bad:?} was taken");
-        }
-        assert!(parse("frobnicate")
-            .unwrap_err()
-            .contains("unknown control command"));
-        assert!(parse("commit soon")
-            .unwrap_err()
-            .contains("seconds since the epoch"));
-    }
-
-    #[test]
-    fn a_wall_clock_instant_becomes_a_monotonic_one() {
-        let now = Instant::now();
-        let wall = 1_764_245_000.0;
-        assert_eq!(
-            instant_of(wall + 1.5, now, wall),
-            now + Duration::from_millis(1500)
-        );
-        assert_eq!(instant_of(wall - 3.0, now, wall), now);
-        assert_eq!(instant_of(wall, now, wall), now);
-    }
 
     fn tempdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("forkpool-control-{tag}-{}", std::process::id()));

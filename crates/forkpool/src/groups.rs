@@ -23,7 +23,7 @@ use nix::unistd::{fork, getpid, getppid, ForkResult, Pid};
 use unixtool::child::signal_group;
 use unixtool::signals;
 
-use crate::TOOL;
+use crate::tool::TOOL;
 
 /// forkpool's side of the guard.
 pub struct Guard {

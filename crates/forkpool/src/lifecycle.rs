@@ -1,24 +1,12 @@
-//! A worker's life after it is ready (issue 14): recycling by age (each
-//! worker its own randomized age), by memory (Pss over the limit several
-//! samples in a row) or at its own word; the watchdog (a ready worker that
-//! stops pinging gets ABRT, KILL after the drain deadline, and a replacement
-//! at once); the surge bound (live workers <= N + k while recycling or in a
-//! rolling reload).
-//!
-//! Recycling never kills first: a worker due for recycling is only *marked*;
-//! the policy's step 1 then starts a replacement in its slot (when the surge
-//! bound allows), and step 2b retires the marked worker once the replacement
-//! is ready ([`Policy::retire_recycled`]). So ready workers never drop below N.
-//!
-//! Pure rules with a fake clock and a seeded random number: the unit tests
-//! are in policy/tests_lifecycle.rs and below.
+//! A worker's life after it is ready (issue 14), its data and pure
+//! functions: the options (`--surge`, `--max-age`, `--jitter`, `--max-rss`,
+//! `--rss-samples`, `--watchdog`), the recycle reasons and their counts, a
+//! worker's and the pool's lifecycle state, the seeded random age draws, the
+//! memory and surge arithmetic. Plain data at the bottom of forkpool's
+//! layers: the rule's lifecycle steps (marking, recycling, the watchdog) are
+//! policy/lifecycle.rs; their unit tests policy/tests_lifecycle.rs and below.
 
 use std::time::{Duration, Instant};
-
-use nix::sys::signal::Signal;
-use unixtool::supervise::earliest;
-
-use crate::policy::{Action, Mode, Phase, Policy, Reload, Stop, Why, Worker, WorkerId};
 
 /// The lifecycle options (`--surge`, `--max-age`, `--jitter`, `--max-rss`,
 /// `--rss-samples`, `--watchdog`).
@@ -162,7 +150,7 @@ impl PoolLife {
         }
     }
 
-    fn count(&mut self, slot: usize, r: Recycle) {
+    pub fn count(&mut self, slot: usize, r: Recycle) {
         self.totals.add(r);
         if self.slots.len() <= slot {
             self.slots.resize(slot + 1, Counts::default());
@@ -215,213 +203,6 @@ pub fn over_in_a_row(over: u32, pss_kib: u64, limit_kib: u64) -> u32 {
 /// ones included) stays at most `n + k`.
 pub fn surge_allows(workers: usize, n: usize, surge: Option<usize>) -> bool {
     surge.is_none_or(|k| workers < n + k)
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-impl Policy {
-    /// May step 1 start a worker in `slot` now? Filling a slot that has no
-    /// live worker always may (capacity first). A second worker in a slot (a
-    /// recycle's replacement; a rolling reload's new worker) only within the
-    /// surge bound. All-at-once and cutover reloads need their whole
-    /// generation before the old one goes: the bound does not hold them.
-    pub(crate) fn may_start(&self, slot: usize) -> bool {
-        let Some(k) = self.settings.life.surge else {
-            return true;
-        };
-        let mut here = self.workers.iter().filter(|w| w.slot == slot && w.live());
-        let Some(first) = here.next() else {
-            return true;
-        };
-        let recycle =
-            first.generation == self.target.id && here.all(|w| w.generation == self.target.id);
-        if !recycle && self.settings.mode != Mode::Rolling {
-            return true;
-        }
-        surge_allows(self.workers.len(), self.slots.len(), Some(k))
-    }
-
-    /// Step 2b: a marked worker goes once a ready worker of the target
-    /// generation stands in its slot.
-    pub(crate) fn retire_recycled(&mut self, now: Instant) {
-        let due: Vec<(WorkerId, Recycle)> = self
-            .workers
-            .iter()
-            .filter(|w| w.live() && w.phase == Phase::Ready)
-            .filter_map(|w| w.life.recycle.map(|r| (w, r)))
-            .filter(|(w, _)| {
-                self.workers.iter().any(|u| {
-                    u.id != w.id
-                        && u.slot == w.slot
-                        && u.generation == self.target.id
-                        && u.phase == Phase::Ready
-                        && !u.held
-                        && u.life.recycle.is_none()
-                })
-            })
-            .map(|(w, r)| (w.id, r))
-            .collect();
-        for (id, r) in due {
-            self.retire(id, now, Why::Recycled(r));
-        }
-    }
-
-    /// Whether `w` may be marked for recycling: ready, serving, of the
-    /// target generation, not marked already, the pool not stopping.
-    fn recyclable(&self, w: &Worker) -> bool {
-        self.stop == Stop::No
-            && w.phase == Phase::Ready
-            && !w.held
-            && w.life.recycle.is_none()
-            && w.generation == self.target.id
-            && w.slot < self.slots.len()
-    }
-
-    /// Age recycling pauses while a reload runs.
-    fn age_due(&self, w: &Worker) -> Option<Instant> {
-        if matches!(self.reload, Reload::Running { .. }) || !self.recyclable(w) {
-            return None;
-        }
-        w.life.max_age.map(|a| w.started + a)
-    }
-
-    fn mark(&mut self, i: usize, r: Recycle, why: String) {
-        let w = &mut self.workers[i];
-        w.life.recycle = Some(r);
-        let (slot, name) = (w.slot, w.name());
-        self.life.count(slot, r);
-        self.info(format!(
-            "{name} to be recycled ({why}): its replacement starts first"
-        ));
-    }
-
-    /// The time passed: draw each new worker's age, recycle the old ones,
-    /// fire the watchdog.
-    pub fn life_tick(&mut self, now: Instant) -> Vec<Action> {
-        let life = self.settings.life.clone();
-        for i in 0..self.workers.len() {
-            if let (Some(max), None) = (life.max_age, self.workers[i].life.max_age) {
-                let r = next_random(&mut self.life.rng);
-                self.workers[i].life.max_age = Some(jittered_age(max, life.jitter_pct, r));
-            }
-            if self.age_due(&self.workers[i]).is_some_and(|t| now >= t) {
-                let age = now - self.workers[i].started;
-                self.mark(i, Recycle::Age, format!("age {}", secs3(age)));
-            }
-            let Some(interval) = life.watchdog else {
-                continue;
-            };
-            let w = &mut self.workers[i];
-            if w.phase != Phase::Ready || w.held {
-                w.life.ping_due = None;
-                continue;
-            }
-            let due = *w.life.ping_due.get_or_insert(now + interval);
-            if now >= due {
-                w.life.ping_due = None;
-                let (id, slot, name) = (w.id, w.slot, w.name());
-                self.life.count(slot, Recycle::Watchdog);
-                self.warn(format!(
-                    "{name} missed its watchdog ping ({}ms): sent ABRT; replacing it",
-                    interval.as_millis()
-                ));
-                self.retire_with(id, now, Why::Watchdog, Signal::SIGABRT);
-            }
-        }
-        self.converge(now);
-        self.take()
-    }
-
-    /// The next lifecycle moment: an age limit, a watchdog deadline.
-    pub fn life_deadline(&self) -> Option<Instant> {
-        earliest(self.workers.iter().flat_map(|w| {
-            let ping = (w.phase == Phase::Ready && !w.held)
-                .then_some(w.life.ping_due)
-                .flatten();
-            [self.age_due(w), ping]
-        }))
-    }
-
-    /// A watchdog ping (an empty line on `-d`, `WATCHDOG=1`).
-    pub fn ping(&mut self, id: WorkerId, now: Instant) -> Vec<Action> {
-        if let (Some(interval), Some(i)) = (self.settings.life.watchdog, self.index(id)) {
-            let w = &mut self.workers[i];
-            if w.phase == Phase::Ready && !w.held {
-                w.life.ping_due = Some(now + interval);
-            }
-        }
-        self.take()
-    }
-
-    /// The worker asked to be recycled (`recycle` on `-d`, `RECYCLE=1`).
-    pub fn asked_recycle(&mut self, id: WorkerId, now: Instant) -> Vec<Action> {
-        if let Some(i) = self.index(id) {
-            if self.recyclable(&self.workers[i]) {
-                self.mark(i, Recycle::Asked, "it asked".to_string());
-                self.converge(now);
-            }
-        }
-        self.take()
-    }
-
-    /// The worker stopped accepting (`stopping` on `-d`, `STOPPING=1`): a
-    /// retired one counts as gone for a cutover's switch.
-    pub fn stopped_accepting(&mut self, id: WorkerId, now: Instant) -> Vec<Action> {
-        if let Some(i) = self.index(id) {
-            let w = &mut self.workers[i];
-            if !w.life.stopped_accepting {
-                w.life.stopped_accepting = true;
-                let name = w.name();
-                self.info(format!("{name} stopped accepting"));
-                self.converge(now);
-            }
-        }
-        self.take()
-    }
-
-    /// Whether `w` no longer holds up a cutover's switch: retired and said
-    /// it stopped accepting.
-    pub(crate) fn gone_for_switch(w: &Worker) -> bool {
-        w.phase == Phase::Stopping && w.life.stopped_accepting
-    }
-
-    /// One memory sample of worker `id`: its Pss in KiB (`--max-rss`).
-    pub fn memory(&mut self, id: WorkerId, pss_kib: u64, now: Instant) -> Vec<Action> {
-        let (Some(limit), Some(i)) = (self.settings.life.max_rss_kib, self.index(id)) else {
-            return self.take();
-        };
-        if !self.recyclable(&self.workers[i]) {
-            return self.take();
-        }
-        let k = self.settings.life.rss_samples;
-        let w = &mut self.workers[i];
-        let before = w.life.over;
-        w.life.over = over_in_a_row(before, pss_kib, limit);
-        let (over, name) = (w.life.over, w.name());
-        if over > 0 {
-            self.info(format!(
-                "{name} Pss {} over the limit {} ({over} of {k} in a row)",
-                mib(pss_kib),
-                mib(limit)
-            ));
-        } else if before > 0 {
-            self.info(format!(
-                "{name} Pss {}: under the limit again",
-                mib(pss_kib)
-            ));
-        }
-        if over >= k {
-            self.mark(i, Recycle::Memory, format!("Pss {}", mib(pss_kib)));
-            self.converge(now);
-        }
-        self.take()
-    }
-}
-
-fn secs3(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
 }
 
 #[cfg(test)]

@@ -8,17 +8,23 @@
 //! events.rs); write the status file (status.rs). The policy (policy.rs)
 //! decides what to start, what to retire; workers.rs runs the processes.
 
+mod command;
 mod control;
-mod events;
+mod generation;
 mod groups;
 mod lifecycle;
+mod messages;
 mod policy;
 mod pool;
 mod rss;
+mod settings;
 mod state;
 mod status;
+mod tool;
+mod two_phase;
 mod upgrade;
 mod upstream;
+mod worker;
 mod workers;
 
 use std::path::PathBuf;
@@ -27,49 +33,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use unixtool::signals::{parse_signal, poll_readable, SignalPipe};
 use unixtool::supervise::{self, SupervisorOptions};
-use unixtool::{Tool, EXIT_TEMPORARY};
+use unixtool::EXIT_TEMPORARY;
 
-use policy::{Mode, Settings};
 use pool::{Config, Pool};
-
-const TOOL: Tool = Tool {
-    name: "forkpool",
-    usage: "forkpool [-v] [-n workers] [-s sig] [-k ms] [-d fd | --notify] [-a ms] [-t ms] [-p symlink] [-S statusfile] [-m rolling|all-at-once|cutover] [-b ms] [--surge k] [--max-age s [--jitter pct]] [--max-rss mib [--rss-samples k]] [--watchdog ms] [-C fifo [--prepare-timeout ms]] prog...",
-    help: "
-  -n, --workers N           keep N workers running (default 4)
-  -s, --stop-signal SIG     the signal that tells a worker to finish and exit
-                            (default TERM; HUP, INT, QUIT, USR1, USR2 or a number)
-  -k, --drain MS            a stopped worker still alive after MS ms gets KILL (default 10000)
-  -d, --notification-fd FD  a worker is ready when it writes a newline to FD (>= 3)
-      --notify              a worker is ready when it sends READY=1 to $NOTIFY_SOCKET
-  -a, --ready-after MS      a worker is ready once alive MS ms (default 1000 when
-                            neither -d nor --notify is given)
-  -t, --ready-timeout MS    a worker must be ready within MS ms (default 30000)
-  -p, --pin SYMLINK         resolve SYMLINK at start and at each HUP; each generation
-                            runs in the directory it resolved to
-  -S, --status FILE         keep FILE up to date with the pool's state (key=value)
-  -m, --mode MODE           rolling (default): retire one old worker per new ready one;
-                            all-at-once: retire the old generation when the new one is ready;
-                            cutover: hold the new generation (SIGSTOP, $FORKPOOL_HOLD_FD)
-                            until it is whole and the old one is gone, then release it
-  -b, --backoff-max MS      let the wait after failures in a row double up to MS ms
-                            (default 1000: one second, as runsv)
-      --surge K             at most N+K workers while recycling or in a rolling reload
-      --max-age S           recycle a worker after about S seconds (replacement first)
-      --jitter PCT          each worker's age is S less a random part of up to PCT% (default 10)
-      --max-rss MIB         recycle a worker whose Pss stays over MIB (sampled every second)
-      --rss-samples K       ... K samples in a row (default 3)
-      --watchdog MS         a ready worker pings every MS ms (empty line on -d, WATCHDOG=1);
-                            one that misses gets ABRT, KILL after -k, and is replaced
-  -C, --control FIFO        (-m cutover) read prepare, commit [UNIX_TIME], abort from FIFO:
-                            a new generation held ready until a commit switches to it
-      --prepare-timeout MS  a prepare neither committed nor aborted in MS ms aborts
-                            (default 60000)
-  -v, --verbose             one info line per transition
-  -h, --help                this text
-  -V, --version             the version
-",
-};
+use settings::{Mode, Settings};
+use tool::TOOL;
 
 /// The options, checked: the pool's configuration, the policy's settings, N.
 fn parse_options() -> (Config, Settings, usize) {
@@ -184,6 +152,10 @@ fn main() {
         None => start(cfg, settings, workers),
     };
 
+    // One turn of the loop, in order (docs/conventions.md, "How forkpool is
+    // built"): the rule's own step, the status, forkpool's supervisor; wait;
+    // then each source of events, each handed to the pool, which hands it
+    // to the rule and carries out the actions.
     loop {
         pool.step(Instant::now());
         // The status file first: a supervisor told READY=1 may read it at once.
@@ -197,7 +169,6 @@ fn main() {
         }
         let mut fds = vec![sigs.raw_fd()];
         fds.extend(pool.poll_fds());
-        fds.extend(pool.control_fd());
         let due = [
             pool.next_deadline(),
             upstream.as_ref().and_then(|u| u.next_ping()),
@@ -205,13 +176,23 @@ fn main() {
         let timeout = supervise::earliest(due).map(|d| d.saturating_duration_since(Instant::now()));
         poll_readable(&fds, timeout);
         let now = Instant::now();
-        pool.check_readiness(now);
+        warn_kernel_hups();
+        pool.hear_workers(now);
+        pool.lifecycle(now);
         for sig in sigs.drain() {
             pool.signal(sig, now);
         }
         pool.read_control(now);
         pool.reap(now);
-        pool.upgrade_if_asked(&sigs, upstream.as_mut());
+        upgrade::if_asked(&mut pool, &sigs, upstream.as_mut());
+    }
+}
+
+/// A SIGHUP the kernel sent (an orphaned process group, a terminal's
+/// hangup) is not a reload: one warning line.
+fn warn_kernel_hups() {
+    if unixtool::signals::take_kernel_hups() > 0 {
+        TOOL.warn("ignored a SIGHUP sent by the kernel (orphaned process group or terminal hangup): not a reload");
     }
 }
 

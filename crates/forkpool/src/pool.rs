@@ -1,19 +1,34 @@
-//! The pool: the policy (policy.rs, the rule) applied to real processes
-//! (workers.rs). Events (events.rs) go in to the policy; its actions come out
-//! here and are carried out in order; the status (status.rs) is written from
-//! the policy's state.
+//! The hub: the only owner of the pool's state and the only `impl Pool`.
+//! It holds the rule (policy/), the worker processes (workers.rs), the
+//! notification socket, the control FIFO (control.rs), the status file
+//! (status.rs) and the upgrade's bookkeeping. Each event method below reads
+//! an I/O leaf, hands what happened to the rule as an event, and carries out
+//! the actions the rule returns, in order ([`Pool::apply`]). The hand-over
+//! of an in-place upgrade leaves and enters here as one
+//! [`Snapshot`] ([`Pool::snapshot`], [`Pool::adopt`]).
 
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use unixtool::readiness::{self, NotifySocket};
+use unixtool::child::{self, Ended};
+use unixtool::readiness::{self, NotifySocket, ReadinessPipe};
+use unixtool::reexec::{self, Upgrade};
+use unixtool::supervise::{notice_owner, Child};
 
-use crate::policy::{Action, Policy, Settings};
-use crate::status::{StatusFile, Summary};
-use crate::workers::{Launch, Processes};
-use crate::TOOL;
+use crate::command::{instant_of, parse, wall_now, Command};
+use crate::control::ControlFifo;
+use crate::generation::{Reload, Stop};
+use crate::messages::Said;
+use crate::policy::{Action, Policy};
+use crate::settings::{Mode, Settings};
+use crate::state::{HandedProcess, Snapshot};
+use crate::status::{StatusFile, Summary, UpgradeLines};
+use crate::tool::TOOL;
+use crate::worker::{WorkerId, WorkerPhase};
+use crate::workers::{Launch, Process, Processes};
 
 pub struct Config {
     pub prog: Vec<OsString>,
@@ -24,21 +39,21 @@ pub struct Config {
     pub verbose: bool,
     /// `-C`: the control FIFO; `--prepare-timeout`.
     pub control: Option<PathBuf>,
-    pub prepare_timeout: std::time::Duration,
+    pub prepare_timeout: Duration,
 }
 
 pub struct Pool {
-    pub(crate) cfg: Config,
-    pub(crate) notify: Option<NotifySocket>,
-    pub(crate) policy: Policy,
-    pub(crate) procs: Processes,
+    cfg: Config,
+    notify: Option<NotifySocket>,
+    policy: Policy,
+    procs: Processes,
     status: Option<StatusFile>,
     /// USR2, the in-place upgrade (upgrade.rs).
-    pub(crate) upgrade: crate::upgrade::Upgrade,
+    upgrade: Upgrade,
     /// `--max-rss`: the next memory sample (rss.rs).
-    pub(crate) next_sample: Option<Instant>,
+    next_sample: Option<Instant>,
     /// `-C`: the control FIFO, open (control.rs).
-    pub(crate) control: Option<crate::control::ControlFifo>,
+    control: Option<ControlFifo>,
 }
 
 /// Resolve the pinned symlink to the directory it names now.
@@ -50,6 +65,18 @@ pub fn resolve(pin: &Path) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// The pin resolved for a new generation (HUP, prepare): None without `-p`.
+fn resolve_pin(pin: &Option<PathBuf>) -> Result<Option<PathBuf>, String> {
+    match pin {
+        None => Ok(None),
+        Some(p) => resolve(p)
+            .map(Some)
+            .map_err(|e| format!("unable to resolve {}: {e}", p.display())),
+    }
+}
+
+// ---- building a pool: a fresh start, an upgrade's adoption -----------------
+
 impl Pool {
     pub fn new(
         cfg: Config,
@@ -59,28 +86,17 @@ impl Pool {
         n: usize,
     ) -> Pool {
         let (policy, actions) = Policy::new(settings, release, n);
-        let status = cfg.status.clone().map(StatusFile::new);
-        let mut pool = Pool {
-            cfg,
-            notify,
-            policy,
-            procs: Processes::default(),
-            status,
-            upgrade: crate::upgrade::fresh(),
-            next_sample: None,
-            control: None,
-        };
+        let mut pool = Pool::of_parts(cfg, policy, notify, Processes::default(), fresh_upgrade());
         pool.apply(actions, Instant::now());
         pool
     }
 
-    /// The pool as an in-place upgrade hands it over (upgrade.rs).
-    pub(crate) fn from_parts(
+    fn of_parts(
         cfg: Config,
         policy: Policy,
         notify: Option<NotifySocket>,
         procs: Processes,
-        upgrade: crate::upgrade::Upgrade,
+        upgrade: Upgrade,
     ) -> Pool {
         let status = cfg.status.clone().map(StatusFile::new);
         Pool {
@@ -95,8 +111,87 @@ impl Pool {
         }
     }
 
+    /// The whole pool as an in-place upgrade hands it over, with `exe`, the
+    /// program the next image runs. Err: something cannot be handed over.
+    pub fn snapshot(&self, exe: &Path) -> Result<Snapshot, String> {
+        let mut procs = Vec::new();
+        for w in &self.policy.workers {
+            let Some(p) = self.procs.get(w.id) else {
+                if w.pid != 0 {
+                    return Err(format!("worker {} has no process", w.pid));
+                }
+                continue;
+            };
+            procs.push(HandedProcess {
+                id: p.id,
+                pipe: p.child.pipe_fd(),
+                hold: p.hold.as_ref().map(|h| h.as_raw_fd()),
+            });
+        }
+        Ok(Snapshot {
+            policy: self.policy.clone(),
+            procs,
+            notify: self.notify.as_ref().map(|n| (n.fd(), n.name().to_string())),
+            guard: self.procs.guard_fd(),
+            upgrades: self.upgrade.count,
+            upgrade_failures: self.upgrade.failures,
+            exe: exe.to_path_buf(),
+        })
+    }
+
+    /// The new image's pool from the old one's [`Snapshot`]: the workers
+    /// (still its children) and every descriptor adopted. Err: a descriptor
+    /// that cannot be adopted.
+    pub fn adopt(cfg: Config, snapshot: Snapshot) -> Result<Pool, String> {
+        let Snapshot {
+            policy,
+            procs: handed,
+            notify,
+            guard,
+            upgrades,
+            upgrade_failures,
+            exe,
+        } = snapshot;
+        let notify = match notify {
+            Some((fd, name)) => Some(NotifySocket::adopt(reexec::adopt_fd(fd)?, name)),
+            None => None,
+        };
+        let mut procs = Processes::default();
+        for p in handed {
+            let HandedProcess { id, pipe, hold } = p;
+            let Some(w) = policy.worker(id) else {
+                return Err(format!("no worker {} in the state", id.0));
+            };
+            let (pid, started) = (w.pid, w.started);
+            // A ready worker's pipe carries messages now, not readiness.
+            let seen = w.phase != WorkerPhase::Starting;
+            let pipe = match pipe {
+                Some(fd) => Some(ReadinessPipe::adopt(reexec::adopt_fd(fd)?, seen)),
+                None => None,
+            };
+            let hold = hold.map(reexec::adopt_fd).transpose()?;
+            let child = Child::adopt(nix::unistd::Pid::from_raw(pid), started, pipe);
+            procs.list.push(Process { id, child, hold });
+        }
+        if let Some(fd) = guard {
+            procs.adopt_guard(reexec::adopt_fd(fd)?);
+        }
+        let mut up = fresh_upgrade();
+        up.adopted(upgrades, upgrade_failures, exe);
+        Ok(Pool::of_parts(cfg, policy, notify, procs, up))
+    }
+}
+
+/// A fresh start's upgrade bookkeeping.
+pub fn fresh_upgrade() -> Upgrade {
+    Upgrade::new(TOOL.name)
+}
+
+// ---- the one place actions are carried out --------------------------------
+
+impl Pool {
     /// Carry out the policy's actions, in order.
-    pub(crate) fn apply(&mut self, actions: Vec<Action>, now: Instant) {
+    fn apply(&mut self, actions: Vec<Action>, now: Instant) {
         for action in actions {
             match action {
                 Action::Start {
@@ -109,7 +204,7 @@ impl Pool {
                         prog: &self.cfg.prog,
                         ready: &self.cfg.ready,
                         notify: self.notify.as_ref(),
-                        cutover: self.policy.settings.mode == crate::policy::Mode::Cutover,
+                        cutover: self.policy.settings.mode == Mode::Cutover,
                         watchdog: self.policy.settings.life.watchdog,
                     };
                     // A reload given up by an earlier action: start nothing of it.
@@ -153,11 +248,28 @@ impl Pool {
             }
         }
     }
+}
 
-    /// Converge: start what is missing, retire what is outgoing.
+// ---- the main loop's turn, in order (main.rs) ------------------------------
+
+impl Pool {
+    /// The rule's own turn: start what is missing, retire what is outgoing.
     pub fn step(&mut self, now: Instant) {
         let actions = self.policy.step(now);
         self.apply(actions, now);
+    }
+
+    /// Replace the status file when the state changed.
+    pub fn write_status(&mut self) {
+        if let Some(f) = self.status.as_mut() {
+            f.upgrade = UpgradeLines::of(&self.upgrade);
+            f.write(&self.policy);
+        }
+    }
+
+    /// What forkpool's own supervisor is told (upstream.rs).
+    pub fn summary(&self) -> Summary {
+        Summary::of(&self.policy)
     }
 
     /// Whether a stop is complete: every worker is gone.
@@ -165,27 +277,226 @@ impl Pool {
         self.policy.finished()
     }
 
-    pub fn summary(&self) -> Summary {
-        Summary::of(&self.policy)
-    }
-
-    /// Replace the status file when the state changed.
-    pub fn write_status(&mut self) {
-        if let Some(f) = self.status.as_mut() {
-            f.upgrade = crate::status::UpgradeLines::of(&self.upgrade);
-            f.write(&self.policy);
-        }
-    }
-
-    /// Descriptors to poll: the notification socket, the pipes of workers not ready yet.
-    pub fn poll_fds(&self) -> Vec<i32> {
-        let mut fds: Vec<i32> = self.notify.iter().map(|n| n.fd()).collect();
+    /// Descriptors to poll: the notification socket, the workers' pipes,
+    /// the control FIFO.
+    pub fn poll_fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self.notify.iter().map(|n| n.fd()).collect();
         fds.extend(self.procs.list.iter().filter_map(|p| p.child.pipe_fd()));
+        fds.extend(self.control.as_ref().map(|c| c.fd()));
         fds
     }
 
     /// The next moment something is due.
     pub fn next_deadline(&self) -> Option<Instant> {
         unixtool::supervise::earliest([self.policy.next_deadline(), self.next_sample])
+    }
+
+    /// What the workers said (readiness pipes and `NOTIFY_SOCKET`): their
+    /// readiness with the time (readiness and KILL deadlines), then what each
+    /// says after READY: a ping, `recycle`, `stopping` on the pipe;
+    /// `WATCHDOG=1`, `RECYCLE=1`, `STOPPING=1` as datagrams.
+    pub fn hear_workers(&mut self, now: Instant) {
+        let mut ready: Vec<WorkerId> = Vec::new();
+        let mut said: Vec<(WorkerId, Said)> = Vec::new();
+        if let Some(n) = &self.notify {
+            let pids: Vec<_> = self.procs.list.iter().map(|p| p.child.pid).collect();
+            for notice in n.drain() {
+                let Some(owner) = notice_owner(notice.pid, &pids) else {
+                    continue;
+                };
+                let Some(p) = self.procs.by_pid(owner) else {
+                    continue;
+                };
+                if notice.ready() {
+                    ready.push(p.id);
+                }
+                said.extend(
+                    notice
+                        .lines
+                        .iter()
+                        .filter_map(|l| Said::datagram(l))
+                        .map(|s| (p.id, s)),
+                );
+                if let (Some(st), true) = (notice.status(), self.cfg.verbose) {
+                    if let Some(w) = self.policy.worker(p.id) {
+                        TOOL.info(format_args!("{} status: {st}", w.name()));
+                    }
+                }
+            }
+        }
+        for p in &mut self.procs.list {
+            let m = p.child.messages();
+            if m.ready {
+                ready.push(p.id);
+            }
+            said.extend(
+                m.lines
+                    .iter()
+                    .filter_map(|l| Said::line(l))
+                    .map(|s| (p.id, s)),
+            );
+        }
+        let actions = self.policy.tick(now, &ready);
+        self.apply(actions, now);
+        for (id, what) in said {
+            let actions = match what {
+                Said::Ping => self.policy.ping(id, now),
+                Said::Recycle => self.policy.asked_recycle(id, now),
+                Said::Stopping => self.policy.stopped_accepting(id, now),
+            };
+            self.apply(actions, now);
+        }
+    }
+
+    /// The lifecycle's turn: ages and watchdog deadlines, then (`--max-rss`,
+    /// once a second) every worker's Pss.
+    pub fn lifecycle(&mut self, now: Instant) {
+        let actions = self.policy.life_tick(now);
+        self.apply(actions, now);
+        if self.policy.settings.life.max_rss_kib.is_none() {
+            return;
+        }
+        let due = *self.next_sample.get_or_insert(now);
+        if now < due {
+            return;
+        }
+        self.next_sample = Some(now + Duration::from_secs(1));
+        let ids: Vec<_> = self
+            .procs
+            .list
+            .iter()
+            .map(|p| (p.id, p.child.pid))
+            .collect();
+        for (id, pid) in ids {
+            if let Some(kib) = crate::rss::pss_kib(pid) {
+                let actions = self.policy.memory(id, kib, now);
+                self.apply(actions, now);
+            }
+        }
+    }
+
+    /// A signal, in order of arrival.
+    pub fn signal(&mut self, sig: Signal, now: Instant) {
+        let stop_signal = self.policy.settings.stop_signal;
+        let actions = match sig {
+            Signal::SIGCHLD => Vec::new(),
+            Signal::SIGHUP => {
+                let pin = self.cfg.pin.clone();
+                self.policy.hup(now, || resolve_pin(&pin))
+            }
+            Signal::SIGTERM | Signal::SIGINT => self.policy.stop(now, Stop::Graceful, stop_signal),
+            Signal::SIGQUIT => self.policy.stop(now, Stop::Fast, Signal::SIGQUIT),
+            Signal::SIGTTIN => self.policy.ttin(),
+            Signal::SIGTTOU => self.policy.ttou(),
+            // USR2: the in-place upgrade, after this turn's signals (upgrade.rs).
+            Signal::SIGUSR2 => {
+                self.upgrade.asked = true;
+                Vec::new()
+            }
+            other => {
+                for p in &self.procs.list {
+                    child::signal(p.child.pid, other);
+                }
+                Vec::new()
+            }
+        };
+        self.apply(actions, now);
+    }
+
+    /// `-C`: create and open the FIFO (or die, 111); the policy learns its
+    /// name and the prepare deadline.
+    pub fn open_control(&mut self) {
+        let Some(path) = self.cfg.control.clone() else {
+            return;
+        };
+        let fifo = ControlFifo::open(&path).unwrap_or_else(|why| {
+            TOOL.fatal(
+                unixtool::EXIT_TEMPORARY,
+                format_args!("unable to open control FIFO {}: {why}", path.display()),
+            )
+        });
+        self.policy.two_phase.control = Some(path);
+        self.policy.two_phase.timeout = self.cfg.prepare_timeout;
+        self.control = Some(fifo);
+    }
+
+    /// Read and carry out the commands written to the FIFO, in order.
+    pub fn read_control(&mut self, now: Instant) {
+        let Some(c) = self.control.as_mut() else {
+            return;
+        };
+        for line in c.lines() {
+            let wall = wall_now();
+            let actions = match line.and_then(|l| parse(&l)) {
+                Ok(None) => continue,
+                Err(why) => self.policy.bad_command(why),
+                Ok(Some(Command::Prepare)) => {
+                    let pin = self.cfg.pin.clone();
+                    self.policy.prepare(now, wall, || resolve_pin(&pin))
+                }
+                Ok(Some(Command::Commit { at })) => {
+                    let at = at.map(|t| (instant_of(t, now, wall), t));
+                    self.policy.commit(now, wall, at)
+                }
+                Ok(Some(Command::Abort)) => self.policy.abort(now, wall),
+            };
+            self.apply(actions, now);
+        }
+    }
+
+    /// Reap every ended child; account for the workers among them.
+    pub fn reap(&mut self, now: Instant) {
+        for (pid, status) in child::reap() {
+            let Some(id) = self.procs.by_pid(pid).map(|p| p.id) else {
+                continue;
+            };
+            let Some(ended) = Ended::from_status(&status) else {
+                continue;
+            };
+            // Gone first: no signal of the actions below reaches its pid.
+            self.procs.remove(id);
+            let actions = self.policy.ended(id, ended, now);
+            self.apply(actions, now);
+        }
+    }
+
+    /// After the signals of one turn: whether a USR2 is to be carried out
+    /// now (upgrade.rs). It waits while the pool reloads or a prepare is
+    /// open (`upgrade=running` meanwhile); while stopping it is dropped.
+    pub fn upgrade_due(&mut self) -> bool {
+        if !self.upgrade.asked {
+            return false;
+        }
+        if self.policy.stop != Stop::No {
+            self.upgrade.asked = false;
+            TOOL.warn("USR2 while stopping: no upgrade");
+            return false;
+        }
+        self.upgrade.phase = reexec::UpgradePhase::Running;
+        if matches!(self.policy.reload, Reload::Running { .. }) || self.policy.two_phase.open() {
+            // Waits for the end of the reload (ok or failed), or of an open
+            // prepare (committed, aborted, expired); then upgrades.
+            return false;
+        }
+        self.upgrade.asked = false;
+        true
+    }
+
+    /// The upgrade's bookkeeping, for unixtool::reexec::upgrade_now.
+    pub fn upgrade_mut(&mut self) -> &mut Upgrade {
+        &mut self.upgrade
+    }
+
+    /// The upgrade's version line and the number of workers (`-v`).
+    pub fn adopted_line(&self) -> (String, usize, u64) {
+        (
+            self.upgrade.version.clone(),
+            self.policy.workers.len(),
+            self.policy.newest,
+        )
+    }
+
+    pub fn verbose(&self) -> bool {
+        self.cfg.verbose
     }
 }

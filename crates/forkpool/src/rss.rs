@@ -2,38 +2,10 @@
 //! `/proc/PID/smaps_rollup` (Linux 4.14 and later). Pss charges each page
 //! shared by k processes 1/k to each, so the pages a worker shares
 //! copy-on-write with its siblings are not held against it as RSS would be.
-
-use std::time::{Duration, Instant};
+//! An I/O leaf: the hub (pool.rs) samples, the rule (policy/lifecycle.rs)
+//! decides.
 
 use nix::unistd::Pid;
-
-use crate::pool::Pool;
-
-impl Pool {
-    /// `--max-rss`: once a second, every worker's Pss to the policy.
-    pub fn sample_memory(&mut self, now: Instant) {
-        if self.policy.settings.life.max_rss_kib.is_none() {
-            return;
-        }
-        let due = *self.next_sample.get_or_insert(now);
-        if now < due {
-            return;
-        }
-        self.next_sample = Some(now + Duration::from_secs(1));
-        let ids: Vec<_> = self
-            .procs
-            .list
-            .iter()
-            .map(|p| (p.id, p.child.pid))
-            .collect();
-        for (id, pid) in ids {
-            if let Some(kib) = pss_kib(pid) {
-                let actions = self.policy.memory(id, kib, now);
-                self.apply(actions, now);
-            }
-        }
-    }
-}
 
 /// The `Pss:` of `/proc/PID/smaps_rollup` in KiB; None when it cannot be read
 /// (the worker is gone, or the kernel has no smaps_rollup).

@@ -1,6 +1,9 @@
-//! The whole state of the pool as text, for an in-place upgrade (upgrade.rs):
-//! written by the old image, checked by the new program in check mode, read
-//! by the new image. The format is unixtool::reexec's: a first line
+//! The hand-over of an in-place upgrade (upgrade.rs) as one value, a
+//! [`Snapshot`], and its text: built by the hub (pool.rs, `Pool::snapshot`),
+//! written here by [`write`], checked by the new program in check mode,
+//! read back by [`read`] and adopted by the hub (`Pool::adopt`).
+//! The descriptors kept across the exec are [`Snapshot::kept_fds`], from the
+//! same value. The format is unixtool::reexec's: a first line
 //! `forkpool-state VERSION`, one record a line (`KIND key=value ...`), `end`.
 //!
 //! Records, in order: `clock` (CLOCK_MONOTONIC when written, so times are put
@@ -11,40 +14,45 @@
 //!
 //! The options are not in it: the new image reads the same command line.
 //!
-//! Adding a field (a new field of Worker, Slot, Policy): write it in
-//! [`write`] as one more `(key, value)` of its record, take it in [`read`]
-//! with `r.take`/`r.num`/`r.instant`, and bump [`VERSION`]: a build that
-//! does not know the key refuses the state (its check fails, the old image
-//! keeps running), and a build that expects it refuses an older state.
+//! Every struct of the state is taken apart field by field in [`write`] and
+//! built whole in [`read`], so a field added to Policy, Worker, Slot,
+//! WorkerLife or PoolLife does not compile until it is handed over (write it
+//! as one more `(key, value)` of its record, take it with
+//! `r.take`/`r.num`/`r.instant`, and bump [`VERSION`]: a build that does not
+//! know the key refuses the state, its check fails and the old image keeps
+//! running) or marked in both places as starting fresh, with why.
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use unixtool::backoff::Backoff;
-use unixtool::reexec::{instant_field, path_text, Record, StateText};
+use unixtool::reexec::{clock_base, instant_field, path_text, Record, StateText};
 use unixtool::supervise::KillDeadline;
-use unixtool::upstream::monotonic_usec;
 
-use crate::lifecycle::{Counts, Recycle, WorkerLife};
-use crate::policy::{Generation, Phase, Policy, Reload, Settings, Slot, Stop, Why, WorkerId};
-use crate::pool::Pool;
+use crate::generation::{Generation, Reload, Stop};
+use crate::lifecycle::{Counts, PoolLife, Recycle, WorkerLife};
+use crate::policy::Policy;
+use crate::settings::Settings;
+use crate::two_phase::TwoPhase;
+use crate::worker::{Slot, Why, Worker, WorkerId, WorkerPhase};
 
 pub const MAGIC: &str = "forkpool-state";
 /// The version of the format this build writes and reads.
 pub const VERSION: u32 = 1;
 
-/// A worker process as handed over: its pid, its descriptors.
+/// The descriptors of worker `id`'s process, as handed over (its pid and
+/// start are the policy's [`Worker`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandedProcess {
     pub id: WorkerId,
-    pub pid: i32,
-    pub started: Instant,
     pub pipe: Option<RawFd>,
     pub hold: Option<RawFd>,
 }
 
-/// What the new image gets from a state.
-pub struct Handed {
+/// Everything one image hands the next.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
     pub policy: Policy,
     pub procs: Vec<HandedProcess>,
     /// `--notify`: the socket's descriptor and name.
@@ -53,7 +61,22 @@ pub struct Handed {
     pub guard: Option<RawFd>,
     pub upgrades: u64,
     pub upgrade_failures: u64,
+    /// The program the next image runs.
     pub exe: PathBuf,
+}
+
+impl Snapshot {
+    /// The descriptors the next image needs: the notification socket, the
+    /// guard, the workers' readiness pipes and hold descriptors.
+    pub fn kept_fds(&self) -> Vec<RawFd> {
+        let mut keep: Vec<RawFd> = self.notify.iter().map(|(fd, _)| *fd).collect();
+        keep.extend(self.guard);
+        for p in &self.procs {
+            keep.extend(p.pipe);
+            keep.extend(p.hold);
+        }
+        keep
+    }
 }
 
 fn fd_field(fd: Option<RawFd>) -> String {
@@ -61,38 +84,50 @@ fn fd_field(fd: Option<RawFd>) -> String {
 }
 
 fn generation_fields(role: &str, g: &Generation) -> Result<Vec<(&'static str, String)>, String> {
-    let release = match &g.release {
+    let Generation { id, release } = g;
+    let release = match release {
         Some(r) => path_text(r)?,
         None => String::new(),
     };
     Ok(vec![
         ("role", role.to_string()),
-        ("id", g.id.to_string()),
+        ("id", id.to_string()),
         ("release", release),
     ])
 }
 
-fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Starting => "starting",
-        Phase::Ready => "ready",
-        Phase::Stopping => "stopping",
-    }
-}
+const PHASES: [(&str, WorkerPhase); 3] = [
+    ("starting", WorkerPhase::Starting),
+    ("ready", WorkerPhase::Ready),
+    ("stopping", WorkerPhase::Stopping),
+];
 
-fn why_name(w: Option<Why>) -> &'static str {
-    match w {
-        None => "-",
-        Some(Why::Replaced) => "replaced",
-        Some(Why::NotNeeded) => "not-needed",
-        Some(Why::Failed) => "failed",
-        Some(Why::Stopping) => "stopping",
-        Some(Why::Recycled(Recycle::Age)) => "recycled-age",
-        Some(Why::Recycled(Recycle::Memory)) => "recycled-memory",
-        Some(Why::Recycled(Recycle::Asked)) => "recycled-asked",
-        Some(Why::Recycled(Recycle::Watchdog)) => "recycled-watchdog",
-        Some(Why::Watchdog) => "watchdog",
-    }
+const WHYS: [(&str, Option<Why>); 10] = [
+    ("-", None),
+    ("replaced", Some(Why::Replaced)),
+    ("not-needed", Some(Why::NotNeeded)),
+    ("failed", Some(Why::Failed)),
+    ("stopping", Some(Why::Stopping)),
+    ("recycled-age", Some(Why::Recycled(Recycle::Age))),
+    ("recycled-memory", Some(Why::Recycled(Recycle::Memory))),
+    ("recycled-asked", Some(Why::Recycled(Recycle::Asked))),
+    ("recycled-watchdog", Some(Why::Recycled(Recycle::Watchdog))),
+    ("watchdog", Some(Why::Watchdog)),
+];
+
+const STOPS: [(&str, Stop); 3] = [
+    ("no", Stop::No),
+    ("graceful", Stop::Graceful),
+    ("fast", Stop::Fast),
+];
+
+/// The name of `v` in a table of names.
+fn name_of<T: PartialEq>(names: &[(&'static str, T)], v: &T) -> &'static str {
+    names
+        .iter()
+        .find(|(_, t)| t == v)
+        .map(|(n, _)| *n)
+        .unwrap_or("-")
 }
 
 /// A recycle reason's name, `-` for none.
@@ -110,103 +145,138 @@ fn counts_of(key: &str, v: &str) -> Result<Counts, String> {
     Counts::from_list(v).ok_or_else(|| format!("{key}={v:?} is not four counts"))
 }
 
-/// The pool's state as text, at `now`. Err: something cannot be handed over.
-pub fn write(pool: &Pool, exe: &std::path::Path, now: Instant) -> Result<String, String> {
-    let p = &pool.policy;
+/// The snapshot as text, at `now`. Err: something cannot be handed over.
+pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
+    let Snapshot {
+        policy,
+        procs,
+        notify,
+        guard,
+        upgrades,
+        upgrade_failures,
+        exe,
+    } = snapshot;
+    let Policy {
+        settings: _, // the new image reads the same command line
+        workers,
+        slots,
+        target,
+        serving,
+        accepting,
+        switch_since,
+        newest,
+        next_worker,
+        reload,
+        reason,
+        stop,
+        out: _, // empty between the turns of the loop
+        life,
+        two_phase: _, // starts fresh: see `read`
+    } = policy;
+    let PoolLife {
+        rng,
+        totals,
+        slots: slot_counts,
+    } = life;
     let mut s = StateText::new(MAGIC, VERSION);
-    s.record("clock", &[("monotonic_us", monotonic_usec().to_string())]);
-    let (reload, since) = match &p.reload {
+    s.clock();
+    let (reload, since) = match reload {
         Reload::None => ("none", None),
         Reload::Running { since } => ("running", Some(*since)),
         Reload::Ok => ("ok", None),
         Reload::Failed => ("failed", None),
     };
-    let stop = match p.stop {
-        Stop::No => "no",
-        Stop::Graceful => "graceful",
-        Stop::Fast => "fast",
-    };
     s.record(
         "pool",
         &[
-            ("newest", p.newest.to_string()),
-            ("next_worker", p.next_worker.to_string()),
+            ("newest", newest.to_string()),
+            ("next_worker", next_worker.to_string()),
             ("reload", reload.to_string()),
             ("reload_since", instant_field(since, now)),
-            ("reason", p.reason.clone()),
-            ("stop", stop.to_string()),
-            ("switch_since", instant_field(p.switch_since, now)),
-            ("rng", p.life.rng.to_string()),
-            ("recycled", p.life.totals.list()),
+            ("reason", reason.clone()),
+            ("stop", name_of(&STOPS, stop).to_string()),
+            ("switch_since", instant_field(*switch_since, now)),
+            ("rng", rng.to_string()),
+            ("recycled", totals.list()),
         ],
     );
-    s.record("generation", &generation_fields("target", &p.target)?);
-    if let Some(g) = &p.serving {
+    s.record("generation", &generation_fields("target", target)?);
+    if let Some(g) = serving {
         s.record("generation", &generation_fields("serving", g)?);
     }
-    s.record("generation", &generation_fields("accepting", &p.accepting)?);
-    for slot in &p.slots {
+    s.record("generation", &generation_fields("accepting", accepting)?);
+    for slot in slots {
+        let Slot {
+            backoff,
+            not_before,
+        } = slot;
         s.record(
             "slot",
             &[
-                ("failures", slot.backoff.failures().to_string()),
-                ("not_before", instant_field(slot.not_before, now)),
+                ("failures", backoff.failures().to_string()),
+                ("not_before", instant_field(*not_before, now)),
             ],
         );
     }
-    for counts in &p.life.slots {
+    for counts in slot_counts {
         s.record("slot_recycled", &[("counts", counts.list())]);
     }
-    for w in &p.workers {
-        let proc = pool.procs.get(w.id);
-        if proc.is_none() && w.pid != 0 {
-            return Err(format!("worker {} has no process", w.pid));
-        }
-        let pipe = proc.and_then(|pr| pr.child.pipe_fd());
-        let hold = proc.and_then(|pr| pr.hold.as_ref().map(std::os::fd::AsRawFd::as_raw_fd));
+    for w in workers {
+        let Worker {
+            id,
+            pid,
+            slot,
+            generation,
+            phase,
+            started,
+            kill_at,
+            held,
+            retired,
+            life,
+        } = w;
+        let WorkerLife {
+            max_age,
+            recycle,
+            ping_due,
+            over,
+            stopped_accepting,
+        } = life;
+        let proc = procs.iter().find(|p| p.id == *id);
         s.record(
             "worker",
             &[
-                ("id", w.id.0.to_string()),
-                ("pid", w.pid.to_string()),
-                ("slot", w.slot.to_string()),
-                ("generation", w.generation.to_string()),
-                ("phase", phase_name(w.phase).to_string()),
-                ("started", instant_field(Some(w.started), now)),
-                ("kill_at", instant_field(w.kill_at.0, now)),
-                ("held", (w.held as u8).to_string()),
-                ("retired", why_name(w.retired).to_string()),
+                ("id", id.0.to_string()),
+                ("pid", pid.to_string()),
+                ("slot", slot.to_string()),
+                ("generation", generation.to_string()),
+                ("phase", name_of(&PHASES, phase).to_string()),
+                ("started", instant_field(Some(*started), now)),
+                ("kill_at", instant_field(kill_at.0, now)),
+                ("held", (*held as u8).to_string()),
+                ("retired", name_of(&WHYS, retired).to_string()),
                 (
                     "max_age_ms",
-                    w.life
-                        .max_age
-                        .map_or("-".to_string(), |d| d.as_millis().to_string()),
+                    max_age.map_or("-".to_string(), |d| d.as_millis().to_string()),
                 ),
-                ("recycle", recycle_name(w.life.recycle).to_string()),
-                ("ping_due", instant_field(w.life.ping_due, now)),
-                ("over", w.life.over.to_string()),
-                (
-                    "stopped_accepting",
-                    (w.life.stopped_accepting as u8).to_string(),
-                ),
-                ("pipe", fd_field(pipe)),
-                ("hold", fd_field(hold)),
+                ("recycle", recycle_name(*recycle).to_string()),
+                ("ping_due", instant_field(*ping_due, now)),
+                ("over", over.to_string()),
+                ("stopped_accepting", (*stopped_accepting as u8).to_string()),
+                ("pipe", fd_field(proc.and_then(|p| p.pipe))),
+                ("hold", fd_field(proc.and_then(|p| p.hold))),
             ],
         );
     }
-    match &pool.notify {
-        Some(n) => s.record(
-            "notify",
-            &[("fd", n.fd().to_string()), ("name", n.name().to_string())],
-        ),
+    match notify {
+        Some((fd, name)) => s.record("notify", &[("fd", fd.to_string()), ("name", name.clone())]),
         None => s.record("notify", &[("fd", "-".into()), ("name", String::new())]),
     }
-    s.record("guard", &[("fd", fd_field(pool.procs.guard_fd()))]);
+    s.record("guard", &[("fd", fd_field(*guard))]);
     s.record(
         "upgrade",
         &[
-            ("count", pool.upgrade.count.to_string()),
-            ("failures", pool.upgrade.failures.to_string()),
+            ("count", upgrades.to_string()),
+            ("failures", upgrade_failures.to_string()),
             ("exe", path_text(exe)?),
         ],
     );
@@ -231,59 +301,71 @@ fn one_of<T: Copy>(r: &Record, key: &str, v: &str, names: &[(&str, T)]) -> Resul
 }
 
 /// Read a state written by [`write`] (by this build or another one with the
-/// same [`VERSION`]) into a policy with `settings`, at `now`. Nothing is
-/// adopted here: the check mode runs this alone.
-pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, String> {
-    let records = StateText::parse(text, MAGIC, VERSION)?;
-    let (mut policy, _) = Policy::new(settings.clone(), None, 1);
-    policy.slots.clear();
+/// same [`VERSION`]) into a snapshot whose policy has `settings`, at `now`.
+/// Nothing is adopted here: the check mode runs this alone.
+pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Snapshot, String> {
+    let mut records = StateText::parse(text, MAGIC, VERSION)?;
+    // The time between the write and now (the check, the exec): every
+    // instant is put back against the moment of writing.
+    let base = match records.first_mut() {
+        Some(r) if r.kind == "clock" => {
+            let base = clock_base(r, now)?;
+            records.remove(0).done()?;
+            base
+        }
+        _ => now,
+    };
+    read_records(records, settings, base)
+}
+
+/// The records after `clock`, their instants against `base`.
+fn read_records(
+    records: Vec<Record>,
+    settings: Settings,
+    base: Instant,
+) -> Result<Snapshot, String> {
+    let mut workers = Vec::new();
+    let mut slots = Vec::new();
     let mut procs = Vec::new();
     let mut notify = None;
     let mut guard = None;
     let mut upgrade = None;
-    let mut base = now;
     let mut serving = None;
     let mut target = None;
     let mut accepting = None;
-    let mut seen_pool = false;
+    let mut pool = None;
     let mut slot_counts = Vec::new();
     for mut r in records {
         match r.kind.as_str() {
-            "clock" => {
-                // The time between the write and now (the check, the exec):
-                // every instant is put back against the moment of writing.
-                let then: u64 = r.num("monotonic_us")?;
-                let ago = monotonic_usec().saturating_sub(then);
-                base = now.checked_sub(Duration::from_micros(ago)).unwrap_or(now);
-            }
+            "clock" => return Err("clock: not the first record".to_string()),
             "pool" => {
-                seen_pool = true;
-                policy.newest = r.num("newest")?;
-                policy.next_worker = r.num("next_worker")?;
+                let newest = r.num("newest")?;
+                let next_worker = r.num("next_worker")?;
                 let reload = r.take("reload")?;
                 let since = r.instant("reload_since", base)?;
-                policy.reload = match (reload.as_str(), since) {
+                let reload = match (reload.as_str(), since) {
                     ("none", _) => Reload::None,
                     ("ok", _) => Reload::Ok,
                     ("failed", _) => Reload::Failed,
                     ("running", Some(since)) => Reload::Running { since },
                     _ => return Err(format!("pool: reload={reload:?} is not known")),
                 };
-                policy.reason = r.take("reason")?;
+                let reason = r.take("reason")?;
                 let stop = r.take("stop")?;
-                policy.stop = one_of(
-                    &r,
-                    "stop",
-                    &stop,
-                    &[
-                        ("no", Stop::No),
-                        ("graceful", Stop::Graceful),
-                        ("fast", Stop::Fast),
-                    ],
-                )?;
-                policy.switch_since = r.instant("switch_since", base)?;
-                policy.life.rng = r.num("rng")?;
-                policy.life.totals = counts_of("recycled", &r.take("recycled")?)?;
+                let stop = one_of(&r, "stop", &stop, &STOPS)?;
+                let switch_since = r.instant("switch_since", base)?;
+                let rng = r.num("rng")?;
+                let totals = counts_of("recycled", &r.take("recycled")?)?;
+                pool = Some((
+                    newest,
+                    next_worker,
+                    reload,
+                    reason,
+                    stop,
+                    switch_since,
+                    rng,
+                    totals,
+                ));
             }
             "generation" => {
                 let role = r.take("role")?;
@@ -301,7 +383,7 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
             }
             "slot" => {
                 let failures = r.num("failures")?;
-                policy.slots.push(Slot {
+                slots.push(Slot {
                     backoff: Backoff::restored(settings.backoff_max, failures),
                     not_before: r.instant("not_before", base)?,
                 });
@@ -310,34 +392,9 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
                 let id = WorkerId(r.num("id")?);
                 let pid: i32 = r.num("pid")?;
                 let phase = r.take("phase")?;
-                let phase = one_of(
-                    &r,
-                    "phase",
-                    &phase,
-                    &[
-                        ("starting", Phase::Starting),
-                        ("ready", Phase::Ready),
-                        ("stopping", Phase::Stopping),
-                    ],
-                )?;
+                let phase = one_of(&r, "phase", &phase, &PHASES)?;
                 let retired = r.take("retired")?;
-                let retired = one_of(
-                    &r,
-                    "retired",
-                    &retired,
-                    &[
-                        ("-", None),
-                        ("replaced", Some(Why::Replaced)),
-                        ("not-needed", Some(Why::NotNeeded)),
-                        ("failed", Some(Why::Failed)),
-                        ("stopping", Some(Why::Stopping)),
-                        ("recycled-age", Some(Why::Recycled(Recycle::Age))),
-                        ("recycled-memory", Some(Why::Recycled(Recycle::Memory))),
-                        ("recycled-asked", Some(Why::Recycled(Recycle::Asked))),
-                        ("recycled-watchdog", Some(Why::Recycled(Recycle::Watchdog))),
-                        ("watchdog", Some(Why::Watchdog)),
-                    ],
-                )?;
+                let retired = one_of(&r, "retired", &retired, &WHYS)?;
                 let life_recycle = r.take("recycle")?;
                 let life = WorkerLife {
                     max_age: r.opt_num::<u64>("max_age_ms")?.map(Duration::from_millis),
@@ -349,7 +406,7 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
                 let started = r
                     .instant("started", base)?
                     .ok_or_else(|| "worker: no start".to_string())?;
-                let w = crate::policy::Worker {
+                let w = Worker {
                     id,
                     pid,
                     slot: r.num("slot")?,
@@ -366,14 +423,8 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
                 if pid <= 0 {
                     return Err(format!("worker: pid {pid}"));
                 }
-                procs.push(HandedProcess {
-                    id,
-                    pid,
-                    started,
-                    pipe,
-                    hold,
-                });
-                policy.workers.push(w);
+                procs.push(HandedProcess { id, pipe, hold });
+                workers.push(w);
             }
             "notify" => {
                 let fd: Option<RawFd> = r.opt_num("fd")?;
@@ -392,22 +443,46 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
         }
         r.done()?;
     }
-    let (Some(target), Some(accepting), Some((upgrades, upgrade_failures, exe)), true) =
-        (target, accepting, upgrade, seen_pool)
+    let (
+        Some(target),
+        Some(accepting),
+        Some((upgrades, upgrade_failures, exe)),
+        Some((newest, next_worker, reload, reason, stop, switch_since, rng, totals)),
+    ) = (target, accepting, upgrade, pool)
     else {
         return Err("the state lacks a pool, target, accepting or upgrade record".to_string());
     };
-    if policy.slots.is_empty() {
+    if slots.is_empty() {
         return Err("the state has no slot".to_string());
     }
     if settings.ready.notify != notify.is_some() {
         return Err("--notify differs between the state and the command line".to_string());
     }
-    policy.life.slots = slot_counts;
-    policy.target = target;
-    policy.serving = serving;
-    policy.accepting = accepting;
-    Ok(Handed {
+    let policy = Policy {
+        settings,
+        workers,
+        slots,
+        target,
+        serving,
+        accepting,
+        switch_since,
+        newest,
+        next_worker,
+        reload,
+        reason,
+        stop,
+        out: Vec::new(),
+        life: PoolLife {
+            rng,
+            totals,
+            slots: slot_counts,
+        },
+        // Starts fresh: an upgrade waits while a prepare is open (the hub's
+        // upgrade_due), and the new image opens the FIFO again by its path
+        // (Pool::open_control sets `control` and `timeout`).
+        two_phase: TwoPhase::default(),
+    };
+    Ok(Snapshot {
         policy,
         procs,
         notify,
@@ -421,12 +496,10 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Action, Mode};
-    use crate::pool::Config;
-    use crate::workers::{Process, Processes};
+    use crate::policy::Action;
+    use crate::settings::Mode;
     use nix::sys::signal::Signal;
     use unixtool::readiness;
-    use unixtool::supervise::Child;
 
     fn settings() -> Settings {
         Settings {
@@ -445,20 +518,20 @@ mod tests {
 
     /// A pool of three workers mid-reload (a HUP with a release that has
     /// spaces and `=` in its name), with fake pids, written at `now`.
-    fn pool(now: Instant) -> Pool {
+    fn pool(now: Instant) -> Snapshot {
         let t0 = now - Duration::from_secs(5);
         let r1 = Some(PathBuf::from("/srv/releases/r 1=x"));
         let (mut p, _) = Policy::new(settings(), r1, 3);
-        let mut procs = Processes::default();
+        let mut procs = Vec::new();
         let mut pid = 100;
-        let mut feed = |p: &mut Policy, actions: Vec<Action>, procs: &mut Processes| {
+        let mut feed = |p: &mut Policy, actions: Vec<Action>, procs: &mut Vec<HandedProcess>| {
             for a in actions {
                 if let Action::Start { worker, .. } = a {
                     pid += 1;
                     let _ = p.started(worker, pid);
-                    procs.list.push(Process {
+                    procs.push(HandedProcess {
                         id: worker,
-                        child: Child::adopt(nix::unistd::Pid::from_raw(pid), t0, None),
+                        pipe: None,
                         hold: None,
                     });
                 }
@@ -474,15 +547,6 @@ mod tests {
         });
         let a = p.step(t0 + Duration::from_secs(4));
         feed(&mut p, a, &mut procs);
-        let cfg = Config {
-            prog: vec!["app".into()],
-            ready: settings().ready,
-            pin: None,
-            status: None,
-            verbose: false,
-            control: None,
-            prepare_timeout: Duration::from_secs(60),
-        };
         // Lifecycle state (lifecycle.rs) that must survive an upgrade.
         p.life.rng = 0xfeed;
         p.life.totals.add(crate::lifecycle::Recycle::Age);
@@ -494,16 +558,22 @@ mod tests {
         p.workers[0].life.over = 2;
         p.workers[0].life.stopped_accepting = true;
         p.workers[1].retired = Some(Why::Recycled(crate::lifecycle::Recycle::Asked));
-        let mut up = crate::upgrade::fresh();
-        up.count = 7;
-        Pool::from_parts(cfg, p, None, procs, up)
+        Snapshot {
+            policy: p,
+            procs,
+            notify: None,
+            guard: None,
+            upgrades: 7,
+            upgrade_failures: 0,
+            exe: PathBuf::from("/usr/bin/forkpool"),
+        }
     }
 
     #[test]
     fn a_state_reads_back_as_it_was_written() {
         let now = Instant::now();
         let pool = pool(now);
-        let text = write(&pool, std::path::Path::new("/usr/bin/forkpool"), now).unwrap();
+        let text = write(&pool, now).unwrap();
         let h = read(&text, settings(), now).unwrap();
         // The status file's text covers every key a reader sees.
         assert_eq!(
@@ -562,7 +632,7 @@ mod tests {
     #[test]
     fn another_version_an_unknown_key_or_a_cut_state_is_refused() {
         let now = Instant::now();
-        let text = write(&pool(now), std::path::Path::new("/x"), now).unwrap();
+        let text = write(&pool(now), now).unwrap();
         let other = text.replacen("forkpool-state 1", "forkpool-state 2", 1);
         let e = read(&other, settings(), now).err().unwrap();
         assert!(e.contains("state version 2"), "{e}");
@@ -573,5 +643,54 @@ mod tests {
         assert!(read(cut, settings(), now).is_err());
         let missing = text.replace(" slot=", " slut=");
         assert!(read(&missing, settings(), now).is_err());
+    }
+
+    /// Every field of the snapshot set to something other than its fresh
+    /// value, written and read back: the same value, but for what is marked
+    /// as starting fresh. (That no field is forgotten is the compiler's
+    /// part: [`write`] takes every struct apart without `..`, [`read`]
+    /// builds each whole.)
+    #[test]
+    fn a_fully_populated_snapshot_reads_back_whole() {
+        let now = Instant::now();
+        let t0 = now - Duration::from_secs(5);
+        let mut s = pool(now);
+        let p = &mut s.policy;
+        p.serving = Some(Generation {
+            id: 1,
+            release: Some(PathBuf::from("/srv/releases/r 1=x")),
+        });
+        p.switch_since = Some(t0 + Duration::from_millis(4100));
+        p.reason = "a reason with spaces = and %".to_string();
+        p.stop = Stop::Graceful;
+        p.slots[1].backoff = Backoff::restored(settings().backoff_max, 3);
+        p.slots[2].not_before = Some(now + Duration::from_millis(750));
+        let w = &mut p.workers[2];
+        w.phase = WorkerPhase::Stopping;
+        w.kill_at = KillDeadline(Some(now + Duration::from_secs(9)));
+        w.held = true;
+        w.retired = Some(Why::Watchdog);
+        p.two_phase.stage = crate::two_phase::Stage::Committed;
+        p.two_phase.commands = 4;
+        for (i, h) in s.procs.iter_mut().enumerate() {
+            h.pipe = Some(10 + i as RawFd);
+            h.hold = (i % 2 == 0).then_some(40 + i as RawFd);
+        }
+        s.notify = Some((5, "@forkpool-notify".to_string()));
+        s.guard = Some(7);
+        s.upgrade_failures = 3;
+        let text = write(&s, now).unwrap();
+        // Read against the moment of writing itself: instants come back exact.
+        let mut records = StateText::parse(&text, MAGIC, VERSION).unwrap();
+        assert_eq!(records.remove(0).kind, "clock");
+        let mut notify_settings = settings();
+        notify_settings.ready.notify = true;
+        let back = read_records(records, notify_settings.clone(), now).unwrap();
+        let mut want = s.clone();
+        want.policy.settings = notify_settings;
+        want.policy.two_phase = TwoPhase::default();
+        assert_eq!(format!("{back:#?}"), format!("{want:#?}"));
+        assert_eq!(back.kept_fds(), s.kept_fds());
+        assert_eq!(s.kept_fds(), vec![5, 7, 10, 40, 11, 12, 42, 13, 14, 44, 15]);
     }
 }

@@ -6,8 +6,13 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::lifecycle::Recycle;
-use crate::policy::{Phase, Policy, Reload, Stop, TwoPhase, Worker};
-use crate::TOOL;
+use unixtool::reexec::Upgrade;
+
+use crate::generation::{Reload, Stop};
+use crate::policy::Policy;
+use crate::tool::TOOL;
+use crate::two_phase::TwoPhase;
+use crate::worker::{Worker, WorkerPhase};
 
 /// What forkpool's own supervisor is told about (see upstream.rs).
 pub struct Summary {
@@ -62,7 +67,7 @@ pub struct UpgradeLines {
 }
 
 impl UpgradeLines {
-    pub fn of(u: &crate::upgrade::Upgrade) -> UpgradeLines {
+    pub fn of(u: &Upgrade) -> UpgradeLines {
         UpgradeLines {
             phase: u.name(),
             reason: u.reason.clone(),
@@ -167,10 +172,10 @@ pub fn text_with(p: &Policy, up: &UpgradeLines) -> String {
     ws.sort_by_key(|w| (w.slot, w.generation));
     for w in ws {
         let st = match w.phase {
-            Phase::Starting => "starting",
-            Phase::Ready if w.held => "held",
-            Phase::Ready => "ready",
-            Phase::Stopping => "stopping",
+            WorkerPhase::Starting => "starting",
+            WorkerPhase::Ready if w.held => "held",
+            WorkerPhase::Ready => "ready",
+            WorkerPhase::Stopping => "stopping",
         };
         let _ = write!(s, "worker={} {} {} {st}", w.slot, w.generation, w.pid);
         // After the four fields: age (whole seconds), the slot's recycles and why.
@@ -182,7 +187,7 @@ pub fn text_with(p: &Policy, up: &UpgradeLines) -> String {
             slot.total(),
             slot.text()
         );
-        if let (Some(r), Phase::Ready) = (w.life.recycle, w.phase) {
+        if let (Some(r), WorkerPhase::Ready) = (w.life.recycle, w.phase) {
             let _ = write!(s, " recycling={}", r.name());
         }
         let _ = writeln!(s);

@@ -25,17 +25,14 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
-use unixtool::readiness::{NotifySocket, ReadinessPipe};
 use unixtool::reexec;
-use unixtool::signals::{SignalPipe, SUPERVISOR_SIGNALS};
-use unixtool::supervise::Child;
+use unixtool::signals::SignalPipe;
 use unixtool::EXIT_TEMPORARY;
 
-use crate::policy::{Reload, Settings, Stop};
 use crate::pool::{Config, Pool};
+use crate::settings::Settings;
+use crate::tool::TOOL;
 use crate::upstream::Upstream;
-use crate::workers::{Process, Processes};
-use crate::TOOL;
 
 pub const STATE_VAR: &str = "FORKPOOL_STATE_FD";
 pub const CHECK_VAR: &str = "FORKPOOL_UPGRADE_CHECK";
@@ -45,13 +42,6 @@ pub const NAMES: reexec::Names = reexec::Names {
     check: CHECK_VAR,
     pause: "FORKPOOL_UPGRADE_PAUSE_MS",
 };
-
-pub use reexec::Upgrade;
-
-/// A fresh start's upgrade bookkeeping.
-pub fn fresh() -> Upgrade {
-    Upgrade::new(TOOL.name)
-}
 
 /// At start: when handed a state, its descriptor. In check mode, read the
 /// state with `settings` and exit: 0 if it is whole and of this version,
@@ -93,66 +83,18 @@ pub fn adopt(
     upstream: Option<&mut Upstream>,
 ) -> (SignalPipe, Pool) {
     let now = Instant::now();
-    let h = reexec::read_fd(fd.as_raw_fd())
-        .and_then(|text| crate::state::read(&text, settings, now))
-        .unwrap_or_else(|e| {
-            TOOL.fatal(
-                EXIT_TEMPORARY,
-                format_args!("unable to read the state: {e}"),
-            )
-        });
-    drop(fd);
-    let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
-        .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
-    let fatal =
-        |e: String| -> ! { TOOL.fatal(EXIT_TEMPORARY, format_args!("unable to adopt: {e}")) };
-    let notify = h.notify.map(|(fd, name)| {
-        let sock = reexec::adopt_fd(fd).unwrap_or_else(|e| fatal(e));
-        NotifySocket::adopt(sock, name)
-    });
-    let mut procs = Processes::default();
-    for p in h.procs {
-        let pipe = p
-            .pipe
-            .map(|fd| {
-                // A ready worker's pipe carries messages now, not readiness.
-                let seen = h
-                    .policy
-                    .workers
-                    .iter()
-                    .any(|w| w.id == p.id && w.phase != crate::policy::Phase::Starting);
-                reexec::adopt_fd(fd).map(|r| ReadinessPipe::adopt(r, seen))
-            })
-            .transpose()
-            .unwrap_or_else(|e| fatal(e));
-        let hold = p
-            .hold
-            .map(reexec::adopt_fd)
-            .transpose()
-            .unwrap_or_else(|e| fatal(e));
-        let child = Child::adopt(nix::unistd::Pid::from_raw(p.pid), p.started, pipe);
-        procs.list.push(Process {
-            id: p.id,
-            child,
-            hold,
-        });
-    }
-    if let Some(fd) = h.guard {
-        procs.adopt_guard(reexec::adopt_fd(fd).unwrap_or_else(|e| fatal(e)));
-    }
-    let mut up = fresh();
-    up.adopted(h.upgrades, h.upgrade_failures, h.exe);
+    let (snapshot, sigs) =
+        reexec::take_state(&TOOL, fd, |text| crate::state::read(text, settings, now));
+    let mut pool = Pool::adopt(cfg, snapshot).unwrap_or_else(|e| reexec::adopt_failed(&TOOL, e));
+    let (version, workers, newest) = pool.adopted_line();
     if let Some(u) = upstream {
-        u.adopted(h.policy.newest);
+        u.adopted(newest);
     }
-    if cfg.verbose {
+    if pool.verbose() {
         TOOL.info(format_args!(
-            "upgraded in place: version {}, {} workers adopted",
-            up.version,
-            h.policy.workers.len()
+            "upgraded in place: version {version}, {workers} workers adopted"
         ));
     }
-    let mut pool = Pool::from_parts(cfg, h.policy, notify, procs, up);
     // -C: the FIFO again, by its path (the old image's descriptor closed at exec).
     pool.open_control();
     // Whatever ended meanwhile is reaped now (its SIGCHLD may be long gone).
@@ -161,61 +103,37 @@ pub fn adopt(
     (sigs, pool)
 }
 
-impl Pool {
-    /// After the signals of one turn: carry out a USR2 if one came and the
-    /// pool is not reloading (then it waits) or stopping (then it is dropped).
-    pub fn upgrade_if_asked(&mut self, sigs: &SignalPipe, mut upstream: Option<&mut Upstream>) {
-        if !self.upgrade.asked {
-            return;
-        }
-        if self.policy.stop != Stop::No {
-            self.upgrade.asked = false;
-            TOOL.warn("USR2 while stopping: no upgrade");
-            return;
-        }
-        self.upgrade.phase = reexec::Phase::Running;
-        if matches!(self.policy.reload, Reload::Running { .. }) || self.policy.two_phase.open() {
-            // Waits for the end of the reload (ok or failed), or of an open
-            // prepare (committed, aborted, expired); then upgrades.
-            return;
-        }
-        self.upgrade.asked = false;
-        self.write_status();
-        if let Some(u) = upstream.as_deref_mut() {
-            u.reloading("upgrading forkpool in place");
-        }
-        let mut env = Vec::new();
-        if let Some(u) = &upstream {
-            env.push(("NOTIFY_SOCKET", u.env_value().to_os_string()));
-        }
-        reexec::upgrade_now(
-            self,
-            |p| &mut p.upgrade,
-            &TOOL,
-            &NAMES,
-            sigs,
-            &mut |p: &mut Pool, blocked, path| {
-                if blocked {
-                    // SIGCHLD is blocked: what ended during the check is
-                    // accounted for now; the state is as of this moment.
-                    p.reap(Instant::now());
-                }
-                let text = crate::state::write(p, path, Instant::now())?;
-                Ok((text, p.kept_fds()))
-            },
-            env,
-        );
+/// After the signals of one turn: carry out a USR2 if one came and the
+/// pool is not reloading (then it waits) or stopping (then it is dropped).
+pub fn if_asked(pool: &mut Pool, sigs: &SignalPipe, mut upstream: Option<&mut Upstream>) {
+    if !pool.upgrade_due() {
+        return;
     }
-
-    /// The descriptors the next image needs: the notification socket, the
-    /// workers' readiness pipes and hold descriptors.
-    fn kept_fds(&self) -> Vec<std::os::fd::RawFd> {
-        let mut keep: Vec<_> = self.notify.as_ref().map(|n| n.fd()).into_iter().collect();
-        keep.extend(self.procs.guard_fd());
-        for p in &self.procs.list {
-            keep.extend(p.child.pipe_fd());
-            keep.extend(p.hold.as_ref().map(|h| h.as_raw_fd()));
-        }
-        keep
+    pool.write_status();
+    if let Some(u) = upstream.as_deref_mut() {
+        u.reloading("upgrading forkpool in place");
     }
+    let mut env = Vec::new();
+    if let Some(u) = &upstream {
+        env.push(("NOTIFY_SOCKET", u.env_value().to_os_string()));
+    }
+    reexec::upgrade_now(
+        pool,
+        Pool::upgrade_mut,
+        &TOOL,
+        &NAMES,
+        sigs,
+        &mut |p: &mut Pool, blocked, path| {
+            if blocked {
+                // SIGCHLD is blocked: what ended during the check is
+                // accounted for now; the state is as of this moment.
+                p.reap(Instant::now());
+            }
+            // One value: its text and the descriptors kept across the exec.
+            let snapshot = p.snapshot(path)?;
+            let text = crate::state::write(&snapshot, Instant::now())?;
+            Ok((text, snapshot.kept_fds()))
+        },
+        env,
+    );
 }

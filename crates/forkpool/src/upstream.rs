@@ -14,7 +14,7 @@ use std::time::Instant;
 use unixtool::upstream::{monotonic_usec, Upstream as Sender, Watchdog};
 
 use crate::status::Summary;
-use crate::TOOL;
+use crate::tool::TOOL;
 
 pub struct Upstream {
     sender: Sender,

@@ -14,9 +14,10 @@ use unixtool::child;
 use unixtool::readiness::{self, NotifySocket};
 use unixtool::supervise::Child;
 
+use crate::generation::Generation;
 use crate::groups::Guard;
-use crate::policy::{Generation, WorkerId};
-use crate::TOOL;
+use crate::tool::TOOL;
+use crate::worker::WorkerId;
 
 /// One worker process.
 pub struct Process {

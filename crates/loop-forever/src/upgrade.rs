@@ -31,7 +31,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use unixtool::backoff::Backoff;
 use unixtool::readiness::{NotifySocket, ReadinessPipe};
-use unixtool::reexec::{self, instant_field, path_text, Phase, StateText, Upgrade};
+use unixtool::reexec::{self, instant_field, path_text, StateText, Upgrade, UpgradePhase};
 use unixtool::signals::{SignalPipe, SUPERVISOR_SIGNALS};
 use unixtool::supervise::{Child, KillDeadline};
 use unixtool::upstream::monotonic_usec;
@@ -278,7 +278,7 @@ impl Loop {
             TOOL.warn("USR2 while stopping: no upgrade");
             return;
         }
-        self.upgrade.phase = Phase::Running;
+        self.upgrade.phase = UpgradePhase::Running;
         self.status.upgrade = status_keys(&self.upgrade);
         if self.status.reloading() {
             self.status.write();

@@ -323,8 +323,9 @@ pub struct Names {
 /// How long the check may take.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where a supervisor's in-place upgrade stands (`upgrade=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub enum UpgradePhase {
     None,
     Running,
     Ok,
@@ -336,7 +337,7 @@ pub enum Phase {
 pub struct Upgrade {
     /// A USR2 not acted on yet.
     pub asked: bool,
-    pub phase: Phase,
+    pub phase: UpgradePhase,
     /// Why the last upgrade failed (while `phase` is Failed).
     pub reason: String,
     /// Upgrades done in this supervisor's life (`upgrades=`).
@@ -361,7 +362,7 @@ impl Upgrade {
             .map_err(|e| format!("unable to find the program {tool} was started as: {e}"));
         Upgrade {
             asked: false,
-            phase: Phase::None,
+            phase: UpgradePhase::None,
             reason: String::new(),
             count: 0,
             failures: 0,
@@ -377,22 +378,22 @@ impl Upgrade {
         self.count = count + 1;
         self.failures = failures;
         self.exe = Ok(exe);
-        self.phase = Phase::Ok;
+        self.phase = UpgradePhase::Ok;
     }
 
     /// `upgrade=`.
     pub fn name(&self) -> &'static str {
         match self.phase {
-            Phase::None => "none",
-            Phase::Running => "running",
-            Phase::Ok => "ok",
-            Phase::Failed => "failed",
+            UpgradePhase::None => "none",
+            UpgradePhase::Running => "running",
+            UpgradePhase::Ok => "ok",
+            UpgradePhase::Failed => "failed",
         }
     }
 
     /// The upgrade was refused (`why`): one warning line, the keys.
     pub fn refused(&mut self, tool: &crate::Tool, why: String) {
-        self.phase = Phase::Failed;
+        self.phase = UpgradePhase::Failed;
         self.failures += 1;
         tool.warn(format_args!(
             "upgrade refused: {why}; this {} keeps running",
@@ -487,6 +488,34 @@ pub fn upgrade_now<S>(
     upgrade(sup).refused(tool, why);
 }
 
+/// The new image's first step, shared by both supervisors: the state on
+/// `fd` read by `read` (or one fatal line, 111), the descriptor closed, the
+/// signals caught again (still blocked since the old image's exec: the
+/// caller unblocks them once it has adopted what it was handed).
+pub fn take_state<T>(
+    tool: &crate::Tool,
+    fd: OwnedFd,
+    read: impl FnOnce(&str) -> Result<T, String>,
+) -> (T, SignalPipe) {
+    let state = read_fd(fd.as_raw_fd())
+        .and_then(|text| read(&text))
+        .unwrap_or_else(|e| {
+            tool.fatal(
+                crate::EXIT_TEMPORARY,
+                format_args!("unable to read the state: {e}"),
+            )
+        });
+    drop(fd);
+    let sigs = SignalPipe::install(&crate::signals::SUPERVISOR_SIGNALS)
+        .unwrap_or_else(|e| tool.fatal_errno(crate::EXIT_TEMPORARY, "catch signals", e));
+    (state, sigs)
+}
+
+/// What adopting a handed descriptor failed on: one fatal line, 111.
+pub fn adopt_failed(tool: &crate::Tool, e: String) -> ! {
+    tool.fatal(crate::EXIT_TEMPORARY, format_args!("unable to adopt: {e}"))
+}
+
 // ---- the state text ------------------------------------------------------
 
 /// The state handed from one image to the next: a first line `MAGIC VERSION`,
@@ -516,6 +545,18 @@ impl StateText {
             self.text.push_str(&escape(v));
         }
         self.text.push('\n');
+    }
+
+    /// The `clock` record, first: CLOCK_MONOTONIC now, so that the reader
+    /// puts every instant back against the moment of writing ([`clock_base`]).
+    pub fn clock(&mut self) {
+        self.record(
+            "clock",
+            &[(
+                "monotonic_us",
+                crate::upstream::monotonic_usec().to_string(),
+            )],
+        );
     }
 
     pub fn finish(mut self) -> String {
@@ -611,6 +652,15 @@ impl Record {
             None => Ok(()),
         }
     }
+}
+
+/// The `clock` record read back: the moment of writing as an `Instant` of
+/// this process, `now` less the time since (the check, the exec), against
+/// which every instant of the state is put back.
+pub fn clock_base(r: &mut Record, now: Instant) -> Result<Instant, String> {
+    let then: u64 = r.num("monotonic_us")?;
+    let ago = crate::upstream::monotonic_usec().saturating_sub(then);
+    Ok(now.checked_sub(Duration::from_micros(ago)).unwrap_or(now))
 }
 
 /// An `Instant` as microseconds from `now` (negative: in the past). Instants

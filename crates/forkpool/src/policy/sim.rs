@@ -4,6 +4,8 @@
 //! host is set up) stays in each file, as a trait of its own on [`Sim`].
 
 use super::*;
+pub(super) use crate::lifecycle::Lifecycle;
+pub(super) use unixtool::readiness;
 
 /// Slots in a simulated pool.
 pub(super) const N: usize = 3;
@@ -88,7 +90,7 @@ impl Sim {
     }
 
     /// Workers of generation `gen` in `phase`.
-    pub(super) fn of(&self, gen: u64, phase: Phase) -> Vec<WorkerId> {
+    pub(super) fn of(&self, gen: u64, phase: WorkerPhase) -> Vec<WorkerId> {
         let ws = self.p.workers.iter();
         ws.filter(|w| w.generation == gen && w.phase == phase)
             .map(|w| w.id)

@@ -42,7 +42,7 @@ impl Rules for Sim {
     /// the switch is a moment with none accepting).
     fn all_ready(&mut self, gen: u64) -> Vec<Action> {
         let mut out = Vec::new();
-        for id in self.of(gen, Phase::Starting) {
+        for id in self.of(gen, WorkerPhase::Starting) {
             out.extend(self.ready(&[id]));
             if self.p.settings.mode != Mode::Cutover {
                 assert!(self.p.ready_count() >= N.min(self.serving_size()));
@@ -100,7 +100,7 @@ fn rule_1_every_slot_gets_a_worker_of_the_target_generation() {
         starts(&s.log),
         vec![(0, 1, false), (1, 1, false), (2, 1, false)]
     );
-    assert_eq!(s.of(1, Phase::Starting).len(), N);
+    assert_eq!(s.of(1, WorkerPhase::Starting).len(), N);
     assert!(s.p.workers.iter().all(|w| w.pid > 0));
     assert_eq!(s.p.serving, None);
 }
@@ -108,7 +108,7 @@ fn rule_1_every_slot_gets_a_worker_of_the_target_generation() {
 #[test]
 fn rule_3_a_wholly_ready_generation_serves_and_not_before() {
     let mut s = Sim::new(Mode::Rolling);
-    let ids = s.of(1, Phase::Starting);
+    let ids = s.of(1, WorkerPhase::Starting);
     s.ready(&ids[..2]);
     assert_eq!(s.p.serving, None);
     s.ready(&ids[2..]);
@@ -131,13 +131,13 @@ fn rule_2_rolling_retires_one_old_worker_per_new_ready_one() {
         "nothing old goes before a new one is ready"
     );
     assert_eq!(s.p.reload, Reload::Running { since: s.now });
-    let new = s.of(2, Phase::Starting);
+    let new = s.of(2, WorkerPhase::Starting);
     for (k, id) in new.iter().enumerate() {
         let a = s.ready(&[*id]);
         assert_eq!(retired(&a).len(), 1, "one old worker for new worker {k}");
         assert_eq!(s.p.ready_count(), N);
     }
-    assert_eq!(s.of(1, Phase::Stopping).len(), N);
+    assert_eq!(s.of(1, WorkerPhase::Stopping).len(), N);
     assert_eq!(s.p.reload, Reload::Ok);
     assert_eq!(
         s.p.serving.as_ref().and_then(|g| g.release.clone()),
@@ -149,13 +149,13 @@ fn rule_2_rolling_retires_one_old_worker_per_new_ready_one() {
 fn rule_2_all_at_once_retires_the_old_generation_when_the_new_one_is_whole() {
     let mut s = Sim::serving(Mode::AllAtOnce);
     s.hup("r2");
-    let new = s.of(2, Phase::Starting);
+    let new = s.of(2, WorkerPhase::Starting);
     for id in &new[..N - 1] {
         assert!(retired(&s.ready(&[*id])).is_empty());
     }
     let a = s.ready(&new[N - 1..]);
     assert_eq!(retired(&a).len(), N);
-    assert_eq!(s.of(1, Phase::Stopping).len(), N);
+    assert_eq!(s.of(1, WorkerPhase::Stopping).len(), N);
     assert_eq!(s.p.reload, Reload::Ok);
 }
 
@@ -164,10 +164,10 @@ fn rule_2_an_outgoing_worker_that_is_not_ready_is_retired_at_once() {
     let mut s = Sim::serving(Mode::Rolling);
     // A serving worker crashes; its replacement is still starting at the HUP.
     s.at(5000);
-    let victim = s.of(1, Phase::Ready)[0];
+    let victim = s.of(1, WorkerPhase::Ready)[0];
     let a = s.end(victim, Ended::Exited(1));
     assert!(warned(&a, "restarting in"));
-    let replacement = s.of(1, Phase::Starting);
+    let replacement = s.of(1, WorkerPhase::Starting);
     assert_eq!(replacement.len(), 1);
     let a = s.hup("r2");
     assert_eq!(
@@ -183,7 +183,7 @@ fn rule_4_cutover_holds_the_new_generation_and_releases_it_when_the_old_one_is_g
     let mut s = Sim::serving(Mode::Cutover);
     let a = s.hup("r2");
     assert!(starts(&a).iter().all(|&(_, g, hold)| g == 2 && hold));
-    let new = s.of(2, Phase::Starting);
+    let new = s.of(2, WorkerPhase::Starting);
     let a = s.ready(&new[..1]);
     assert!(a.contains(&Action::Hold { worker: new[0] }));
     assert!(
@@ -196,7 +196,7 @@ fn rule_4_cutover_holds_the_new_generation_and_releases_it_when_the_old_one_is_g
         "a held worker does not count as accepting"
     );
     let a = s.ready(&new[1..]);
-    let old: Vec<WorkerId> = s.of(1, Phase::Stopping);
+    let old: Vec<WorkerId> = s.of(1, WorkerPhase::Stopping);
     assert_eq!(retired(&a).len(), N);
     assert_eq!(old.len(), N);
     assert_eq!(s.p.held_count(), N);
@@ -221,7 +221,7 @@ fn cutover_an_old_worker_that_does_not_stop_is_killed_then_the_release_follows()
     s.at(1000);
     s.hup("r2");
     s.all_ready(2);
-    let old = s.of(1, Phase::Stopping);
+    let old = s.of(1, WorkerPhase::Stopping);
     s.at(1000 + 9_999);
     assert!(!s.tick().iter().any(|a| matches!(a, Action::Kill { .. })));
     assert_eq!(
@@ -247,7 +247,7 @@ fn cutover_an_old_worker_that_does_not_stop_is_killed_then_the_release_follows()
 fn a_new_generation_that_dies_before_ready_is_abandoned_and_the_old_one_comes_back() {
     let mut s = Sim::serving(Mode::Rolling);
     s.hup("r2");
-    let new = s.of(2, Phase::Starting);
+    let new = s.of(2, WorkerPhase::Starting);
     // One new worker ready: one old one was retired for it.
     let a = s.ready(&new[..1]);
     let gone_old = retired(&a);
@@ -263,8 +263,11 @@ fn a_new_generation_that_dies_before_ready_is_abandoned_and_the_old_one_comes_ba
     // ... the new not-ready worker goes at once (and the dead one is marked
     // stopping), the ready one waits for the old one to be back.
     assert_eq!(retired(&a), vec![new[1], new[2]]);
-    assert_eq!(s.p.worker(new[0]).map(|w| w.phase), Some(Phase::Ready));
-    let back = s.of(1, Phase::Starting);
+    assert_eq!(
+        s.p.worker(new[0]).map(|w| w.phase),
+        Some(WorkerPhase::Ready)
+    );
+    let back = s.of(1, WorkerPhase::Starting);
     let a = s.ready(&back);
     assert_eq!(retired(&a), vec![new[0]]);
     assert_eq!(s.p.ready_count(), N);
@@ -289,9 +292,9 @@ fn a_new_generation_that_misses_the_readiness_deadline_is_abandoned() {
     let a = s.tick();
     assert!(warned(&a, "not ready after 30.0s"));
     assert_eq!(s.p.reload, Reload::Failed);
-    assert_eq!(s.of(2, Phase::Stopping).len(), N);
+    assert_eq!(s.of(2, WorkerPhase::Stopping).len(), N);
     assert_eq!(
-        s.of(1, Phase::Ready).len(),
+        s.of(1, WorkerPhase::Ready).len(),
         N,
         "the old generation never stopped"
     );
@@ -315,7 +318,7 @@ fn a_hup_that_cannot_resolve_the_pin_fails_at_once_and_starts_nothing() {
 fn a_hup_during_a_reload_starts_over_with_the_newest_generation() {
     let mut s = Sim::serving(Mode::Rolling);
     s.hup("r2");
-    let g2 = s.of(2, Phase::Starting);
+    let g2 = s.of(2, WorkerPhase::Starting);
     s.ready(&g2[..1]);
     let a = s.hup("r3");
     assert_eq!(s.p.target.id, 3);
@@ -333,7 +336,7 @@ fn a_hup_during_a_reload_starts_over_with_the_newest_generation() {
 fn a_hup_during_a_cutover_before_the_switch_stops_the_held_workers() {
     let mut s = Sim::serving(Mode::Cutover);
     s.hup("r2");
-    let g2 = s.of(2, Phase::Starting);
+    let g2 = s.of(2, WorkerPhase::Starting);
     s.ready(&g2[..2]);
     assert_eq!(s.p.held_count(), 2);
     let a = s.hup("r3");
@@ -345,7 +348,7 @@ fn a_hup_during_a_cutover_before_the_switch_stops_the_held_workers() {
         .iter()
         .any(|a| matches!(a, Action::Retire { cont: true, .. })));
     assert_eq!(s.p.held_count(), 0);
-    assert_eq!(s.of(1, Phase::Ready).len(), N);
+    assert_eq!(s.of(1, WorkerPhase::Ready).len(), N);
 }
 
 #[test]
@@ -353,8 +356,8 @@ fn a_hup_during_a_cutovers_switch_keeps_the_switch_and_goes_on_to_the_newest() {
     let mut s = Sim::serving(Mode::Cutover);
     s.hup("r2");
     s.all_ready(2);
-    let g2 = s.of(2, Phase::Ready);
-    let old = s.of(1, Phase::Stopping);
+    let g2 = s.of(2, WorkerPhase::Ready);
+    let old = s.of(1, WorkerPhase::Stopping);
     assert_eq!(s.p.serving.as_ref().map(|g| g.id), Some(2));
     let a = s.hup("r3");
     assert!(
@@ -364,7 +367,7 @@ fn a_hup_during_a_cutovers_switch_keeps_the_switch_and_goes_on_to_the_newest() {
     assert_eq!(s.p.held_count(), N);
     s.all_ready(3);
     // Generation 3 is whole before the old ones are gone: 2 is never released.
-    assert_eq!(s.of(2, Phase::Stopping).len(), N);
+    assert_eq!(s.of(2, WorkerPhase::Stopping).len(), N);
     let mut last = Vec::new();
     for id in old.iter().chain(g2.iter()) {
         last = s.end(*id, Ended::Exited(0));
@@ -382,8 +385,8 @@ fn a_crash_during_a_cutovers_switch_is_replaced_held_and_released_with_the_other
     let mut s = Sim::serving(Mode::Cutover);
     s.hup("r2");
     s.all_ready(2);
-    let old = s.of(1, Phase::Stopping);
-    let g2 = s.of(2, Phase::Ready);
+    let old = s.of(1, WorkerPhase::Stopping);
+    let g2 = s.of(2, WorkerPhase::Ready);
     s.at(400);
     let a = s.end(g2[1], Ended::Killed(Signal::SIGSEGV));
     assert!(
@@ -399,7 +402,7 @@ fn a_crash_during_a_cutovers_switch_is_replaced_held_and_released_with_the_other
         vec![(1, 2, true)],
         "its replacement is held too"
     );
-    let repl = s.of(2, Phase::Starting);
+    let repl = s.of(2, WorkerPhase::Starting);
     s.ready(&repl);
     let mut last = Vec::new();
     for id in &old {
@@ -418,14 +421,14 @@ fn a_replacement_after_the_release_is_not_held() {
     let mut s = Sim::serving(Mode::Cutover);
     s.hup("r2");
     s.all_ready(2);
-    for id in s.of(1, Phase::Stopping) {
+    for id in s.of(1, WorkerPhase::Stopping) {
         s.end(id, Ended::Exited(0));
     }
     s.at(60_000);
-    let w = s.of(2, Phase::Ready)[0];
+    let w = s.of(2, WorkerPhase::Ready)[0];
     let a = s.end(w, Ended::Exited(0));
     assert_eq!(starts(&a), vec![(0, 2, false)]);
-    let repl = s.of(2, Phase::Starting);
+    let repl = s.of(2, WorkerPhase::Starting);
     let a = s.ready(&repl);
     assert!(!a.iter().any(|a| matches!(a, Action::Hold { .. })));
 }
@@ -438,7 +441,7 @@ fn the_one_second_rule_and_the_back_off() {
     let mut waits = Vec::new();
     let mut t = 0;
     for _ in 0..4 {
-        let id = s.of(1, Phase::Starting)[0];
+        let id = s.of(1, WorkerPhase::Starting)[0];
         let started = s.p.worker(id).map(|w| w.started).unwrap_or(s.t0);
         t += 200;
         s.at(t);
@@ -460,7 +463,7 @@ fn a_ready_worker_that_exits_0_is_replaced_at_once() {
     let mut s = Sim::serving(Mode::Rolling);
     // after the one-second minimum (before it, a crash: tests_hostile.rs)
     s.at(1000);
-    let id = s.of(1, Phase::Ready)[0];
+    let id = s.of(1, WorkerPhase::Ready)[0];
     let a = s.end(id, Ended::Exited(0));
     assert_eq!(starts(&a), vec![(0, 1, false)]);
     assert!(!warned(&a, ""));
@@ -506,7 +509,7 @@ fn ttin_adds_a_slot_and_ttou_retires_the_last_one_while_n_stay_ready() {
     s.p.ttin();
     let a = s.step();
     assert_eq!(starts(&a), vec![(N, 1, false)]);
-    let extra = s.of(1, Phase::Starting);
+    let extra = s.of(1, WorkerPhase::Starting);
     s.ready(&extra);
     assert_eq!(s.p.ready_count(), N + 1);
     s.p.ttou();
@@ -525,7 +528,7 @@ fn ttin_adds_a_slot_and_ttou_retires_the_last_one_while_n_stay_ready() {
 fn stop_tells_every_worker_once_and_finishes_when_all_are_gone() {
     let mut s = Sim::serving(Mode::Cutover);
     s.hup("r2");
-    let g2 = s.of(2, Phase::Starting);
+    let g2 = s.of(2, WorkerPhase::Starting);
     s.ready(&g2[..1]);
     let a = s.p.stop(s.now, Stop::Graceful, Signal::SIGTERM);
     assert_eq!(retired(&a).len(), 2 * N);

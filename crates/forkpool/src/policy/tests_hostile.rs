@@ -29,7 +29,7 @@ impl Hostile for Sim {
             .p
             .workers
             .iter()
-            .filter(|w| w.phase == Phase::Starting)
+            .filter(|w| w.phase == WorkerPhase::Starting)
             .map(|w| w.id)
             .collect();
         let a = self.p.tick(self.now, &ids);

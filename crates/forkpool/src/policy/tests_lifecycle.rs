@@ -5,6 +5,7 @@
 
 use super::sim::{settings, Sim, N};
 use super::*;
+use crate::lifecycle::Lifecycle;
 
 /// How these tests set up and drive a host: every input is followed by the
 /// lifecycle's tick and a step.
@@ -22,7 +23,7 @@ impl Life for Sim {
         let (p, _) = Policy::new(settings(mode, life), None, N);
         let mut s = Sim::start(p, Vec::new());
         s.at(100);
-        let ids = s.of(1, Phase::Starting);
+        let ids = s.of(1, WorkerPhase::Starting);
         s.ready(&ids);
         assert_eq!(s.p.serving.as_ref().map(|g| g.id), Some(1));
         s
@@ -45,7 +46,7 @@ impl Life for Sim {
 
     fn stopping(&self) -> Vec<WorkerId> {
         let ws = self.p.workers.iter();
-        ws.filter(|w| w.phase == Phase::Stopping)
+        ws.filter(|w| w.phase == WorkerPhase::Stopping)
             .map(|w| w.id)
             .collect()
     }
@@ -85,7 +86,7 @@ fn aging(secs: u64, surge: Option<usize>) -> Lifecycle {
 #[test]
 fn recycling_by_age_starts_the_replacement_first() {
     let mut s = Sim::new(Mode::Rolling, aging(10, None));
-    let old = s.of(1, Phase::Ready);
+    let old = s.of(1, WorkerPhase::Ready);
     s.at(9_000);
     assert!(starts(&s.tick()).is_empty(), "recycled before its age");
     s.at(10_100);
@@ -97,7 +98,7 @@ fn recycling_by_age_starts_the_replacement_first() {
     );
     assert_eq!(s.p.ready_count(), N);
     // The replacement of slot 1 is ready: the old worker of slot 1 goes, only it.
-    let new = s.of(1, Phase::Starting);
+    let new = s.of(1, WorkerPhase::Starting);
     let r1 = *new.iter().find(|&&id| s.slot_of(id) == 1).expect("slot 1");
     let a = s.ready(&[r1]);
     let gone = retired(&a);
@@ -124,7 +125,7 @@ fn surge_1_recycles_one_at_a_time_and_never_above_n_plus_1() {
         assert!(s.p.ready_count() >= N);
         t += 100;
         s.at(t);
-        if let Some(&id) = s.of(1, Phase::Starting).first() {
+        if let Some(&id) = s.of(1, WorkerPhase::Starting).first() {
             let a = s.ready(&[id]);
             assert_eq!(retired(&a).len(), 1);
             // Nothing starts while the retired one is still alive.
@@ -166,12 +167,12 @@ fn a_rolling_reload_under_surge_1_keeps_n_plus_1() {
     let a = s.feed(a);
     assert_eq!(starts(&a).len(), 1);
     let mut t = 200;
-    while !s.of(1, Phase::Ready).is_empty() || !s.stopping().is_empty() {
+    while !s.of(1, WorkerPhase::Ready).is_empty() || !s.stopping().is_empty() {
         assert!(s.p.workers.len() <= N + 1);
         assert!(s.p.ready_count() >= N);
         t += 100;
         s.at(t);
-        if let Some(&id) = s.of(2, Phase::Starting).first() {
+        if let Some(&id) = s.of(2, WorkerPhase::Starting).first() {
             s.ready(&[id]);
         } else if let Some(&id) = s.stopping().first() {
             s.end(id);
@@ -179,7 +180,7 @@ fn a_rolling_reload_under_surge_1_keeps_n_plus_1() {
             panic!("stuck: {:?}", s.p.workers);
         }
     }
-    assert_eq!(s.of(2, Phase::Ready).len(), N);
+    assert_eq!(s.of(2, WorkerPhase::Ready).len(), N);
     assert_eq!(s.p.reload, Reload::Ok);
 }
 
@@ -207,7 +208,7 @@ fn the_watchdog_aborts_a_silent_worker_and_replaces_it_at_once() {
             ..Default::default()
         },
     );
-    let ids = s.of(1, Phase::Ready);
+    let ids = s.of(1, WorkerPhase::Ready);
     let deadline = s.p.life_deadline().expect("a ping is due");
     assert_eq!(deadline, s.t0 + Duration::from_millis(600));
     // Workers 0 and 1 ping; worker 2 is silent.
@@ -242,7 +243,7 @@ fn memory_over_the_limit_k_samples_in_a_row_recycles() {
             ..Default::default()
         },
     );
-    let ids = s.of(1, Phase::Ready);
+    let ids = s.of(1, WorkerPhase::Ready);
     let big = 50 * 1024;
     for (i, pss) in [big, 1024, big, big, 1024].into_iter().enumerate() {
         s.at(1000 * (i as u64 + 1));
@@ -263,12 +264,12 @@ fn memory_over_the_limit_k_samples_in_a_row_recycles() {
 #[test]
 fn a_worker_that_asks_is_recycled_replacement_first() {
     let mut s = Sim::new(Mode::Cutover, Lifecycle::default());
-    let ids = s.of(1, Phase::Ready);
+    let ids = s.of(1, WorkerPhase::Ready);
     let a = s.p.asked_recycle(ids[0], s.now);
     let a = s.feed(a);
     assert_eq!(starts(&a), vec![s.slot_of(ids[0])]);
     assert!(retired(&a).is_empty());
-    let new = s.of(1, Phase::Starting)[0];
+    let new = s.of(1, WorkerPhase::Starting)[0];
     let a = s.ready(&[new]);
     assert_eq!(retired(&a), vec![(ids[0], Signal::SIGTERM)]);
     assert_eq!(s.p.held_count(), 0, "a recycle's replacement is not held");
@@ -280,11 +281,11 @@ fn a_worker_that_asks_is_recycled_replacement_first() {
 #[test]
 fn a_cutover_switches_when_the_old_workers_stopped_accepting() {
     let mut s = Sim::new(Mode::Cutover, Lifecycle::default());
-    let old = s.of(1, Phase::Ready);
+    let old = s.of(1, WorkerPhase::Ready);
     let mut a = s.p.hup(s.now, || Ok(None));
     a.extend(s.p.step(s.now));
     s.feed(a);
-    let new = s.of(2, Phase::Starting);
+    let new = s.of(2, WorkerPhase::Starting);
     let a = s.ready(&new);
     assert_eq!(retired(&a).len(), N, "the old ones are told to stop");
     // Two say they stopped accepting: not yet.
@@ -302,7 +303,7 @@ fn a_cutover_switches_when_the_old_workers_stopped_accepting() {
 #[test]
 fn stopping_counts_only_once_the_worker_is_retired() {
     let mut s = Sim::new(Mode::Cutover, Lifecycle::default());
-    let old = s.of(1, Phase::Ready);
+    let old = s.of(1, WorkerPhase::Ready);
     let mut a = s.p.hup(s.now, || Ok(None));
     a.extend(s.p.step(s.now));
     s.feed(a);
@@ -312,7 +313,7 @@ fn stopping_counts_only_once_the_worker_is_retired() {
         let a = s.p.stopped_accepting(id, s.now);
         assert!(!a.iter().any(|a| matches!(a, Action::Release { .. })));
     }
-    let new = s.of(2, Phase::Starting);
+    let new = s.of(2, WorkerPhase::Starting);
     let a = s.ready(&new);
     assert!(a.iter().any(|a| matches!(a, Action::Release { .. })));
 }

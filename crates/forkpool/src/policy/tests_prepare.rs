@@ -1,9 +1,9 @@
 //! Prepare, commit, abort (policy/prepare.rs) without processes: a fake clock
 //! and a fake wall clock (`WALL` at the start), pids handed out here.
 
-use super::prepare::Stage;
 use super::sim::*;
 use super::*;
+use crate::two_phase::Stage;
 
 const WALL: f64 = 1_764_245_000.0;
 
@@ -41,7 +41,7 @@ impl TwoPhase for Sim {
 
     fn all_ready(&mut self, gen: u64) -> Vec<Action> {
         let mut out = Vec::new();
-        for id in self.of(gen, Phase::Starting) {
+        for id in self.of(gen, WorkerPhase::Starting) {
             out.extend(self.ready(&[id]));
         }
         out
@@ -77,7 +77,7 @@ impl TwoPhase for Sim {
             .p
             .workers
             .iter()
-            .filter(|w| w.phase == Phase::Stopping)
+            .filter(|w| w.phase == WorkerPhase::Stopping)
             .map(|w| w.id)
             .collect();
         for id in ids {
@@ -142,7 +142,7 @@ fn prepare_holds_the_new_generation_ready_and_never_switches_on_its_own() {
         assert!(retired(&a).is_empty() && released(&a).is_none(), "{a:?}");
     }
     assert_eq!(s.stage(), Stage::Prepared);
-    assert_eq!(s.of(1, Phase::Ready).len(), N);
+    assert_eq!(s.of(1, WorkerPhase::Ready).len(), N);
 }
 
 #[test]
@@ -214,7 +214,7 @@ fn a_commit_instant_after_the_deadline_is_refused() {
 #[test]
 fn abort_stops_the_held_generation_and_nothing_else() {
     let mut s = prepared();
-    let old = s.of(1, Phase::Ready);
+    let old = s.of(1, WorkerPhase::Ready);
     let a = s.abort();
     assert_eq!(s.stage(), Stage::Aborted);
     let r = retired(&a);
@@ -227,7 +227,7 @@ fn abort_stops_the_held_generation_and_nothing_else() {
     assert!(s.p.reason.contains("aborted"), "{}", s.p.reason);
     let a = s.stopped_ones_exit();
     assert_eq!(released(&a), None);
-    assert_eq!(s.of(1, Phase::Ready), old);
+    assert_eq!(s.of(1, WorkerPhase::Ready), old);
     assert!(s.p.workers.iter().all(|w| w.generation == 1));
     // a second abort: nothing to do, accepted
     s.abort();
@@ -257,11 +257,11 @@ fn a_new_worker_that_dies_fails_the_prepare_and_the_old_one_serves() {
     let mut s = Sim::serving();
     s.at(1000);
     s.prepare("broken");
-    let id = s.of(2, Phase::Starting)[0];
+    let id = s.of(2, WorkerPhase::Starting)[0];
     s.at(1050);
     let a = s.end(id, Ended::Exited(1));
     assert_eq!(s.stage(), Stage::Failed);
-    let old = s.of(1, Phase::Ready);
+    let old = s.of(1, WorkerPhase::Ready);
     assert_eq!(old.len(), N);
     let r = retired(&a);
     assert_eq!(r.len(), N, "every new one goes: {a:?}");
@@ -269,7 +269,7 @@ fn a_new_worker_that_dies_fails_the_prepare_and_the_old_one_serves() {
     assert_eq!(s.p.target.id, 1);
     assert_eq!(s.p.reload, Reload::None, "not a failed reload");
     assert!(s.p.reason.contains("exited 1"), "{}", s.p.reason);
-    assert_eq!(s.of(1, Phase::Ready).len(), N);
+    assert_eq!(s.of(1, WorkerPhase::Ready).len(), N);
 }
 
 #[test]

@@ -48,159 +48,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use unixtool::backoff::{Backoff, ONE_SECOND};
+use unixtool::backoff::ONE_SECOND;
 use unixtool::child::{secs, Ended};
-use unixtool::readiness;
 use unixtool::signals::signal_name;
 use unixtool::supervise::{earliest, KillDeadline, ReadinessTimes};
 
-use crate::lifecycle::{Lifecycle, PoolLife, Recycle, WorkerLife};
-
-/// How the old generation makes way for the new one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Retire one old worker for each new one that becomes ready.
-    Rolling,
-    /// Retire every old worker once the whole new generation is ready.
-    AllAtOnce,
-    /// Hold the new generation, ready, until the whole of it is ready and
-    /// every old worker is gone; then release it at once.
-    Cutover,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Rolling => "rolling",
-            Mode::AllAtOnce => "all-at-once",
-            Mode::Cutover => "cutover",
-        }
-    }
-}
-
-/// The policy's settings (from the options).
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub mode: Mode,
-    pub stop_signal: Signal,
-    /// `-k`: a stopping worker gets KILL this long after its stop signal.
-    pub drain: Duration,
-    /// `-a` (ready after staying alive this long) and `-t` (the readiness
-    /// deadline); `-d`/`--notify` are the pool's business.
-    pub ready: readiness::Options,
-    /// `-b`: the longest back-off.
-    pub backoff_max: Duration,
-    /// Recycling, watchdog, surge (lifecycle.rs).
-    pub life: Lifecycle,
-}
-
-/// One generation: its number and the release directory it is pinned to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Generation {
-    pub id: u64,
-    pub release: Option<PathBuf>,
-}
-
-/// A worker's name in the policy (a pid is known only after the fork).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WorkerId(pub u64);
-
-/// Why a worker was retired.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Why {
-    /// Outgoing and ready: a worker of the target generation stands in for it.
-    Replaced,
-    /// Outgoing and not serving (not ready, or held in a generation that
-    /// will not serve).
-    NotNeeded,
-    /// It died or missed its readiness deadline.
-    Failed,
-    /// The pool stops (TERM, INT, QUIT).
-    Stopping,
-    /// Recycled (age, memory, its own word) once its replacement was ready.
-    Recycled(Recycle),
-    /// It missed its watchdog ping.
-    Watchdog,
-}
-
-impl Why {
-    pub fn name(self) -> &'static str {
-        match self {
-            Why::Replaced => "replaced",
-            Why::NotNeeded => "not needed",
-            Why::Failed => "failed",
-            Why::Stopping => "stopping",
-            Why::Recycled(Recycle::Age) => "recycled: age",
-            Why::Recycled(Recycle::Memory) => "recycled: memory",
-            Why::Recycled(Recycle::Asked) => "recycled: it asked",
-            Why::Recycled(Recycle::Watchdog) | Why::Watchdog => "watchdog",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Starting,
-    Ready,
-    Stopping,
-}
-
-/// One worker, as the policy sees it.
-#[derive(Clone, Debug)]
-pub struct Worker {
-    pub id: WorkerId,
-    /// Known once started (0 before).
-    pub pid: i32,
-    pub slot: usize,
-    pub generation: u64,
-    pub phase: Phase,
-    pub started: Instant,
-    /// When a stopping worker gets KILL.
-    pub kill_at: KillDeadline,
-    /// Cutover: ready, but stopped (SIGSTOP) and not released yet.
-    pub held: bool,
-    /// Why it was retired (None while it is not).
-    pub retired: Option<Why>,
-    /// Recycling and watchdog state (lifecycle.rs).
-    pub life: WorkerLife,
-}
-
-impl Worker {
-    pub fn live(&self) -> bool {
-        self.phase != Phase::Stopping
-    }
-
-    pub fn name(&self) -> String {
-        format!(
-            "worker {} (pid {}, generation {})",
-            self.slot, self.pid, self.generation
-        )
-    }
-}
-
-/// A slot's restart schedule.
-#[derive(Clone, Debug)]
-pub struct Slot {
-    pub backoff: Backoff,
-    /// The next start of a target worker in this slot is not before this.
-    pub not_before: Option<Instant>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reload {
-    None,
-    Running { since: Instant },
-    Ok,
-    Failed,
-}
-
-/// Whether the pool is stopping, and how.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
-    No,
-    Graceful,
-    Fast,
-}
+use crate::generation::{Generation, Reload, Stop};
+use crate::lifecycle::{PoolLife, Recycle, WorkerLife};
+use crate::settings::{Mode, Settings};
+use crate::two_phase::TwoPhase;
+use crate::worker::{Slot, Why, Worker, WorkerId, WorkerPhase};
 
 /// What the pool must do, in this order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,7 +114,8 @@ pub struct Policy {
     pub stop: Stop,
     /// The next [`WorkerId`].
     pub next_worker: u64,
-    out: Vec<Action>,
+    /// The actions of the event at hand, taken by its caller.
+    pub(crate) out: Vec<Action>,
     /// Recycle counts and the random state of the age draws (lifecycle.rs).
     pub life: PoolLife,
     /// `-C`: prepare, commit, abort (policy/prepare.rs).
@@ -337,7 +195,7 @@ impl Policy {
     pub fn ready_count(&self) -> usize {
         self.workers
             .iter()
-            .filter(|w| w.phase == Phase::Ready && !w.held)
+            .filter(|w| w.phase == WorkerPhase::Ready && !w.held)
             .count()
     }
 
@@ -360,9 +218,9 @@ impl Policy {
     /// Whether every slot has a ready worker of the target generation.
     fn target_ready(&self) -> bool {
         (0..self.slots.len()).all(|s| {
-            self.workers
-                .iter()
-                .any(|w| w.slot == s && w.generation == self.target.id && w.phase == Phase::Ready)
+            self.workers.iter().any(|w| {
+                w.slot == s && w.generation == self.target.id && w.phase == WorkerPhase::Ready
+            })
         })
     }
 
@@ -408,7 +266,8 @@ impl Policy {
             .iter()
             .filter(|w| {
                 self.is_outgoing(w)
-                    && (w.phase != Phase::Ready || (w.held && Some(w.generation) != serving_id))
+                    && (w.phase != WorkerPhase::Ready
+                        || (w.held && Some(w.generation) != serving_id))
             })
             .map(|w| w.id)
             .collect();
@@ -426,7 +285,7 @@ impl Policy {
             let candidate = self
                 .workers
                 .iter()
-                .filter(|w| self.is_outgoing(w) && w.phase == Phase::Ready)
+                .filter(|w| self.is_outgoing(w) && w.phase == WorkerPhase::Ready)
                 .filter(|w| mode == Mode::Rolling || all_at_once_go || w.slot >= n)
                 .min_by_key(|w| (w.slot < n, w.generation, w.slot))
                 .map(|w| w.id);
@@ -492,7 +351,7 @@ impl Policy {
             pid: 0,
             slot,
             generation: generation.id,
-            phase: Phase::Starting,
+            phase: WorkerPhase::Starting,
             started: now,
             kill_at: KillDeadline::default(),
             held: false,
@@ -611,10 +470,10 @@ impl Policy {
         let Some(i) = self.index(id) else { return };
         let drain = self.settings.drain;
         let w = &mut self.workers[i];
-        if w.phase == Phase::Stopping {
+        if w.phase == WorkerPhase::Stopping {
             return;
         }
-        w.phase = Phase::Stopping;
+        w.phase = WorkerPhase::Stopping;
         w.retired = Some(why);
         w.kill_at.arm(now, drain);
         let cont = std::mem::take(&mut w.held);
@@ -640,9 +499,9 @@ impl Policy {
             .filter(|_| self.stop == Stop::No)
             .map(|s| s.not_before);
         let workers = self.workers.iter().flat_map(|w| match w.phase {
-            Phase::Starting => self.settings.ready.due(w.started),
-            Phase::Stopping => [w.kill_at.0, None],
-            Phase::Ready => [None, None],
+            WorkerPhase::Starting => self.settings.ready.due(w.started),
+            WorkerPhase::Stopping => [w.kill_at.0, None],
+            WorkerPhase::Ready => [None, None],
         });
         let reload = match self.reload {
             Reload::Running { since } => Some(since + self.reload_deadline()),
@@ -665,14 +524,14 @@ impl Policy {
         for id in ids {
             let Some(i) = self.index(id) else { continue };
             let w = &self.workers[i];
-            if w.phase != Phase::Starting {
+            if w.phase != WorkerPhase::Starting {
                 continue;
             }
             let by_time = s.ready.ready_by_time(w.started, now);
             if ready.contains(&id) || by_time {
                 let held = s.mode == Mode::Cutover && w.generation > self.accepting.id;
                 let w = &mut self.workers[i];
-                w.phase = Phase::Ready;
+                w.phase = WorkerPhase::Ready;
                 if held {
                     // At once: the window in which it may accept is this long.
                     w.held = true;
@@ -796,8 +655,8 @@ impl Policy {
         let ran = now.saturating_duration_since(w.started);
         let what = format!("{} {ended} after {}", w.name(), secs(ran));
         match w.phase {
-            Phase::Stopping => self.info(what),
-            Phase::Ready if ended.clean() && ran >= ONE_SECOND => {
+            WorkerPhase::Stopping => self.info(what),
+            WorkerPhase::Ready if ended.clean() && ran >= ONE_SECOND => {
                 // A worker that finished its work (e.g. max requests): replace it at once.
                 let slot = w.slot;
                 if w.generation == self.target.id && slot < self.slots.len() {
@@ -809,11 +668,11 @@ impl Policy {
             }
             // A clean exit soon after the start is a crash for restart
             // timing: no tight, silent loop of workers that exit 0 at once.
-            Phase::Ready if ended.clean() => {
+            WorkerPhase::Ready if ended.clean() => {
                 self.failed(i, now, format!("{what} (less than 1s: counted as a crash)"))
             }
-            Phase::Ready => self.failed(i, now, what),
-            Phase::Starting => self.failed(i, now, format!("{what} before it was ready")),
+            WorkerPhase::Ready => self.failed(i, now, what),
+            WorkerPhase::Starting => self.failed(i, now, format!("{what} before it was ready")),
         }
         self.workers.remove(i);
         self.take()
@@ -912,8 +771,8 @@ impl Policy {
         self.prepare_stopped();
         let drain = self.settings.drain;
         for w in &mut self.workers {
-            if w.phase != Phase::Stopping || how == Stop::Fast {
-                w.phase = Phase::Stopping;
+            if w.phase != WorkerPhase::Stopping || how == Stop::Fast {
+                w.phase = WorkerPhase::Stopping;
                 w.retired.get_or_insert(Why::Stopping);
                 w.kill_at.arm(now, drain);
                 let cont = std::mem::take(&mut w.held);
@@ -928,17 +787,8 @@ impl Policy {
     }
 }
 
-impl Slot {
-    fn new(settings: &Settings) -> Slot {
-        Slot {
-            backoff: Backoff::new(settings.backoff_max),
-            not_before: None,
-        }
-    }
-}
-
+mod lifecycle;
 mod prepare;
-pub use prepare::TwoPhase;
 
 #[cfg(test)]
 mod sim;
