@@ -23,6 +23,7 @@
 //! between blocking the signals and the exec (one warning line says so).
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::time::Instant;
 
 use unixtool::reexec;
@@ -31,6 +32,7 @@ use unixtool::EXIT_TEMPORARY;
 
 use crate::pool::{Config, Pool};
 use crate::settings::Settings;
+use crate::state::Snapshot;
 use crate::tool::TOOL;
 use crate::upstream::Upstream;
 
@@ -123,17 +125,21 @@ pub fn if_asked(pool: &mut Pool, sigs: &SignalPipe, mut upstream: Option<&mut Up
         &TOOL,
         &NAMES,
         sigs,
-        &mut |p: &mut Pool, blocked, path| {
-            if blocked {
-                // SIGCHLD is blocked: what ended during the check is
-                // accounted for now; the state is as of this moment.
-                p.reap(Instant::now());
-            }
-            // One value: its text and the descriptors kept across the exec.
-            let snapshot = p.snapshot(path)?;
-            let text = crate::state::write(&snapshot, Instant::now())?;
-            Ok((text, snapshot.kept_fds()))
-        },
+        &mut hand_over,
         env,
     );
+}
+
+/// The state handed over (once for the check, once more with every signal
+/// blocked right before the exec): one [`Snapshot`], its text and the
+/// descriptors kept across the exec.
+fn hand_over(pool: &mut Pool, blocked: bool, exe: &Path) -> reexec::Handed {
+    if blocked {
+        // SIGCHLD is blocked: what ended during the check is accounted for
+        // now; the state is as of this moment.
+        pool.reap(Instant::now());
+    }
+    let snapshot: Snapshot = pool.snapshot(exe)?;
+    let text = crate::state::write(&snapshot, Instant::now())?;
+    Ok((text, snapshot.kept_fds()))
 }

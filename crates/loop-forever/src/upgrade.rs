@@ -25,16 +25,15 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use unixtool::backoff::Backoff;
 use unixtool::readiness::{NotifySocket, ReadinessPipe};
 use unixtool::reexec::{self, instant_field, path_text, StateText, Upgrade, UpgradePhase};
-use unixtool::signals::{SignalPipe, SUPERVISOR_SIGNALS};
+use unixtool::signals::SignalPipe;
 use unixtool::supervise::{Child, KillDeadline};
-use unixtool::upstream::monotonic_usec;
 use unixtool::{EXIT_TEMPORARY, EXIT_USAGE};
 
 use crate::{Loop, Options, Running, TOOL};
@@ -102,19 +101,8 @@ struct Fds {
 pub fn adopt(fd: OwnedFd, opts: Options) -> (SignalPipe, Loop) {
     let now = Instant::now();
     let mut l = Loop::new(opts, None, fresh());
-    let fds = reexec::read_fd(fd.as_raw_fd())
-        .and_then(|t| read(&mut l, &t, now))
-        .unwrap_or_else(|e| {
-            TOOL.fatal(
-                EXIT_TEMPORARY,
-                format_args!("unable to read the state: {e}"),
-            )
-        });
-    drop(fd);
-    let sigs = SignalPipe::install(&SUPERVISOR_SIGNALS)
-        .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
-    let fatal =
-        |e: String| -> ! { TOOL.fatal(EXIT_TEMPORARY, format_args!("unable to adopt: {e}")) };
+    let (fds, sigs) = reexec::take_state(&TOOL, fd, |t| read(&mut l, t, now));
+    let fatal = |e: String| -> ! { reexec::adopt_failed(&TOOL, e) };
     if let Some((fd, name)) = fds.notify {
         let sock = reexec::adopt_fd(fd).unwrap_or_else(|e| fatal(e));
         l.notify = Some(NotifySocket::adopt(sock, name));
@@ -147,7 +135,7 @@ fn signal_field(s: Option<Signal>) -> String {
 /// The state as text, at `now`.
 fn state(l: &Loop, exe: &Path, now: Instant) -> Result<String, String> {
     let mut s = StateText::new(MAGIC, VERSION);
-    s.record("clock", &[("monotonic_us", monotonic_usec().to_string())]);
+    s.clock();
     s.record(
         "loop",
         &[
@@ -207,11 +195,7 @@ fn read(l: &mut Loop, text: &str, now: Instant) -> Result<Fds, String> {
     l.child = None;
     for mut r in records {
         match r.kind.as_str() {
-            "clock" => {
-                let then: u64 = r.num("monotonic_us")?;
-                let ago = monotonic_usec().saturating_sub(then);
-                base = now.checked_sub(Duration::from_micros(ago)).unwrap_or(now);
-            }
+            "clock" => base = reexec::clock_base(&mut r, now)?,
             "loop" => {
                 l.start_at = r.instant("start_at", base)?;
                 l.backoff = Backoff::restored(l.opts.common.backoff_max, r.num("failures")?);
