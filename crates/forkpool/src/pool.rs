@@ -22,7 +22,7 @@ use crate::command::{instant_of, parse, wall_now, Command};
 use crate::control::ControlFifo;
 use crate::generation::{Reload, Stop};
 use crate::messages::Said;
-use crate::policy::{Action, Policy};
+use crate::policy::{Action, Event, Policy};
 use crate::settings::{Mode, Settings};
 use crate::state::{HandedProcess, Snapshot};
 use crate::status::{StatusFile, Summary, UpgradeLines};
@@ -187,9 +187,15 @@ pub fn fresh_upgrade() -> Upgrade {
     Upgrade::new(TOOL.name)
 }
 
-// ---- the one place actions are carried out --------------------------------
+// ---- the one place events go in and actions are carried out ---------------
 
 impl Pool {
+    /// Hand `event` to the rule; carry out what it says.
+    fn handle(&mut self, now: Instant, event: Event) {
+        let actions = self.policy.handle(now, event);
+        self.apply(actions, now);
+    }
+
     /// Carry out the policy's actions, in order.
     fn apply(&mut self, actions: Vec<Action>, now: Instant) {
         for action in actions {
@@ -208,16 +214,24 @@ impl Pool {
                         watchdog: self.policy.settings.life.watchdog,
                     };
                     // A reload given up by an earlier action: start nothing of it.
-                    let more = if generation.id != self.policy.target.id {
-                        self.policy
-                            .start_failed(worker, now, "its reload was given up")
+                    let event = if generation.id != self.policy.target.id {
+                        Event::StartFailed {
+                            worker,
+                            reason: "its reload was given up",
+                        }
                     } else {
                         match self.procs.start(&how, worker, slot, &generation, hold) {
-                            Ok(pid) => self.policy.started(worker, pid.as_raw()),
-                            Err(e) => self.policy.start_failed(worker, now, unixtool::strerror(e)),
+                            Ok(pid) => Event::Started {
+                                worker,
+                                pid: pid.as_raw(),
+                            },
+                            Err(e) => Event::StartFailed {
+                                worker,
+                                reason: unixtool::strerror(e),
+                            },
                         }
                     };
-                    self.apply(more, now);
+                    self.handle(now, event);
                 }
                 Action::Retire {
                     worker,
@@ -255,8 +269,7 @@ impl Pool {
 impl Pool {
     /// The rule's own turn: start what is missing, retire what is outgoing.
     pub fn step(&mut self, now: Instant) {
-        let actions = self.policy.step(now);
-        self.apply(actions, now);
+        self.handle(now, Event::Step);
     }
 
     /// Replace the status file when the state changed.
@@ -336,23 +349,21 @@ impl Pool {
                     .map(|s| (p.id, s)),
             );
         }
-        let actions = self.policy.tick(now, &ready);
-        self.apply(actions, now);
+        self.handle(now, Event::Time { ready: &ready });
         for (id, what) in said {
-            let actions = match what {
-                Said::Ping => self.policy.ping(id, now),
-                Said::Recycle => self.policy.asked_recycle(id, now),
-                Said::Stopping => self.policy.stopped_accepting(id, now),
+            let event = match what {
+                Said::Ping => Event::Ping(id),
+                Said::Recycle => Event::AskedRecycle(id),
+                Said::Stopping => Event::StoppedAccepting(id),
             };
-            self.apply(actions, now);
+            self.handle(now, event);
         }
     }
 
     /// The lifecycle's turn: ages and watchdog deadlines, then (`--max-rss`,
     /// once a second) every worker's Pss.
     pub fn lifecycle(&mut self, now: Instant) {
-        let actions = self.policy.life_tick(now);
-        self.apply(actions, now);
+        self.handle(now, Event::LifeTick);
         if self.policy.settings.life.max_rss_kib.is_none() {
             return;
         }
@@ -369,8 +380,11 @@ impl Pool {
             .collect();
         for (id, pid) in ids {
             if let Some(kib) = crate::rss::pss_kib(pid) {
-                let actions = self.policy.memory(id, kib, now);
-                self.apply(actions, now);
+                let event = Event::Memory {
+                    worker: id,
+                    pss_kib: kib,
+                };
+                self.handle(now, event);
             }
         }
     }
@@ -378,29 +392,36 @@ impl Pool {
     /// A signal, in order of arrival.
     pub fn signal(&mut self, sig: Signal, now: Instant) {
         let stop_signal = self.policy.settings.stop_signal;
-        let actions = match sig {
-            Signal::SIGCHLD => Vec::new(),
-            Signal::SIGHUP => {
-                let pin = self.cfg.pin.clone();
-                self.policy.hup(now, || resolve_pin(&pin))
-            }
-            Signal::SIGTERM | Signal::SIGINT => self.policy.stop(now, Stop::Graceful, stop_signal),
-            Signal::SIGQUIT => self.policy.stop(now, Stop::Fast, Signal::SIGQUIT),
-            Signal::SIGTTIN => self.policy.ttin(),
-            Signal::SIGTTOU => self.policy.ttou(),
+        let pin = self.cfg.pin.clone();
+        let mut resolve = || resolve_pin(&pin);
+        let event = match sig {
+            Signal::SIGCHLD => return,
+            Signal::SIGHUP => Event::Hup {
+                resolve: &mut resolve,
+            },
+            Signal::SIGTERM | Signal::SIGINT => Event::Stop {
+                how: Stop::Graceful,
+                signal: stop_signal,
+            },
+            Signal::SIGQUIT => Event::Stop {
+                how: Stop::Fast,
+                signal: Signal::SIGQUIT,
+            },
+            Signal::SIGTTIN => Event::AddSlot,
+            Signal::SIGTTOU => Event::RemoveSlot,
             // USR2: the in-place upgrade, after this turn's signals (upgrade.rs).
             Signal::SIGUSR2 => {
                 self.upgrade.asked = true;
-                Vec::new()
+                return;
             }
             other => {
                 for p in &self.procs.list {
                     child::signal(p.child.pid, other);
                 }
-                Vec::new()
+                return;
             }
         };
-        self.apply(actions, now);
+        self.handle(now, event);
     }
 
     /// `-C`: create and open the FIFO (or die, 111); the policy learns its
@@ -425,22 +446,24 @@ impl Pool {
         let Some(c) = self.control.as_mut() else {
             return;
         };
+        let pin = self.cfg.pin.clone();
         for line in c.lines() {
             let wall = wall_now();
-            let actions = match line.and_then(|l| parse(&l)) {
+            let mut resolve = || resolve_pin(&pin);
+            let event = match line.and_then(|l| parse(&l)) {
                 Ok(None) => continue,
-                Err(why) => self.policy.bad_command(why),
-                Ok(Some(Command::Prepare)) => {
-                    let pin = self.cfg.pin.clone();
-                    self.policy.prepare(now, wall, || resolve_pin(&pin))
-                }
-                Ok(Some(Command::Commit { at })) => {
-                    let at = at.map(|t| (instant_of(t, now, wall), t));
-                    self.policy.commit(now, wall, at)
-                }
-                Ok(Some(Command::Abort)) => self.policy.abort(now, wall),
+                Err(why) => Event::BadCommand(why),
+                Ok(Some(Command::Prepare)) => Event::Prepare {
+                    wall,
+                    resolve: &mut resolve,
+                },
+                Ok(Some(Command::Commit { at })) => Event::Commit {
+                    wall,
+                    at: at.map(|t| (instant_of(t, now, wall), t)),
+                },
+                Ok(Some(Command::Abort)) => Event::Abort { wall },
             };
-            self.apply(actions, now);
+            self.handle(now, event);
         }
     }
 
@@ -455,8 +478,13 @@ impl Pool {
             };
             // Gone first: no signal of the actions below reaches its pid.
             self.procs.remove(id);
-            let actions = self.policy.ended(id, ended, now);
-            self.apply(actions, now);
+            self.handle(
+                now,
+                Event::Ended {
+                    worker: id,
+                    how: ended,
+                },
+            );
         }
     }
 

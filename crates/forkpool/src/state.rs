@@ -496,7 +496,7 @@ fn read_records(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Action;
+    use crate::policy::{Action, Event};
     use crate::settings::Mode;
     use nix::sys::signal::Signal;
     use unixtool::readiness;
@@ -528,7 +528,7 @@ mod tests {
             for a in actions {
                 if let Action::Start { worker, .. } = a {
                     pid += 1;
-                    let _ = p.started(worker, pid);
+                    let _ = p.handle(t0, Event::Started { worker, pid });
                     procs.push(HandedProcess {
                         id: worker,
                         pipe: None,
@@ -537,15 +537,18 @@ mod tests {
                 }
             }
         };
-        let a = p.step(t0);
+        let a = p.handle(t0, Event::Step);
         feed(&mut p, a, &mut procs);
         let ids: Vec<WorkerId> = p.workers.iter().map(|w| w.id).collect();
-        let _ = p.tick(t0 + Duration::from_millis(200), &ids);
-        let _ = p.step(t0 + Duration::from_millis(200));
-        let _ = p.hup(t0 + Duration::from_secs(4), || {
-            Ok(Some(PathBuf::from("/srv/releases/r2")))
-        });
-        let a = p.step(t0 + Duration::from_secs(4));
+        let _ = p.handle(t0 + Duration::from_millis(200), Event::Time { ready: &ids });
+        let _ = p.handle(t0 + Duration::from_millis(200), Event::Step);
+        let _ = p.handle(
+            t0 + Duration::from_secs(4),
+            Event::Hup {
+                resolve: &mut || Ok(Some(PathBuf::from("/srv/releases/r2"))),
+            },
+        );
+        let a = p.handle(t0 + Duration::from_secs(4), Event::Step);
         feed(&mut p, a, &mut procs);
         // Lifecycle state (lifecycle.rs) that must survive an upgrade.
         p.life.rng = 0xfeed;

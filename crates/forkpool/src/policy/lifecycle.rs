@@ -89,8 +89,8 @@ impl Policy {
     }
 
     /// The time passed: draw each new worker's age, recycle the old ones,
-    /// fire the watchdog.
-    pub fn life_tick(&mut self, now: Instant) -> Vec<Action> {
+    /// fire the watchdog (then the rule runs at once: [`Event::LifeTick`]).
+    pub(super) fn life_tick(&mut self, now: Instant) {
         let life = self.settings.life.clone();
         for i in 0..self.workers.len() {
             if let (Some(max), None) = (life.max_age, self.workers[i].life.max_age) {
@@ -121,8 +121,6 @@ impl Policy {
                 self.retire_with(id, now, Why::Watchdog, Signal::SIGABRT);
             }
         }
-        self.converge(now);
-        self.take()
     }
 
     /// The next lifecycle moment: an age limit, a watchdog deadline.
@@ -136,40 +134,39 @@ impl Policy {
     }
 
     /// A watchdog ping (an empty line on `-d`, `WATCHDOG=1`).
-    pub fn ping(&mut self, id: WorkerId, now: Instant) -> Vec<Action> {
+    pub(super) fn ping(&mut self, id: WorkerId, now: Instant) {
         if let (Some(interval), Some(i)) = (self.settings.life.watchdog, self.index(id)) {
             let w = &mut self.workers[i];
             if w.phase == WorkerPhase::Ready && !w.held {
                 w.life.ping_due = Some(now + interval);
             }
         }
-        self.take()
     }
 
     /// The worker asked to be recycled (`recycle` on `-d`, `RECYCLE=1`).
-    pub fn asked_recycle(&mut self, id: WorkerId, now: Instant) -> Vec<Action> {
+    pub(super) fn asked_recycle(&mut self, id: WorkerId) -> Then {
         if let Some(i) = self.index(id) {
             if self.recyclable(&self.workers[i]) {
                 self.mark(i, Recycle::Asked, "it asked".to_string());
-                self.converge(now);
+                return Then::Converge;
             }
         }
-        self.take()
+        Then::NextTurn
     }
 
     /// The worker stopped accepting (`stopping` on `-d`, `STOPPING=1`): a
     /// retired one counts as gone for a cutover's switch.
-    pub fn stopped_accepting(&mut self, id: WorkerId, now: Instant) -> Vec<Action> {
+    pub(super) fn stopped_accepting(&mut self, id: WorkerId) -> Then {
         if let Some(i) = self.index(id) {
             let w = &mut self.workers[i];
             if !w.life.stopped_accepting {
                 w.life.stopped_accepting = true;
                 let name = w.name();
                 self.info(format!("{name} stopped accepting"));
-                self.converge(now);
+                return Then::Converge;
             }
         }
-        self.take()
+        Then::NextTurn
     }
 
     /// Whether `w` no longer holds up a cutover's switch: retired and said
@@ -179,12 +176,12 @@ impl Policy {
     }
 
     /// One memory sample of worker `id`: its Pss in KiB (`--max-rss`).
-    pub fn memory(&mut self, id: WorkerId, pss_kib: u64, now: Instant) -> Vec<Action> {
+    pub(super) fn memory(&mut self, id: WorkerId, pss_kib: u64) -> Then {
         let (Some(limit), Some(i)) = (self.settings.life.max_rss_kib, self.index(id)) else {
-            return self.take();
+            return Then::NextTurn;
         };
         if !self.recyclable(&self.workers[i]) {
-            return self.take();
+            return Then::NextTurn;
         }
         let k = self.settings.life.rss_samples;
         let w = &mut self.workers[i];
@@ -205,9 +202,9 @@ impl Policy {
         }
         if over >= k {
             self.mark(i, Recycle::Memory, format!("Pss {}", mib(pss_kib)));
-            self.converge(now);
+            return Then::Converge;
         }
-        self.take()
+        Then::NextTurn
     }
 }
 

@@ -1,27 +1,37 @@
 //! The reload/replace rule, as a pure function of the pool's state and the
-//! time: no processes, no descriptors, no clock of its own. The pool (pool.rs)
-//! feeds it what happened (a start, a readiness, an end, a signal, the time)
-//! and applies the [`Action`]s it returns, in order.
+//! time: no processes, no descriptors, no clock of its own. The hub
+//! (pool.rs) tells it what happened as an [`Event`] through
+//! [`Policy::handle`], the one way in and out: the event's method changes
+//! the state (events.rs, lifecycle.rs, prepare.rs), the rule's steps run at
+//! once when the event says so (else at the next turn's [`Event::Step`]),
+//! and the [`Action`]s come back to be applied in order. The unit tests'
+//! simulator (sim.rs) goes through the same `handle`.
 //!
 //! There is always a *target* generation (the one the pool wants in every
 //! slot) and, once some generation has had all its workers ready, a *serving*
-//! generation (the last one that did). At each step:
+//! generation (the last one that did). The rule's steps (converge.rs), in
+//! order:
 //!
+//! 0. the two-phase gate (prepare.rs): an open prepare past its deadline
+//!    aborts; one whose generation is wholly ready is prepared;
 //! 1. every slot without a live worker of the target generation gets one (at
 //!    once, or after its back-off when the previous one failed);
 //! 2. every live worker that is not of the target generation, or sits in a
-//!    slot beyond N, is *outgoing*: retired at once if it is not ready; if it
-//!    is ready, retired only when the pool keeps at least N ready workers
-//!    without it (rolling), or when the target generation is wholly ready
-//!    (all-at-once);
-//! 3. a target generation with every slot ready becomes the serving one.
+//!    slot beyond N, is *outgoing*: (2a) retired at once if it is not ready;
+//!    (2b) if it is ready, retired only when the pool keeps at least N ready
+//!    workers without it (rolling), or when the target generation is wholly
+//!    ready (all-at-once); (2c) a recycled worker goes once its replacement
+//!    is ready;
+//! 3. a target generation with every slot ready becomes the serving one
+//!    (then the steps run once more: the old generation goes now);
+//! 4. (cutover) see below.
 //!
-//! Lifecycle (lifecycle.rs): a ready worker due for recycling (age, memory,
-//! its own word) is *marked*; step 1 counts a marked worker as missing from
-//! its slot (a second worker in a slot starts only within the `--surge`
-//! bound), and step 2b retires the marked worker once a ready worker of the
-//! target generation stands in its slot. The watchdog retires a silent worker
-//! with ABRT; step 1 then fills its slot at once.
+//! Lifecycle (policy/lifecycle.rs): a ready worker due for recycling (age,
+//! memory, its own word) is *marked*; step 1 counts a marked worker as
+//! missing from its slot (a second worker in a slot starts only within the
+//! `--surge` bound), and step 2c retires the marked worker once a ready
+//! worker of the target generation stands in its slot. The watchdog retires
+//! a silent worker with ABRT; step 1 then fills its slot at once.
 //!
 //! A reload (HUP) only changes the target. A failed reload sets the target
 //! back to the serving generation: the same rule then brings back whatever old
@@ -39,10 +49,15 @@
 //!
 //! The state is plain data. Its only clock values are `Instant`s (a start, a
 //! KILL deadline, a back-off's end, a reload's or a switch's beginning); to
-//! hand the state to another process (an in-place upgrade) write each as the
-//! offset `now - t` (or `t - now`) and rebuild it there from that process's
-//! `now`. Workers are named by a [`WorkerId`] the policy hands out, not by
-//! pid: the pid is learned after the fork ([`Policy::started`]).
+//! hand the state to another process (an in-place upgrade, state.rs) write
+//! each as the offset `now - t` (or `t - now`) and rebuild it there from
+//! that process's `now`. Workers are named by a [`WorkerId`] the policy
+//! hands out, not by pid: the pid is learned after the fork
+//! ([`Event::Started`]).
+//!
+//! A new event: a variant of [`Event`], its method beside its kin, and one
+//! arm in [`Policy::handle`] saying whether the steps run at once. A new
+//! rule: a step in converge.rs's list.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -95,6 +110,66 @@ pub enum Action {
     Warn(String),
 }
 
+/// Resolves the pin for a new generation (HUP, prepare): called only when
+/// the generation is really begun. `Err`: why it cannot be resolved.
+pub type Resolve<'a> = dyn FnMut() -> Result<Option<PathBuf>, String> + 'a;
+
+/// What happens to the pool, as the rule hears it.
+pub enum Event<'a> {
+    /// The rule's own turn, at the top of the main loop: the steps run.
+    Step,
+    /// The time passed: readiness by `-a`, readiness deadlines, the reload's
+    /// deadline, KILL deadlines. `ready`: the workers that told their
+    /// readiness since the last one (pipe or `READY=1`), each at most once.
+    Time { ready: &'a [WorkerId] },
+    /// The [`Action::Start`] of `worker` forked `pid`.
+    Started { worker: WorkerId, pid: i32 },
+    /// The [`Action::Start`] of `worker` failed (`reason`): again in a second.
+    StartFailed { worker: WorkerId, reason: &'a str },
+    /// `worker` ended (reaped).
+    Ended { worker: WorkerId, how: Ended },
+    /// HUP: a new generation, pinned to what `resolve` says.
+    Hup { resolve: &'a mut Resolve<'a> },
+    /// TERM/INT (`Graceful`, the stop signal) or QUIT (`Fast`, `signal`).
+    Stop { how: Stop, signal: Signal },
+    /// TTIN: one slot more.
+    AddSlot,
+    /// TTOU: one slot less (never below one).
+    RemoveSlot,
+    /// The lifecycle's turn: ages, the watchdog.
+    LifeTick,
+    /// A watchdog ping (an empty line on `-d`, `WATCHDOG=1`).
+    Ping(WorkerId),
+    /// `recycle` on `-d`, `RECYCLE=1`.
+    AskedRecycle(WorkerId),
+    /// `stopping` on `-d`, `STOPPING=1`.
+    StoppedAccepting(WorkerId),
+    /// One memory sample: `worker`'s Pss in KiB (`--max-rss`).
+    Memory { worker: WorkerId, pss_kib: u64 },
+    /// A line of the control FIFO that is not a command.
+    BadCommand(String),
+    /// `prepare`, read when the wall clock said `wall`.
+    Prepare {
+        wall: f64,
+        resolve: &'a mut Resolve<'a>,
+    },
+    /// `commit [T]`: `at`, the instant T (monotonic and wall clock).
+    Commit {
+        wall: f64,
+        at: Option<(Instant, f64)>,
+    },
+    /// `abort`.
+    Abort { wall: f64 },
+}
+
+/// After an event: whether the rule's steps run at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Then {
+    Converge,
+    /// At the next turn's [`Event::Step`].
+    NextTurn,
+}
+
 /// The whole state of the pool's rule: plain data.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -114,7 +189,8 @@ pub struct Policy {
     pub stop: Stop,
     /// The next [`WorkerId`].
     pub next_worker: u64,
-    /// The actions of the event at hand, taken by its caller.
+    /// The actions of the event at hand, taken by [`Policy::handle`] (empty
+    /// between events).
     pub(crate) out: Vec<Action>,
     /// Recycle counts and the random state of the age draws (lifecycle.rs).
     pub life: PoolLife,
@@ -136,7 +212,7 @@ fn release_text(g: &Generation) -> String {
 
 impl Policy {
     /// Generation 1 in `release`, `n` slots; nothing started yet (the first
-    /// [`Policy::step`] starts them).
+    /// [`Event::Step`] starts them).
     pub fn new(settings: Settings, release: Option<PathBuf>, n: usize) -> (Policy, Vec<Action>) {
         let first = Generation { id: 1, release };
         let slots = (0..n).map(|_| Slot::new(&settings)).collect();
@@ -162,11 +238,81 @@ impl Policy {
             "generation 1: starting {n} workers{}",
             release_text(&p.target)
         ));
-        let actions = p.take();
+        let actions = std::mem::take(&mut p.out);
         (p, actions)
     }
 
-    pub(crate) fn take(&mut self) -> Vec<Action> {
+    /// The one way in and out of the rule: `event` changes the state, the
+    /// steps run at once if the event says so, and its actions come back,
+    /// to be carried out in order. Which events converge at once is
+    /// written here and nowhere else.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        let then = match event {
+            Event::Step => Then::Converge,
+            Event::Time { ready } => {
+                self.time_passed(now, ready);
+                Then::NextTurn
+            }
+            Event::Started { worker, pid } => {
+                self.started(worker, pid);
+                Then::NextTurn
+            }
+            Event::StartFailed { worker, reason } => {
+                self.start_failed(worker, now, reason);
+                Then::NextTurn
+            }
+            Event::Ended { worker, how } => {
+                self.ended(worker, how, now);
+                Then::NextTurn
+            }
+            Event::Hup { resolve } => {
+                self.hup(now, resolve);
+                Then::NextTurn
+            }
+            Event::Stop { how, signal } => {
+                self.stop(now, how, signal);
+                Then::NextTurn
+            }
+            Event::AddSlot => {
+                self.add_slot();
+                Then::NextTurn
+            }
+            Event::RemoveSlot => {
+                self.remove_slot();
+                Then::NextTurn
+            }
+            // A watchdog's ABRT is replaced at once.
+            Event::LifeTick => {
+                self.life_tick(now);
+                Then::Converge
+            }
+            Event::Ping(worker) => {
+                self.ping(worker, now);
+                Then::NextTurn
+            }
+            // A worker marked for recycling gets its replacement at once; one
+            // that stopped accepting may let a cutover's switch end.
+            Event::AskedRecycle(worker) => self.asked_recycle(worker),
+            Event::StoppedAccepting(worker) => self.stopped_accepting(worker),
+            Event::Memory { worker, pss_kib } => self.memory(worker, pss_kib),
+            Event::BadCommand(why) => {
+                self.bad_command(why);
+                Then::NextTurn
+            }
+            Event::Prepare { wall, resolve } => {
+                self.prepare(now, wall, resolve);
+                Then::NextTurn
+            }
+            Event::Commit { wall, at } => {
+                self.commit(now, wall, at);
+                Then::NextTurn
+            }
+            // The prepared workers are retired at once.
+            Event::Abort { wall } => self.abort(now, wall),
+        };
+        if then == Then::Converge {
+            self.converge(now);
+        }
         std::mem::take(&mut self.out)
     }
 
@@ -228,268 +374,6 @@ impl Policy {
         w.live() && (w.generation != self.target.id || w.slot >= self.slots.len())
     }
 
-    /// Converge: start what is missing, retire what is outgoing, note a
-    /// generation that became wholly ready.
-    pub fn step(&mut self, now: Instant) -> Vec<Action> {
-        self.converge(now);
-        self.take()
-    }
-
-    pub(crate) fn converge(&mut self, now: Instant) {
-        if self.stop != Stop::No {
-            return;
-        }
-        self.prepare_due(now);
-        // 1. A live target worker in every slot.
-        for slot in 0..self.slots.len() {
-            let has = self.workers.iter().any(|w| {
-                w.live()
-                    && w.slot == slot
-                    && w.generation == self.target.id
-                    && w.life.recycle.is_none()
-            });
-            if has || self.slots[slot].not_before.is_some_and(|t| t > now) {
-                continue;
-            }
-            // The surge bound (lifecycle.rs): a second worker in a slot waits.
-            if !self.may_start(slot) {
-                continue;
-            }
-            self.slots[slot].not_before = None;
-            self.start(slot, now);
-        }
-        // 2. Retire outgoing workers: the ones not serving at once (not ready,
-        // or held in a generation that is not about to serve)...
-        let serving_id = self.serving.as_ref().map(|g| g.id);
-        let idle: Vec<WorkerId> = self
-            .workers
-            .iter()
-            .filter(|w| {
-                self.is_outgoing(w)
-                    && (w.phase != WorkerPhase::Ready
-                        || (w.held && Some(w.generation) != serving_id))
-            })
-            .map(|w| w.id)
-            .collect();
-        for id in idle {
-            self.retire(id, now, Why::NotNeeded);
-        }
-        // ... the ready ones while N ready workers remain without them, or
-        // (all-at-once) when the whole target generation is ready. Slots
-        // beyond N (TTOU) go first, then the oldest generation.
-        let mode = self.settings.mode;
-        let all_at_once_go =
-            mode != Mode::Rolling && self.target_ready() && !self.prepare_holds(now);
-        loop {
-            let n = self.slots.len();
-            let candidate = self
-                .workers
-                .iter()
-                .filter(|w| self.is_outgoing(w) && w.phase == WorkerPhase::Ready)
-                .filter(|w| mode == Mode::Rolling || all_at_once_go || w.slot >= n)
-                .min_by_key(|w| (w.slot < n, w.generation, w.slot))
-                .map(|w| w.id);
-            let Some(id) = candidate else { break };
-            if self.ready_count() <= n && !all_at_once_go {
-                break;
-            }
-            self.retire(id, now, Why::Replaced);
-        }
-        // 2b. Recycled workers whose replacement is ready (lifecycle.rs).
-        self.retire_recycled(now);
-        // 3. A wholly ready target generation serves.
-        if self.serving.as_ref().map(|g| g.id) != Some(self.target.id)
-            && self.target_ready()
-            && !self.prepare_holds(now)
-        {
-            if mode == Mode::Cutover && self.target.id > self.accepting.id {
-                // The switch: the old generations go now; the new one stays
-                // held until they are gone (4.). The reload is done then.
-                self.info(format!(
-                    "cutover to generation {}: every worker ready and held until the older ones are gone",
-                    self.target.id
-                ));
-                self.switch_since = Some(now);
-                self.serving = Some(self.target.clone());
-                self.converge(now);
-                return;
-            }
-            if let Reload::Running { since } = self.reload {
-                self.info(format!(
-                    "reload to generation {} done in {}: every worker ready",
-                    self.target.id,
-                    secs(now - since)
-                ));
-                self.reload = Reload::Ok;
-                self.reason.clear();
-            } else {
-                self.info(format!("generation {}: every worker ready", self.target.id));
-            }
-            self.serving = Some(self.target.clone());
-            self.accepting = self.target.clone();
-            // All-at-once: the old generation goes now that the new one is whole.
-            self.converge(now);
-        }
-        // 4. Cutover: release the serving generation once nothing older is left.
-        if let Some(s) = self.serving.clone() {
-            // (An old worker that said it stopped accepting counts as gone.)
-            let gone = |w: &Worker| w.generation >= s.id || Policy::gone_for_switch(w);
-            if s.id > self.accepting.id && self.workers.iter().all(gone) {
-                self.release(s, now);
-            }
-        }
-    }
-
-    /// A new worker of the target generation in `slot`.
-    fn start(&mut self, slot: usize, now: Instant) {
-        let id = WorkerId(self.next_worker);
-        self.next_worker += 1;
-        let generation = self.target.clone();
-        let hold = self.settings.mode == Mode::Cutover && generation.id > self.accepting.id;
-        self.workers.push(Worker {
-            id,
-            pid: 0,
-            slot,
-            generation: generation.id,
-            phase: WorkerPhase::Starting,
-            started: now,
-            kill_at: KillDeadline::default(),
-            held: false,
-            retired: None,
-            life: WorkerLife::default(),
-        });
-        self.out.push(Action::Start {
-            worker: id,
-            slot,
-            generation,
-            hold,
-        });
-    }
-
-    /// The [`Action::Start`] of `id` forked `pid`.
-    pub fn started(&mut self, id: WorkerId, pid: i32) -> Vec<Action> {
-        if let Some(i) = self.index(id) {
-            self.workers[i].pid = pid;
-            let w = &self.workers[i];
-            let msg = format!(
-                "worker {} (generation {}) started as pid {pid}",
-                w.slot, w.generation
-            );
-            self.info(msg);
-        }
-        self.take()
-    }
-
-    /// The [`Action::Start`] of `id` failed (`reason`): try again in a second.
-    pub fn start_failed(&mut self, id: WorkerId, now: Instant, reason: &str) -> Vec<Action> {
-        if let Some(i) = self.index(id) {
-            let w = self.workers.remove(i);
-            if w.generation != self.target.id {
-                // A start the pool had in hand when its generation was given up.
-                self.info(format!(
-                    "worker {} (generation {}) not started: {reason}",
-                    w.slot, w.generation
-                ));
-                return self.take();
-            }
-            if self.reload_at_stake(w.generation) {
-                let why = format!(
-                    "unable to start worker {} (generation {}): {reason}",
-                    w.slot, w.generation
-                );
-                self.abandon(why);
-                return self.take();
-            }
-            self.warn(format!(
-                "unable to start worker {} (generation {}): {reason}; retrying in 1s",
-                w.slot, w.generation
-            ));
-            if let Some(s) = self.slots.get_mut(w.slot) {
-                s.not_before = Some(now + Duration::from_secs(1));
-            }
-        }
-        self.take()
-    }
-
-    /// Let generation `gen` accept: its hold descriptors and its held workers.
-    fn release(&mut self, gen: Generation, now: Instant) {
-        let id = gen.id;
-        self.accepting = gen;
-        let workers = self
-            .workers
-            .iter()
-            .filter(|w| w.generation == id)
-            .map(|w| w.id)
-            .collect();
-        let mut held = Vec::new();
-        for w in self
-            .workers
-            .iter_mut()
-            .filter(|w| w.generation == id && w.held)
-        {
-            w.held = false;
-            held.push(w.id);
-        }
-        let n = held.len();
-        self.out.push(Action::Release {
-            generation: id,
-            workers,
-            held,
-        });
-        let drained = self
-            .switch_since
-            .take()
-            .map(|t| now - t)
-            .unwrap_or_default();
-        if let (Reload::Running { since }, true) = (&self.reload, self.target.id == id) {
-            let msg = format!(
-                "reload to generation {id} done in {}: the old workers were gone after {}; released {n} workers",
-                secs(now - *since),
-                millis(drained)
-            );
-            self.info(msg);
-            self.reload = Reload::Ok;
-            self.reason.clear();
-        } else {
-            self.info(format!(
-                "cutover to generation {id}: the old workers were gone after {}; released {n} workers",
-                millis(drained)
-            ));
-        }
-        self.prepare_released(id, now);
-    }
-
-    /// Send worker `id` the stop signal; KILL after the drain deadline.
-    pub(crate) fn retire(&mut self, id: WorkerId, now: Instant, why: Why) {
-        let signal = self.settings.stop_signal;
-        self.retire_with(id, now, why, signal);
-    }
-
-    /// Send worker `id` `signal`; KILL after the drain deadline.
-    pub(crate) fn retire_with(&mut self, id: WorkerId, now: Instant, why: Why, signal: Signal) {
-        let Some(i) = self.index(id) else { return };
-        let drain = self.settings.drain;
-        let w = &mut self.workers[i];
-        if w.phase == WorkerPhase::Stopping {
-            return;
-        }
-        w.phase = WorkerPhase::Stopping;
-        w.retired = Some(why);
-        w.kill_at.arm(now, drain);
-        let cont = std::mem::take(&mut w.held);
-        let name = w.name();
-        self.out.push(Action::Retire {
-            worker: id,
-            signal,
-            cont,
-        });
-        self.info(format!(
-            "{name} stopping ({}): sent {}",
-            why.name(),
-            signal_name(signal)
-        ));
-    }
-
     /// The next moment something is due: a start after a back-off, a worker
     /// alive long enough, a readiness deadline, a KILL.
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -515,278 +399,16 @@ impl Policy {
         )
     }
 
-    /// The time passed: readiness by `-a`, readiness deadlines, KILL
-    /// deadlines. `ready`: the workers that told their readiness since the
-    /// last call (pipe or `READY=1`), each at most once.
-    pub fn tick(&mut self, now: Instant, ready: &[WorkerId]) -> Vec<Action> {
-        let s = self.settings.clone();
-        let ids: Vec<WorkerId> = self.workers.iter().map(|w| w.id).collect();
-        for id in ids {
-            let Some(i) = self.index(id) else { continue };
-            let w = &self.workers[i];
-            if w.phase != WorkerPhase::Starting {
-                continue;
-            }
-            let by_time = s.ready.ready_by_time(w.started, now);
-            if ready.contains(&id) || by_time {
-                let held = s.mode == Mode::Cutover && w.generation > self.accepting.id;
-                let w = &mut self.workers[i];
-                w.phase = WorkerPhase::Ready;
-                if held {
-                    // At once: the window in which it may accept is this long.
-                    w.held = true;
-                    self.out.push(Action::Hold { worker: id });
-                }
-                let w = &self.workers[i];
-                let msg = format!(
-                    "{} ready after {}{}",
-                    w.name(),
-                    secs(now - w.started),
-                    if held { "; held (sent STOP)" } else { "" }
-                );
-                self.info(msg);
-            } else if s.ready.missed_deadline(w.started, now) {
-                let msg = format!("{} not ready after {}", w.name(), secs(now - w.started));
-                self.failed(i, now, msg);
-            }
-        }
-        self.reload_overdue(now);
-        for i in 0..self.workers.len() {
-            let w = &mut self.workers[i];
-            if w.kill_at.due(now) {
-                let (id, name) = (w.id, w.name());
-                self.out.push(Action::Kill { worker: id });
-                self.warn(format!(
-                    "{name} did not stop in {}: sent KILL",
-                    secs(s.drain)
-                ));
-            }
-        }
-        self.take()
-    }
-
-    /// Worker `i` failed (`what` says how). A new generation that fails makes
-    /// the reload fail; a serving worker is replaced after its slot's back-off.
-    /// A live worker is retired; one that ended is forgotten by the caller.
-    fn failed(&mut self, i: usize, now: Instant, what: String) {
-        let w = &self.workers[i];
-        let (id, slot, generation, started) = (w.id, w.slot, w.generation, w.started);
-        if self.reload_at_stake(generation) || self.prepare_failing(generation) {
-            self.abandon(what);
-        } else if generation == self.target.id && slot < self.slots.len() {
-            let wait = self.slots[slot].backoff.failed(now - started);
-            self.slots[slot].not_before = Some(now + wait);
-            self.warn(format!("{what}; restarting in {}", secs(wait)));
-        } else {
-            self.warn(format!(
-                "{what}; not replaced: generation {generation} is outgoing"
-            ));
-        }
-        if self.workers[i].live() {
-            self.retire(id, now, Why::Failed);
-        }
-    }
-
-    /// Whether a failure of a worker of `generation` fails the running
-    /// reload: it is of the new generation, not yet whole. (A cutover's new
-    /// generation, once whole, is the serving one: a crash of it while the
-    /// old one drains is replaced, not a failed reload.)
-    fn reload_at_stake(&self, generation: u64) -> bool {
-        let reloading = matches!(self.reload, Reload::Running { .. });
-        let whole = self.serving.as_ref().map(|g| g.id) == Some(generation);
-        generation == self.target.id && reloading && self.serving.is_some() && !whole
-    }
-
     /// The overall reload deadline: the readiness deadline (`-t`), the drain
     /// deadline (`-k`) and one second to reap. A reload still running then
     /// cannot complete (see README.md, "Every reload ends").
     pub fn reload_deadline(&self) -> Duration {
         self.settings.ready.deadline.unwrap_or_default() + self.settings.drain + ONE_SECOND
     }
-
-    /// The running reload passed its overall deadline: it failed. Before its
-    /// generation is whole, back to the serving one; after (a cutover whose
-    /// old workers will not go), the switch stays under way.
-    fn reload_overdue(&mut self, now: Instant) {
-        let Reload::Running { since } = self.reload else {
-            return;
-        };
-        let limit = self.reload_deadline();
-        if now < since + limit {
-            return;
-        }
-        let why = format!("the reload did not complete in {}", secs(limit));
-        if self.reload_at_stake(self.target.id) {
-            self.abandon(why);
-        } else {
-            self.warn(format!(
-                "reload to generation {} failed: {why}; older workers are still alive",
-                self.target.id
-            ));
-            self.reason = why;
-            self.reload = Reload::Failed;
-        }
-    }
-
-    /// Give up the running reload: back to the serving generation.
-    fn abandon(&mut self, why: String) {
-        let Some(old) = self.serving.clone() else {
-            return;
-        };
-        self.warn(format!(
-            "reload to generation {} failed: {why}; generation {} keeps serving",
-            self.target.id, old.id
-        ));
-        self.reason = why;
-        self.reload = Reload::Failed;
-        self.target = old;
-        for s in &mut self.slots {
-            s.not_before = None;
-        }
-        self.prepare_abandoned();
-    }
-
-    /// Worker `id` ended (reaped): account for it, forget it.
-    pub fn ended(&mut self, id: WorkerId, ended: Ended, now: Instant) -> Vec<Action> {
-        let Some(i) = self.index(id) else {
-            return self.take();
-        };
-        let w = &self.workers[i];
-        let ran = now.saturating_duration_since(w.started);
-        let what = format!("{} {ended} after {}", w.name(), secs(ran));
-        match w.phase {
-            WorkerPhase::Stopping => self.info(what),
-            WorkerPhase::Ready if ended.clean() && ran >= ONE_SECOND => {
-                // A worker that finished its work (e.g. max requests): replace it at once.
-                let slot = w.slot;
-                if w.generation == self.target.id && slot < self.slots.len() {
-                    self.slots[slot].backoff.succeeded();
-                    self.info(format!("{what}; replacing it"));
-                } else {
-                    self.info(what);
-                }
-            }
-            // A clean exit soon after the start is a crash for restart
-            // timing: no tight, silent loop of workers that exit 0 at once.
-            WorkerPhase::Ready if ended.clean() => {
-                self.failed(i, now, format!("{what} (less than 1s: counted as a crash)"))
-            }
-            WorkerPhase::Ready => self.failed(i, now, what),
-            WorkerPhase::Starting => self.failed(i, now, format!("{what} before it was ready")),
-        }
-        self.workers.remove(i);
-        self.take()
-    }
-
-    /// HUP: a new generation, pinned to what `resolve` says the symlink names
-    /// now (`Err`: why it cannot be resolved; the reload fails at once).
-    pub fn hup(
-        &mut self,
-        now: Instant,
-        resolve: impl FnOnce() -> Result<Option<PathBuf>, String>,
-    ) -> Vec<Action> {
-        if self.stop != Stop::No {
-            self.info("HUP while stopping: ignored".to_string());
-            return self.take();
-        }
-        if let Some(refused) = self.hup_refused() {
-            return refused;
-        }
-        self.newest += 1;
-        let id = self.newest;
-        let release = match resolve() {
-            Ok(r) => r,
-            Err(why) => {
-                self.warn(format!(
-                    "reload to generation {id} failed: {why}; generation {} keeps serving",
-                    self.target.id
-                ));
-                self.reason = why;
-                self.reload = Reload::Failed;
-                return self.take();
-            }
-        };
-        if let Reload::Running { .. } = self.reload {
-            self.info(format!(
-                "HUP during the reload to generation {}: starting over",
-                self.target.id
-            ));
-        }
-        self.begin_generation(id, release);
-        self.reload = Reload::Running { since: now };
-        self.info(format!(
-            "HUP: generation {id}: starting {} workers{}",
-            self.slots.len(),
-            release_text(&self.target)
-        ));
-        self.take()
-    }
-
-    /// A new target generation (a HUP, a prepare): every slot starts afresh,
-    /// without the back-off of the generation before.
-    pub(crate) fn begin_generation(&mut self, id: u64, release: Option<PathBuf>) {
-        self.target = Generation { id, release };
-        self.reason.clear();
-        let fresh: Vec<Slot> = self
-            .slots
-            .iter()
-            .map(|_| Slot::new(&self.settings))
-            .collect();
-        self.slots = fresh;
-    }
-
-    /// TTIN: one slot more.
-    pub fn ttin(&mut self) -> Vec<Action> {
-        if self.stop == Stop::No {
-            self.slots.push(Slot::new(&self.settings));
-            self.info(format!("TTIN: {} workers", self.slots.len()));
-        }
-        self.take()
-    }
-
-    /// TTOU: one slot less (never below one).
-    pub fn ttou(&mut self) -> Vec<Action> {
-        if self.stop == Stop::No {
-            if self.slots.len() > 1 {
-                self.slots.pop();
-                self.info(format!("TTOU: {} workers", self.slots.len()));
-            } else {
-                self.info("TTOU: already at 1 worker".to_string());
-            }
-        }
-        self.take()
-    }
-
-    /// TERM/INT (`Graceful`, the stop signal) or QUIT (`Fast`, `signal`):
-    /// every worker is told to stop; KILL after the drain deadline.
-    pub fn stop(&mut self, now: Instant, how: Stop, signal: Signal) -> Vec<Action> {
-        if self.stop == Stop::Fast || self.stop == how || how == Stop::No {
-            return self.take();
-        }
-        self.info(format!(
-            "stopping every worker: sent {}",
-            signal_name(signal)
-        ));
-        self.stop = how;
-        self.prepare_stopped();
-        let drain = self.settings.drain;
-        for w in &mut self.workers {
-            if w.phase != WorkerPhase::Stopping || how == Stop::Fast {
-                w.phase = WorkerPhase::Stopping;
-                w.retired.get_or_insert(Why::Stopping);
-                w.kill_at.arm(now, drain);
-                let cont = std::mem::take(&mut w.held);
-                self.out.push(Action::Retire {
-                    worker: w.id,
-                    signal,
-                    cont,
-                });
-            }
-        }
-        self.take()
-    }
 }
 
+mod converge;
+mod events;
 mod lifecycle;
 mod prepare;
 

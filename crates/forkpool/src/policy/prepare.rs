@@ -31,31 +31,24 @@ impl Policy {
         t.last = format!("{word} {}", if accepted { "accepted" } else { "refused" });
     }
 
-    fn refuse(&mut self, word: &str, why: String, now: Instant, wall: f64) -> Vec<Action> {
+    fn refuse(&mut self, word: &str, why: String, now: Instant, wall: f64) {
         self.answer(word, false, now, wall);
         self.warn(format!("{word} refused: {why}"));
         self.reason = format!("{word} refused: {why}");
-        self.take()
     }
 
     /// A line of the FIFO that is not a command.
-    pub fn bad_command(&mut self, why: String) -> Vec<Action> {
+    pub(super) fn bad_command(&mut self, why: String) {
         let t = &mut self.two_phase;
         t.commands += 1;
         t.last = "? refused".to_string();
         self.warn(format!("control: {why}"));
         self.reason = format!("control: {why}");
-        self.take()
     }
 
     /// `prepare`: a new generation from what `resolve` says the pin names,
     /// started held; it will not switch before a commit.
-    pub fn prepare(
-        &mut self,
-        now: Instant,
-        wall: f64,
-        resolve: impl FnOnce() -> Result<Option<PathBuf>, String>,
-    ) -> Vec<Action> {
+    pub(super) fn prepare(&mut self, now: Instant, wall: f64, resolve: &mut Resolve) {
         let refused = if self.stop != Stop::No {
             Some("the pool is stopping".to_string())
         } else if self.two_phase.open() {
@@ -89,7 +82,7 @@ impl Policy {
                 self.two_phase.stage = Stage::Failed;
                 self.warn(format!("prepare of generation {id} failed: {why}"));
                 self.reason = why;
-                return self.take();
+                return;
             }
         };
         let t = &mut self.two_phase;
@@ -102,12 +95,11 @@ impl Policy {
             self.slots.len(),
             release_text(&self.target)
         ));
-        self.take()
     }
 
     /// `commit`: switch to the prepared generation at `at` (monotonic and
     /// wall clock), or now.
-    pub fn commit(&mut self, now: Instant, wall: f64, at: Option<(Instant, f64)>) -> Vec<Action> {
+    pub(super) fn commit(&mut self, now: Instant, wall: f64, at: Option<(Instant, f64)>) {
         let t = &self.two_phase;
         let g = t.generation;
         let refused = match t.stage {
@@ -147,11 +139,10 @@ impl Policy {
             "commit: generation {g} switches at {at_wall:.3} (in {})",
             millis(at.saturating_duration_since(now))
         ));
-        self.take()
     }
 
     /// `abort`: stop the prepared generation; the serving one stays.
-    pub fn abort(&mut self, now: Instant, wall: f64) -> Vec<Action> {
+    pub(super) fn abort(&mut self, now: Instant, wall: f64) -> Then {
         let t = &self.two_phase;
         let switching = t.stage == Stage::Committing
             && self.serving.as_ref().map(|s| s.id) == Some(t.generation);
@@ -161,7 +152,8 @@ impl Policy {
                 t.generation,
                 if switching { "switching" } else { "committed" }
             );
-            return self.refuse("abort", why, now, wall);
+            self.refuse("abort", why, now, wall);
+            return Then::NextTurn;
         }
         self.answer("abort", true, now, wall);
         if !self.two_phase.open() {
@@ -169,15 +161,14 @@ impl Policy {
                 "abort: nothing to abort (phase={})",
                 self.two_phase.stage.name()
             ));
-            return self.take();
+            return Then::NextTurn;
         }
         let why = format!(
             "prepare of generation {} aborted (control command)",
             self.two_phase.generation
         );
         self.drop_prepared(why);
-        self.converge(now);
-        self.take()
+        Then::Converge
     }
 
     /// Back to the serving generation; the prepared one's workers are
@@ -272,9 +263,9 @@ impl Policy {
 
     /// HUP while a prepare is open: refused, as a reload that failed at once
     /// (so `generation` grows and a waiting deploy gets its answer).
-    pub(super) fn hup_refused(&mut self) -> Option<Vec<Action>> {
+    pub(super) fn hup_refused(&mut self) -> bool {
         if !self.two_phase.open() {
-            return None;
+            return false;
         }
         self.newest += 1;
         let why = format!(
@@ -288,7 +279,7 @@ impl Policy {
         ));
         self.reason = why;
         self.reload = Reload::Failed;
-        Some(self.take())
+        true
     }
 
     /// The pool stops: an open prepare is aborted.

@@ -69,7 +69,13 @@ impl Sim {
         for a in actions {
             if let Action::Start { worker, .. } = &a {
                 self.next_pid += 1;
-                let more = self.p.started(*worker, self.next_pid);
+                let more = self.p.handle(
+                    self.now,
+                    Event::Started {
+                        worker: *worker,
+                        pid: self.next_pid,
+                    },
+                );
                 out.push(a);
                 self.fork(more, out);
             } else {
@@ -79,13 +85,13 @@ impl Sim {
     }
 
     pub(super) fn step(&mut self) -> Vec<Action> {
-        let a = self.p.step(self.now);
+        let a = self.p.handle(self.now, Event::Step);
         self.feed(a)
     }
 
     /// These actions and a step after them, fed.
     pub(super) fn with_step(&mut self, mut a: Vec<Action>) -> Vec<Action> {
-        a.extend(self.p.step(self.now));
+        a.extend(self.p.handle(self.now, Event::Step));
         self.feed(a)
     }
 
@@ -109,7 +115,7 @@ pub(super) trait Plain {
 impl Plain for Sim {
     /// These workers say they are ready; then a step.
     fn ready(&mut self, ids: &[WorkerId]) -> Vec<Action> {
-        let a = self.p.tick(self.now, ids);
+        let a = self.p.handle(self.now, Event::Time { ready: ids });
         self.with_step(a)
     }
 
@@ -118,7 +124,7 @@ impl Plain for Sim {
     }
 
     fn end(&mut self, id: WorkerId, how: Ended) -> Vec<Action> {
-        let a = self.p.ended(id, how, self.now);
+        let a = self.p.handle(self.now, Event::Ended { worker: id, how });
         self.with_step(a)
     }
 }

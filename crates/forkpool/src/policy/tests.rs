@@ -60,7 +60,12 @@ impl Rules for Sim {
     }
 
     fn hup(&mut self, to: &str) -> Vec<Action> {
-        let a = self.p.hup(self.now, || Ok(release(to)));
+        let a = self.p.handle(
+            self.now,
+            Event::Hup {
+                resolve: &mut || Ok(release(to)),
+            },
+        );
         self.with_step(a)
     }
 }
@@ -303,8 +308,12 @@ fn a_new_generation_that_misses_the_readiness_deadline_is_abandoned() {
 #[test]
 fn a_hup_that_cannot_resolve_the_pin_fails_at_once_and_starts_nothing() {
     let mut s = Sim::serving(Mode::Rolling);
-    let a =
-        s.p.hup(s.now, || Err("unable to resolve current: gone".into()));
+    let a = s.p.handle(
+        s.now,
+        Event::Hup {
+            resolve: &mut || Err("unable to resolve current: gone".into()),
+        },
+    );
     assert!(warned(
         &a,
         "reload to generation 2 failed: unable to resolve"
@@ -473,15 +482,24 @@ fn a_ready_worker_that_exits_0_is_replaced_at_once() {
 fn a_failed_start_is_retried_after_a_second() {
     let (mut p, _) = Policy::new(settings(Mode::Rolling), None, 1);
     let t0 = Instant::now();
-    let a = p.step(t0);
+    let a = p.handle(t0, Event::Step);
     let Some(Action::Start { worker, .. }) = a.first().cloned() else {
         panic!("no start: {a:?}");
     };
-    let a = p.start_failed(worker, t0, "Resource temporarily unavailable");
+    let a = p.handle(
+        t0,
+        Event::StartFailed {
+            worker,
+            reason: "Resource temporarily unavailable",
+        },
+    );
     assert!(warned(&a, "unable to start worker 0 (generation 1)"));
     assert!(p.workers.is_empty());
-    assert!(starts(&p.step(t0 + Duration::from_millis(999))).is_empty());
-    assert_eq!(starts(&p.step(t0 + Duration::from_secs(1))).len(), 1);
+    assert!(starts(&p.handle(t0 + Duration::from_millis(999), Event::Step)).is_empty());
+    assert_eq!(
+        starts(&p.handle(t0 + Duration::from_secs(1), Event::Step)).len(),
+        1
+    );
 }
 
 #[test]
@@ -506,17 +524,17 @@ fn ready_after_a_time_alone() {
 #[test]
 fn ttin_adds_a_slot_and_ttou_retires_the_last_one_while_n_stay_ready() {
     let mut s = Sim::serving(Mode::Rolling);
-    s.p.ttin();
+    s.p.handle(s.now, Event::AddSlot);
     let a = s.step();
     assert_eq!(starts(&a), vec![(N, 1, false)]);
     let extra = s.of(1, WorkerPhase::Starting);
     s.ready(&extra);
     assert_eq!(s.p.ready_count(), N + 1);
-    s.p.ttou();
+    s.p.handle(s.now, Event::RemoveSlot);
     let a = s.step();
     assert_eq!(retired(&a), extra, "the slot beyond N goes");
     for _ in 0..N {
-        s.p.ttou();
+        s.p.handle(s.now, Event::RemoveSlot);
     }
     assert_eq!(s.p.slots.len(), 1, "never below one");
     let a = s.step();
@@ -530,19 +548,45 @@ fn stop_tells_every_worker_once_and_finishes_when_all_are_gone() {
     s.hup("r2");
     let g2 = s.of(2, WorkerPhase::Starting);
     s.ready(&g2[..1]);
-    let a = s.p.stop(s.now, Stop::Graceful, Signal::SIGTERM);
+    let a = s.p.handle(
+        s.now,
+        Event::Stop {
+            how: Stop::Graceful,
+            signal: Signal::SIGTERM,
+        },
+    );
     assert_eq!(retired(&a).len(), 2 * N);
     assert!(a.contains(&Action::Retire {
         worker: g2[0],
         signal: Signal::SIGTERM,
         cont: true
     }));
-    assert!(s.p.stop(s.now, Stop::Graceful, Signal::SIGTERM).is_empty());
+    assert!(s
+        .p
+        .handle(
+            s.now,
+            Event::Stop {
+                how: Stop::Graceful,
+                signal: Signal::SIGTERM
+            }
+        )
+        .is_empty());
     // QUIT after TERM: told again, fast.
-    let a = s.p.stop(s.now, Stop::Fast, Signal::SIGQUIT);
+    let a = s.p.handle(
+        s.now,
+        Event::Stop {
+            how: Stop::Fast,
+            signal: Signal::SIGQUIT,
+        },
+    );
     assert_eq!(retired(&a).len(), 2 * N);
     assert!(starts(&s.step()).is_empty());
-    let hup = s.p.hup(s.now, || panic!("not resolved while stopping"));
+    let hup = s.p.handle(
+        s.now,
+        Event::Hup {
+            resolve: &mut || panic!("not resolved while stopping"),
+        },
+    );
     assert!(starts(&hup).is_empty());
     let ids: Vec<WorkerId> = s.p.workers.iter().map(|w| w.id).collect();
     for id in ids {

@@ -32,7 +32,7 @@ impl Hostile for Sim {
             .filter(|w| w.phase == WorkerPhase::Starting)
             .map(|w| w.id)
             .collect();
-        let a = self.p.tick(self.now, &ids);
+        let a = self.p.handle(self.now, Event::Time { ready: &ids });
         let mut out = self.feed(a);
         out.extend(self.step());
         out
@@ -72,7 +72,13 @@ fn a_clean_exit_soon_after_the_start_is_a_crash() {
     s.ready_all();
     let id = s.of_gen(1)[0];
     s.at(20);
-    let a = s.p.ended(id, Ended::Exited(0), s.now);
+    let a = s.p.handle(
+        s.now,
+        Event::Ended {
+            worker: id,
+            how: Ended::Exited(0),
+        },
+    );
     let w = Sim::warnings(&a);
     assert_eq!(w.len(), 1, "{a:?}");
     assert!(w[0].contains("exited 0"), "{w:?}");
@@ -93,7 +99,13 @@ fn a_clean_exit_after_the_minimum_is_replaced_at_once() {
     s.ready_all();
     let id = s.of_gen(1)[0];
     s.at(1000);
-    let a = s.p.ended(id, Ended::Exited(0), s.now);
+    let a = s.p.handle(
+        s.now,
+        Event::Ended {
+            worker: id,
+            how: Ended::Exited(0),
+        },
+    );
     assert!(Sim::warnings(&a).is_empty(), "{a:?}");
     assert_eq!(Sim::starts(&s.step()), 1);
 }
@@ -104,19 +116,36 @@ fn a_worker_that_cannot_be_started_fails_the_reload_at_once() {
     s.at(10);
     s.ready_all();
     s.at(100);
-    let a = s.p.hup(s.now, || Ok(None));
+    let a = s.p.handle(
+        s.now,
+        Event::Hup {
+            resolve: &mut || Ok(None),
+        },
+    );
     s.feed(a);
     // the pool carries out the Starts: the third fails (EMFILE)
-    let a = s.p.step(s.now);
+    let a = s.p.handle(s.now, Event::Step);
     let mut out = Vec::new();
     let mut n = 0;
     for act in a {
         if let Action::Start { worker, .. } = act {
             n += 1;
             let more = if n == 3 {
-                s.p.start_failed(worker, s.now, "Too many open files")
+                s.p.handle(
+                    s.now,
+                    Event::StartFailed {
+                        worker,
+                        reason: "Too many open files",
+                    },
+                )
             } else {
-                s.p.started(worker, 200 + n)
+                s.p.handle(
+                    s.now,
+                    Event::Started {
+                        worker,
+                        pid: 200 + n,
+                    },
+                )
             };
             out.extend(more);
         }
@@ -141,15 +170,26 @@ fn a_worker_that_cannot_be_started_fails_the_reload_at_once() {
 fn a_start_failure_outside_a_reload_is_retried_after_a_second() {
     let (mut p, _) = Policy::new(settings(Mode::Rolling), None, 1);
     let t0 = Instant::now();
-    let a = p.step(t0);
+    let a = p.handle(t0, Event::Step);
     let Some(Action::Start { worker, .. }) = a.into_iter().next() else {
         panic!("no start");
     };
-    let out = p.start_failed(worker, t0, "Resource temporarily unavailable");
+    let out = p.handle(
+        t0,
+        Event::StartFailed {
+            worker,
+            reason: "Resource temporarily unavailable",
+        },
+    );
     assert!(Sim::warnings(&out)[0].contains("retrying in 1s"), "{out:?}");
     assert_eq!(p.reload, Reload::None);
-    assert!(p.step(t0 + Duration::from_millis(999)).is_empty());
-    assert_eq!(Sim::starts(&p.step(t0 + Duration::from_secs(1))), 1);
+    assert!(p
+        .handle(t0 + Duration::from_millis(999), Event::Step)
+        .is_empty());
+    assert_eq!(
+        Sim::starts(&p.handle(t0 + Duration::from_secs(1), Event::Step)),
+        1
+    );
 }
 
 #[test]
@@ -160,7 +200,12 @@ fn a_reload_that_cannot_end_fails_at_its_deadline() {
     s.at(10);
     s.ready_all();
     s.at(100);
-    let a = s.p.hup(s.now, || Ok(None));
+    let a = s.p.handle(
+        s.now,
+        Event::Hup {
+            resolve: &mut || Ok(None),
+        },
+    );
     s.feed(a);
     s.step();
     s.at(200);
@@ -173,7 +218,7 @@ fn a_reload_that_cannot_end_fails_at_its_deadline() {
         Some(s.t0 + Duration::from_millis(10_200))
     );
     s.at(10_200);
-    let a = s.p.tick(s.now, &[]);
+    let a = s.p.handle(s.now, Event::Time { ready: &[] });
     assert!(a.iter().any(|a| matches!(a, Action::Kill { .. })), "{a:?}");
     assert!(matches!(s.p.reload, Reload::Running { .. }));
     assert_eq!(
@@ -181,7 +226,7 @@ fn a_reload_that_cannot_end_fails_at_its_deadline() {
         Some(s.t0 + Duration::from_millis(100) + limit)
     );
     s.at(100 + 41_000);
-    let a = s.p.tick(s.now, &[]);
+    let a = s.p.handle(s.now, Event::Time { ready: &[] });
     assert_eq!(s.p.reload, Reload::Failed);
     assert_eq!(s.p.reason, "the reload did not complete in 41.0s");
     assert_eq!(Sim::warnings(&a).len(), 1, "{a:?}");
@@ -195,11 +240,16 @@ fn a_reload_whose_generation_never_gets_whole_fails_at_its_deadline() {
     // the reload's reach (generation 1 never whole: no reload at stake)
     let mut s = Sim::new(Mode::Rolling, 1);
     s.at(100);
-    let a = s.p.hup(s.now, || Ok(None));
+    let a = s.p.handle(
+        s.now,
+        Event::Hup {
+            resolve: &mut || Ok(None),
+        },
+    );
     s.feed(a);
     s.step();
     s.at(100 + 41_000);
-    let a = s.p.tick(s.now, &[]);
+    let a = s.p.handle(s.now, Event::Time { ready: &[] });
     assert_eq!(s.p.reload, Reload::Failed, "{a:?}");
     assert!(s.p.reason.contains("did not complete"), "{}", s.p.reason);
 }

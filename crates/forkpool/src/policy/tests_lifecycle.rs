@@ -30,8 +30,8 @@ impl Life for Sim {
     }
 
     fn ready(&mut self, ids: &[WorkerId]) -> Vec<Action> {
-        let mut a = self.p.tick(self.now, ids);
-        a.extend(self.p.life_tick(self.now));
+        let mut a = self.p.handle(self.now, Event::Time { ready: ids });
+        a.extend(self.p.handle(self.now, Event::LifeTick));
         self.with_step(a)
     }
 
@@ -40,7 +40,13 @@ impl Life for Sim {
     }
 
     fn end(&mut self, id: WorkerId) -> Vec<Action> {
-        let a = self.p.ended(id, Ended::Exited(0), self.now);
+        let a = self.p.handle(
+            self.now,
+            Event::Ended {
+                worker: id,
+                how: Ended::Exited(0),
+            },
+        );
         self.with_step(a)
     }
 
@@ -144,8 +150,13 @@ fn surge_1_recycles_one_at_a_time_and_never_above_n_plus_1() {
 fn age_recycling_pauses_while_a_reload_runs() {
     let mut s = Sim::new(Mode::AllAtOnce, aging(10, None));
     s.at(9_000);
-    let mut a = s.p.hup(s.now, || Ok(None));
-    a.extend(s.p.step(s.now));
+    let mut a = s.p.handle(
+        s.now,
+        Event::Hup {
+            resolve: &mut || Ok(None),
+        },
+    );
+    a.extend(s.p.handle(s.now, Event::Step));
     s.feed(a);
     s.at(10_100);
     s.tick();
@@ -162,8 +173,13 @@ fn a_rolling_reload_under_surge_1_keeps_n_plus_1() {
             ..Default::default()
         },
     );
-    let mut a = s.p.hup(s.now, || Ok(None));
-    a.extend(s.p.step(s.now));
+    let mut a = s.p.handle(
+        s.now,
+        Event::Hup {
+            resolve: &mut || Ok(None),
+        },
+    );
+    a.extend(s.p.handle(s.now, Event::Step));
     let a = s.feed(a);
     assert_eq!(starts(&a).len(), 1);
     let mut t = 200;
@@ -193,8 +209,13 @@ fn a_cutover_reload_is_not_held_back_by_the_surge_bound() {
             ..Default::default()
         },
     );
-    let mut a = s.p.hup(s.now, || Ok(None));
-    a.extend(s.p.step(s.now));
+    let mut a = s.p.handle(
+        s.now,
+        Event::Hup {
+            resolve: &mut || Ok(None),
+        },
+    );
+    a.extend(s.p.handle(s.now, Event::Step));
     let a = s.feed(a);
     assert_eq!(starts(&a).len(), N, "the whole generation starts");
 }
@@ -214,7 +235,7 @@ fn the_watchdog_aborts_a_silent_worker_and_replaces_it_at_once() {
     // Workers 0 and 1 ping; worker 2 is silent.
     s.at(400);
     for &id in &ids[..2] {
-        s.p.ping(id, s.now);
+        s.p.handle(s.now, Event::Ping(id));
     }
     s.at(650);
     let a = s.tick();
@@ -224,7 +245,7 @@ fn the_watchdog_aborts_a_silent_worker_and_replaces_it_at_once() {
     // Kill after the drain deadline, like any retired worker.
     s.at(650 + 10_000);
     for &id in &ids[..2] {
-        s.p.ping(id, s.now);
+        s.p.handle(s.now, Event::Ping(id));
     }
     let a = s.tick();
     assert!(a
@@ -247,13 +268,25 @@ fn memory_over_the_limit_k_samples_in_a_row_recycles() {
     let big = 50 * 1024;
     for (i, pss) in [big, 1024, big, big, 1024].into_iter().enumerate() {
         s.at(1000 * (i as u64 + 1));
-        let a = s.p.memory(ids[0], pss, s.now);
+        let a = s.p.handle(
+            s.now,
+            Event::Memory {
+                worker: ids[0],
+                pss_kib: pss,
+            },
+        );
         assert!(starts(&a).is_empty(), "a spike recycled it");
     }
     let mut started = Vec::new();
     for i in 0..3 {
         s.at(10_000 + 1000 * i);
-        let a = s.p.memory(ids[1], big, s.now);
+        let a = s.p.handle(
+            s.now,
+            Event::Memory {
+                worker: ids[1],
+                pss_kib: big,
+            },
+        );
         started.extend(starts(&s.feed(a)));
     }
     assert_eq!(started, vec![s.slot_of(ids[1])]);
@@ -265,7 +298,7 @@ fn memory_over_the_limit_k_samples_in_a_row_recycles() {
 fn a_worker_that_asks_is_recycled_replacement_first() {
     let mut s = Sim::new(Mode::Cutover, Lifecycle::default());
     let ids = s.of(1, WorkerPhase::Ready);
-    let a = s.p.asked_recycle(ids[0], s.now);
+    let a = s.p.handle(s.now, Event::AskedRecycle(ids[0]));
     let a = s.feed(a);
     assert_eq!(starts(&a), vec![s.slot_of(ids[0])]);
     assert!(retired(&a).is_empty());
@@ -274,7 +307,7 @@ fn a_worker_that_asks_is_recycled_replacement_first() {
     assert_eq!(retired(&a), vec![(ids[0], Signal::SIGTERM)]);
     assert_eq!(s.p.held_count(), 0, "a recycle's replacement is not held");
     // Asking twice counts once.
-    s.p.asked_recycle(ids[0], s.now);
+    s.p.handle(s.now, Event::AskedRecycle(ids[0]));
     assert_eq!(s.p.life.totals.get(Recycle::Asked), 1);
 }
 
@@ -282,19 +315,24 @@ fn a_worker_that_asks_is_recycled_replacement_first() {
 fn a_cutover_switches_when_the_old_workers_stopped_accepting() {
     let mut s = Sim::new(Mode::Cutover, Lifecycle::default());
     let old = s.of(1, WorkerPhase::Ready);
-    let mut a = s.p.hup(s.now, || Ok(None));
-    a.extend(s.p.step(s.now));
+    let mut a = s.p.handle(
+        s.now,
+        Event::Hup {
+            resolve: &mut || Ok(None),
+        },
+    );
+    a.extend(s.p.handle(s.now, Event::Step));
     s.feed(a);
     let new = s.of(2, WorkerPhase::Starting);
     let a = s.ready(&new);
     assert_eq!(retired(&a).len(), N, "the old ones are told to stop");
     // Two say they stopped accepting: not yet.
     for &id in &old[..2] {
-        let a = s.p.stopped_accepting(id, s.now);
+        let a = s.p.handle(s.now, Event::StoppedAccepting(id));
         assert!(!a.iter().any(|a| matches!(a, Action::Release { .. })));
     }
     // The last one too: the switch, while all three are still alive.
-    let a = s.p.stopped_accepting(old[2], s.now);
+    let a = s.p.handle(s.now, Event::StoppedAccepting(old[2]));
     assert!(a.iter().any(|a| matches!(a, Action::Release { .. })));
     assert_eq!(s.p.workers.len(), 2 * N);
     assert_eq!(s.p.reload, Reload::Ok);
@@ -304,13 +342,18 @@ fn a_cutover_switches_when_the_old_workers_stopped_accepting() {
 fn stopping_counts_only_once_the_worker_is_retired() {
     let mut s = Sim::new(Mode::Cutover, Lifecycle::default());
     let old = s.of(1, WorkerPhase::Ready);
-    let mut a = s.p.hup(s.now, || Ok(None));
-    a.extend(s.p.step(s.now));
+    let mut a = s.p.handle(
+        s.now,
+        Event::Hup {
+            resolve: &mut || Ok(None),
+        },
+    );
+    a.extend(s.p.handle(s.now, Event::Step));
     s.feed(a);
     // Before the new generation is whole, the old ones are not retired:
     // their word does not count.
     for &id in &old {
-        let a = s.p.stopped_accepting(id, s.now);
+        let a = s.p.handle(s.now, Event::StoppedAccepting(id));
         assert!(!a.iter().any(|a| matches!(a, Action::Release { .. })));
     }
     let new = s.of(2, WorkerPhase::Starting);

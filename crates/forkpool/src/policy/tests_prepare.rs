@@ -49,7 +49,13 @@ impl TwoPhase for Sim {
 
     fn prepare(&mut self, to: &str) -> Vec<Action> {
         let wall = self.wall();
-        let a = self.p.prepare(self.now, wall, || Ok(release(to)));
+        let a = self.p.handle(
+            self.now,
+            Event::Prepare {
+                wall,
+                resolve: &mut || Ok(release(to)),
+            },
+        );
         self.with_step(a)
     }
 
@@ -60,13 +66,13 @@ impl TwoPhase for Sim {
             let i = self.t0 + Duration::from_millis(ms);
             (i, WALL + ms as f64 / 1000.0)
         });
-        let a = self.p.commit(self.now, wall, at);
+        let a = self.p.handle(self.now, Event::Commit { wall, at });
         self.with_step(a)
     }
 
     fn abort(&mut self) -> Vec<Action> {
         let wall = self.wall();
-        let a = self.p.abort(self.now, wall);
+        let a = self.p.handle(self.now, Event::Abort { wall });
         self.with_step(a)
     }
 
@@ -275,7 +281,12 @@ fn a_new_worker_that_dies_fails_the_prepare_and_the_old_one_serves() {
 #[test]
 fn a_hup_during_a_prepare_is_refused_and_the_prepare_goes_on() {
     let mut s = prepared();
-    let a = s.p.hup(s.now, || Ok(release("r3")));
+    let a = s.p.handle(
+        s.now,
+        Event::Hup {
+            resolve: &mut || Ok(release("r3")),
+        },
+    );
     assert_eq!(s.p.newest, 3, "the HUP has its answer: generation grows");
     assert_eq!(s.p.reload, Reload::Failed);
     assert!(s.p.reason.contains("HUP refused"), "{}", s.p.reason);
@@ -296,7 +307,12 @@ fn a_second_prepare_or_one_during_a_reload_is_refused() {
     assert_eq!(s.p.two_phase.generation, 2);
     assert_eq!(s.p.newest, 2);
     let mut s = Sim::serving();
-    s.p.hup(s.now, || Ok(release("r2")));
+    s.p.handle(
+        s.now,
+        Event::Hup {
+            resolve: &mut || Ok(release("r2")),
+        },
+    );
     s.prepare("r3");
     assert!(s.p.reason.contains("reload"), "{}", s.p.reason);
     assert_eq!(s.stage(), Stage::None);
@@ -306,7 +322,13 @@ fn a_second_prepare_or_one_during_a_reload_is_refused() {
 fn a_prepare_that_cannot_resolve_the_pin_fails_at_once() {
     let mut s = Sim::serving();
     let wall = s.wall();
-    let a = s.p.prepare(s.now, wall, || Err("no such file".to_string()));
+    let a = s.p.handle(
+        s.now,
+        Event::Prepare {
+            wall,
+            resolve: &mut || Err("no such file".to_string()),
+        },
+    );
     assert_eq!(s.stage(), Stage::Failed);
     assert_eq!(s.p.two_phase.generation, 2);
     assert!(a.iter().all(|a| !matches!(a, Action::Start { .. })));
