@@ -1,12 +1,25 @@
 //! forkpool: keep N copies of prog running, all inheriting descriptor 0, and
 //! replace them on HUP without ever serving with fewer ready workers than
-//! asked for. See README.md.
+//! asked for. See README.md; docs/conventions.md, "How forkpool is built".
 //!
-//! main.rs parses the options, sets up the signals and the notification
-//! socket, resolves the pinned release, then runs the loop: wait for a signal,
-//! a readiness message or the next deadline; hand it to the pool (pool.rs,
-//! events.rs); write the status file (status.rs). The policy (policy.rs)
-//! decides what to start, what to retire; workers.rs runs the processes.
+//! The layers, each using only those below it (the `use` lines show it):
+//!
+//! 1. plain data and pure functions: tool.rs (TOOL), settings.rs,
+//!    worker.rs (a worker, its phase, its slot), generation.rs (a
+//!    generation, a reload, a stop), lifecycle.rs (recycling's data and
+//!    arithmetic), two_phase.rs (the prepare's stage), command.rs (control
+//!    lines), messages.rs (what a worker says after READY);
+//! 2. the rule, policy/: the pool's state and a pure function of it and the
+//!    time; events in through `Policy::handle`, actions out; its steps in
+//!    converge.rs, its events in events.rs, lifecycle.rs and prepare.rs;
+//! 3. the text formats over the rule's state: status.rs (the status file,
+//!    the summary), state.rs (the upgrade's hand-over, one `Snapshot`);
+//!    beside them the I/O leaves: workers.rs (the process table), groups.rs
+//!    (the guard), control.rs (the FIFO), upstream.rs (forkpool's own
+//!    supervisor), rss.rs (Pss);
+//! 4. the hub, pool.rs, the only `impl Pool`: each event from a leaf to the
+//!    rule, each action from the rule to a leaf;
+//! 5. upgrade.rs (USR2) and this file: the options and the main loop.
 
 mod command;
 mod control;

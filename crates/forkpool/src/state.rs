@@ -169,7 +169,7 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         reload,
         reason,
         stop,
-        out: _, // empty between the turns of the loop
+        queued: _, // empty between events (Policy::handle takes them)
         life,
         two_phase: _, // starts fresh: see `read`
     } = policy;
@@ -471,7 +471,7 @@ fn read_records(
         reload,
         reason,
         stop,
-        out: Vec::new(),
+        queued: Vec::new(),
         life: PoolLife {
             rng,
             totals,

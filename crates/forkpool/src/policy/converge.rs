@@ -193,7 +193,7 @@ impl Policy {
             retired: None,
             life: WorkerLife::default(),
         });
-        self.out.push(Action::Start {
+        self.queued.push(Action::Start {
             worker: id,
             slot,
             generation,
@@ -221,7 +221,7 @@ impl Policy {
             held.push(w.id);
         }
         let n = held.len();
-        self.out.push(Action::Release {
+        self.queued.push(Action::Release {
             generation: id,
             workers,
             held,
@@ -268,7 +268,7 @@ impl Policy {
         w.kill_at.arm(now, drain);
         let cont = std::mem::take(&mut w.held);
         let name = w.name();
-        self.out.push(Action::Retire {
+        self.queued.push(Action::Retire {
             worker: id,
             signal,
             cont,

@@ -69,7 +69,7 @@ impl Policy {
                 if held {
                     // At once: the window in which it may accept is this long.
                     w.held = true;
-                    self.out.push(Action::Hold { worker: id });
+                    self.queued.push(Action::Hold { worker: id });
                 }
                 let w = &self.workers[i];
                 let msg = format!(
@@ -89,7 +89,7 @@ impl Policy {
             let w = &mut self.workers[i];
             if w.kill_at.due(now) {
                 let (id, name) = (w.id, w.name());
-                self.out.push(Action::Kill { worker: id });
+                self.queued.push(Action::Kill { worker: id });
                 self.warn(format!(
                     "{name} did not stop in {}: sent KILL",
                     secs(s.drain)
@@ -294,7 +294,7 @@ impl Policy {
                 w.retired.get_or_insert(Why::Stopping);
                 w.kill_at.arm(now, drain);
                 let cont = std::mem::take(&mut w.held);
-                self.out.push(Action::Retire {
+                self.queued.push(Action::Retire {
                     worker: w.id,
                     signal,
                     cont,

@@ -191,7 +191,7 @@ pub struct Policy {
     pub next_worker: u64,
     /// The actions of the event at hand, taken by [`Policy::handle`] (empty
     /// between events).
-    pub(crate) out: Vec<Action>,
+    pub(crate) queued: Vec<Action>,
     /// Recycle counts and the random state of the age draws (lifecycle.rs).
     pub life: PoolLife,
     /// `-C`: prepare, commit, abort (policy/prepare.rs).
@@ -230,7 +230,7 @@ impl Policy {
             reason: String::new(),
             stop: Stop::No,
             next_worker: 1,
-            out: Vec::new(),
+            queued: Vec::new(),
             life,
             two_phase: TwoPhase::default(),
         };
@@ -238,7 +238,7 @@ impl Policy {
             "generation 1: starting {n} workers{}",
             release_text(&p.target)
         ));
-        let actions = std::mem::take(&mut p.out);
+        let actions = std::mem::take(&mut p.queued);
         (p, actions)
     }
 
@@ -313,15 +313,15 @@ impl Policy {
         if then == Then::Converge {
             self.converge(now);
         }
-        std::mem::take(&mut self.out)
+        std::mem::take(&mut self.queued)
     }
 
     pub(crate) fn info(&mut self, msg: String) {
-        self.out.push(Action::Info(msg));
+        self.queued.push(Action::Info(msg));
     }
 
     pub(crate) fn warn(&mut self, msg: String) {
-        self.out.push(Action::Warn(msg));
+        self.queued.push(Action::Warn(msg));
     }
 
     pub(crate) fn index(&self, id: WorkerId) -> Option<usize> {
