@@ -95,6 +95,18 @@ impl Sim {
         self.feed(a)
     }
 
+    /// A HUP to `release` and a step after it (not fed).
+    pub(super) fn hup_then_step(&mut self, release: Option<PathBuf>) -> Vec<Action> {
+        let mut a = self.p.handle(
+            self.now,
+            Event::Hup {
+                resolve: &mut || Ok(release.clone()),
+            },
+        );
+        a.extend(self.p.handle(self.now, Event::Step));
+        a
+    }
+
     /// Workers of generation `gen` in `phase`.
     pub(super) fn of(&self, gen: u64, phase: WorkerPhase) -> Vec<WorkerId> {
         let ws = self.p.workers.iter();

@@ -150,13 +150,7 @@ fn surge_1_recycles_one_at_a_time_and_never_above_n_plus_1() {
 fn age_recycling_pauses_while_a_reload_runs() {
     let mut s = Sim::new(Mode::AllAtOnce, aging(10, None));
     s.at(9_000);
-    let mut a = s.p.handle(
-        s.now,
-        Event::Hup {
-            resolve: &mut || Ok(None),
-        },
-    );
-    a.extend(s.p.handle(s.now, Event::Step));
+    let a = s.hup_then_step(None);
     s.feed(a);
     s.at(10_100);
     s.tick();
@@ -173,13 +167,7 @@ fn a_rolling_reload_under_surge_1_keeps_n_plus_1() {
             ..Default::default()
         },
     );
-    let mut a = s.p.handle(
-        s.now,
-        Event::Hup {
-            resolve: &mut || Ok(None),
-        },
-    );
-    a.extend(s.p.handle(s.now, Event::Step));
+    let a = s.hup_then_step(None);
     let a = s.feed(a);
     assert_eq!(starts(&a).len(), 1);
     let mut t = 200;
@@ -209,13 +197,7 @@ fn a_cutover_reload_is_not_held_back_by_the_surge_bound() {
             ..Default::default()
         },
     );
-    let mut a = s.p.handle(
-        s.now,
-        Event::Hup {
-            resolve: &mut || Ok(None),
-        },
-    );
-    a.extend(s.p.handle(s.now, Event::Step));
+    let a = s.hup_then_step(None);
     let a = s.feed(a);
     assert_eq!(starts(&a).len(), N, "the whole generation starts");
 }
@@ -315,13 +297,7 @@ fn a_worker_that_asks_is_recycled_replacement_first() {
 fn a_cutover_switches_when_the_old_workers_stopped_accepting() {
     let mut s = Sim::new(Mode::Cutover, Lifecycle::default());
     let old = s.of(1, WorkerPhase::Ready);
-    let mut a = s.p.handle(
-        s.now,
-        Event::Hup {
-            resolve: &mut || Ok(None),
-        },
-    );
-    a.extend(s.p.handle(s.now, Event::Step));
+    let a = s.hup_then_step(None);
     s.feed(a);
     let new = s.of(2, WorkerPhase::Starting);
     let a = s.ready(&new);
@@ -342,13 +318,7 @@ fn a_cutover_switches_when_the_old_workers_stopped_accepting() {
 fn stopping_counts_only_once_the_worker_is_retired() {
     let mut s = Sim::new(Mode::Cutover, Lifecycle::default());
     let old = s.of(1, WorkerPhase::Ready);
-    let mut a = s.p.handle(
-        s.now,
-        Event::Hup {
-            resolve: &mut || Ok(None),
-        },
-    );
-    a.extend(s.p.handle(s.now, Event::Step));
+    let a = s.hup_then_step(None);
     s.feed(a);
     // Before the new generation is whole, the old ones are not retired:
     // their word does not count.
