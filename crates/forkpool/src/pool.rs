@@ -515,13 +515,19 @@ impl Pool {
         &mut self.upgrade
     }
 
-    /// The upgrade's version line and the number of workers (`-v`).
-    pub fn adopted_line(&self) -> (String, usize, u64) {
-        (
-            self.upgrade.version.clone(),
-            self.policy.workers.len(),
-            self.policy.newest,
-        )
+    /// The newest generation (forkpool's supervisor is told about it).
+    pub fn newest(&self) -> u64 {
+        self.policy.newest
+    }
+
+    /// The workers the rule knows of.
+    pub fn worker_count(&self) -> usize {
+        self.policy.workers.len()
+    }
+
+    /// This image's build id (`version=`).
+    pub fn version(&self) -> &str {
+        &self.upgrade.version
     }
 
     pub fn verbose(&self) -> bool {

@@ -88,13 +88,14 @@ pub fn adopt(
     let (snapshot, sigs) =
         reexec::take_state(&TOOL, fd, |text| crate::state::read(text, settings, now));
     let mut pool = Pool::adopt(cfg, snapshot).unwrap_or_else(|e| reexec::adopt_failed(&TOOL, e));
-    let (version, workers, newest) = pool.adopted_line();
     if let Some(u) = upstream {
-        u.adopted(newest);
+        u.adopted(pool.newest());
     }
     if pool.verbose() {
         TOOL.info(format_args!(
-            "upgraded in place: version {version}, {workers} workers adopted"
+            "upgraded in place: version {}, {} workers adopted",
+            pool.version(),
+            pool.worker_count()
         ));
     }
     // -C: the FIFO again, by its path (the old image's descriptor closed at exec).

@@ -29,7 +29,7 @@ const STEPS: [Step; 7] = [
     Policy::fill_slots,
     Policy::retire_idle,
     Policy::retire_replaced,
-    // 2c. Recycled workers whose replacement is ready (lifecycle.rs).
+    // 2c. Recycled workers whose replacement is ready (policy/lifecycle.rs).
     |p, now| {
         p.retire_recycled(now);
         Next::On
@@ -69,7 +69,7 @@ impl Policy {
             if has || self.slots[slot].not_before.is_some_and(|t| t > now) {
                 continue;
             }
-            // The surge bound (lifecycle.rs): a second worker in a slot waits.
+            // The surge bound (policy/lifecycle.rs): a second worker in a slot waits.
             if !self.may_start(slot) {
                 continue;
             }

@@ -78,7 +78,7 @@ use crate::worker::{Slot, Why, Worker, WorkerId, WorkerPhase};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Fork and exec a worker of `generation` in `slot`; then tell
-    /// [`Policy::started`] or [`Policy::start_failed`]. `hold`: its hold
+    /// [`Event::Started`] or [`Event::StartFailed`]. `hold`: its hold
     /// descriptor stays shut (cutover, a generation that does not accept yet).
     Start {
         worker: WorkerId,

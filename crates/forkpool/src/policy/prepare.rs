@@ -3,7 +3,7 @@
 //! that is held ready and never switched to until a commit says so.
 //!
 //! - `prepare`: a new target generation (like a HUP); its workers start held
-//!   (cutover), and the switch (rule 3 of policy.rs) and the all-at-once
+//!   (cutover), and the switch (step 3, policy/converge.rs) and the all-at-once
 //!   retirement of the old generation wait behind a gate;
 //! - `commit [T]`: the gate opens at `T` (or now): the cutover's switch then
 //!   runs as after a HUP, and the release of the new generation is the commit;
