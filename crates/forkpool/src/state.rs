@@ -72,8 +72,11 @@ impl Snapshot {
         let mut keep: Vec<RawFd> = self.notify.iter().map(|(fd, _)| *fd).collect();
         keep.extend(self.guard);
         for p in &self.procs {
-            keep.extend(p.pipe);
-            keep.extend(p.hold);
+            // Taken apart whole: a descriptor added is kept, or this does
+            // not compile.
+            let HandedProcess { id: _, pipe, hold } = p;
+            keep.extend(*pipe);
+            keep.extend(*hold);
         }
         keep
     }
@@ -241,7 +244,10 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
             over,
             stopped_accepting,
         } = life;
-        let proc = procs.iter().find(|p| p.id == *id);
+        let (pipe, hold) = match procs.iter().find(|p| p.id == *id) {
+            Some(HandedProcess { id: _, pipe, hold }) => (*pipe, *hold),
+            None => (None, None),
+        };
         s.record(
             "worker",
             &[
@@ -262,8 +268,8 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
                 ("ping_due", instant_field(*ping_due, now)),
                 ("over", over.to_string()),
                 ("stopped_accepting", (*stopped_accepting as u8).to_string()),
-                ("pipe", fd_field(proc.and_then(|p| p.pipe))),
-                ("hold", fd_field(proc.and_then(|p| p.hold))),
+                ("pipe", fd_field(pipe)),
+                ("hold", fd_field(hold)),
             ],
         );
     }
