@@ -1,0 +1,509 @@
+//! forkpool (and loop-forever, where the same shared code is at fault) in the
+//! second attack round (issue 24, forkpool's own items). Each test reproduces
+//! its item on the binaries of 786b5d1 (run them with TOOLS_BIN_DIR=that
+//! tree's target/debug):
+//!
+//! 1. the control FIFO replaced by a file or a symlink, then an upgrade to a
+//!    good build: the pool runs on (the FIFO's descriptor is handed over);
+//!    a new image that fails after the exec runs the previous one again;
+//! 2. a check whose program leaves a child holding its pipes is bounded, and
+//!    the pool (loop-forever) supervises meanwhile;
+//! 3. a program that exits 0 without reading the state is refused;
+//! 4. a worker saying `recycle` in a loop: back-off, a warning, never more
+//!    than N plus the surge;
+//! 12. the control FIFO: a partial line never merges with the next writer's;
+//!     `FIFO missing` when it is; `command=` and `phase=` handed over; a line
+//!     written while the upgrade execs is not lost.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{make_release, LONG};
+use integration_tests::*;
+use nix::sys::signal::Signal;
+
+/// Put `from` at `to` as an install does: a copy beside it, then rename.
+fn install(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).expect("copy build");
+    std::fs::rename(&tmp, to).expect("rename build");
+}
+
+/// The tool as built with bytes appended: another build id.
+fn build_b(dir: &Path, tool: &str) -> PathBuf {
+    let b = dir.join(format!("{tool}.build-b"));
+    let mut bytes = std::fs::read(bin(tool)).expect("read");
+    bytes.extend_from_slice(b"\0hostile2 build B\0");
+    std::fs::write(&b, bytes).expect("write B");
+    std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    b
+}
+
+fn script(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// tcplisten + dir/TOOL (a copy) -v -S dir/status OPTS PROG, in dir.
+struct Chain {
+    p: Proc,
+    port: u16,
+    dir: PathBuf,
+    st: PathBuf,
+    exe: PathBuf,
+}
+
+impl Chain {
+    fn start(dir: &Path, tool: &str, opts: &[&str], prog: &[&str], env: &[(&str, &str)]) -> Chain {
+        let exe = dir.join(tool);
+        install(&bin(tool), &exe);
+        let st = dir.join("status");
+        let mut c = cmd("tcplisten");
+        c.args(["-1", "127.0.0.1", "0"]).arg(&exe);
+        c.args(["-v", "-S"]).arg(&st).args(opts).args(prog);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("log")).expect("log"))
+            .stdin(Stdio::null());
+        let mut p = Proc::spawn(c);
+        let (line, _) = read_line_timeout(p.stdout(), LONG).expect("tcplisten prints the port");
+        let port = line.trim().parse().expect("port");
+        Chain {
+            p,
+            port,
+            dir: dir.to_path_buf(),
+            st,
+            exe,
+        }
+    }
+
+    fn status(&self) -> PoolStatus {
+        PoolStatus::read(&self.st)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// forkpool: `n` workers ready, nothing under way.
+    fn settled(&self, n: usize) -> PoolStatus {
+        let ok = wait_until(LONG, || {
+            let s = self.status();
+            s.get("reload") != "running"
+                && s.get("upgrade") != "running"
+                && s.pids("ready").len() == n
+                && s.workers.len() == n
+        });
+        assert!(ok, "never settled: {:?}\n{}", self.status(), self.log());
+        self.status()
+    }
+
+    fn poolctl(&self, args: &[&str]) -> (i32, String) {
+        let mut c = cmd("poolctl");
+        c.args(args).arg(&self.st);
+        let (code, out, err) = run(c, Duration::from_secs(90));
+        (code, format!("{out}{err}"))
+    }
+
+    fn wait_log(&self, what: &str) {
+        assert!(
+            wait_until(LONG, || self.log().contains(what)),
+            "never logged {what:?}:\n{}",
+            self.log()
+        );
+    }
+
+    /// The chain's pid still runs (not a zombie).
+    fn alive(&self) -> bool {
+        alive(self.p.pid().as_raw())
+    }
+}
+
+fn worker_pids(s: &PoolStatus) -> Vec<(usize, i32)> {
+    let mut v: Vec<(usize, i32)> = s.workers.iter().map(|w| (w.0, w.2)).collect();
+    v.sort();
+    v
+}
+
+/// A site: releases/r1 (the demo app), `current`, forkpool -m cutover -C control.
+fn cutover_chain(t: &TempDir, env: &[(&str, &str)]) -> Chain {
+    make_release(t.path(), "r1", "");
+    make_release(t.path(), "r2", "");
+    std::os::unix::fs::symlink("releases/r1", t.join("current")).expect("current");
+    Chain::start(
+        t.path(),
+        "forkpool",
+        &[
+            "-n", "2", "-d", "3", "-m", "cutover", "-C", "control", "-p", "current",
+        ],
+        &["./run"],
+        env,
+    )
+}
+
+// ------------------------------------------------------------------ item 1
+
+#[test]
+fn item1_the_fifo_replaced_by_a_file_or_a_symlink_then_an_upgrade_the_pool_runs_on() {
+    let t = TempDir::new("h2-fifo-replaced");
+    let b = build_b(t.path(), "forkpool");
+    let chain = cutover_chain(&t, &[]);
+    let before = chain.settled(2);
+    let version = before.get("version").to_string();
+    let fifo = t.join("control");
+    // A regular file, then (second round) a symlink to one.
+    for (round, build) in [(1u64, &b), (2, &bin("forkpool"))] {
+        std::fs::remove_file(&fifo).expect("rm fifo");
+        if round == 1 {
+            std::fs::write(&fifo, "planted\n").expect("file");
+        } else {
+            std::fs::write(t.join("elsewhere"), "planted\n").expect("file");
+            std::os::unix::fs::symlink(t.join("elsewhere"), &fifo).expect("symlink");
+        }
+        install(build, &chain.exe);
+        let (code, out) = chain.poolctl(&["upgrade", "-t", "60"]);
+        assert_eq!(code, 0, "round {round}: {out}\n{}", chain.log());
+        assert!(
+            chain.alive(),
+            "round {round}: the pool died:\n{}",
+            chain.log()
+        );
+        let s = chain.status();
+        assert_eq!(s.get("upgrade"), "ok", "{:?}", s.kv);
+        assert_eq!(s.num("upgrades"), round);
+        assert_eq!(s.get("pid"), before.get("pid"));
+        assert_eq!(worker_pids(&s), worker_pids(&before));
+        assert_eq!(common::http_release(chain.port).as_deref(), Some("r1"));
+        // What was planted is left as it was.
+        let planted = if round == 1 {
+            fifo.clone()
+        } else {
+            t.join("elsewhere")
+        };
+        assert_eq!(std::fs::read_to_string(&planted).unwrap(), "planted\n");
+    }
+    assert_eq!(chain.status().get("version"), version, "back on build A");
+}
+
+#[test]
+fn item1_a_new_image_that_fails_after_the_exec_runs_the_previous_one_again() {
+    let t = TempDir::new("h2-fail-after-exec");
+    let b = build_b(t.path(), "forkpool");
+    // The build swapped in after the check passed (while the signals are
+    // blocked for the exec): it runs build B on the state with its version
+    // line rewritten, which B refuses after the exec (bash: a free
+    // descriptor, above those the state names).
+    let other = t.join("other-version");
+    script(
+        &other,
+        &format!(
+            "#!/bin/bash\nsed '1s/^forkpool-state .*/forkpool-state 999/' /proc/self/fd/$FORKPOOL_STATE_FD > \"$0.state\"\nexec {{fd}}< \"$0.state\"\nFORKPOOL_STATE_FD=$fd exec '{}' \"$@\"\n",
+            b.display()
+        ),
+    );
+    let chain = cutover_chain(&t, &[("FORKPOOL_UPGRADE_PAUSE_MS", "1500")]);
+    let before = chain.settled(2);
+    let version = before.get("version").to_string();
+    install(&b, &chain.exe);
+    chain.p.signal(Signal::SIGUSR2);
+    chain.wait_log("signals blocked, pausing");
+    install(&other, &chain.exe);
+    let failed = wait_until(LONG, || chain.status().get("upgrade") == "failed");
+    assert!(failed, "{:?}\n{}", chain.status().kv, chain.log());
+    assert!(chain.alive(), "the pool died:\n{}", chain.log());
+    let s = chain.status();
+    let reason = s.get("reason");
+    assert!(
+        reason.contains("after the exec") && reason.contains("state version 999"),
+        "{reason}"
+    );
+    assert_eq!(s.get("version"), version, "the previous image runs");
+    assert_eq!(s.num("upgrades"), 0);
+    assert_eq!(s.num("upgrade_failures"), 1);
+    assert_eq!(s.get("pid"), before.get("pid"));
+    assert_eq!(worker_pids(&s), worker_pids(&before));
+    assert_eq!(common::http_release(chain.port).as_deref(), Some("r1"));
+    assert!(
+        chain
+            .log()
+            .contains("upgrade failed after the exec: unable to read the state"),
+        "{}",
+        chain.log()
+    );
+    // Whole: the FIFO, a reload and another upgrade work.
+    let (code, out) = chain.poolctl(&["prepare", "-t", "60"]);
+    assert_eq!(code, 0, "{out}\n{}", chain.log());
+    let (code, out) = chain.poolctl(&["abort", "-t", "60"]);
+    assert_eq!(code, 0, "{out}\n{}", chain.log());
+    install(&b, &chain.exe);
+    let (code, out) = chain.poolctl(&["upgrade", "-t", "60"]);
+    assert_eq!(code, 0, "{out}\n{}", chain.log());
+    assert_ne!(chain.status().get("version"), version);
+}
+
+// ------------------------------------------------------------------ item 2
+
+/// A program that, in check mode, leaves a child holding stdout and stderr
+/// and never exits itself.
+const HANGS: &str = "#!/bin/sh\nsleep 300 &\nexec sleep 300\n";
+
+/// Processes whose command line names `marker`.
+fn running_with(marker: &str) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marker) {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn item2_a_check_that_hangs_holding_its_pipes_is_bounded_and_the_pool_supervises_meanwhile() {
+    let t = TempDir::new("h2-check-hangs");
+    let sleeper = t.join("w");
+    script(&sleeper, "#!/bin/sh\necho >&3\nexec sleep 1000\n");
+    let chain = Chain::start(t.path(), "forkpool", &["-n", "2", "-d", "3"], &["./w"], &[]);
+    let before = chain.settled(2);
+    let marker = t.join("hang-check");
+    script(&marker, HANGS);
+    install(&marker, &chain.exe);
+    chain.p.signal(Signal::SIGUSR2);
+    assert!(wait_until(LONG, || running_with("sleep 300") >= 2
+        || chain.status().get("upgrade") == "running"));
+    // A worker killed during the check is replaced during it.
+    let victim = before.workers[0].2;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).expect("kill");
+    let replaced = wait_until(Duration::from_secs(20), || {
+        let s = chain.status();
+        s.get("upgrade") == "running"
+            && s.pids("ready").len() == 2
+            && !s.pids("ready").contains(&victim)
+    });
+    assert!(
+        replaced,
+        "not replaced while the check ran: {:?}\n{}",
+        chain.status().kv,
+        chain.log()
+    );
+    // The check ends at its bound, its child with it.
+    let failed = wait_until(Duration::from_secs(60), || {
+        chain.status().get("upgrade") == "failed"
+    });
+    assert!(failed, "{:?}\n{}", chain.status().kv, chain.log());
+    assert!(
+        chain
+            .status()
+            .get("reason")
+            .contains("did not exit within 30s"),
+        "{:?}",
+        chain.status().kv
+    );
+    assert!(chain.alive());
+}
+
+#[test]
+fn item2_loop_forever_a_check_that_hangs_is_bounded_and_the_child_is_restarted_meanwhile() {
+    let t = TempDir::new("h2-lf-check-hangs");
+    script(&t.join("w"), "#!/bin/sh\nexec sleep 1000\n");
+    let chain = Chain::start(t.path(), "loop-forever", &[], &["./w"], &[]);
+    let child = || chain.status().workers.first().map_or(0, |w| w.2);
+    assert!(wait_until(LONG, || child() > 0), "{}", chain.log());
+    let first = child();
+    let hang = t.join("hang-check");
+    script(&hang, HANGS);
+    install(&hang, &chain.exe);
+    chain.p.signal(Signal::SIGUSR2);
+    assert!(wait_until(LONG, || chain.status().get("upgrade") == "running"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL).expect("kill");
+    let restarted = wait_until(Duration::from_secs(20), || {
+        child() > 0 && child() != first && chain.status().get("upgrade") == "running"
+    });
+    assert!(
+        restarted,
+        "not restarted while the check ran: {:?}\n{}",
+        chain.status().kv,
+        chain.log()
+    );
+    assert!(wait_until(Duration::from_secs(60), || chain
+        .status()
+        .get("upgrade")
+        == "failed"));
+    assert!(chain
+        .status()
+        .get("reason")
+        .contains("did not exit within 30s"));
+}
+
+#[test]
+fn item2_a_check_that_exits_leaving_a_child_on_stderr_ends_at_once() {
+    let t = TempDir::new("h2-check-child");
+    script(&t.join("w"), "#!/bin/sh\necho >&3\nexec sleep 1000\n");
+    let chain = Chain::start(t.path(), "forkpool", &["-n", "1", "-d", "3"], &["./w"], &[]);
+    chain.settled(1);
+    let leaves = t.join("leaves");
+    script(
+        &leaves,
+        "#!/bin/sh\necho 'not this build' >&2\nsleep 300 &\nexit 1\n",
+    );
+    install(&leaves, &chain.exe);
+    let (code, out) = chain.poolctl(&["upgrade", "-t", "25"]);
+    assert_eq!(code, 1, "{out}\n{}", chain.log());
+    assert!(out.contains("exited 1: not this build"), "{out}");
+    assert!(chain.alive());
+}
+
+// ------------------------------------------------------------------ item 3
+
+#[test]
+fn item3_a_program_that_exits_0_without_reading_the_state_is_refused() {
+    for tool in ["forkpool", "loop-forever"] {
+        let t = TempDir::new(&format!("h2-exit0-{tool}"));
+        script(&t.join("w"), "#!/bin/sh\necho >&3\nexec sleep 1000\n");
+        let opts: &[&str] = if tool == "forkpool" {
+            &["-n", "1", "-d", "3"]
+        } else {
+            &[]
+        };
+        let chain = Chain::start(t.path(), tool, opts, &["./w"], &[]);
+        assert!(wait_until(LONG, || chain.status().get("version").len() == 16));
+        let version = chain.status().get("version").to_string();
+        let fake = t.join("exit0");
+        script(&fake, "#!/bin/sh\nexit 0\n");
+        install(&fake, &chain.exe);
+        let (code, out) = chain.poolctl(&["upgrade", "-t", "25"]);
+        assert_eq!(code, 1, "{tool}: {out}\n{}", chain.log());
+        assert!(out.contains("without reading the state"), "{tool}: {out}");
+        assert!(chain.alive(), "{tool} died:\n{}", chain.log());
+        assert_eq!(chain.status().get("version"), version);
+        assert_eq!(chain.status().get("upgrade"), "failed");
+    }
+}
+
+// ----------------------------------------------------------------- item 12
+
+/// Bytes written to the FIFO and not read yet (FIONREAD on a write end).
+fn unread(f: &std::fs::File) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which is valid.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(r, 0, "FIONREAD");
+    n
+}
+
+/// A writer of the FIFO, as any local process of the user may be.
+fn fifo_writer(path: &Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .expect("open the FIFO")
+}
+
+#[test]
+fn item12_a_partial_line_never_merges_with_the_next_writers() {
+    use std::io::Write;
+    let t = TempDir::new("h2-partial");
+    let chain = cutover_chain(&t, &[]);
+    chain.settled(2);
+    let mut w = fifo_writer(&t.join("control"));
+    w.write_all(b"pre").expect("write");
+    assert!(wait_until(LONG, || unread(&w) == 0), "never read");
+    drop(w);
+    let mut w = fifo_writer(&t.join("control"));
+    w.write_all(b"pare\n").expect("write");
+    assert!(wait_until(LONG, || unread(&w) == 0), "never read");
+    let read = wait_until(LONG, || {
+        let s = chain.status();
+        let n: u64 = s
+            .get("command")
+            .split(' ')
+            .next()
+            .unwrap_or("")
+            .parse()
+            .unwrap_or(0);
+        n >= 2 || s.get("phase") != "none"
+    });
+    assert!(read, "{:?}\n{}", chain.status().kv, chain.log());
+    let s = chain.status();
+    assert_eq!(s.get("phase"), "none", "{:?}\n{}", s.kv, chain.log());
+    assert_eq!(s.get("command"), "2 ? refused", "{:?}", s.kv);
+    assert!(chain
+        .log()
+        .contains("control: a partial line (3 bytes without a newline): dropped"));
+    assert_eq!(s.num("generation"), 1);
+}
+
+#[test]
+fn item12_with_the_fifo_deleted_poolctl_says_fifo_missing() {
+    let t = TempDir::new("h2-fifo-missing");
+    let chain = cutover_chain(&t, &[]);
+    chain.settled(2);
+    std::fs::remove_file(t.join("control")).expect("rm");
+    let (code, out) = chain.poolctl(&["prepare", "-t", "10"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("prepare failed: control FIFO"), "{out}");
+    assert!(out.contains("missing"), "{out}");
+    assert!(!out.contains("no pool runs"), "{out}");
+}
+
+#[test]
+fn item12_an_upgrade_hands_command_and_phase_over_and_loses_no_line_written_during_the_exec() {
+    use std::io::Write;
+    let t = TempDir::new("h2-handover");
+    let b = build_b(t.path(), "forkpool");
+    let chain = cutover_chain(&t, &[("FORKPOOL_UPGRADE_PAUSE_MS", "1500")]);
+    chain.settled(2);
+    let link = |id: &str| {
+        let mut c = cmd("atomic-symlink");
+        c.arg(format!("releases/{id}")).arg(t.join("current"));
+        assert_eq!(run(c, LONG).0, 0);
+    };
+    link("r2");
+    let (code, out) = chain.poolctl(&["prepare", "-t", "60"]);
+    assert_eq!(code, 0, "{out}\n{}", chain.log());
+    let (code, out) = chain.poolctl(&["commit", "-t", "60"]);
+    assert_eq!(code, 0, "{out}\n{}", chain.log());
+    let keys = |s: &PoolStatus| {
+        [
+            "phase",
+            "phase_generation",
+            "command",
+            "commit_at",
+            "released_at",
+        ]
+        .map(|k| s.get(k).to_string())
+    };
+    let before = keys(&chain.status());
+    assert_eq!(before[0], "committed");
+    assert_eq!(before[2], "2 commit accepted");
+    install(&b, &chain.exe);
+    let (code, out) = chain.poolctl(&["upgrade", "-t", "60"]);
+    assert_eq!(code, 0, "{out}\n{}", chain.log());
+    assert_eq!(keys(&chain.status()), before, "{:?}", chain.status().kv);
+    // A prepare written while the old image waits to exec (signals blocked).
+    link("r1");
+    install(&bin("forkpool"), &chain.exe);
+    chain.p.signal(Signal::SIGUSR2);
+    let pausing = || chain.log().matches("signals blocked, pausing").count();
+    assert!(wait_until(LONG, || pausing() == 2), "{}", chain.log());
+    let mut w = fifo_writer(&t.join("control"));
+    w.write_all(b"prepare\n").expect("write");
+    drop(w);
+    let prepared = wait_until(LONG, || {
+        let s = chain.status();
+        s.get("phase") == "prepared" && s.num("upgrades") == 2
+    });
+    assert!(prepared, "{:?}\n{}", chain.status().kv, chain.log());
+    assert_eq!(chain.status().get("command"), "3 prepare accepted");
+}
