@@ -507,3 +507,59 @@ fn item12_an_upgrade_hands_command_and_phase_over_and_loses_no_line_written_duri
     assert!(prepared, "{:?}\n{}", chain.status().kv, chain.log());
     assert_eq!(chain.status().get("command"), "3 prepare accepted");
 }
+
+// ------------------------------------------------------------------ item 4
+
+/// Live worker processes (not zombies) whose parent is `pid`.
+fn children_of(pid: i32) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 1 && f[1] == pid.to_string() && f[0] != "Z" {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn item4_a_worker_saying_recycle_in_a_loop_gets_the_back_off_a_warning_and_n_plus_1() {
+    let t = TempDir::new("h2-recycle-loop");
+    // Ready, then at once `recycle`; it drains for 3 s once told to stop.
+    script(
+        &t.join("w"),
+        "#!/bin/sh\ntrap 'sleep 3; exit 0' TERM\necho >&3\necho recycle >&3\nwhile :; do sleep 1; done\n",
+    );
+    let chain = Chain::start(t.path(), "forkpool", &["-n", "2", "-d", "3"], &["./w"], &[]);
+    let pid = chain.p.pid().as_raw();
+    // Over 6 s: how many workers at most (forkpool's children, the guard
+    // aside), how many recycles.
+    assert!(wait_until(LONG, || chain.status().num("recycled_asked") >= 1));
+    let start = std::time::Instant::now();
+    let mut most = 0;
+    let mut most_listed = 0;
+    while start.elapsed() < Duration::from_secs(6) {
+        most = most.max(children_of(pid));
+        most_listed = most_listed.max(chain.status().workers.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let recycles = chain.status().num("recycled_asked");
+    let log = chain.log();
+    // N = 2 plus the surge, 1 when none is given: 3 workers and the guard.
+    assert!(
+        most_listed <= 3,
+        "{most_listed} workers listed at once\n{log}"
+    );
+    assert!(most <= 4, "{most} children at once\n{log}");
+    // The crash loop's back-off: at most one recycle a second per slot.
+    assert!(recycles <= 2 * 8, "{recycles} recycles in about 6 s\n{log}");
+    assert!(
+        log.contains("asked to be recycled after") && log.contains("(back-off)"),
+        "{log}"
+    );
+    assert!(chain.alive());
+}
