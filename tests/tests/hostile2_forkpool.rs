@@ -563,3 +563,36 @@ fn item4_a_worker_saying_recycle_in_a_loop_gets_the_back_off_a_warning_and_n_plu
     );
     assert!(chain.alive());
 }
+
+// -------------------------------------------------------- the heartbeat
+
+#[test]
+fn the_status_file_beats_at_least_once_a_second_while_nothing_changes() {
+    let t = TempDir::new("h2-heartbeat");
+    script(&t.join("w"), "#!/bin/sh\necho >&3\nexec sleep 1000\n");
+    let chain = Chain::start(t.path(), "forkpool", &["-n", "1", "-d", "3"], &["./w"], &[]);
+    chain.settled(1);
+    let beat = || {
+        chain
+            .status()
+            .get("heartbeat")
+            .parse::<f64>()
+            .unwrap_or(0.0)
+    };
+    let mut seen = vec![beat()];
+    assert!(seen[0] > 0.0, "{:?}", chain.status().kv);
+    // Three more beats, each newer, while the pool is idle.
+    for _ in 0..3 {
+        let last = *seen.last().unwrap();
+        assert!(wait_until(Duration::from_secs(10), || beat() > last));
+        seen.push(beat());
+    }
+    let s = chain.status();
+    assert_eq!(s.get("state"), "running");
+    // The key is the last line, after the workers.
+    let text = std::fs::read_to_string(&chain.st).unwrap();
+    assert!(
+        text.lines().last().unwrap().starts_with("heartbeat="),
+        "{text}"
+    );
+}

@@ -313,6 +313,7 @@ impl Pool {
             self.policy.next_deadline(),
             self.next_sample,
             reexec::check_wait(&self.upgrade).1,
+            self.status.as_ref().and_then(|s| s.next_heartbeat()),
         ])
     }
 
