@@ -178,7 +178,7 @@ fn take_lock(dir: &Path) -> OwnedFd {
 /// Who holds the lock, as deploy.running says.
 fn busy_reason(dir: &Path) -> String {
     let running = dir.join("deploy.running");
-    let pid: Option<i32> = std::fs::read_to_string(&running)
+    let pid: Option<i32> = unixtool::statusfile::read_small(&running, 64)
         .ok()
         .and_then(|t| t.trim().parse().ok());
     match pid {
@@ -258,7 +258,7 @@ impl Deploy {
     /// deploy.running names us; a stale one (dead pid) is reported.
     fn mark_running(&mut self) {
         let path = self.running_file();
-        if let Some(p) = std::fs::read_to_string(&path)
+        if let Some(p) = unixtool::statusfile::read_small(&path, 64)
             .ok()
             .and_then(|t| t.trim().parse::<i32>().ok())
         {

