@@ -105,3 +105,53 @@ fn status_readers_refuse_a_fifo_and_a_huge_file() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("too large"), "{body}");
 }
+
+// ------------------------------------------------ 8: deploy.lock's mode and owner
+
+/// deploy-release LINK's-dir/deploy.lock: created 0600 (under umask 000 too),
+/// an old 0644 one made 0600, one another user owns refused (exit 111,
+/// nothing changed, no chain asked).
+#[test]
+fn the_deploy_lock_is_0600_and_refused_when_another_user_owns_it() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("h2-lock");
+    make_release(dir.path(), "r1", "");
+    make_release(dir.path(), "r2", "");
+    std::os::unix::fs::symlink("releases/r1", dir.join("current")).expect("current");
+    let lock = dir.join("deploy.lock");
+    let deploy = || {
+        // umask 000: the mode is the tool's own, not the caller's umask's
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("umask 000; exec \"$@\"")
+            .arg("sh")
+            .arg(bin("deploy-release"))
+            .args(["-t", "5"])
+            .arg(dir.join("releases/r2"))
+            .arg(dir.join("current"))
+            .arg(dir.join("status"));
+        run(c, Duration::from_secs(30))
+    };
+    let mode = |p: &Path| std::fs::metadata(p).expect("lock").mode() & 0o7777;
+    // no chain runs (exit 3): the lock was taken first, and made 0600
+    let (code, _, err) = deploy();
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(mode(&lock), 0o600, "{err}");
+    // a lock left 0644 by an older deploy-release: made 0600
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, _, err) = deploy();
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(mode(&lock), 0o600, "{err}");
+    // owned by another user (the tests run as root: chown to nobody)
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(&lock, Some(65534), Some(65534)).expect("chown");
+        let (code, _, err) = deploy();
+        assert_eq!(code, 111, "{err}");
+        assert!(err.contains("owned by uid 65534"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(std::fs::metadata(&lock).expect("lock").uid(), 65534);
+        assert!(!dir.join("deploy.running").exists());
+    } else {
+        eprintln!("not root: the foreign owner case is not tried");
+    }
+}

@@ -140,27 +140,50 @@ fn link_directory(link: &Path) -> PathBuf {
     })
 }
 
-/// deploy.lock beside LINK: flock, close-on-exec, never waited for.
+/// deploy.lock beside LINK: flock, close-on-exec, never waited for. Created
+/// 0600 and kept so (a lock another user can open, they can hold); one that
+/// another user owns, or that is not a regular file, is refused.
 fn take_lock(dir: &Path) -> OwnedFd {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let path = dir.join("deploy.lock");
+    let fail = |what: String| -> ! {
+        TOOL.fatal(
+            EXIT_TEMPORARY,
+            format_args!(
+                "unable to use {}: {what}; nothing was changed",
+                path.display()
+            ),
+        )
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&path)
-        .unwrap_or_else(|e| {
-            TOOL.fatal(
-                EXIT_TEMPORARY,
-                format_args!(
-                    "unable to open {}: {}",
-                    path.display(),
-                    unixtool::io_reason(&e)
-                ),
-            )
-        });
+        .unwrap_or_else(|e| fail(unixtool::io_reason(&e)));
+    let meta = file
+        .metadata()
+        .unwrap_or_else(|e| fail(unixtool::io_reason(&e)));
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.file_type().is_file() {
+        fail("not a regular file".to_string());
+    }
+    if meta.uid() != me {
+        fail(format!(
+            "it is owned by uid {}, not by uid {me} who deploys (another user could hold it)",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o7077 != 0 {
+        if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+            fail(format!(
+                "unable to make it 0600: {}",
+                unixtool::io_reason(&e)
+            ));
+        }
+    }
     let fd = OwnedFd::from(file);
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     let locked = unixtool::retry_eintr(|| {
