@@ -155,3 +155,84 @@ fn the_deploy_lock_is_0600_and_refused_when_another_user_owns_it() {
         eprintln!("not root: the foreign owner case is not tried");
     }
 }
+
+// ------------------------------------------------ 9: the demo scripts' umask
+
+/// Every file and directory under `dir` (symlinks not followed) that group or
+/// others can write: (path, mode).
+fn writable_by_others(dir: &Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if m.file_type().is_symlink() {
+                continue;
+            }
+            if m.mode() & 0o022 != 0 {
+                out.push((e.path().display().to_string(), m.mode() & 0o7777));
+            }
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// demo/serve and demo/deploy started under `umask 000`: nothing they make (the
+/// state directory, releases/, a release's bin/app, logs, serve.pid, port,
+/// history) is writable by group or others: the scripts set umask 022.
+#[test]
+fn the_demo_scripts_set_their_own_umask() {
+    let dir = TempDir::new("h2-umask");
+    let state = dir.join("state");
+    let script = |name: &str, args: &[&str]| {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("umask 000; exec \"$@\"")
+            .arg("sh")
+            .arg(repo().join("demo").join(name))
+            .args(args)
+            .env("BIN", bin_dir())
+            .env("STATE", &state)
+            .env("PORT", "0")
+            .env("WORKERS", "2")
+            .env_remove("SERVE_MODE")
+            .env_remove("RELOAD_MODE")
+            .env_remove("KEEP")
+            .env_remove("DEADLINE")
+            .stdin(Stdio::null());
+        c
+    };
+    let mut serve = script("serve", &[]);
+    serve
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("serve.err")).expect("log"));
+    let _serve = Proc::spawn(serve);
+    let log = || std::fs::read_to_string(dir.join("serve.err")).unwrap_or_default();
+    assert!(
+        wait_until(LONG, || std::fs::read_to_string(state.join("port"))
+            .map(|p| p.trim().parse::<u16>().is_ok())
+            .unwrap_or(false)
+            && std::fs::read_to_string(state.join("status"))
+                .map(|s| s.contains("state=running\n") && !s.contains("serving_generation=0\n"))
+                .unwrap_or(false)),
+        "demo/serve did not come up: {}",
+        log()
+    );
+    let (code, _, err) = run(script("deploy", &[]), Duration::from_secs(120));
+    assert_eq!(code, 0, "{err}");
+    let bad = writable_by_others(&state);
+    assert!(bad.is_empty(), "writable by others under umask 000: {bad:?}");
+    // the state directory itself
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&state).expect("state").mode() & 0o7777;
+    assert_eq!(m & 0o022, 0, "state is {m:o}");
+}
