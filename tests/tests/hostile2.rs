@@ -230,9 +230,198 @@ fn the_demo_scripts_set_their_own_umask() {
     let (code, _, err) = run(script("deploy", &[]), Duration::from_secs(120));
     assert_eq!(code, 0, "{err}");
     let bad = writable_by_others(&state);
-    assert!(bad.is_empty(), "writable by others under umask 000: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "writable by others under umask 000: {bad:?}"
+    );
     // the state directory itself
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(&state).expect("state").mode() & 0o7777;
     assert_eq!(m & 0o022, 0, "state is {m:o}");
+}
+
+// ------------------------------------------------ 10, 14: hostile text
+
+/// `tcplisten -1 127.0.0.1 0 SUPERVISOR...` in `dir` (forkpool: a copy at
+/// dir/forkpool, one worker, -p current; loop-forever: cd -P current), the
+/// status file dir/status; waits until it serves.
+fn chain_in(dir: &Path, forkpool: bool) -> (Proc, u16) {
+    let mut c = cmd("tcplisten");
+    c.args(["-1", "127.0.0.1", "0"]);
+    if forkpool {
+        let exe = dir.join("forkpool");
+        std::fs::copy(bin("forkpool"), &exe).expect("copy forkpool");
+        c.arg(&exe)
+            .args(["-n", "1", "-d", "3", "-t", "20000", "-p", "current", "-S"])
+            .arg(dir.join("status"))
+            .arg("./run");
+    } else {
+        c.arg(bin("loop-forever"))
+            .args(["-d", "3", "-S"])
+            .arg(dir.join("status"))
+            .args(["sh", "-c", "cd -P current && exec ./run"]);
+    }
+    c.current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("chain.log")).expect("log"));
+    let mut p = Proc::spawn(c);
+    let (line, _) = read_line_timeout(p.stdout(), LONG).expect("tcplisten prints the port");
+    let port = line.trim().parse().expect("port");
+    let st = dir.join("status");
+    assert!(
+        wait_until(LONG, || {
+            let s = PoolStatus::read(&st);
+            s.num("serving_generation") > 0 && s.workers.iter().any(|w| w.3 == "ready")
+        }),
+        "the chain never served: {}",
+        std::fs::read_to_string(dir.join("chain.log")).unwrap_or_default()
+    );
+    (p, port)
+}
+
+/// Control characters in `s` other than the newline.
+fn controls(s: &str) -> Vec<char> {
+    s.chars().filter(|c| c.is_control() && *c != '\n').collect()
+}
+
+/// A release directory named `r1\nready=9` pinned by forkpool (release=) or
+/// run by loop-forever (its cwd is release=): the status file gets no
+/// `ready=9` line, poolctl says 1 of 1 and shows the name quoted; and
+/// deploy-release refuses to deploy such a name (its history is one name a
+/// line), nothing changed.
+#[test]
+fn a_release_named_with_a_newline_injects_no_key() {
+    for forkpool in [true, false] {
+        let dir = TempDir::new("h2-newline");
+        let name = "r1\nready=9";
+        make_release(dir.path(), name, "");
+        std::os::unix::fs::symlink(format!("releases/{name}"), dir.join("current"))
+            .expect("current");
+        let (_chain, _) = chain_in(dir.path(), forkpool);
+        let status = dir.join("status");
+        let text = std::fs::read_to_string(&status).expect("status");
+        assert!(
+            !text.lines().any(|l| l == "ready=9"),
+            "forkpool={forkpool}: injected: {text}"
+        );
+        assert!(text.contains("r1\\nready=9\n"), "{text}");
+        let (code, out, err) = poolctl(&["status"], &status);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("1 of 1 ready"), "forkpool={forkpool}: {out}");
+        assert!(out.contains("r1\\nready=9"), "{out}");
+
+        // deploy-release: refused (exit 100), current unchanged
+        let evil = make_release(dir.path(), "r2\nr9", "");
+        let mut c = cmd("deploy-release");
+        c.args(["-t", "10"])
+            .arg(&evil)
+            .arg(dir.join("current"))
+            .arg(&status);
+        let (code, _, err) = run(c, Duration::from_secs(60));
+        assert_eq!(code, 100, "{err}");
+        assert!(err.contains("control character"), "{err}");
+        assert!(err.contains("r2\\nr9"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let cur = std::fs::read_link(dir.join("current")).expect("current");
+        assert_eq!(cur.to_string_lossy(), format!("releases/{name}"));
+    }
+}
+
+/// A server on 127.0.0.1:0 that runs `answer` on every connection (each in a
+/// thread of its own) once it has read the request head; its port. The
+/// threads end with the test process.
+fn hostile_server(answer: fn(TcpStream)) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && matches!(s.read(&mut b), Ok(1)) {
+                    head.push(b[0]);
+                }
+                answer(s);
+            });
+        }
+    });
+    port
+}
+
+/// Every line of `text` is short and holds no control character.
+fn assert_tame(what: &str, text: &str) {
+    let bad = controls(text);
+    assert!(bad.is_empty(), "{what}: control characters {bad:?}");
+    let long = text.lines().map(str::len).max().unwrap_or(0);
+    assert!(long <= 4100, "{what}: a line of {long} bytes");
+}
+
+/// An upgrade whose check writes ANSI escapes, a bell, a CR and 60 KB on its
+/// first stderr line: reason=, poolctl's answer and forkpool's own warning
+/// hold the text quoted and cut; deploy-release against a server whose body
+/// is a 1 MiB line with escapes prints short, quoted lines.
+#[test]
+fn hostile_text_is_quoted_and_cut_in_every_message_and_key() {
+    let dir = TempDir::new("h2-text");
+    make_release(dir.path(), "r1", "");
+    std::os::unix::fs::symlink("releases/r1", dir.join("current")).expect("current");
+    let (_chain, _) = chain_in(dir.path(), true);
+    let status = dir.join("status");
+    // the "new build": a check that says something hostile and fails
+    let evil = dir.join("forkpool.new");
+    std::fs::write(
+        &evil,
+        "#!/bin/sh\nprintf '\\033[31mred\\007\\rX%60000s\\n' tail >&2\nexit 1\n",
+    )
+    .expect("script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&evil, dir.join("forkpool")).expect("install");
+    let (code, out, err) = poolctl(&["upgrade", "-t", "30"], &status);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("\\x1b[31mred\\x07\\rX"), "{err}");
+    assert_tame("poolctl upgrade", &format!("{out}{err}"));
+    let st = PoolStatus::read(&status);
+    assert_eq!(st.get("upgrade"), "failed");
+    let reason = st.get("reason");
+    assert!(reason.contains("\\x1b[31mred"), "{reason}");
+    assert!(reason.len() < 1200, "reason= is {} bytes", reason.len());
+    assert_tame(
+        "the status file",
+        &std::fs::read_to_string(&status).expect("st"),
+    );
+    let (_, out, err) = poolctl(&["status"], &status);
+    assert_tame("poolctl status", &format!("{out}{err}"));
+    let log = std::fs::read_to_string(dir.join("chain.log")).unwrap_or_default();
+    assert!(log.contains("upgrade refused"), "{log}");
+    assert_tame("forkpool's stderr", &log);
+
+    // deploy-release checking a server whose body is hostile
+    let port = hostile_server(|mut s| {
+        let mut body = b"\x1b]0;pwned\x07\x1b[2J".to_vec();
+        body.extend(std::iter::repeat_n(b'A', 1 << 20));
+        body.push(b'\n');
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&body);
+    });
+    make_release(dir.path(), "r2", "");
+    let mut c = cmd("deploy-release");
+    c.args(["-t", "5", "-c", &format!("http://127.0.0.1:{port}/release")])
+        .arg(dir.join("releases/r2"))
+        .arg(dir.join("current"))
+        .arg(&status);
+    let (code, _, err) = run(c, Duration::from_secs(120));
+    assert_eq!(code, 2, "{}", &err[..err.len().min(3000)]);
+    assert!(
+        err.contains("\\x1b]0;pwned\\x07"),
+        "{}",
+        &err[..err.len().min(3000)]
+    );
+    assert_tame("deploy-release", &err);
 }

@@ -106,6 +106,14 @@ fn parse_options() -> Options {
     if rollback && id.is_some() {
         TOOL.usage("--id names a new release: not with --rollback");
     }
+    if let Some(dir) = args.first().filter(|_| !rollback) {
+        if unixtool::quote::needs_quoting(&dir.to_string_lossy()) {
+            TOOL.usage(format_args!(
+                "release_dir {} holds a control character (a newline?): refused",
+                dir.to_string_lossy()
+            ));
+        }
+    }
     let statusfile = PathBuf::from(args.pop().unwrap_or_default());
     let link = PathBuf::from(args.pop().unwrap_or_default());
     let release_dir = args.pop().map(PathBuf::from);
@@ -445,6 +453,18 @@ impl Deploy {
                 ),
             )
         });
+        // The history holds one name a line, and the status files and the
+        // messages quote what they carry: a name with a newline or another
+        // control character cannot be recorded as it is, so it is refused.
+        if unixtool::quote::needs_quoting(&r.name()) {
+            self.die(
+                EXIT_USAGE,
+                format_args!(
+                    "unable to use release {}: its name holds a control character (a newline?); nothing was changed",
+                    r.name()
+                ),
+            );
+        }
         if let Some(id) = &self.opts.id {
             r.id = Some(id.clone());
         }

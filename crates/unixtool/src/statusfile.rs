@@ -62,6 +62,13 @@ pub fn replace(path: &Path, text: &str) -> io::Result<()> {
     written
 }
 
+/// Outside text (a path, a reason) as a status file's value holds it: on one
+/// line, control bytes quoted ([`crate::quote::line`]: a release directory
+/// named `r1\nready=9` cannot add a key), at most 4096 bytes.
+pub fn value(text: &str) -> String {
+    crate::quote::line(text, 4096)
+}
+
 /// A status file as read: its lines in order.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Status {
