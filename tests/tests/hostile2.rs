@@ -425,3 +425,86 @@ fn hostile_text_is_quoted_and_cut_in_every_message_and_key() {
     );
     assert_tame("deploy-release", &err);
 }
+
+// ------------------------------------------------ 5: a check against a dribbling server
+
+/// While false, the dribbling server sends its head and then a byte a second;
+/// once true, it answers `r1` at once (the rollback's check then verifies).
+static DRIBBLE_HONEST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn dribble(mut s: TcpStream) {
+    use std::sync::atomic::Ordering;
+    if DRIBBLE_HONEST.load(Ordering::SeqCst) {
+        let _ =
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nr1\n");
+        return;
+    }
+    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        .is_err()
+    {
+        return;
+    }
+    for _ in 0..600 {
+        std::thread::sleep(Duration::from_secs(1));
+        if s.write_all(b"r").is_err() {
+            return;
+        }
+    }
+}
+
+/// `deploy-release -t 5 -c URL` where URL sends its head and then a byte a
+/// second: the whole check ends by -t (and the rollback's by its own -t),
+/// not after the body; and an INT during such a check acts at once: the
+/// rollback starts, it does not wait for the body.
+#[test]
+fn a_check_against_a_dribbling_server_is_bounded_and_interruptible() {
+    use std::sync::atomic::Ordering;
+    let port = hostile_server(dribble);
+    let url = format!("http://127.0.0.1:{port}/release");
+    let site = Site::start("h2-dribble", Mode::Forkpool);
+    site.wait_settled();
+    site.release("r2", "");
+    let mut c = cmd("deploy-release");
+    c.args(["-t", "5", "-c", &url])
+        .arg(site.dir.join("releases/r2"))
+        .arg(&site.link)
+        .arg(&site.status);
+    // -t 5 for the deploy, 5 more for the rollback: a bound far from both
+    // (before the fix it was still running after 45 s)
+    let (code, _, err) = run(c, Duration::from_secs(40));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("answered nothing, not r2"), "{err}");
+
+    // INT during a dribbling check: the rollback starts at once
+    site.wait_settled();
+    let log = site.dir.join("deploy.err");
+    let mut c = cmd("deploy-release");
+    c.args(["-t", "120", "-c", &url])
+        .arg(site.dir.join("releases/r2"))
+        .arg(&site.link)
+        .arg(&site.status)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"));
+    let mut d = Proc::spawn(c);
+    let said = |what: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(what)
+    };
+    assert!(
+        wait_until(LONG, || said(" serving: ")),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // the check's first try is in its dribble now
+    std::thread::sleep(Duration::from_millis(300));
+    DRIBBLE_HONEST.store(true, Ordering::SeqCst);
+    d.signal(nix::sys::signal::Signal::SIGINT);
+    // a bound far below -t 120 and the 100000 s body
+    let st = d.wait_timeout(Duration::from_secs(30));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{text}");
+    assert!(text.contains("failed: interrupted by INT"), "{text}");
+    assert!(text.contains("rolled back: releases/r1 serves"), "{text}");
+}

@@ -3,8 +3,12 @@
 //! (one line, as the demo app's `/release` answers).
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// A URL this client can ask: `http://HOST[:PORT][/PATH]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,21 +49,125 @@ pub struct Answer {
     pub release: String,
 }
 
-/// Ask once; None when nothing (or no HTTP) answered within `timeout`.
-pub fn ask(url: &Url, timeout: Duration) -> Option<Answer> {
+/// The most of an answer read: the head and the start of the body (a release
+/// id is one line); a longer answer is judged by what came.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// How often a try looks at `stop` while it waits on the network.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// Ask once; None when no whole HTTP answer came before `until` (the head
+/// and the body to its Content-Length or the server's close; 64 KiB at
+/// most), or `stop()` said stop (it is asked at least every 100 ms). The
+/// whole try, connect, request and answer, ends by `until`, however the
+/// server sends: a byte a second never resets a deadline.
+pub fn ask(url: &Url, until: Instant, stop: &mut dyn FnMut() -> bool) -> Option<Answer> {
     let host = url.host.trim_start_matches('[').trim_end_matches(']');
     let addr = (host, url.port).to_socket_addrs().ok()?.next()?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.set_write_timeout(Some(timeout)).ok()?;
+    let mut s = connect(addr, until, stop)?;
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: deploy-release\r\n\r\n",
         url.path, url.host
     );
-    s.write_all(req.as_bytes()).ok()?;
+    let mut sent = 0;
+    while sent < req.len() {
+        wait(&s, PollFlags::POLLOUT, until, stop)?;
+        match s.write(&req.as_bytes()[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if retry(&e) => {}
+            Err(_) => return None,
+        }
+    }
     let mut buf = Vec::new();
-    let _ = s.take(1 << 20).read_to_end(&mut buf);
+    let mut chunk = [0u8; 4096];
+    while buf.len() < MAX_ANSWER && !whole(&buf) {
+        wait(&s, PollFlags::POLLIN, until, stop)?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n.min(MAX_ANSWER - buf.len())]),
+            Err(e) if retry(&e) => {}
+            Err(_) => break,
+        }
+    }
     parse_answer(&String::from_utf8_lossy(&buf))
+}
+
+fn retry(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
+}
+
+/// A head and as much body as its Content-Length says (without one: until
+/// the server closes, `Connection: close`).
+fn whole(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(at)) = resp.parse(buf) else {
+        return false;
+    };
+    let len = resp.headers.iter().find_map(|h| {
+        h.name
+            .eq_ignore_ascii_case("content-length")
+            .then(|| {
+                std::str::from_utf8(h.value)
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
+            .flatten()
+    });
+    len.is_some_and(|n| buf.len() - at >= n)
+}
+
+/// A non-blocking connect, waited for in slices.
+fn connect(addr: SocketAddr, until: Instant, stop: &mut dyn FnMut() -> bool) -> Option<TcpStream> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = socket::socket(family, SockType::Stream, flags, None).ok()?;
+    let to = SockaddrStorage::from(addr);
+    match unixtool::retry_eintr(|| socket::connect(fd.as_raw_fd(), &to)) {
+        Ok(()) | Err(Errno::EINPROGRESS) => {}
+        Err(_) => return None,
+    }
+    let s = TcpStream::from(fd);
+    wait(&s, PollFlags::POLLOUT, until, stop)?;
+    match socket::getsockopt(&s, sockopt::SocketError) {
+        Ok(0) => Some(s),
+        _ => None,
+    }
+}
+
+/// Wait until `s` is ready for `what`, in slices of 100 ms, asking `stop`
+/// between them; None at `until` or when told to stop.
+fn wait(
+    s: &TcpStream,
+    what: PollFlags,
+    until: Instant,
+    stop: &mut dyn FnMut() -> bool,
+) -> Option<()> {
+    loop {
+        if stop() {
+            return None;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let ms = left.min(SLICE).as_millis().max(1) as u16;
+        let mut fds = [PollFd::new(s.as_fd(), what)];
+        match unixtool::retry_eintr(|| poll(&mut fds, PollTimeout::from(ms))) {
+            Ok(n) if n > 0 => return Some(()),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
 }
 
 /// The status and the release of a whole response.

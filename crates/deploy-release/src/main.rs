@@ -364,7 +364,8 @@ impl Deploy {
         }
         let linked = Release::of_link(&self.link, &self.link_dir);
         if let Some(url) = &self.opts.check {
-            if let Some(answer) = check::ask(url, Duration::from_secs(5)) {
+            let until = Instant::now() + Duration::from_secs(5);
+            if let Some(answer) = check::ask(url, until, &mut || self.interrupted()) {
                 let history = release::read_history(&self.history_file()).unwrap_or_default();
                 let known = linked.iter().cloned().chain(
                     history
@@ -682,7 +683,11 @@ impl Deploy {
             if interruptible && self.interrupted() {
                 return Err(self.interruption());
             }
-            if let Some(a) = check::ask(url, Duration::from_secs(2)) {
+            // One try: 2 s at most, never past the deadline, given up within
+            // 100 ms of an INT or TERM (when interruptible).
+            let try_until = (Instant::now() + Duration::from_secs(2)).min(until);
+            let mut stop = || self.interrupted() && interruptible;
+            if let Some(a) = check::ask(url, try_until, &mut stop) {
                 let ok = (200..300).contains(&a.status);
                 if ok && want.iter().all(|w| *w == a.release) {
                     say(format_args!("{} answers {}", url_text(url), a.release));
