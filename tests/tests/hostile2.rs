@@ -508,3 +508,82 @@ fn a_check_against_a_dribbling_server_is_bounded_and_interruptible() {
     assert!(text.contains("failed: interrupted by INT"), "{text}");
     assert!(text.contains("rolled back: releases/r1 serves"), "{text}");
 }
+
+// ------------------------------------------------ 13: uptime-probe and hostile release names
+
+/// A keep-alive server naming a new release in every response (counted across
+/// connections), the first two with U+FFFE and U+FFFF in them.
+fn release_per_response_server() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = std::io::BufReader::new(s);
+                loop {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut b) {
+                            Ok(1) => head.push(b[0]),
+                            _ => return,
+                        }
+                    }
+                    // 2 ms a response: the run spreads over some 100 bins
+                    std::thread::sleep(Duration::from_millis(2));
+                    let rel = match N.fetch_add(1, Ordering::SeqCst) {
+                        0 => "bad\u{fffe}one".to_string(),
+                        1 => "bad\u{ffff}two".to_string(),
+                        n => format!("r{n}"),
+                    };
+                    let body = format!("<body data-release=\"{rel}\">x</body>");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nX-Release: {rel}\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.get_mut().write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// 20,000 responses, each naming a new release, two of them with U+FFFE and
+/// U+FFFF: the SVG is well-formed XML and small, the run's peak RSS stays
+/// under the page's 50 MB, and the releases past the tracked ones are counted.
+#[test]
+fn uptime_probe_bounds_the_releases_it_tracks_and_keeps_the_svg_well_formed() {
+    let dir = TempDir::new("h2-probe");
+    let port = release_per_response_server();
+    let svg = dir.join("run.svg");
+    let mut c = Command::new("/usr/bin/time");
+    c.args(["-f", "peak_rss_kib %M"])
+        .arg(bin("uptime-probe"))
+        .args(["--json", "-q", "-c", "4", "-n", "20000", "--svg"])
+        .arg(&svg)
+        .arg(format!("http://127.0.0.1:{port}/"));
+    let (code, json, err) = run(c, Duration::from_secs(120));
+    assert_eq!(code, 0, "{json}{err}");
+    assert_eq!(json_count(&json, "requests"), 20_000, "{json}");
+    let rss: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss_kib "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS: {err}"));
+    let size = std::fs::metadata(&svg).expect("svg").len();
+    eprintln!("peak RSS {rss} KiB, SVG {size} bytes");
+    let mut c = Command::new("python3");
+    c.arg("-c")
+        .arg("import sys, xml.etree.ElementTree as E; E.parse(sys.argv[1]); print('ok')")
+        .arg(&svg);
+    let (code, out, err) = run(c, Duration::from_secs(60));
+    assert_eq!((code, out.trim()), (0, "ok"), "not well-formed XML: {err}");
+    assert!(rss < 50_000, "peak RSS {rss} KiB");
+    assert!(size < 1_000_000, "the SVG is {size} bytes");
+    assert_eq!(json_count(&json, "untracked"), 20_000 - 64, "{json}");
+}
