@@ -150,14 +150,17 @@ fn pool_health_any_request_a_silent_client_a_long_head_and_term() {
     let mut buf = Vec::new();
     let _ = silent.read_to_end(&mut buf);
     assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
-    // and the next one is answered
-    assert_eq!(health(port).0, 200);
+    // and the next one is answered (down: the pid it names is this test,
+    // not forkpool; hostile2.rs has the up case against a real pool)
+    let answer = health(port);
+    assert_eq!(answer.0, 503);
+    assert!(
+        answer.1.contains("not forkpool or loop-forever"),
+        "{answer:?}"
+    );
     // any method, any path: the same answer; a head over 8 KiB: 431
     let (code, body) = http(port, "POST /x?y HTTP/1.1\r\nHost: t\r\n\r\n").expect("POST");
-    assert_eq!(
-        (code, body.as_str()),
-        (200, "up: generation 1 serving, 1 of 1 workers ready\n")
-    );
+    assert_eq!((code, body), answer);
     let long = format!("GET / HTTP/1.1\r\nX-Long: {}\r\n", "a".repeat(9000));
     let (code, _) = http(port, &long).expect("431");
     assert_eq!(code, 431);

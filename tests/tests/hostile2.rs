@@ -587,3 +587,221 @@ fn uptime_probe_bounds_the_releases_it_tracks_and_keeps_the_svg_well_formed() {
     assert!(size < 1_000_000, "the SVG is {size} bytes");
     assert_eq!(json_count(&json, "untracked"), 20_000 - 64, "{json}");
 }
+
+// ------------------------------------------------ 6, 7: pool-health
+
+/// tcplisten + forkpool -n 2 (test-worker, ready through fd 3) in `dir`,
+/// the status file `status`; waits until both workers are ready.
+fn test_pool(dir: &Path, status: &Path) -> Proc {
+    let mut c = cmd("tcplisten");
+    c.args(["127.0.0.1", "0"])
+        .arg(bin("forkpool"))
+        .args(["-n", "2", "-d", "3", "-t", "60000", "-S"])
+        .arg(status)
+        .arg(bin("test-worker"))
+        .args(["--notify-fd", "3"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("pool.err")).expect("log"));
+    let pool = Proc::spawn(c);
+    assert!(
+        wait_until(LONG, || {
+            let s = PoolStatus::read(status);
+            s.num("serving_generation") > 0 && s.pids("ready").len() == 2
+        }),
+        "the pool never served: {:?}",
+        PoolStatus::read(status)
+    );
+    pool
+}
+
+/// As many descriptors as the hard limit allows (1,000 sockets and more).
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+}
+
+/// 1,000 connections that say nothing and 20 that dribble half a head, each
+/// allowed -t 10000 ms: every real check is still answered at once (before,
+/// each waited behind the idle ones, -t apiece).
+#[test]
+fn pool_health_answers_every_check_with_1000_idle_connections_open() {
+    raise_nofile();
+    let dir = TempDir::new("h2-idle");
+    let status = dir.join("status");
+    let _pool = test_pool(dir.path(), &status);
+    let (_h, port) = start_health(
+        dir.path(),
+        &["-t".as_ref(), "10000".as_ref(), status.as_os_str()],
+    );
+    assert_eq!(
+        health_within(port, Duration::from_secs(20)).map(|a| a.0),
+        Some(200)
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            idle.push(s);
+        }
+    }
+    assert!(idle.len() >= 990, "only {} connected", idle.len());
+    for s in idle.iter_mut().take(20) {
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nHo");
+    }
+    // a bound far below one idle connection's -t (10 s)
+    for n in 0..10 {
+        let answer = health_within(port, Duration::from_secs(5));
+        assert_eq!(
+            answer.as_ref().map(|a| a.0),
+            Some(200),
+            "check {n} behind 1000 idle connections: {answer:?}"
+        );
+    }
+    drop(idle);
+}
+
+/// pool-health checks the pid as poolctl does and the workers the file names:
+/// pid 1, a live process that is not forkpool, every worker stopped, forkpool
+/// stopped with its workers killed: down (before: 200 up for each).
+#[test]
+fn pool_health_is_down_while_nothing_can_serve() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = TempDir::new("h2-nothing");
+    let fake = dir.join("fake");
+    let (_h, port) = start_health(dir.path(), &[fake.as_os_str()]);
+    let check = || health_within(port, Duration::from_secs(20)).expect("pool-health answers");
+    let body = "state=running\ngeneration=1\nserving_generation=1\nworkers=1\nready=1\n";
+    // pid 1
+    std::fs::write(&fake, format!("pid=1\n{body}")).expect("fake");
+    let (code, why) = check();
+    assert_eq!(code, 503, "pid 1: {why}");
+    // a live process that is not forkpool
+    let mut sleep = Command::new("sleep");
+    sleep.arg("600");
+    let sleep = Proc::spawn(sleep);
+    std::fs::write(
+        &fake,
+        format!(
+            "pid={}\n{body}worker=0 1 {} ready\n",
+            sleep.pid(),
+            sleep.pid()
+        ),
+    )
+    .expect("fake");
+    let (code, why) = check();
+    assert_eq!(code, 503, "a sleep: {why}");
+    assert!(
+        why.contains("is sleep, not forkpool or loop-forever"),
+        "{why}"
+    );
+    drop(_h);
+
+    // a real pool
+    let status = dir.join("status");
+    let pool = test_pool(dir.path(), &status);
+    let (_h, port) = start_health(dir.path(), &[status.as_os_str()]);
+    let check = || health_within(port, Duration::from_secs(20)).expect("pool-health answers");
+    assert_eq!(check().0, 200);
+    // every worker stopped: down; continued: up
+    let workers = PoolStatus::read(&status).pids("ready");
+    for &w in &workers {
+        kill(Pid::from_raw(w), Signal::SIGSTOP).expect("stop");
+    }
+    assert!(
+        wait_until(LONG, || common::proc_state(workers[0]) == 'T'),
+        "not stopped"
+    );
+    let (code, why) = check();
+    assert_eq!(code, 503, "every worker stopped: {why}");
+    assert!(why.contains("is stopped"), "{why}");
+    for &w in &workers {
+        kill(Pid::from_raw(w), Signal::SIGCONT).expect("cont");
+    }
+    assert!(wait_until(LONG, || check().0 == 200), "{:?}", check());
+    // forkpool stopped, its workers killed: down; continued: it replaces them
+    pool.signal(Signal::SIGSTOP);
+    assert!(wait_until(LONG, || common::proc_state(pool.pid().as_raw()) == 'T'));
+    for &w in &workers {
+        kill(Pid::from_raw(w), Signal::SIGKILL).expect("kill");
+    }
+    let (code, why) = check();
+    assert_eq!(code, 503, "forkpool stopped: {why}");
+    assert!(why.contains("is stopped"), "{why}");
+    pool.signal(Signal::SIGCONT);
+    assert!(wait_until(LONG, || check().0 == 200), "{:?}", check());
+}
+
+/// The status file on a full filesystem: forkpool cannot write it, a worker
+/// killed is replaced but the file still names it: down, and the reason says
+/// the file has not changed (before: 200 up, the file looked whole).
+#[test]
+fn pool_health_notices_a_status_file_its_pool_no_longer_writes() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = TempDir::new("h2-stale");
+    let sdir = dir.join("st");
+    if !common::mount_tmpfs(&sdir, "100k") {
+        return;
+    }
+    let _m = common::Mount(sdir.clone());
+    let status = sdir.join("status");
+    let _pool = test_pool(dir.path(), &status);
+    let (_h, port) = start_health(dir.path(), &[status.as_os_str()]);
+    let check = || health_within(port, Duration::from_secs(20)).expect("pool-health answers");
+    assert_eq!(check().0, 200);
+    common::fill(&sdir);
+    let victim = PoolStatus::read(&status).pids("ready")[0];
+    kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill");
+    assert!(
+        wait_until(LONG, || check().1.contains("has not changed for")),
+        "{:?}",
+        check()
+    );
+    let (code, why) = check();
+    assert_eq!(code, 503, "{why}");
+    assert!(
+        why.contains(&format!("worker pid {victim} is gone")),
+        "{why}"
+    );
+    std::fs::remove_file(sdir.join("filler")).expect("rm");
+}
+
+/// -c URL: one request through the site's own socket with every check: up
+/// while the demo site answers; down, within -t, when the URL does not answer.
+#[test]
+fn pool_health_checks_the_site_end_to_end_where_asked() {
+    let site = Site::start("h2-e2e", Mode::Forkpool);
+    site.wait_settled();
+    let url = site.check_url();
+    let (h, port) = start_health(
+        site.dir.path(),
+        &["-c".as_ref(), url.as_ref(), site.status.as_os_str()],
+    );
+    let (code, why) = health_within(port, Duration::from_secs(20)).expect("answers");
+    assert_eq!(code, 200, "{why}");
+    assert!(why.contains(&format!("{url} answers 200")), "{why}");
+    drop(h);
+    // a socket that accepts (the backlog) and never answers
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mute_url = format!(
+        "http://127.0.0.1:{}/release",
+        mute.local_addr().expect("addr").port()
+    );
+    let (_h, port) = start_health(
+        site.dir.path(),
+        &[
+            "-t".as_ref(),
+            "500".as_ref(),
+            "-c".as_ref(),
+            mute_url.as_ref(),
+            site.status.as_os_str(),
+        ],
+    );
+    let (code, why) = health_within(port, Duration::from_secs(20)).expect("answers");
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("does not answer within 500 ms"), "{why}");
+}

@@ -4,7 +4,6 @@
 //! status file, verify, and roll back (verified) on failure or interrupt.
 //! See README.md.
 
-mod check;
 mod release;
 
 use std::cell::Cell;
@@ -19,8 +18,8 @@ use unixtool::signals::{signal_name, SignalPipe};
 use unixtool::statusfile::{self, Status, WaitError};
 use unixtool::{Tool, EXIT_TEMPORARY, EXIT_USAGE};
 
-use check::Url;
 use release::Release;
+use unixtool::httpget::{self as check, Url};
 
 const EXIT_ROLLED_BACK: i32 = 1;
 const EXIT_ROLLBACK_FAILED: i32 = 2;

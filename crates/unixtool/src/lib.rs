@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod child;
+pub mod httpget;
 pub mod quote;
 pub mod readiness;
 pub mod reexec;

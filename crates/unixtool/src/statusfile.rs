@@ -208,16 +208,22 @@ impl std::fmt::Display for NotRunning {
 /// Read `path` and check the pid it names: alive, forkpool or loop-forever by
 /// /proc/PID/comm or exe, and its command line names this status file (-S).
 pub fn chain(path: &Path) -> Result<(Chain, Status), NotRunning> {
-    let shown = path.display();
     let status = match read(path) {
         Ok(s) => s,
         Err(e) => {
             return Err(NotRunning(format!(
-                "unable to read status file {shown}: {} (is the chain running?)",
+                "unable to read status file {}: {} (is the chain running?)",
+                path.display(),
                 crate::io_reason(&e)
             )))
         }
     };
+    check_chain(path, &status).map(|chain| (chain, status))
+}
+
+/// The checks of [`chain`] on a status file already read from `path`.
+pub fn check_chain(path: &Path, status: &Status) -> Result<Chain, NotRunning> {
+    let shown = path.display();
     let pid: i32 = match status.get("pid").parse() {
         Ok(p) if p > 1 => p,
         _ => return Err(NotRunning(format!("no valid pid= in {shown}"))),
@@ -249,7 +255,36 @@ pub fn chain(path: &Path) -> Result<(Chain, Status), NotRunning> {
             status.get("state")
         )));
     }
-    Ok((Chain { pid, program }, status))
+    Ok(Chain { pid, program })
+}
+
+/// What /proc/PID/stat says of a process: its state letter and its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcState {
+    /// R, S, D, T (stopped), t (traced), Z, X ...
+    pub state: char,
+    pub ppid: i32,
+}
+
+impl ProcState {
+    /// Stopped by a signal (SIGSTOP, SIGTSTP) or by a tracer: it runs nothing.
+    pub fn stopped(&self) -> bool {
+        matches!(self.state, 'T' | 't')
+    }
+
+    pub fn dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// /proc/PID/stat of `pid`; None when there is no such process.
+pub fn proc_state(pid: i32) -> Option<ProcState> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (comm) S PPID ...": comm may hold spaces and parentheses
+    let mut rest = s.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some(ProcState { state, ppid })
 }
 
 /// A process exists and is not a zombie.

@@ -1,6 +1,7 @@
-//! `--check URL`: which release answers there. A plain HTTP/1.1 GET with
-//! `Connection: close`; the release is the `X-Release` header, or else the body
-//! (one line, as the demo app's `/release` answers).
+//! One plain HTTP/1.1 GET with `Connection: close`, bounded as a whole and
+//! interruptible: deploy-release's `--check URL` (which release answers there:
+//! the `X-Release` header, or else the body, one line as the demo app's
+//! `/release` answers) and pool-health's `--check URL` (does the site answer).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -39,6 +40,12 @@ impl Url {
             port,
             path: path.to_string(),
         })
+    }
+}
+
+impl std::fmt::Display for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "http://{}:{}{}", self.host, self.port, self.path)
     }
 }
 
@@ -132,7 +139,7 @@ fn connect(addr: SocketAddr, until: Instant, stop: &mut dyn FnMut() -> bool) -> 
     let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
     let fd = socket::socket(family, SockType::Stream, flags, None).ok()?;
     let to = SockaddrStorage::from(addr);
-    match unixtool::retry_eintr(|| socket::connect(fd.as_raw_fd(), &to)) {
+    match crate::retry_eintr(|| socket::connect(fd.as_raw_fd(), &to)) {
         Ok(()) | Err(Errno::EINPROGRESS) => {}
         Err(_) => return None,
     }
@@ -162,7 +169,7 @@ fn wait(
         }
         let ms = left.min(SLICE).as_millis().max(1) as u16;
         let mut fds = [PollFd::new(s.as_fd(), what)];
-        match unixtool::retry_eintr(|| poll(&mut fds, PollTimeout::from(ms))) {
+        match crate::retry_eintr(|| poll(&mut fds, PollTimeout::from(ms))) {
             Ok(n) if n > 0 => return Some(()),
             Ok(_) => {}
             Err(_) => return None,
