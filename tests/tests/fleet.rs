@@ -39,16 +39,7 @@ fn health(port: u16) -> (u16, String) {
 
 /// `tcplisten -1 127.0.0.1 0 pool-health ARGS`, and the port it printed.
 fn start_health(dir: &Path, args: &[&std::ffi::OsStr]) -> (Proc, u16) {
-    let mut c = cmd("tcplisten");
-    c.args(["-1", "127.0.0.1", "0"])
-        .arg(bin("pool-health"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("health.err")).expect("log"));
-    let mut p = Proc::spawn(c);
-    let (line, _) = read_line_timeout(p.stdout(), LONG).expect("tcplisten prints the port");
-    (p, line.trim().parse().expect("port"))
+    behind_tcplisten("pool-health", args, &dir.join("health.err"))
 }
 
 #[test]

@@ -689,7 +689,7 @@ impl Deploy {
             if let Some(a) = check::ask(url, try_until, &mut stop) {
                 let ok = (200..300).contains(&a.status);
                 if ok && want.iter().all(|w| *w == a.release) {
-                    say(format_args!("{} answers {}", url_text(url), a.release));
+                    say(format_args!("{} answers {}", url, a.release));
                     return Ok(());
                 }
                 last = format!("{} {}", a.status, a.release);
@@ -703,7 +703,7 @@ impl Deploy {
             if Instant::now() >= until {
                 return Err(Outcome::Failed(format!(
                     "{} answered {last}, not {}",
-                    url_text(url),
+                    url,
                     want.as_deref().unwrap_or("2xx")
                 )));
             }
@@ -732,8 +732,4 @@ impl Deploy {
         }
         release::write_history(&path, &lines).map_err(|e| unixtool::io_reason(&e))
     }
-}
-
-fn url_text(u: &Url) -> String {
-    format!("http://{}:{}{}", u.host, u.port, u.path)
 }

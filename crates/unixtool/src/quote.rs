@@ -39,21 +39,6 @@ fn cut(out: &mut String, all: usize) {
     let _ = write!(out, "...[cut: {all} bytes in all]");
 }
 
-/// Bytes that may not be UTF-8 (a body, a file name): invalid sequences are
-/// replaced (U+FFFD), then [`line`].
-pub fn bytes(text: &[u8], max: usize) -> String {
-    // Never decode more than can be kept (4 bytes a character at most).
-    let keep = text.len().min(max.saturating_mul(4).saturating_add(4));
-    let mut s = line(&String::from_utf8_lossy(&text[..keep]), max);
-    if let Some(i) = s.rfind("...[cut: ") {
-        s.truncate(i);
-        cut(&mut s, text.len());
-    } else if keep < text.len() {
-        cut(&mut s, text.len());
-    }
-    s
-}
-
 /// Whether `text` holds anything [`line`] would change (a control character).
 pub fn needs_quoting(text: &str) -> bool {
     text.chars().any(char::is_control)
@@ -100,9 +85,5 @@ mod tests {
         let q = line(&long, 100);
         assert!(q.len() < 140, "{}", q.len());
         assert!(q.ends_with("...[cut: 60000 bytes in all]"), "{q}");
-        let b = bytes(&vec![b'a'; 1 << 20], 200);
-        assert!(b.len() < 240, "{}", b.len());
-        assert!(b.ends_with("...[cut: 1048576 bytes in all]"), "{b}");
-        assert_eq!(bytes(b"ok\xff", 10), "ok\u{fffd}");
     }
 }
