@@ -286,6 +286,20 @@ pub fn behind_tcplisten(prog: &str, args: &[&std::ffi::OsStr], log: &Path) -> (P
     (p, line.trim().parse().expect("port"))
 }
 
+/// Read one request head (up to the blank line) from a client, a byte at a
+/// time (nothing of a next request is taken); None if the connection ends first.
+pub fn read_request_head(s: &mut impl Read) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
 /// A connection to 127.0.0.1:`port`, reads timing out after 10 s.
 pub fn connect(port: u16) -> std::net::TcpStream {
     let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -329,12 +329,9 @@ fn hostile_server(answer: fn(TcpStream)) -> u16 {
         for s in l.incoming().flatten() {
             std::thread::spawn(move || {
                 let mut s = s;
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && matches!(s.read(&mut b), Ok(1)) {
-                    head.push(b[0]);
+                if read_request_head(&mut s).is_some() {
+                    answer(s);
                 }
-                answer(s);
             });
         }
     });
@@ -512,16 +509,8 @@ fn release_per_response_server() -> u16 {
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
             std::thread::spawn(move || {
-                let mut s = std::io::BufReader::new(s);
-                loop {
-                    let mut head = Vec::new();
-                    let mut b = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match s.read(&mut b) {
-                            Ok(1) => head.push(b[0]),
-                            _ => return,
-                        }
-                    }
+                let mut s = s;
+                while read_request_head(&mut s).is_some() {
                     // 2 ms a response: the run spreads over some 100 bins
                     std::thread::sleep(Duration::from_millis(2));
                     let rel = match N.fetch_add(1, Ordering::SeqCst) {
@@ -534,7 +523,7 @@ fn release_per_response_server() -> u16 {
                         "HTTP/1.1 200 OK\r\nX-Release: {rel}\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
                     );
-                    if s.get_mut().write_all(resp.as_bytes()).is_err() {
+                    if s.write_all(resp.as_bytes()).is_err() {
                         return;
                     }
                 }
