@@ -270,6 +270,36 @@ pub fn listener() -> (Stdio, u16) {
     (Stdio::from(std::os::fd::OwnedFd::from(l)), port)
 }
 
+/// `tcplisten -1 127.0.0.1 0 PROG ARGS` (stderr to `log`), and the port it
+/// printed (within 60 s).
+pub fn behind_tcplisten(prog: &str, args: &[&std::ffi::OsStr], log: &Path) -> (Proc, u16) {
+    let mut c = cmd("tcplisten");
+    c.args(["-1", "127.0.0.1", "0"])
+        .arg(bin(prog))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log"));
+    let mut p = Proc::spawn(c);
+    let (line, _) =
+        read_line_timeout(p.stdout(), Duration::from_secs(60)).expect("tcplisten prints the port");
+    (p, line.trim().parse().expect("port"))
+}
+
+/// Read one request head (up to the blank line) from a client, a byte at a
+/// time (nothing of a next request is taken); None if the connection ends first.
+pub fn read_request_head(s: &mut impl Read) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
 /// A connection to 127.0.0.1:`port`, reads timing out after 10 s.
 pub fn connect(port: u16) -> std::net::TcpStream {
     let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -4,7 +4,6 @@
 //! status file, verify, and roll back (verified) on failure or interrupt.
 //! See README.md.
 
-mod check;
 mod release;
 
 use std::cell::Cell;
@@ -19,8 +18,8 @@ use unixtool::signals::{signal_name, SignalPipe};
 use unixtool::statusfile::{self, Status, WaitError};
 use unixtool::{Tool, EXIT_TEMPORARY, EXIT_USAGE};
 
-use check::Url;
 use release::Release;
+use unixtool::httpget::{self as check, Url};
 
 const EXIT_ROLLED_BACK: i32 = 1;
 const EXIT_ROLLBACK_FAILED: i32 = 2;
@@ -106,6 +105,14 @@ fn parse_options() -> Options {
     if rollback && id.is_some() {
         TOOL.usage("--id names a new release: not with --rollback");
     }
+    if let Some(dir) = args.first().filter(|_| !rollback) {
+        if unixtool::quote::needs_quoting(&dir.to_string_lossy()) {
+            TOOL.usage(format_args!(
+                "release_dir {} holds a control character (a newline?): refused",
+                dir.to_string_lossy()
+            ));
+        }
+    }
     let statusfile = PathBuf::from(args.pop().unwrap_or_default());
     let link = PathBuf::from(args.pop().unwrap_or_default());
     let release_dir = args.pop().map(PathBuf::from);
@@ -140,27 +147,50 @@ fn link_directory(link: &Path) -> PathBuf {
     })
 }
 
-/// deploy.lock beside LINK: flock, close-on-exec, never waited for.
+/// deploy.lock beside LINK: flock, close-on-exec, never waited for. Created
+/// 0600 and kept so (a lock another user can open, they can hold); one that
+/// another user owns, or that is not a regular file, is refused.
 fn take_lock(dir: &Path) -> OwnedFd {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let path = dir.join("deploy.lock");
+    let fail = |what: String| -> ! {
+        TOOL.fatal(
+            EXIT_TEMPORARY,
+            format_args!(
+                "unable to use {}: {what}; nothing was changed",
+                path.display()
+            ),
+        )
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&path)
-        .unwrap_or_else(|e| {
-            TOOL.fatal(
-                EXIT_TEMPORARY,
-                format_args!(
-                    "unable to open {}: {}",
-                    path.display(),
-                    unixtool::io_reason(&e)
-                ),
-            )
-        });
+        .unwrap_or_else(|e| fail(unixtool::io_reason(&e)));
+    let meta = file
+        .metadata()
+        .unwrap_or_else(|e| fail(unixtool::io_reason(&e)));
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.file_type().is_file() {
+        fail("not a regular file".to_string());
+    }
+    if meta.uid() != me {
+        fail(format!(
+            "it is owned by uid {}, not by uid {me} who deploys (another user could hold it)",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o7077 != 0 {
+        if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+            fail(format!(
+                "unable to make it 0600: {}",
+                unixtool::io_reason(&e)
+            ));
+        }
+    }
     let fd = OwnedFd::from(file);
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     let locked = unixtool::retry_eintr(|| {
@@ -178,7 +208,7 @@ fn take_lock(dir: &Path) -> OwnedFd {
 /// Who holds the lock, as deploy.running says.
 fn busy_reason(dir: &Path) -> String {
     let running = dir.join("deploy.running");
-    let pid: Option<i32> = std::fs::read_to_string(&running)
+    let pid: Option<i32> = unixtool::statusfile::read_small(&running, 64)
         .ok()
         .and_then(|t| t.trim().parse().ok());
     match pid {
@@ -258,7 +288,7 @@ impl Deploy {
     /// deploy.running names us; a stale one (dead pid) is reported.
     fn mark_running(&mut self) {
         let path = self.running_file();
-        if let Some(p) = std::fs::read_to_string(&path)
+        if let Some(p) = unixtool::statusfile::read_small(&path, 64)
             .ok()
             .and_then(|t| t.trim().parse::<i32>().ok())
         {
@@ -333,7 +363,8 @@ impl Deploy {
         }
         let linked = Release::of_link(&self.link, &self.link_dir);
         if let Some(url) = &self.opts.check {
-            if let Some(answer) = check::ask(url, Duration::from_secs(5)) {
+            let until = Instant::now() + Duration::from_secs(5);
+            if let Some(answer) = check::ask(url, until, &mut || self.interrupted()) {
                 let history = release::read_history(&self.history_file()).unwrap_or_default();
                 let known = linked.iter().cloned().chain(
                     history
@@ -422,6 +453,18 @@ impl Deploy {
                 ),
             )
         });
+        // The history holds one name a line, and the status files and the
+        // messages quote what they carry: a name with a newline or another
+        // control character cannot be recorded as it is, so it is refused.
+        if unixtool::quote::needs_quoting(&r.name()) {
+            self.die(
+                EXIT_USAGE,
+                format_args!(
+                    "unable to use release {}: its name holds a control character (a newline?); nothing was changed",
+                    r.name()
+                ),
+            );
+        }
         if let Some(id) = &self.opts.id {
             r.id = Some(id.clone());
         }
@@ -639,10 +682,14 @@ impl Deploy {
             if interruptible && self.interrupted() {
                 return Err(self.interruption());
             }
-            if let Some(a) = check::ask(url, Duration::from_secs(2)) {
+            // One try: 2 s at most, never past the deadline, given up within
+            // 100 ms of an INT or TERM (when interruptible).
+            let try_until = (Instant::now() + Duration::from_secs(2)).min(until);
+            let mut stop = || self.interrupted() && interruptible;
+            if let Some(a) = check::ask(url, try_until, &mut stop) {
                 let ok = (200..300).contains(&a.status);
                 if ok && want.iter().all(|w| *w == a.release) {
-                    say(format_args!("{} answers {}", url_text(url), a.release));
+                    say(format_args!("{} answers {}", url, a.release));
                     return Ok(());
                 }
                 last = format!("{} {}", a.status, a.release);
@@ -656,7 +703,7 @@ impl Deploy {
             if Instant::now() >= until {
                 return Err(Outcome::Failed(format!(
                     "{} answered {last}, not {}",
-                    url_text(url),
+                    url,
                     want.as_deref().unwrap_or("2xx")
                 )));
             }
@@ -685,8 +732,4 @@ impl Deploy {
         }
         release::write_history(&path, &lines).map_err(|e| unixtool::io_reason(&e))
     }
-}
-
-fn url_text(u: &Url) -> String {
-    format!("http://{}:{}{}", u.host, u.port, u.path)
 }

@@ -44,7 +44,10 @@ fn esc(s: &str) -> String {
             '>' => o.push_str("&gt;"),
             '"' => o.push_str("&quot;"),
             '\'' => o.push_str("&apos;"),
+            // Not characters of XML 1.0: C0 controls but tab and newline,
+            // U+FFFE and U+FFFF (a picture holding one is not well-formed).
             c if (c as u32) < 0x20 && c != '\t' && c != '\n' => o.push('?'),
+            '\u{fffe}' | '\u{ffff}' => o.push('?'),
             c => o.push(c),
         }
     }
