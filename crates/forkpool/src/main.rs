@@ -14,6 +14,7 @@ mod groups;
 mod lifecycle;
 mod policy;
 mod pool;
+mod reloads;
 mod rss;
 mod state;
 mod status;

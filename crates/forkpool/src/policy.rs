@@ -55,6 +55,7 @@ use unixtool::signals::signal_name;
 use unixtool::supervise::{earliest, KillDeadline, ReadinessTimes};
 
 use crate::lifecycle::{Lifecycle, PoolLife, Recycle, WorkerLife};
+use crate::reloads::ReloadCounts;
 
 /// How the old generation makes way for the new one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +263,8 @@ pub struct Policy {
     pub life: PoolLife,
     /// `-C`: prepare, commit, abort (policy/prepare.rs).
     pub two_phase: TwoPhase,
+    /// Reloads by result, their durations (reloads.rs).
+    pub reloads: ReloadCounts,
 }
 
 /// `3.2ms`: a short duration (a cutover's switch) as the log lines write it.
@@ -299,6 +302,7 @@ impl Policy {
             out: Vec::new(),
             life,
             two_phase: TwoPhase::default(),
+            reloads: ReloadCounts::default(),
         };
         p.info(format!(
             "generation 1: starting {n} workers{}",
@@ -461,6 +465,7 @@ impl Policy {
                     self.target.id,
                     secs(now - since)
                 ));
+                self.reloads.ok(now - since);
                 self.reload = Reload::Ok;
                 self.reason.clear();
             } else {
@@ -583,12 +588,14 @@ impl Policy {
             .map(|t| now - t)
             .unwrap_or_default();
         if let (Reload::Running { since }, true) = (&self.reload, self.target.id == id) {
+            let took = now - *since;
             let msg = format!(
                 "reload to generation {id} done in {}: the old workers were gone after {}; released {n} workers",
                 secs(now - *since),
                 millis(drained)
             );
             self.info(msg);
+            self.reloads.ok(took);
             self.reload = Reload::Ok;
             self.reason.clear();
         } else {
@@ -765,6 +772,7 @@ impl Policy {
                 self.target.id
             ));
             self.reason = why;
+            self.reloads.failed();
             self.reload = Reload::Failed;
         }
     }
@@ -779,6 +787,9 @@ impl Policy {
             self.target.id, old.id
         ));
         self.reason = why;
+        if matches!(self.reload, Reload::Running { .. }) {
+            self.reloads.failed(); // not a prepare's (prepare_abandoned)
+        }
         self.reload = Reload::Failed;
         self.target = old;
         for s in &mut self.slots {
@@ -843,6 +854,7 @@ impl Policy {
                     self.target.id
                 ));
                 self.reason = why;
+                self.reloads.failed();
                 self.reload = Reload::Failed;
                 return self.take();
             }

@@ -32,7 +32,7 @@ use crate::pool::Pool;
 
 pub const MAGIC: &str = "forkpool-state";
 /// The version of the format this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// A worker process as handed over: its pid, its descriptors.
 pub struct HandedProcess {
@@ -138,6 +138,7 @@ pub fn write(pool: &Pool, exe: &std::path::Path, now: Instant) -> Result<String,
             ("switch_since", instant_field(p.switch_since, now)),
             ("rng", p.life.rng.to_string()),
             ("recycled", p.life.totals.list()),
+            ("reloads", p.reloads.list()),
         ],
     );
     s.record("generation", &generation_fields("target", &p.target)?);
@@ -284,6 +285,9 @@ pub fn read(text: &str, settings: Settings, now: Instant) -> Result<Handed, Stri
                 policy.switch_since = r.instant("switch_since", base)?;
                 policy.life.rng = r.num("rng")?;
                 policy.life.totals = counts_of("recycled", &r.take("recycled")?)?;
+                let reloads = r.take("reloads")?;
+                policy.reloads = crate::reloads::ReloadCounts::from_list(&reloads)
+                    .ok_or_else(|| format!("pool: reloads={reloads:?} is not counts"))?;
             }
             "generation" => {
                 let role = r.take("role")?;
@@ -487,6 +491,8 @@ mod tests {
         p.life.rng = 0xfeed;
         p.life.totals.add(crate::lifecycle::Recycle::Age);
         p.life.totals.add(crate::lifecycle::Recycle::Watchdog);
+        p.reloads.ok(Duration::from_millis(80));
+        p.reloads.failed();
         p.life.slots = vec![Counts::default(), Counts::from_list("2,0,1,0").unwrap()];
         p.workers[0].life.max_age = Some(Duration::from_millis(1900));
         p.workers[0].life.recycle = Some(crate::lifecycle::Recycle::Memory);
@@ -548,6 +554,8 @@ mod tests {
         assert_eq!(h.procs.len(), 6);
         // lifecycle: counts, random state, and each worker's marks
         assert_eq!((a.life.rng, &a.life.totals), (b.life.rng, &b.life.totals));
+        assert_eq!((a.reloads.ok, a.reloads.failed), (1, 1));
+        assert_eq!(a.reloads, b.reloads);
         assert_eq!(a.life.slots, b.life.slots);
         let (x, y) = (&a.workers[0].life, &b.workers[0].life);
         assert_eq!(
@@ -563,9 +571,13 @@ mod tests {
     fn another_version_an_unknown_key_or_a_cut_state_is_refused() {
         let now = Instant::now();
         let text = write(&pool(now), std::path::Path::new("/x"), now).unwrap();
-        let other = text.replacen("forkpool-state 1", "forkpool-state 2", 1);
+        let (this, next) = (
+            format!("{MAGIC} {VERSION}"),
+            format!("{MAGIC} {}", VERSION + 1),
+        );
+        let other = text.replacen(&this, &next, 1);
         let e = read(&other, settings(), now).err().unwrap();
-        assert!(e.contains("state version 2"), "{e}");
+        assert!(e.contains(&format!("state version {}", VERSION + 1)), "{e}");
         let extra = text.replacen("worker id=", "worker colour=red id=", 1);
         let e = read(&extra, settings(), now).err().unwrap();
         assert!(e.contains("unknown key colour"), "{e}");

@@ -370,6 +370,7 @@ impl Policy {
             self.newest
         ));
         self.reason = why;
+        self.reloads.failed();
         self.reload = Reload::Failed;
         Some(self.take())
     }
