@@ -12,17 +12,23 @@ const MAX_HEAD: usize = 8192;
 
 /// What the request asked, as far as the answer cares.
 enum Request {
-    /// A whole head: HEAD (no body in the answer) or any other method.
-    Head { head_only: bool },
+    /// A whole head: HEAD (no body in the answer) or any other method; the
+    /// path without its query.
+    Head { head_only: bool, path: String },
     /// Not HTTP, or too long: answered with this status.
     Bad(u16),
     /// Closed, an error, or the deadline passed before a whole head.
     Gone,
 }
 
-/// Serve one accepted connection: `answer` gives the status and the one-line
-/// reason, asked only once a whole request head is in.
-pub fn serve(conn: OwnedFd, timeout: Duration, answer: impl FnOnce() -> (u16, String)) {
+/// An answer: the status, the Content-Type, the body.
+pub type Answer = (u16, &'static str, String);
+
+pub const PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Serve one accepted connection: `answer` gives, for the request's path, the
+/// status, the type and the body, asked only once a whole request head is in.
+pub fn serve(conn: OwnedFd, timeout: Duration, answer: impl FnOnce(&str) -> Answer) {
     // A reply is tiny (it fits any socket buffer), but a client that never
     // reads must not hold the check longer than the deadline either.
     let _ = nix::sys::socket::setsockopt(
@@ -31,17 +37,16 @@ pub fn serve(conn: OwnedFd, timeout: Duration, answer: impl FnOnce() -> (u16, St
         &nix::sys::time::TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _),
     );
     let mut conn = File::from(conn);
-    let (status, body, head_only) = match read_request(&mut conn, timeout) {
-        Request::Head { head_only } => {
-            let (status, reason) = answer();
-            (status, reason, head_only)
+    let ((status, kind, body), head_only) = match read_request(&mut conn, timeout) {
+        Request::Head { head_only, path } => (answer(&path), head_only),
+        Request::Bad(status) => {
+            let body = format!("{}\n", status_text(status).to_lowercase());
+            ((status, PLAIN, body), false)
         }
-        Request::Bad(status) => (status, status_text(status).to_lowercase(), false),
         Request::Gone => return,
     };
-    let body = format!("{body}\n");
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+        "HTTP/1.1 {status} {}\r\nContent-Type: {kind}\r\n\
          Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         status_text(status),
         body.len()
@@ -75,9 +80,11 @@ fn read_request(conn: &mut File, timeout: Duration) -> Request {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
+                let path = req.path.unwrap_or("/");
                 return Request::Head {
                     head_only: req.method == Some("HEAD"),
-                }
+                    path: path.split('?').next().unwrap_or(path).to_string(),
+                };
             }
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Request::Bad(431),
             Ok(httparse::Status::Partial) => {}

@@ -3,6 +3,7 @@
 //! not drained, 503 with a one-line reason otherwise. See README.md.
 
 mod http;
+mod metrics;
 mod verdict;
 
 use std::ffi::OsString;
@@ -17,10 +18,11 @@ use verdict::{Seen, Verdict};
 
 const TOOL: Tool = Tool {
     name: "pool-health",
-    usage: "pool-health [-D drainfile] [-t ms] statusfile",
+    usage: "pool-health [-D drainfile] [-t ms] [-o file.prom] statusfile",
     help: "
   -D, --drain FILE   answer 503 while FILE exists (the host is drained)
   -t, --timeout MS   a client must send its request within MS milliseconds (default 2000)
+  -o, --textfile F   write the metrics of GET /metrics to F (temporary, rename) and exit
   -h, --help         this text
   -V, --version      the version
 The listening socket is descriptor 0 (tcplisten 127.0.0.1 8081 pool-health ...).
@@ -30,6 +32,7 @@ The listening socket is descriptor 0 (tcplisten 127.0.0.1 8081 pool-health ...).
 fn main() {
     let mut drain: Option<OsString> = None;
     let mut timeout_ms: u32 = 2000;
+    let mut textfile: Option<OsString> = None;
     let mut parser = lexopt::Parser::from_env();
     let mut args = Vec::new();
     while let Some(arg) = TOOL.next_arg(&mut parser) {
@@ -39,6 +42,7 @@ fn main() {
                 let v = TOOL.value(&mut parser);
                 timeout_ms = TOOL.number("-t", &v, 1, 3_600_000);
             }
+            Short('o') | Long("textfile") => textfile = Some(TOOL.value(&mut parser)),
             Short('h') | Long("help") => TOOL.print_help(),
             Short('V') | Long("version") => TOOL.print_version(),
             Value(v) => args.push(v),
@@ -50,11 +54,14 @@ fn main() {
         [] => TOOL.usage("missing statusfile"),
         _ => TOOL.usage("one statusfile only"),
     };
+    if let Some(file) = textfile {
+        metrics::write_textfile(&file, &status, drain.as_ref());
+    }
     check_listening();
     let timeout = Duration::from_millis(u64::from(timeout_ms));
     loop {
         let conn = accept_one();
-        http::serve(conn, timeout, || check(&status, drain.as_ref()));
+        http::serve(conn, timeout, |path| answer(path, &status, drain.as_ref()));
     }
 }
 
@@ -106,8 +113,17 @@ fn wait_readable() {
     let _ = poll(&mut fds, PollTimeout::NONE);
 }
 
+/// /metrics: the text format; any other path: the health check.
+fn answer(path: &str, status: &OsString, drain: Option<&OsString>) -> http::Answer {
+    if path == "/metrics" {
+        return (200, metrics::CONTENT_TYPE, metrics::scrape(status, drain));
+    }
+    let (code, line) = check(status, drain);
+    (code, http::PLAIN, format!("{line}\n"))
+}
+
 /// Look at the drain file and the status file now; the status and the reason.
-fn check(status: &OsString, drain: Option<&OsString>) -> (u16, String) {
+pub(crate) fn check(status: &OsString, drain: Option<&OsString>) -> (u16, String) {
     let drain_state = drain.and_then(|d| match std::fs::symlink_metadata(d) {
         Ok(_) => Some(Ok(())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
