@@ -75,7 +75,10 @@ impl ReloadCounts {
             .split(',')
             .map(|n| n.parse().ok())
             .collect::<Option<_>>()?;
-        let (head, buckets) = v.split_at_checked(4)?;
+        if v.len() < 4 {
+            return None;
+        }
+        let (head, buckets) = v.split_at(4);
         Some(ReloadCounts {
             ok: head[0],
             failed: head[1],

@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod child;
+pub mod json;
 pub mod readiness;
 pub mod reexec;
 pub mod signals;
