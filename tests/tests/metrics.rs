@@ -609,3 +609,65 @@ fn recycles_and_the_two_phase_phases_in_the_metrics() {
         );
     }
 }
+
+#[test]
+fn the_deploy_log_refuses_a_planted_symlink_rotates_and_logs_a_deploy_without_a_chain() {
+    let site = common::Site::start("metrics-deploylog", common::Mode::Forkpool);
+    let log = site.dir.join("deploy.log");
+    site.release("r2", "");
+    // a symlink planted at deploy.log: refused (a warning), the deploy's
+    // verdict unchanged, the victim untouched
+    let victim = site.dir.join("victim");
+    std::fs::write(&victim, "precious\n").expect("victim");
+    std::os::unix::fs::symlink(&victim, &log).expect("plant");
+    let r2 = site.dir.join("releases/r2");
+    let (code, err) = site.deploy(&[r2.to_str().expect("path")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "deploy-release: warning: unable to append to {}: ",
+            log.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n"
+    );
+    std::fs::remove_file(&log).expect("rm link");
+
+    // a log of 1 MiB: rotated to deploy.log.1, the new line in a new file
+    let filler = "{\"filler\":true}\n".repeat((1 << 20) / 16 + 1);
+    std::fs::write(&log, &filler).expect("filler");
+    site.wait_settled();
+    let (code, err) = site.deploy(&["-r"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(site.dir.join("deploy.log.1")).expect("rotated"),
+        filler
+    );
+    let text = std::fs::read_to_string(&log).expect("deploy.log");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.starts_with("{\"start\":")
+            && text.contains(
+                "\"kind\":\"rollback\",\"before\":\"releases/r2\",\"target\":\"releases/r1\",\"target_id\":\"r1\",\"after\":\"releases/r1\",\"link\":\"releases/r1\",\"verdict\":\"ok\",\"exit\":0,"
+            ),
+        "{text}"
+    );
+
+    // no chain runs (exit 3): a line too, with what was not known as null
+    let gone = site.dir.join("no-status");
+    let mut c = cmd("deploy-release");
+    c.arg(&r2).arg(&site.link).arg(&gone);
+    let (code, _, err) = run(c, LONG);
+    assert_eq!(code, 3, "{err}");
+    let text = std::fs::read_to_string(&log).expect("deploy.log");
+    let last = text.lines().last().expect("a line");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        last.contains("\"before\":null,\"target\":null,\"target_id\":null,\"after\":null,\"link\":\"releases/r1\",\"verdict\":\"not-running\",\"exit\":3,")
+            && last.contains("\"reason\":\"no chain runs: unable to read status file"),
+        "{last}"
+    );
+}
