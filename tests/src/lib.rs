@@ -533,3 +533,51 @@ impl Drop for Hammer {
         self.done.store(true, Ordering::Relaxed);
     }
 }
+
+// ------------------------------------------------------------ builds and pool-health
+
+/// Put `from` at `to` as an install does: a copy beside it, then rename.
+pub fn install(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).expect("copy build");
+    std::fs::rename(&tmp, to).expect("rename build");
+}
+
+/// Build A (the tool as built) and build B (the same with bytes appended:
+/// a different file, a different build id) in `dir`.
+pub fn two_builds(dir: &Path, tool: &str) -> (PathBuf, PathBuf) {
+    let a = dir.join(format!("{tool}.build-a"));
+    let b = dir.join(format!("{tool}.build-b"));
+    std::fs::copy(bin(tool), &a).expect("copy");
+    let mut bytes = std::fs::read(bin(tool)).expect("read");
+    bytes.extend_from_slice(b"\0upgrade-test build B\0");
+    std::fs::write(&b, bytes).expect("write B");
+    chmod_755(&b);
+    (a, b)
+}
+
+/// An executable file at `path` (a script, a fake build) holding `text`.
+pub fn script(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("script");
+    chmod_755(path);
+}
+
+fn chmod_755(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// `tcplisten -1 127.0.0.1 0 pool-health ARGS`, and the port it printed.
+pub fn start_health(dir: &Path, args: &[&std::ffi::OsStr]) -> (Proc, u16) {
+    let mut c = cmd("tcplisten");
+    c.args(["-1", "127.0.0.1", "0"])
+        .arg(bin("pool-health"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("health.err")).expect("log"));
+    let mut p = Proc::spawn(c);
+    let (line, _) =
+        read_line_timeout(p.stdout(), Duration::from_secs(60)).expect("tcplisten prints the port");
+    (p, line.trim().parse().expect("port"))
+}

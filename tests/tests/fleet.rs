@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,20 +35,6 @@ fn http(port: u16, req: &str) -> Option<(u16, String)> {
 
 fn health(port: u16) -> (u16, String) {
     http(port, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n").expect("pool-health answers")
-}
-
-/// `tcplisten -1 127.0.0.1 0 pool-health ARGS`, and the port it printed.
-fn start_health(dir: &Path, args: &[&std::ffi::OsStr]) -> (Proc, u16) {
-    let mut c = cmd("tcplisten");
-    c.args(["-1", "127.0.0.1", "0"])
-        .arg(bin("pool-health"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("health.err")).expect("log"));
-    let mut p = Proc::spawn(c);
-    let (line, _) = read_line_timeout(p.stdout(), LONG).expect("tcplisten prints the port");
-    (p, line.trim().parse().expect("port"))
 }
 
 #[test]

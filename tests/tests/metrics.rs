@@ -11,7 +11,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -106,31 +105,6 @@ impl Metrics {
             self.num("forkpool_upgrades_total{result=\"failed\"}"),
         ]
     }
-}
-
-/// `tcplisten -1 127.0.0.1 0 pool-health ARGS`, and its port.
-fn start_health(dir: &Path, args: &[&std::ffi::OsStr]) -> (Proc, u16) {
-    let mut c = cmd("tcplisten");
-    c.args(["-1", "127.0.0.1", "0"])
-        .arg(bin("pool-health"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("health.err")).expect("log"));
-    let mut p = Proc::spawn(c);
-    let (line, _) = read_line_timeout(p.stdout(), LONG).expect("tcplisten prints the port");
-    (p, line.trim().parse().expect("port"))
-}
-
-fn install(from: &Path, to: &Path) {
-    let tmp = to.with_extension("new");
-    std::fs::copy(from, &tmp).expect("copy build");
-    std::fs::rename(&tmp, to).expect("rename build");
-}
-
-fn executable(path: &Path, bytes: &[u8]) {
-    std::fs::write(path, bytes).expect("write");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
 /// The demo site: demo/serve from a copy of the tools (so that demo/upgrade
@@ -312,10 +286,8 @@ fn metrics_move_through_deploys_a_broken_one_and_upgrades() {
 
     // An in-place upgrade: same process (start), a new build id, the
     // counters kept across it.
-    let mut b = std::fs::read(bin("forkpool")).expect("read");
-    b.extend_from_slice(b"\0metrics-test build B\0");
-    executable(&d.t.join("forkpool.b"), &b);
-    install(&d.t.join("forkpool.b"), &d.bindir.join("forkpool"));
+    let (_, b) = two_builds(d.t.path(), "forkpool");
+    install(&b, &d.bindir.join("forkpool"));
     let version0 = m2.labels("forkpool_info");
     let (code, err) = d.script("upgrade", &[]);
     assert_eq!(code, 0, "{err}");
@@ -333,9 +305,9 @@ fn metrics_move_through_deploys_a_broken_one_and_upgrades() {
     assert_eq!(m3.num("forkpool_upgrade_state{state=\"ok\"}"), 1.0);
 
     // A refused upgrade: counted as failed, the build before runs on.
-    executable(
+    script(
         &d.t.join("exits1"),
-        b"#!/bin/sh\necho 'broken build' >&2\nexit 1\n",
+        "#!/bin/sh\necho 'broken build' >&2\nexit 1\n",
     );
     install(&d.t.join("exits1"), &d.bindir.join("forkpool"));
     let (code, err) = d.script("upgrade", &[]);
