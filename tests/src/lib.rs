@@ -556,6 +556,26 @@ pub fn two_builds(dir: &Path, tool: &str) -> (PathBuf, PathBuf) {
     (a, b)
 }
 
+/// `dir/bin`: a copy of the tools the demo's scripts run (BIN for them), so
+/// that a test can put another build in place.
+pub fn demo_tools(dir: &Path) -> PathBuf {
+    let bindir = dir.join("bin");
+    std::fs::create_dir(&bindir).expect("bin");
+    for tool in [
+        "tcplisten",
+        "forkpool",
+        "loop-forever",
+        "setlock",
+        "atomic-symlink",
+        "deploy-release",
+        "poolctl",
+        "app",
+    ] {
+        std::fs::copy(bin(tool), bindir.join(tool)).expect("copy tool");
+    }
+    bindir
+}
+
 /// An executable file at `path` (a script, a fake build) holding `text`.
 pub fn script(path: &Path, text: &str) {
     std::fs::write(path, text).expect("script");

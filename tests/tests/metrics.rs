@@ -119,20 +119,7 @@ struct Demo {
 impl Demo {
     fn start(tag: &str) -> Demo {
         let t = TempDir::new(tag);
-        let bindir = t.join("bin");
-        std::fs::create_dir(&bindir).expect("bin");
-        for tool in [
-            "tcplisten",
-            "forkpool",
-            "loop-forever",
-            "setlock",
-            "atomic-symlink",
-            "deploy-release",
-            "poolctl",
-            "app",
-        ] {
-            std::fs::copy(bin(tool), bindir.join(tool)).expect("copy tool");
-        }
+        let bindir = demo_tools(t.path());
         let state = t.join("state");
         let mut serve = Command::new(repo().join("demo/serve"));
         Demo::env(&mut serve, &bindir, &state);

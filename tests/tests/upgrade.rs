@@ -567,21 +567,7 @@ fn loop_forever_upgraded_under_load_keeps_its_child() {
 #[test]
 fn demo_upgrade_builds_upgrades_and_reports_a_refusal() {
     let t = TempDir::new("upgrade-demo");
-    let bindir = t.join("bin");
-    std::fs::create_dir(&bindir).expect("bin");
-    let tools = [
-        "tcplisten",
-        "forkpool",
-        "loop-forever",
-        "setlock",
-        "atomic-symlink",
-        "deploy-release",
-        "poolctl",
-        "app",
-    ];
-    for tool in tools {
-        std::fs::copy(bin(tool), bindir.join(tool)).expect("copy tool");
-    }
+    let bindir = demo_tools(t.path());
     let (_, b) = two_builds(t.path(), "forkpool");
     let state = t.join("state");
     let env = |c: &mut std::process::Command| {
