@@ -7,7 +7,8 @@ set -eu
 BIN=${BIN:-target/release}
 tmp=$(mktemp -d)
 pids=""
-cleanup() { for p in $pids; do kill -KILL -- "-$p" 2>/dev/null || :; done; rm -rf "$tmp"; }
+# each started by setsid (a group of its own): the group goes; forkpool ends its workers
+cleanup() { for p in $pids; do kill -KILL "-$p" 2>/dev/null || :; done; rm -rf "$tmp"; }
 trap cleanup EXIT
 cd "$tmp"
 mkdir -p r1 textfile
