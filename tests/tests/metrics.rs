@@ -200,7 +200,7 @@ fn metrics_move_through_deploys_a_broken_one_and_upgrades() {
     let dir = d.t.path();
     let status = d.state.join("status");
     let (_health, port) = start_health(dir, &[status.as_os_str()]);
-    let deploy_log = d.state.join("deploy.log");
+    let deploys_log = d.state.join("deploys.jsonl");
     let picture = d.t.join("probe.svg");
     let probe = Probe::spawn(
         d.port(),
@@ -211,7 +211,7 @@ fn metrics_move_through_deploys_a_broken_one_and_upgrades() {
             "--svg",
             picture.to_str().expect("path"),
             "--marks",
-            deploy_log.to_str().expect("path"),
+            deploys_log.to_str().expect("path"),
         ],
         true,
         d.t.join("probe.err"),
@@ -305,7 +305,7 @@ fn metrics_move_through_deploys_a_broken_one_and_upgrades() {
     assert_eq!(m4.num("pool_health_up"), 1.0);
 
     // The deploy log: one line per deploy, JSON a real parser reads.
-    let text = std::fs::read_to_string(&deploy_log).expect("deploy.log");
+    let text = std::fs::read_to_string(&deploys_log).expect("deploys.jsonl");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     let mut c = Command::new("python3");
@@ -313,7 +313,7 @@ fn metrics_move_through_deploys_a_broken_one_and_upgrades() {
         "-c",
         "import json,sys\nfor l in open(sys.argv[1]):\n d = json.loads(l)\n print(d['kind'], d['verdict'], d['exit'], d['before'], d['after'], ' '.join('%s:%s' % (s['step'], s['ok']) for s in d['steps']), repr(d['reason'])[:40])",
     ])
-    .arg(&deploy_log);
+    .arg(&deploys_log);
     let (code, out, err) = run(c, LONG);
     assert_eq!(code, 0, "python3 cannot read it: {err}\n{text}");
     let rel = |p: &str| format!("releases/{}", p.rsplit('/').next().unwrap_or(p));
@@ -572,9 +572,9 @@ fn recycles_and_the_two_phase_phases_in_the_metrics() {
 #[test]
 fn the_deploy_log_refuses_a_planted_symlink_rotates_and_logs_a_deploy_without_a_chain() {
     let site = common::Site::start("metrics-deploylog", common::Mode::Forkpool);
-    let log = site.dir.join("deploy.log");
+    let log = site.dir.join("deploys.jsonl");
     site.release("r2", "");
-    // a symlink planted at deploy.log: refused (a warning), the deploy's
+    // a symlink planted at deploys.jsonl: refused (a warning), the deploy's
     // verdict unchanged, the victim untouched
     let victim = site.dir.join("victim");
     std::fs::write(&victim, "precious\n").expect("victim");
@@ -595,17 +595,17 @@ fn the_deploy_log_refuses_a_planted_symlink_rotates_and_logs_a_deploy_without_a_
     );
     std::fs::remove_file(&log).expect("rm link");
 
-    // a log of 1 MiB: rotated to deploy.log.1, the new line in a new file
+    // a log of 1 MiB: rotated to deploys.jsonl.1, the new line in a new file
     let filler = "{\"filler\":true}\n".repeat((1 << 20) / 16 + 1);
     std::fs::write(&log, &filler).expect("filler");
     site.wait_settled();
     let (code, err) = site.deploy(&["-r"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
-        std::fs::read_to_string(site.dir.join("deploy.log.1")).expect("rotated"),
+        std::fs::read_to_string(site.dir.join("deploys.jsonl.1")).expect("rotated"),
         filler
     );
-    let text = std::fs::read_to_string(&log).expect("deploy.log");
+    let text = std::fs::read_to_string(&log).expect("deploys.jsonl");
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(
         text.starts_with("{\"start\":")
@@ -621,7 +621,7 @@ fn the_deploy_log_refuses_a_planted_symlink_rotates_and_logs_a_deploy_without_a_
     c.arg(&r2).arg(&site.link).arg(&gone);
     let (code, _, err) = run(c, LONG);
     assert_eq!(code, 3, "{err}");
-    let text = std::fs::read_to_string(&log).expect("deploy.log");
+    let text = std::fs::read_to_string(&log).expect("deploys.jsonl");
     let last = text.lines().last().expect("a line");
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(

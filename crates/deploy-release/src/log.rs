@@ -1,9 +1,9 @@
-//! The deploy log (issue 29): one JSON line per deploy in `deploy.log`
+//! The deploy log (issue 29): one JSON line per deploy in `deploys.jsonl`
 //! beside `history`, appended when the deploy ends, whatever its verdict:
 //! when it started, what served before and after, each step's time, the
 //! verdict and why. Written with O_APPEND and one write(2) per line, so lines
 //! of deploys never interleave; a line is at most [`MAX_LINE`] bytes; at
-//! [`ROTATE_AT`] bytes the file becomes `deploy.log.1` (the one before is
+//! [`ROTATE_AT`] bytes the file becomes `deploys.jsonl.1` (the one before is
 //! dropped). A log that cannot be written is a warning, never a verdict.
 
 use std::fs::OpenOptions;
@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use unixtool::json::string as jstr;
 
 /// The file's name, beside `history`.
-pub const FILE: &str = "deploy.log";
+pub const FILE: &str = "deploys.jsonl";
 /// Longest line written (names and reasons are cut to fit).
 pub const MAX_LINE: usize = 4096;
 /// Size at which the log is rotated before a line is appended.
@@ -143,7 +143,7 @@ fn quoted(s: &str, max: usize) -> String {
     jstr(&s[..end])
 }
 
-/// Append `line` to `dir/deploy.log` (rotated first when it is large):
+/// Append `line` to `dir/deploys.jsonl` (rotated first when it is large):
 /// O_APPEND|O_CREAT|O_NOFOLLOW|O_CLOEXEC, 0644, one write.
 pub fn append(dir: &Path, line: &str) -> std::io::Result<()> {
     let path = dir.join(FILE);

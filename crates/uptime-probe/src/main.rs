@@ -37,7 +37,7 @@ const TOOL: Tool = Tool {
   -q, --quiet            no progress lines on stderr
       --svg FILE         draw the run's timeline (100 ms bins) into FILE, an SVG picture
       --marks FILE       add a labelled mark per `unix-time label` line of FILE, or per
-                         deploy-release deploy.log line (with --svg)
+                         deploy-release deploys.jsonl line (with --svg)
   -h, --help             this text
   -V, --version          the version
 Exit: 0 nothing failed and nothing mixed; 1 some request failed or was mixed (or

@@ -1,4 +1,4 @@
-//! `--marks FILE`'s JSON lines: deploy-release's deploy log (`deploy.log`,
+//! `--marks FILE`'s JSON lines: deploy-release's deploy log (`deploys.jsonl`,
 //! one object a line). A mark per deploy at its `start`, labelled with its
 //! kind, its target's id (or name) and its verdict: `deploy r2: ok`. Only the
 //! top-level keys are read; nested values are skipped whole.
@@ -188,7 +188,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_deploy_log_line_is_a_mark() {
+    fn a_deploys_log_line_is_a_mark() {
         let line = r#"{"start":1000.25,"pid":7,"kind":"deploy","before":"releases/r1","target":"releases/r2","target_id":"r2","after":null,"verdict":"rolled-back","exit":1,"reason":"a \"quoted\" {reason} \u00e9\ud83d\ude00","steps":[{"step":"lock","s":0.000100,"ok":true},{"step":"x]}","s":1,"ok":false}]}"#;
         assert_eq!(
             deploy_mark(line),
