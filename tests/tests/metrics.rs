@@ -355,6 +355,31 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// A program that wants a fixed listening address (node_exporter's and
+/// Prometheus's --web.listen-address): `make(port)` on a free port, tried
+/// again on another if it was taken meanwhile; its stderr into `log`.
+fn on_free_port(log: &Path, make: impl Fn(u16) -> Command) -> (Proc, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut c = make(port);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"));
+        let mut p = Proc::spawn(c);
+        let up = wait_until(LONG, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+                || p.wait_timeout(Duration::ZERO).is_some()
+        });
+        if up && p.wait_timeout(Duration::ZERO).is_none() {
+            return (p, port);
+        }
+    }
+    panic!(
+        "never listened: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
 #[test]
 fn the_textfile_is_read_by_node_exporter_and_never_follows_a_planted_symlink() {
     if !require_peer("promtool") || !require_peer("prometheus-node-exporter") {
@@ -389,35 +414,15 @@ fn the_textfile_is_read_by_node_exporter_and_never_follows_a_planted_symlink() {
     promtool_accepts(&std::fs::read_to_string(&prom).expect("prom"), dir);
 
     // node_exporter with the textfile collector alone, on a free port
-    let (mut exporter, mut port) = (None, 0);
-    for _ in 0..5 {
-        port = free_port();
+    let (_exporter, port) = on_free_port(&site.dir.join("exporter.err"), |port| {
         let mut c = Command::new("prometheus-node-exporter");
         c.arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .args(["--collector.disable-defaults", "--collector.textfile"])
             .arg(format!(
                 "--collector.textfile.directory={}",
                 textdir.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(site.dir.join("exporter.err")).expect("log"));
-        let mut p = Proc::spawn(c);
-        let up = wait_until(LONG, || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-                || p.wait_timeout(Duration::ZERO).is_some()
-        });
-        if up && p.wait_timeout(Duration::ZERO).is_none() {
-            exporter = Some(p);
-            break;
-        }
-        // the port was taken meanwhile: another one
-    }
-    let _exporter = exporter.unwrap_or_else(|| {
-        panic!(
-            "node_exporter never listened: {}",
-            std::fs::read_to_string(site.dir.join("exporter.err")).unwrap_or_default()
-        )
+            ));
+        c
     });
     let scraped = |want: &str| {
         let mut body = String::new();
@@ -629,4 +634,62 @@ fn the_deploy_log_refuses_a_planted_symlink_rotates_and_logs_a_deploy_without_a_
             && last.contains("\"reason\":\"no chain runs: unable to read status file"),
         "{last}"
     );
+}
+
+/// A real Prometheus server scrapes pool-health's /metrics (HTTP, its
+/// parser, its storage): `up` is 1 and the pool's figures come back from
+/// its query API, a reload's too.
+#[test]
+fn a_real_prometheus_scrapes_pool_health() {
+    if !require_peer("prometheus") {
+        return;
+    }
+    let site = common::Site::start("metrics-prometheus", common::Mode::Forkpool);
+    let (_health, hp) = start_health(site.dir.path(), &[site.status.as_os_str()]);
+    let config = site.dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pool\n    static_configs:\n      - targets: ['127.0.0.1:{hp}']\n"
+        ),
+    )
+    .expect("config");
+    let data = site.dir.join("tsdb");
+    let (_prometheus, port) = on_free_port(&site.dir.join("prometheus.err"), |port| {
+        let mut c = Command::new("prometheus");
+        c.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        c
+    });
+    // the newest sample of QUERY, as Prometheus's API answers it
+    let query = |q: &str| {
+        let q: String = q
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        get(port, &format!("/api/v1/query?query={q}")).2
+    };
+    let shows = |q: &str, value: &str| {
+        let mut last = String::new();
+        let ok = wait_until(LONG, || {
+            last = query(q);
+            last.contains("\"status\":\"success\"") && last.contains(&format!(",\"{value}\"]"))
+        });
+        assert!(
+            ok,
+            "Prometheus never answered {value} for {q}: {last}\n{}",
+            std::fs::read_to_string(site.dir.join("prometheus.err")).unwrap_or_default()
+        );
+    };
+    shows("up{job=\"pool\"}", "1");
+    shows("forkpool_workers{state=\"ready\"}", "2");
+    shows("forkpool_reloads_total{result=\"ok\"}", "0");
+    site.chain.signal(Signal::SIGHUP);
+    shows("forkpool_reloads_total{result=\"ok\"}", "1");
+    shows("forkpool_serving_generation", "2");
+    shows("forkpool_reload_duration_seconds_count", "1");
 }
