@@ -2,9 +2,10 @@
 //! pool-health's `GET /metrics` scraped after each step of the demo (demo/serve,
 //! demo/deploy: a deploy, a broken one, demo/upgrade: an upgrade and a refused
 //! one), every scrape accepted by Prometheus's own `promtool check metrics` and
-//! its values moving as they should; deploy-release's deploy log (JSON lines a
-//! real JSON parser reads, marks in uptime-probe's picture); `pool-health -o`
-//! read by a real node_exporter's textfile collector, never following a
+//! its values moving as they should; a real Prometheus server scraping it;
+//! deploy-release's deploy log (JSON lines a real JSON parser reads, marks in
+//! uptime-probe's picture, a planted symlink refused, rotation); `pool-health
+//! -o` read by a real node_exporter's textfile collector, never following a
 //! planted symlink; recycles and the two-phase phases in the figures.
 
 mod common;
