@@ -563,3 +563,61 @@ impl Drop for Hammer {
         self.done.store(true, Ordering::Relaxed);
     }
 }
+
+// ------------------------------------------------------------ builds and pool-health
+
+/// Put `from` at `to` as an install does: a copy beside it, then rename.
+pub fn install(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).expect("copy build");
+    std::fs::rename(&tmp, to).expect("rename build");
+}
+
+/// Build A (the tool as built) and build B (the same with bytes appended:
+/// a different file, a different build id) in `dir`.
+pub fn two_builds(dir: &Path, tool: &str) -> (PathBuf, PathBuf) {
+    let a = dir.join(format!("{tool}.build-a"));
+    let b = dir.join(format!("{tool}.build-b"));
+    std::fs::copy(bin(tool), &a).expect("copy");
+    let mut bytes = std::fs::read(bin(tool)).expect("read");
+    bytes.extend_from_slice(b"\0upgrade-test build B\0");
+    std::fs::write(&b, bytes).expect("write B");
+    chmod_755(&b);
+    (a, b)
+}
+
+/// `dir/bin`: a copy of the tools the demo's scripts run (BIN for them), so
+/// that a test can put another build in place.
+pub fn demo_tools(dir: &Path) -> PathBuf {
+    let bindir = dir.join("bin");
+    std::fs::create_dir(&bindir).expect("bin");
+    for tool in [
+        "tcplisten",
+        "forkpool",
+        "loop-forever",
+        "setlock",
+        "atomic-symlink",
+        "deploy-release",
+        "poolctl",
+        "app",
+    ] {
+        std::fs::copy(bin(tool), bindir.join(tool)).expect("copy tool");
+    }
+    bindir
+}
+
+/// An executable file at `path` (a script, a fake build) holding `text`.
+pub fn script(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("script");
+    chmod_755(path);
+}
+
+fn chmod_755(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// `tcplisten -1 127.0.0.1 0 pool-health ARGS`, and the port it printed.
+pub fn start_health(dir: &Path, args: &[&std::ffi::OsStr]) -> (Proc, u16) {
+    behind_tcplisten("pool-health", args, &dir.join("health.err"))
+}

@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,11 +35,6 @@ fn http(port: u16, req: &str) -> Option<(u16, String)> {
 
 fn health(port: u16) -> (u16, String) {
     http(port, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n").expect("pool-health answers")
-}
-
-/// `tcplisten -1 127.0.0.1 0 pool-health ARGS`, and the port it printed.
-fn start_health(dir: &Path, args: &[&std::ffi::OsStr]) -> (Proc, u16) {
-    behind_tcplisten("pool-health", args, &dir.join("health.err"))
 }
 
 #[test]

@@ -4,9 +4,10 @@
 //! status file, verify, and roll back (verified) on failure or interrupt.
 //! See README.md.
 
+mod log;
 mod release;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -50,16 +51,18 @@ struct Options {
 }
 
 fn main() {
+    let started = Instant::now();
     let opts = parse_options();
     let link_dir = link_directory(&opts.link);
     let _lock = take_lock(&link_dir);
-    let mut d = Deploy::new(opts, link_dir);
+    let mut d = Deploy::new(opts, link_dir, started);
     d.mark_running();
     pause("locked");
     let status = d.find_chain();
     let serving = d.what_serves(&status);
     d.repair_link(&serving);
     let (target, cut) = d.choose_target(&serving);
+    d.planned(&serving, &target);
     if d.interrupted() {
         d.die(
             EXIT_ROLLED_BACK,
@@ -260,13 +263,22 @@ struct Deploy {
     /// The first INT, TERM or HUP that came.
     signal: Cell<Option<Signal>>,
     chain_pid: i32,
+    /// The deploy log's line (log.rs), written at the end.
+    log: RefCell<log::Entry>,
 }
 
 impl Deploy {
-    fn new(opts: Options, link_dir: PathBuf) -> Deploy {
+    fn new(opts: Options, link_dir: PathBuf, started: Instant) -> Deploy {
         let sigs = SignalPipe::install(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP])
             .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
         let link = link_dir.join(opts.link.file_name().unwrap_or_default());
+        let kind = if opts.release_dir.is_some() {
+            "deploy"
+        } else {
+            "rollback"
+        };
+        let mut entry = log::Entry::new(started, kind);
+        entry.step("lock", true);
         Deploy {
             opts,
             link_dir,
@@ -274,6 +286,39 @@ impl Deploy {
             sigs,
             signal: Cell::new(None),
             chain_pid: 0,
+            log: RefCell::new(entry),
+        }
+    }
+
+    /// The deploy log: what served, what is deployed; the step before.
+    fn planned(&self, serving: &Release, target: &Release) {
+        let mut e = self.log.borrow_mut();
+        e.before = Some(serving.name());
+        e.target = Some(target.name());
+        e.target_id = target.id.clone();
+        e.step("prepare", true);
+    }
+
+    fn step(&self, name: &str, ok: bool) {
+        self.log.borrow_mut().step(name, ok);
+    }
+
+    /// The deploy log's line for exit `code`, appended; a warning if it cannot be.
+    fn write_log(&self, code: i32) {
+        let e = self.log.borrow();
+        let after = match code {
+            0 => e.target.clone(),
+            1 => e.before.clone(),
+            _ => None,
+        };
+        let link = Release::of_link(&self.link, &self.link_dir).map(|r| r.name());
+        let line = e.line(code, after.as_deref(), link.as_deref());
+        if let Err(err) = log::append(&self.link_dir, &line) {
+            TOOL.warn(format_args!(
+                "unable to append to {}: {}",
+                self.link_dir.join(log::FILE).display(),
+                unixtool::io_reason(&err)
+            ));
         }
     }
 
@@ -310,14 +355,16 @@ impl Deploy {
         }
     }
 
-    /// Remove deploy.running, exit.
+    /// Write the deploy log's line, remove deploy.running, exit.
     fn finish(&self, code: i32) -> ! {
+        self.write_log(code);
         let _ = std::fs::remove_file(self.running_file());
         std::process::exit(code)
     }
 
     fn die(&self, code: i32, msg: impl std::fmt::Display) -> ! {
         say(format_args!("fatal: {msg}"));
+        self.log.borrow_mut().reason(&msg);
         self.finish(code)
     }
 
@@ -488,6 +535,9 @@ impl Deploy {
     fn switch_and_verify(&self, old: &Release, new: &Release, cut: Option<usize>) -> i32 {
         if new.dir == old.dir {
             say(format_args!("{} serves already; nothing to do", new.name()));
+            self.log
+                .borrow_mut()
+                .reason(format_args!("{} serves already", new.name()));
             return 0;
         }
         if let Err(e) = self.switch(new) {
@@ -506,10 +556,16 @@ impl Deploy {
             old.name(),
             new.name()
         ));
+        self.step("switch", true);
+        self.log.borrow_mut().switched = true;
         pause("switched");
-        match self.reload_and_check(new, true) {
+        let verified = self.reload_and_check(new, true);
+        self.step_check(&verified);
+        match verified {
             Ok(()) => {
-                if let Err(e) = self.record(old, new, cut) {
+                let recorded = self.record(old, new, cut);
+                self.step("history", recorded.is_ok());
+                if let Err(e) = recorded {
                     let undone = self.undo(old);
                     self.die(
                         EXIT_TEMPORARY,
@@ -533,6 +589,9 @@ impl Deploy {
                     new.name(),
                     old.name()
                 ));
+                self.log
+                    .borrow_mut()
+                    .reason(format_args!("deploy of {} failed: {reason}", new.name()));
                 self.roll_back(old, new)
             }
             Err(other) => self.gone(other, old),
@@ -586,7 +645,10 @@ impl Deploy {
 
     /// Switch back to `old` and verify it: 1 when it serves again, else 2 (or 3, 111).
     fn roll_back(&self, old: &Release, new: &Release) -> i32 {
-        if let Err(e) = self.switch(old) {
+        self.log.borrow_mut().prefix = "rollback-";
+        let switched = self.switch(old);
+        self.step("switch", switched.is_ok());
+        if let Err(e) = switched {
             self.die(
                 EXIT_ROLLBACK_FAILED,
                 format_args!(
@@ -603,7 +665,9 @@ impl Deploy {
             old.name()
         ));
         pause("rollback");
-        match self.reload_and_check(old, false) {
+        let verified = self.reload_and_check(old, false);
+        self.step_check(&verified);
+        match verified {
             Ok(()) => {
                 say(format_args!("rolled back: {} serves", old.name()));
                 EXIT_ROLLED_BACK
@@ -618,6 +682,7 @@ impl Deploy {
 
     /// After a history write failed: back to `old`, verified if possible.
     fn undo(&self, old: &Release) -> String {
+        self.log.borrow_mut().prefix = "undo-";
         if let Err(e) = self.switch(old) {
             return format!(
                 "unable to switch {} back to {}: {e}",
@@ -654,7 +719,10 @@ impl Deploy {
             }
             self.interrupted() && interruptible
         };
-        let st = match statusfile::reload(&self.opts.statusfile, self.opts.timeout, &mut stop) {
+        let answer = statusfile::reload(&self.opts.statusfile, self.opts.timeout, &mut stop);
+        self.step("reload", answer.is_ok());
+        self.log.borrow_mut().reload_ok = answer.is_ok();
+        let st = match answer {
             Ok(st) => st,
             Err(WaitError::Failed(r)) => return Err(Outcome::Failed(r)),
             Err(WaitError::TimedOut {
@@ -708,6 +776,13 @@ impl Deploy {
                 )));
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The deploy log: the check's step, when there was one (a reload said yes).
+    fn step_check(&self, verified: &Result<(), Outcome>) {
+        if self.opts.check.is_some() && self.log.borrow().reload_ok {
+            self.step("check", verified.is_ok());
         }
     }
 

@@ -156,6 +156,7 @@ pub fn text_with(p: &Policy, up: &UpgradeLines) -> String {
     let _ = writeln!(s, "release={}", value(&sum.release));
     let _ = writeln!(s, "mode={}", p.settings.mode.name());
     let _ = writeln!(s, "held={}", p.held_count());
+    p.reloads.lines(&mut s);
     if !up.phase.is_empty() {
         let _ = writeln!(s, "upgrade={}", up.phase);
         let _ = writeln!(s, "upgrades={}", up.count);

@@ -19,10 +19,16 @@ const LINGER: Duration = Duration::from_millis(100);
 /// The most connections held at once, whatever the descriptor limit allows.
 const MAX_CONNECTIONS: usize = 10_000;
 
+/// An answer: the status, the Content-Type, the body.
+pub type Answer = (u16, &'static str, String);
+
+pub const PLAIN: &str = "text/plain; charset=utf-8";
+
 /// What the request asked, as far as the answer cares.
 enum Request {
-    /// A whole head: HEAD (no body in the answer) or any other method.
-    Head { head_only: bool },
+    /// A whole head: HEAD (no body in the answer) or any other method; the
+    /// path without its query.
+    Head { head_only: bool, path: String },
     /// Not HTTP, or too long: answered with this status.
     Bad(u16),
     /// Not whole yet.
@@ -51,9 +57,10 @@ struct Conn {
     linger: bool,
 }
 
-/// Accept on descriptor 0 and answer every request, forever: `answer` gives
+/// Accept on descriptor 0 and answer every request, forever: `answer` gives,
+/// for the request's path, the status, the type and the body,
 /// the status and the one-line reason, asked once a whole head is in.
-pub fn serve_forever(timeout: Duration, mut answer: impl FnMut() -> (u16, String)) -> ! {
+pub fn serve_forever(timeout: Duration, mut answer: impl FnMut(&str) -> Answer) -> ! {
     let max = connection_limit();
     let mut conns: Vec<Conn> = Vec::new();
     loop {
@@ -185,7 +192,7 @@ fn connection_limit() -> usize {
 }
 
 /// Do what the connection is ready for; false when it is done (close it).
-fn step(c: &mut Conn, timeout: Duration, answer: &mut impl FnMut() -> (u16, String)) -> bool {
+fn step(c: &mut Conn, timeout: Duration, answer: &mut impl FnMut(&str) -> Answer) -> bool {
     match c.phase {
         Phase::Request => {
             let mut chunk = [0u8; 2048];
@@ -195,15 +202,15 @@ fn step(c: &mut Conn, timeout: Duration, answer: &mut impl FnMut() -> (u16, Stri
                 Err(Errno::EAGAIN) => return true,
                 Err(_) => return false,
             }
-            let (status, body, head_only) = match parse(&c.input) {
+            let ((status, kind, body), head_only) = match parse(&c.input) {
                 Request::Partial => return true,
-                Request::Head { head_only } => {
-                    let (status, reason) = answer();
-                    (status, reason, head_only)
+                Request::Head { head_only, path } => (answer(&path), head_only),
+                Request::Bad(status) => {
+                    let body = format!("{}\n", status_text(status).to_lowercase());
+                    ((status, PLAIN, body), false)
                 }
-                Request::Bad(status) => (status, status_text(status).to_lowercase(), false),
             };
-            c.out = response(status, &body, head_only);
+            c.out = response(status, kind, &body, head_only);
             c.linger = !matches!(status, 200 | 503);
             c.phase = Phase::Answer;
             // The client may be gone or never read: the answer's own deadline.
@@ -265,9 +272,13 @@ fn parse(buf: &[u8]) -> Request {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => Request::Head {
-            head_only: req.method == Some("HEAD"),
-        },
+        Ok(httparse::Status::Complete(_)) => {
+            let path = req.path.unwrap_or("/");
+            Request::Head {
+                head_only: req.method == Some("HEAD"),
+                path: path.split('?').next().unwrap_or(path).to_string(),
+            }
+        }
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Request::Bad(431),
         Ok(httparse::Status::Partial) => Request::Partial,
         Err(httparse::Error::TooManyHeaders) => Request::Bad(431),
@@ -275,16 +286,15 @@ fn parse(buf: &[u8]) -> Request {
     }
 }
 
-fn response(status: u16, body: &str, head_only: bool) -> Vec<u8> {
-    let body = format!("{body}\n");
+fn response(status: u16, kind: &str, body: &str, head_only: bool) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+        "HTTP/1.1 {status} {}\r\nContent-Type: {kind}\r\n\
          Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         status_text(status),
         body.len()
     );
     if !head_only {
-        out.push_str(&body);
+        out.push_str(body);
     }
     out.into_bytes()
 }

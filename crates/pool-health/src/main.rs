@@ -3,6 +3,7 @@
 //! not drained, 503 with a one-line reason otherwise. See README.md.
 
 mod http;
+mod metrics;
 mod verdict;
 
 use std::ffi::OsString;
@@ -19,12 +20,13 @@ use verdict::{Processes, Seen, Verdict};
 
 const TOOL: Tool = Tool {
     name: "pool-health",
-    usage: "pool-health [-D drainfile] [-t ms] [-c url] statusfile",
+    usage: "pool-health [-D drainfile] [-t ms] [-c url] [-o file.prom] statusfile",
     help: "
   -D, --drain FILE   answer 503 while FILE exists (the host is drained)
   -t, --timeout MS   a client must send its request within MS milliseconds (default 2000)
   -c, --check URL    also GET URL (http://host:port/path, the site's own socket) for
                      every check: up only when it answers 2xx within the -t deadline
+  -o, --textfile F   write the metrics of GET /metrics to F (temporary, rename) and exit
   -h, --help         this text
   -V, --version      the version
 The listening socket is descriptor 0 (tcplisten 127.0.0.1 8081 pool-health ...).
@@ -35,6 +37,7 @@ fn main() {
     let mut drain: Option<OsString> = None;
     let mut site: Option<Url> = None;
     let mut timeout_ms: u32 = 2000;
+    let mut textfile: Option<OsString> = None;
     let mut parser = lexopt::Parser::from_env();
     let mut args = Vec::new();
     while let Some(arg) = TOOL.next_arg(&mut parser) {
@@ -50,6 +53,7 @@ fn main() {
                     TOOL.usage(format_args!("-c wants http://host[:port]/path, not {v:?}"))
                 }));
             }
+            Short('o') | Long("textfile") => textfile = Some(TOOL.value(&mut parser)),
             Short('h') | Long("help") => TOOL.print_help(),
             Short('V') | Long("version") => TOOL.print_version(),
             Value(v) => args.push(v),
@@ -61,10 +65,13 @@ fn main() {
         [] => TOOL.usage("missing statusfile"),
         _ => TOOL.usage("one statusfile only"),
     };
+    if let Some(file) = textfile {
+        metrics::write_textfile(&file, &status, drain.as_ref());
+    }
     check_listening();
     let timeout = Duration::from_millis(u64::from(timeout_ms));
-    http::serve_forever(timeout, || {
-        check(&status, drain.as_ref(), site.as_ref(), timeout)
+    http::serve_forever(timeout, |path| {
+        answer(path, &status, drain.as_ref(), site.as_ref(), timeout)
     })
 }
 
@@ -101,9 +108,24 @@ impl Processes for System<'_> {
     }
 }
 
+/// /metrics: the text format; any other path: the health check.
+fn answer(
+    path: &str,
+    status: &OsString,
+    drain: Option<&OsString>,
+    site: Option<&Url>,
+    timeout: Duration,
+) -> http::Answer {
+    if path == "/metrics" {
+        return (200, metrics::CONTENT_TYPE, metrics::scrape(status, drain));
+    }
+    let (code, line) = check(status, drain, site, timeout);
+    (code, http::PLAIN, format!("{line}\n"))
+}
+
 /// Look at the drain file and the status file now (and, with -c, ask the
 /// site); the status and the reason.
-fn check(
+pub(crate) fn check(
     status: &OsString,
     drain: Option<&OsString>,
     site: Option<&Url>,

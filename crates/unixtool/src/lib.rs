@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod child;
 pub mod httpget;
+pub mod json;
 pub mod quote;
 pub mod readiness;
 pub mod reexec;

@@ -1,6 +1,7 @@
 //! The results: a table for a person, or one JSON object for a script.
 
 use std::fmt::Write;
+use unixtool::json::string as jstr;
 
 use crate::stats::Second;
 use crate::Run;
@@ -175,22 +176,6 @@ pub fn table(run: &Run) -> String {
         Some(why) => line("verdict", format!("FAILED: {why}")),
     }
     t
-}
-
-fn jstr(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
 }
 
 fn jms(us: u64) -> String {
