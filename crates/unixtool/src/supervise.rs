@@ -28,8 +28,9 @@ pub struct Child {
 
 impl Child {
     /// Fork and exec `spawn` as a supervised child: KILL (or the
-    /// `parent_death` signal `spawn` names) when the supervisor dies (an orphan never keeps the socket), its readiness pipe on the
-    /// `-d` descriptor, `NOTIFY_SOCKET` naming the supervisor's socket.
+    /// `parent_death` signal `spawn` names) when the supervisor dies (an
+    /// orphan never keeps the socket), its readiness pipe on the `-d`
+    /// descriptor, `NOTIFY_SOCKET` naming the supervisor's socket.
     pub fn spawn(
         mut spawn: Spawn,
         opts: &readiness::Options,
