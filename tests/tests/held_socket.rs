@@ -135,24 +135,35 @@ fn listen_fds_takes_systemds_socket_only_when_it_is_ours_and_fdstore_wants_notif
         c
     };
     // LISTEN_PID ours, one socket on fd 3: taken (no bind), on fd 0, variables gone
-    let mut c = sh(r#"exec 3<&0; LISTEN_PID=$$ LISTEN_FDS=1 exec "$1" --listen-fds 127.0.0.1 0 sh -c 'echo $TCPLOCALPORT ${LISTEN_FDS:-unset}; readlink /proc/self/fd/0; [ ! -e /proc/self/fd/3 ]'"#);
+    let mut c = sh(
+        r#"exec 3<&0; LISTEN_PID=$$ LISTEN_FDS=1 exec "$1" --listen-fds 127.0.0.1 0 sh -c 'echo $TCPLOCALPORT ${LISTEN_FDS:-unset}; readlink /proc/self/fd/0; [ ! -e /proc/self/fd/3 ]'"#,
+    );
     c.arg("x");
     let (code, out, err) = run_with(c, &dir, OwnedFd::from(l.try_clone().unwrap()).into());
     let link = std::fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd())).unwrap();
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("{port} unset\n{}\n", s(&link)));
     // LISTEN_PID another process's: tcplisten binds a socket of its own
-    let mut c = sh(r#"exec 3<&0; LISTEN_PID=1 LISTEN_FDS=1 exec "$1" --listen-fds 127.0.0.1 0 sh -c 'readlink /proc/self/fd/0'"#);
+    let mut c = sh(
+        r#"exec 3<&0; LISTEN_PID=1 LISTEN_FDS=1 exec "$1" --listen-fds 127.0.0.1 0 sh -c 'readlink /proc/self/fd/0'"#,
+    );
     c.arg("x");
     let (code, out, err) = run_with(c, &dir, OwnedFd::from(l.try_clone().unwrap()).into());
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("socket:") && out.trim() != s(&link), "{out}");
+    assert!(
+        out.starts_with("socket:") && out.trim() != s(&link),
+        "{out}"
+    );
     // two sockets: one line, 100
-    let mut c = sh(r#"exec 3<&0; LISTEN_PID=$$ LISTEN_FDS=2 exec "$1" --listen-fds 127.0.0.1 0 true"#);
+    let mut c =
+        sh(r#"exec 3<&0; LISTEN_PID=$$ LISTEN_FDS=2 exec "$1" --listen-fds 127.0.0.1 0 true"#);
     c.arg("x");
     let (code, _, err) = run_with(c, &dir, OwnedFd::from(l.try_clone().unwrap()).into());
     assert_eq!((code, err.lines().count()), (100, 1), "{err}");
-    assert!(err.contains("LISTEN_FDS=\"2\": tcplisten takes one socket"), "{err}");
+    assert!(
+        err.contains("LISTEN_FDS=\"2\": tcplisten takes one socket"),
+        "{err}"
+    );
     // --fdstore without NOTIFY_SOCKET: usage, before any bind
     let mut c = sh(r#"exec "$1" --fdstore 127.0.0.1 0 true"#);
     c.arg("x");
