@@ -263,6 +263,20 @@ pub fn bin_dir() -> PathBuf {
     bin("forkpool").parent().expect("bin dir").to_path_buf()
 }
 
+/// Whether descriptor `fd` becomes readable within `timeout` (looked at
+/// every 50 ms).
+pub fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        let mut p = [libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: `p` is one valid pollfd and the count passed is 1.
+        unsafe { libc::poll(p.as_mut_ptr(), 1, 50) > 0 }
+    })
+}
+
 /// A listening socket on a free port of 127.0.0.1, to be a child's stdin (fd 0).
 pub fn listener() -> (Stdio, u16) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
