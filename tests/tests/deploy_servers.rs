@@ -35,6 +35,14 @@ const UNICORN: Server = Server {
     fail_at_start: "raise 'this release is broken at load'\n",
 };
 
+const PUMA: Server = Server {
+    example: "puma",
+    peer: "puma",
+    files: &["config.ru", "puma.rb"],
+    app: "config.ru",
+    fail_at_start: "raise 'this release is broken at load'\n",
+};
+
 /// releases/ID of the example: its files and RELEASE; `broken`: fails at start.
 fn release(site: &Path, s: &Server, id: &str, broken: bool) -> PathBuf {
     let r = site.join("releases").join(id);
@@ -292,4 +300,14 @@ fn unicorn_deploys_keepalive_on_and_off_and_a_release_failing_at_start() {
 #[test]
 fn unicorn_forkpool_upgrade_under_load_changes_nothing_it_sees() {
     upgrade_under_load(&UNICORN);
+}
+
+#[test]
+fn puma_deploys_keepalive_on_and_off_and_a_release_failing_at_start() {
+    deploys_under_the_probe(&PUMA, 3);
+}
+
+#[test]
+fn puma_forkpool_upgrade_under_load_changes_nothing_it_sees() {
+    upgrade_under_load(&PUMA);
 }
