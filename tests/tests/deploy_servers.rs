@@ -43,6 +43,14 @@ const PUMA: Server = Server {
     fail_at_start: "raise 'this release is broken at load'\n",
 };
 
+const NODE: Server = Server {
+    example: "node",
+    peer: "node",
+    files: &["app.js"],
+    app: "app.js",
+    fail_at_start: "throw new Error('this release is broken at start');\n",
+};
+
 /// releases/ID of the example: its files and RELEASE; `broken`: fails at start.
 fn release(site: &Path, s: &Server, id: &str, broken: bool) -> PathBuf {
     let r = site.join("releases").join(id);
@@ -310,4 +318,14 @@ fn puma_deploys_keepalive_on_and_off_and_a_release_failing_at_start() {
 #[test]
 fn puma_forkpool_upgrade_under_load_changes_nothing_it_sees() {
     upgrade_under_load(&PUMA);
+}
+
+#[test]
+fn node_deploys_keepalive_on_and_off_and_a_release_failing_at_start() {
+    deploys_under_the_probe(&NODE, 3);
+}
+
+#[test]
+fn node_forkpool_upgrade_under_load_changes_nothing_it_sees() {
+    upgrade_under_load(&NODE);
 }
