@@ -2,7 +2,8 @@
 //! given (its `run` script, behind tcplisten + forkpool -m cutover), deployed
 //! with deploy-release --check under uptime-probe with keep-alive on and off:
 //! every deploy verified, nothing failed, mixed or flapping; a release that
-//! fails at start rolled back with the old one serving; and an in-place
+//! fails at start rolled back with the old one serving; one that answers 500
+//! (a file BROKEN) rolled back by the check's deadline; and an in-place
 //! upgrade of forkpool (poolctl upgrade) under load that the server never
 //! notices (same processes, nothing failed). The short form (3 deploys each
 //! way); scripts/bench.d/75-servers.sh runs 10 and the servers' own reloads.
@@ -127,8 +128,13 @@ impl Chain {
 
     /// deploy-release -c .../release DIR current status: (exit code, stderr).
     fn deploy(&self, dir: &Path) -> (i32, String) {
+        self.deploy_within(dir, 60)
+    }
+
+    /// The same with `-t secs`.
+    fn deploy_within(&self, dir: &Path, secs: u32) -> (i32, String) {
         let mut c = cmd("deploy-release");
-        c.args(["-t", "60", "-c"])
+        c.args(["-t", &secs.to_string(), "-c"])
             .arg(format!("http://127.0.0.1:{}/release", self.port))
             .arg(dir)
             .arg(self.site.join("current"))
@@ -220,6 +226,19 @@ fn deploys_under_the_probe(s: &Server, n: usize) {
         assert_clean(code, &json, &what);
         assert_no_flapping(&json, &what);
     }
+    // A release with a file BROKEN boots and answers 500 (with its id): the
+    // check never sees a 2xx, the deploy is rolled back at its deadline.
+    let last = format!("r{id}");
+    let broken = release(tmp.path(), s, "answers-500", false);
+    std::fs::write(broken.join("BROKEN"), "").expect("BROKEN");
+    let (code, err) = chain.deploy_within(&broken, 15);
+    assert_eq!(code, 1, "{}: {err}\n{}", s.example, chain.log());
+    assert!(
+        err.contains("answered 500 answers-500"),
+        "{}: {err}",
+        s.example
+    );
+    assert_eq!(http_release(chain.port), Some(last));
     times.sort_by(f64::total_cmp);
     eprintln!(
         "{}: {} deploys: median {:.3}s max {:.3}s",
