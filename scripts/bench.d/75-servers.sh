@@ -230,7 +230,9 @@ scenario() {
         "$(json mixed "$d")" "$(json flapping "$d")" "$(json p99 "$s")" "$(json p99 "$d")" "$(json max "$d")"
 }
 
-# pm2, from npm into a scratch directory (not part of the repository)
+# pm2, from npm into a scratch directory (not part of the repository). Every
+# pm2 command, `--version` included, starts pm2's daemon in PM2_HOME when none
+# runs there: so pm2 runs only with PM2_HOME in $tmp, and `pm2 kill` ends it.
 pm2=
 if command -v npm >/dev/null 2>&1; then
     if [ ! -x "$PM2_BENCH_DIR/node_modules/.bin/pm2" ]; then
@@ -256,7 +258,7 @@ echo "a deploy not done in $DEPLOY_TIMEOUT s failed. retried: failed before any 
 echo "keep-alive connection, then served on a fresh one. flapping: a client saw an older"
 echo "release after a newer one. One run; $(nproc) cores shared by servers, probe and deploys"
 echo "(and, in this run, by other people's builds and tests: load $(cut -d' ' -f1 /proc/loadavg) at the start)."
-echo "$(unicorn -v 2>&1 | head -n 1), puma $(puma --version 2>&1 | sed -n 's/.*version \([0-9.]*\).*/\1/p'), node $(node --version)${pm2:+, pm2 $("$pm2" --version 2>/dev/null | tail -n 1)}."
+echo "$(unicorn -v 2>&1 | head -n 1), puma $(puma --version 2>&1 | sed -n 's/.*version \([0-9.]*\).*/\1/p'), node $(node --version)${pm2:+, pm2 $(sed -n 's/^ *"version": "\(.*\)",/\1/p' "$PM2_BENCH_DIR/node_modules/pm2/package.json" | head -n 1)}."
 [ -n "$pm2" ] || echo "pm2 could not be installed from npm: its rows are left out."
 echo
 echo "| server | keep-alive | deploys ok | s/deploy | requests | failed | retried | mixed | flapping | p99 steady | p99 deploys | max |"
