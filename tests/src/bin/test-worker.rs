@@ -238,14 +238,19 @@ fn main() {
         stamp(&o, "exit");
         std::process::exit(code);
     }
-    // Stop signals: caught, and blocked except while waiting.
+    // Stop signals: caught, and blocked except while waiting. An ignored TERM
+    // (--ignore-term) is not blocked: the kernel keeps a blocked signal
+    // pending even when its action is to ignore it, and `wait` would take
+    // that pending TERM for a stop (issue 25); unblocked, it is discarded.
     // SAFETY: sigset_t is plain data; all zeroes is a valid value, emptied below.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t to write.
     unsafe { libc::sigemptyset(&mut set) };
     for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
-        // SAFETY: `set` is an initialised sigset_t and `sig` a valid signal.
-        unsafe { libc::sigaddset(&mut set, sig) };
+        if !(sig == libc::SIGTERM && o.ignore_term) {
+            // SAFETY: `set` is an initialised sigset_t and `sig` a valid signal.
+            unsafe { libc::sigaddset(&mut set, sig) };
+        }
         // SAFETY: struct sigaction is plain data; all zeroes is a valid value
         // (no flags, an empty mask), the handler is set below.
         let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
