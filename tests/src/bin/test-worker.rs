@@ -18,6 +18,9 @@
 //!   --ignore-term     ignore SIGTERM
 //!   --crash-after K   exit 1 after answering K connections
 //!   --serve-delay MS  wait MS milliseconds before answering each connection
+//!   --serve-until PATH  before answering each connection (after --serve-delay),
+//!                     wait until PATH exists: a request in hand for as long as
+//!                     the test wants, whatever the machine's load
 //!   --start-log PATH  append "PID GEN WORKER" to PATH at start
 //!   --conf PATH       read more options (whitespace-separated) from PATH if it exists
 //!   --stamp PATH      append "start PID NS" at start and "exit PID NS" before an
@@ -80,6 +83,7 @@ struct Opts {
     ignore_term: bool,
     crash_after: Option<u64>,
     serve_delay: u64,
+    serve_until: Option<String>,
     start_log: Option<String>,
     stamp: Option<String>,
     exit_after: Option<u64>,
@@ -112,6 +116,7 @@ fn parse(args: Vec<String>, o: &mut Opts) {
             "--ignore-term" => o.ignore_term = true,
             "--crash-after" => o.crash_after = Some(num(&val())),
             "--serve-delay" => o.serve_delay = num(&val()),
+            "--serve-until" => o.serve_until = Some(val()),
             "--start-log" => o.start_log = Some(val()),
             "--stamp" => o.stamp = Some(val()),
             "--exit-after" => o.exit_after = Some(num(&val())),
@@ -625,6 +630,12 @@ fn serve(o: &Opts, life: &mut Life) {
                     said = true;
                 }
                 std::thread::sleep(left.min(Duration::from_millis(5)));
+            }
+        }
+        if let Some(path) = &o.serve_until {
+            // (stop signals stay blocked: taken after the answer, as above)
+            while !std::path::Path::new(path).exists() {
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
         let _ = conn.write_all(line.as_bytes());
