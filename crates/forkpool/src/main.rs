@@ -205,8 +205,10 @@ fn main() {
         let timeout = supervise::earliest(due).map(|d| d.saturating_duration_since(Instant::now()));
         poll_readable(&fds, timeout);
         let now = Instant::now();
+        // Drained before check_readiness takes the kernel's HUPs (signals.rs).
+        let arrived = sigs.drain();
         pool.check_readiness(now);
-        for sig in sigs.drain() {
+        for sig in arrived {
             pool.signal(sig, now);
         }
         pool.read_control(now);
