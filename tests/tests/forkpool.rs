@@ -551,6 +551,7 @@ fn behind_tcplisten(mode: &str) {
     let (line, _) = read_line_timeout(p.stdout(), LONG).expect("tcplisten prints the port");
     let port: u16 = line.trim().parse().expect("port");
     let mut hammer = Hammer::start(port, 4);
+    let mut seen = 0;
     for g in 1..=21u64 {
         let ok = wait_until(LONG, || {
             let s = PoolStatus::read(&st);
@@ -561,6 +562,14 @@ fn behind_tcplisten(mode: &str) {
             "generation {g} never served: {:?}",
             PoolStatus::read(&st)
         );
+        // Clients answered in every generation before the next HUP: a
+        // condition, not a time (`ok > 100` over the run's length depends
+        // on how fast 20 reloads go).
+        assert!(
+            wait_until(LONG, || hammer.answered() >= seen + 5),
+            "no answers in generation {g}"
+        );
+        seen = hammer.answered();
         if g < 21 {
             p.signal(Signal::SIGHUP);
         }
