@@ -1017,6 +1017,8 @@ fn ansible_playbook_deploys_host_by_host_and_stops_at_the_first_failure() {
             .env("ANSIBLE_REMOTE_TEMP", dir.join("ansible/remote"))
             .env("ANSIBLE_NOCOLOR", "1")
             .env("ANSIBLE_RETRY_FILES_ENABLED", "0")
+            // modules piped to the interpreter, no temporary files per task
+            .env("ANSIBLE_PIPELINING", "1")
             .env_remove("ANSIBLE_CONFIG");
         let (code, out, err) = run(c, Duration::from_secs(120));
         (code, format!("{out}{err}"))
