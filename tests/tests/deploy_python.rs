@@ -162,7 +162,7 @@ fn deploys_under_the_probe(example: &str, peer: &str, n: usize, keepalive: bool,
 /// The short form, 3 deploys (each imports Flask in every new worker: over
 /// 200 s for 10 on the loaded 2 cores): it fails on a deploy that fails or
 /// mixes a request and on a broken import not rolled back. The long form
-/// (gunicorn's own HUP beside us, 50 deploys) is scripts/bench.d/60-deploys.sh.
+/// (10 deploys of each example) is scripts/bench.d/65-python-deploys.sh.
 #[test]
 fn gunicorn_deploys_and_a_broken_import() {
     deploys_under_the_probe("gunicorn", "gunicorn", 3, true, 0);
