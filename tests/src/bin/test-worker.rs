@@ -11,6 +11,8 @@
 //!
 //! Options (behaviour the tests need):
 //!   --ready-delay MS  become ready after MS milliseconds (default 0)
+//!   --ready-when PATH become ready only once PATH exists (after --ready-delay):
+//!                     a reload that lasts until the test says
 //!   --never-ready     never become ready, never accept (stop signals still work)
 //!   --notify-fd N     say ready by writing a newline to descriptor N
 //!   --notify          say ready by sending READY=1 to $NOTIFY_SOCKET
@@ -76,6 +78,7 @@ extern "C" fn on_stop(sig: libc::c_int) {
 #[derive(Default)]
 struct Opts {
     ready_delay: u64,
+    ready_when: Option<String>,
     never_ready: bool,
     notify_fd: Option<i32>,
     notify: bool,
@@ -109,6 +112,7 @@ fn parse(args: Vec<String>, o: &mut Opts) {
         };
         match a.as_str() {
             "--ready-delay" => o.ready_delay = num(&val()),
+            "--ready-when" => o.ready_when = Some(val()),
             "--never-ready" => o.never_ready = true,
             "--notify-fd" => o.notify_fd = Some(num(&val()) as i32),
             "--notify" => o.notify = true,
@@ -283,6 +287,11 @@ fn main() {
                 break;
             }
             wait(-1, left.as_millis().max(1) as i64);
+        }
+    }
+    if let Some(path) = &o.ready_when {
+        while !std::path::Path::new(path).exists() {
+            wait(-1, 5);
         }
     }
     if o.window_log.is_some() {
