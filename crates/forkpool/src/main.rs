@@ -8,7 +8,8 @@
 //!    worker.rs (a worker, its phase, its slot), generation.rs (a
 //!    generation, a reload, a stop), lifecycle.rs (recycling's data and
 //!    arithmetic), two_phase.rs (the prepare's stage), command.rs (control
-//!    lines), messages.rs (what a worker says after READY);
+//!    lines), messages.rs (what a worker says after READY), reloads.rs
+//!    (reloads by result, their durations);
 //! 2. the rule, policy/: the pool's state and a pure function of it and the
 //!    time; events in through `Policy::handle`, actions out; its steps in
 //!    converge.rs, its events in events.rs, lifecycle.rs and prepare.rs;
@@ -29,6 +30,7 @@ mod lifecycle;
 mod messages;
 mod policy;
 mod pool;
+mod reloads;
 mod rss;
 mod settings;
 mod state;
@@ -189,10 +191,12 @@ fn main() {
         let timeout = supervise::earliest(due).map(|d| d.saturating_duration_since(Instant::now()));
         poll_readable(&fds, timeout);
         let now = Instant::now();
+        // Drained before the kernel's HUPs are taken (signals.rs).
+        let arrived = sigs.drain();
         warn_kernel_hups();
         pool.hear_workers(now);
         pool.lifecycle(now);
-        for sig in sigs.drain() {
+        for sig in arrived {
             pool.signal(sig, now);
         }
         pool.read_control(now);

@@ -33,13 +33,14 @@ use unixtool::supervise::KillDeadline;
 use crate::generation::{Generation, Reload, Stop};
 use crate::lifecycle::{Counts, PoolLife, Recycle, WorkerLife};
 use crate::policy::Policy;
+use crate::reloads::ReloadCounts;
 use crate::settings::Settings;
 use crate::two_phase::{Stage, TwoPhase};
 use crate::worker::{Slot, Why, Worker, WorkerId, WorkerPhase};
 
 pub const MAGIC: &str = "forkpool-state";
 /// The version of the format this build writes and reads.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The descriptors of worker `id`'s process, as handed over (its pid and
 /// start are the policy's [`Worker`]).
@@ -190,6 +191,7 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         queued: _, // empty between events (Policy::handle takes them)
         life,
         two_phase,
+        reloads,
     } = policy;
     let TwoPhase {
         control: _, // -C and --prepare-timeout: the same command line
@@ -232,6 +234,7 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
             ("switch_since", instant_field(*switch_since, now)),
             ("rng", rng.to_string()),
             ("recycled", totals.list()),
+            ("reloads", reloads.list()),
         ],
     );
     s.record("generation", &generation_fields("target", target)?);
@@ -408,6 +411,9 @@ fn read_records(
                 let switch_since = r.instant("switch_since", base)?;
                 let rng = r.num("rng")?;
                 let totals = counts_of("recycled", &r.take("recycled")?)?;
+                let reloads = r.take("reloads")?;
+                let reloads = ReloadCounts::from_list(&reloads)
+                    .ok_or_else(|| format!("pool: reloads={reloads:?} is not counts"))?;
                 pool = Some((
                     newest,
                     next_worker,
@@ -417,6 +423,7 @@ fn read_records(
                     switch_since,
                     rng,
                     totals,
+                    reloads,
                 ));
             }
             "generation" => {
@@ -513,7 +520,7 @@ fn read_records(
         Some(target),
         Some(accepting),
         Some((upgrades, upgrade_failures, exe)),
-        Some((newest, next_worker, reload, reason, stop, switch_since, rng, totals)),
+        Some((newest, next_worker, reload, reason, stop, switch_since, rng, totals, reloads)),
     ) = (target, accepting, upgrade, pool)
     else {
         return Err("the state lacks a pool, target, accepting or upgrade record".to_string());
@@ -546,6 +553,7 @@ fn read_records(
         // Handed over but for the open prepare's fields (an upgrade waits
         // while one is open); Pool::open_control sets `control` and `timeout`.
         two_phase: two_phase.ok_or("the state lacks a control record")?,
+        reloads,
     };
     Ok(Snapshot {
         policy,
@@ -620,6 +628,8 @@ mod tests {
         p.life.rng = 0xfeed;
         p.life.totals.add(crate::lifecycle::Recycle::Age);
         p.life.totals.add(crate::lifecycle::Recycle::Watchdog);
+        p.reloads.ok(Duration::from_millis(80));
+        p.reloads.failed();
         p.life.slots = vec![Counts::default(), Counts::from_list("2,0,1,0").unwrap()];
         p.workers[0].life.max_age = Some(Duration::from_millis(1900));
         p.workers[0].life.recycle = Some(crate::lifecycle::Recycle::Memory);
@@ -688,6 +698,8 @@ mod tests {
         assert_eq!(h.procs.len(), 6);
         // lifecycle: counts, random state, and each worker's marks
         assert_eq!((a.life.rng, &a.life.totals), (b.life.rng, &b.life.totals));
+        assert_eq!((a.reloads.ok, a.reloads.failed), (1, 1));
+        assert_eq!(a.reloads, b.reloads);
         assert_eq!(a.life.slots, b.life.slots);
         let (x, y) = (&a.workers[0].life, &b.workers[0].life);
         assert_eq!(
@@ -703,9 +715,13 @@ mod tests {
     fn another_version_an_unknown_key_or_a_cut_state_is_refused() {
         let now = Instant::now();
         let text = write(&pool(now), now).unwrap();
-        let other = text.replacen("forkpool-state 2", "forkpool-state 1", 1);
+        let (this, next) = (
+            format!("{MAGIC} {VERSION}"),
+            format!("{MAGIC} {}", VERSION + 1),
+        );
+        let other = text.replacen(&this, &next, 1);
         let e = read(&other, settings(), now).err().unwrap();
-        assert!(e.contains("state version 1"), "{e}");
+        assert!(e.contains(&format!("state version {}", VERSION + 1)), "{e}");
         let extra = text.replacen("worker id=", "worker colour=red id=", 1);
         let e = read(&extra, settings(), now).err().unwrap();
         assert!(e.contains("unknown key colour"), "{e}");

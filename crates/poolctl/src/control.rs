@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use unixtool::statusfile::{self, Status};
 
-use crate::{not_running, Args, EXIT_NO, TOOL};
+use crate::{not_running, quoted, Args, EXIT_NO, TOOL};
 
 /// What the pool said to our command: its count, its word, accepted or not.
 fn command_of(st: &Status) -> (u64, bool) {
@@ -103,7 +103,7 @@ fn run(args: &Args, word: &str, line: &str, done: Done) -> i32 {
             if n > n0 {
                 match done(&st) {
                     Some(Ok(msg)) => {
-                        println!("poolctl: {word} ok: {msg}");
+                        TOOL.print(format_args!("poolctl: {word} ok: {}\n", quoted(&msg)));
                         return 0;
                     }
                     Some(Err(why)) => return no(word, &why),

@@ -336,6 +336,7 @@ impl Check {
         };
         let said = String::from_utf8_lossy(&self.said_err);
         let first = said.lines().next().unwrap_or("").trim();
+        let first = crate::quote::line(first, crate::quote::MAX_TEXT);
         Some(Err(if first.is_empty() {
             format!("{exe} in check mode {how}")
         } else {

@@ -70,6 +70,7 @@ use unixtool::supervise::{earliest, KillDeadline, ReadinessTimes};
 
 use crate::generation::{Generation, Reload, Stop};
 use crate::lifecycle::{PoolLife, Recycle, WorkerLife};
+use crate::reloads::ReloadCounts;
 use crate::settings::{Mode, Settings};
 use crate::two_phase::TwoPhase;
 use crate::worker::{Slot, Why, Worker, WorkerId, WorkerPhase};
@@ -196,6 +197,8 @@ pub struct Policy {
     pub life: PoolLife,
     /// `-C`: prepare, commit, abort (policy/prepare.rs).
     pub two_phase: TwoPhase,
+    /// Reloads by result, their durations (reloads.rs).
+    pub reloads: ReloadCounts,
 }
 
 /// `3.2ms`: a short duration (a cutover's switch) as the log lines write it.
@@ -233,6 +236,7 @@ impl Policy {
             queued: Vec::new(),
             life,
             two_phase: TwoPhase::default(),
+            reloads: ReloadCounts::default(),
         };
         p.info(format!(
             "generation 1: starting {n} workers{}",
