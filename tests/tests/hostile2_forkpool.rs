@@ -596,3 +596,85 @@ fn the_status_file_beats_at_least_once_a_second_while_nothing_changes() {
         "{text}"
     );
 }
+
+// ------------------------------------------------- the guard, killed with -9
+
+/// forkpool's children that are not workers (the guard).
+fn non_worker_children(pid: i32, st: &Path) -> Vec<i32> {
+    let workers: Vec<i32> = PoolStatus::read(st).workers.iter().map(|w| w.2).collect();
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .filter(|c| !workers.contains(c))
+        .collect()
+}
+
+/// The pids of the helpers in a test-worker --start-log.
+fn helpers(log: &Path) -> Vec<i32> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[3] == "helper").then(|| f[0].parse().ok())?
+        })
+        .collect()
+}
+
+#[test]
+fn the_guard_killed_with_9_is_restarted_and_kill_9_of_forkpool_still_ends_every_helper() {
+    let t = TempDir::new("h2-guard");
+    let log = t.join("starts");
+    let tw = bin("test-worker").display().to_string();
+    let prog = [
+        tw.as_str(),
+        "--notify-fd",
+        "3",
+        "--helper",
+        "--start-log",
+        log.to_str().unwrap(),
+    ];
+    let mut chain = Chain::start(t.path(), "forkpool", &["-n", "2", "-d", "3"], &prog, &[]);
+    chain.settled(2);
+    let pid = chain.p.pid().as_raw();
+    assert!(wait_until(LONG, || helpers(&log).len() == 2), "no helpers");
+    let mut guard = non_worker_children(pid, &chain.st);
+    assert_eq!(guard.len(), 1, "{guard:?}");
+    // Killed twice, once across an upgrade: each time a new one.
+    for round in 0..2 {
+        if round == 1 {
+            install(&build_b(t.path(), "forkpool"), &chain.exe);
+            let (code, out) = chain.poolctl(&["upgrade", "-t", "60"]);
+            assert_eq!(code, 0, "{out}\n{}", chain.log());
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard[0]), Signal::SIGKILL)
+            .expect("kill the guard");
+        let old = guard[0];
+        let again = wait_until(LONG, || {
+            let g = non_worker_children(pid, &chain.st);
+            g.len() == 1 && g[0] != old && alive(g[0])
+        });
+        assert!(
+            again,
+            "round {round}: no new guard: {:?}\n{}",
+            non_worker_children(pid, &chain.st),
+            chain.log()
+        );
+        guard = non_worker_children(pid, &chain.st);
+        chain.wait_log("starting a new one");
+    }
+    let helpers = helpers(&log);
+    assert_eq!(helpers.len(), 2);
+    chain.p.signal(Signal::SIGKILL);
+    let _ = chain.p.wait_timeout(LONG);
+    let gone = wait_until(LONG, || helpers.iter().all(|&h| !alive(h)));
+    for &h in &helpers {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(h), Signal::SIGKILL);
+    }
+    assert!(
+        gone,
+        "helpers left after kill -9 of forkpool:\n{}",
+        chain.log()
+    );
+}

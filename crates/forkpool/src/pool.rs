@@ -132,7 +132,7 @@ impl Pool {
             policy: self.policy.clone(),
             procs,
             notify: self.notify.as_ref().map(|n| (n.fd(), n.name().to_string())),
-            guard: self.procs.guard_fd(),
+            guard: self.procs.guard_handed(),
             control: self.control.as_ref().map(|c| c.fd()),
             upgrades: self.upgrade.count,
             upgrade_failures: self.upgrade.failures,
@@ -175,8 +175,8 @@ impl Pool {
             let child = Child::adopt(nix::unistd::Pid::from_raw(pid), started, pipe);
             procs.list.push(Process { id, child, hold });
         }
-        if let Some(fd) = guard {
-            procs.adopt_guard(reexec::adopt_fd(fd)?);
+        if let Some((fd, pid)) = guard {
+            procs.adopt_guard(reexec::adopt_fd(fd)?, nix::unistd::Pid::from_raw(pid));
         }
         let control = control
             .map(|fd| reexec::adopt_fd(fd).map(ControlFifo::adopt))
@@ -489,9 +489,14 @@ impl Pool {
     pub fn reap(&mut self, now: Instant) {
         for (pid, status) in child::reap() {
             let Some(id) = self.procs.by_pid(pid).map(|p| p.id) else {
-                // The upgrade's check program, when one runs.
-                if let Some(c) = self.upgrade.check.as_mut() {
-                    c.reaped(pid, status);
+                // The guard (then a new one), or the upgrade's check program.
+                let how = Ended::from_status(&status).map(|e| e.to_string());
+                let drain = self.policy.settings.drain;
+                let how = how.as_deref().unwrap_or("ended");
+                if !self.procs.guard_ended(pid, how, drain) {
+                    if let Some(c) = self.upgrade.check.as_mut() {
+                        c.reaped(pid, status);
+                    }
                 }
                 continue;
             };

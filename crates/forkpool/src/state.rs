@@ -58,8 +58,8 @@ pub struct Snapshot {
     pub procs: Vec<HandedProcess>,
     /// `--notify`: the socket's descriptor and name.
     pub notify: Option<(RawFd, String)>,
-    /// The guard's write end (groups.rs), when one runs.
-    pub guard: Option<RawFd>,
+    /// The guard's write end and pid (groups.rs), when one runs.
+    pub guard: Option<(RawFd, i32)>,
     /// `-C`: the control FIFO's descriptor, kept across the exec (a line
     /// written meanwhile waits in it; the path is never opened again).
     pub control: Option<RawFd>,
@@ -74,7 +74,7 @@ impl Snapshot {
     /// guard, the workers' readiness pipes and hold descriptors.
     pub fn kept_fds(&self) -> Vec<RawFd> {
         let mut keep: Vec<RawFd> = self.notify.iter().map(|(fd, _)| *fd).collect();
-        keep.extend(self.guard);
+        keep.extend(self.guard.map(|(fd, _)| fd));
         keep.extend(self.control);
         for p in &self.procs {
             // Taken apart whole: a descriptor added is kept, or this does
@@ -311,7 +311,13 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         Some((fd, name)) => s.record("notify", &[("fd", fd.to_string()), ("name", name.clone())]),
         None => s.record("notify", &[("fd", "-".into()), ("name", String::new())]),
     }
-    s.record("guard", &[("fd", fd_field(*guard))]);
+    s.record(
+        "guard",
+        &[
+            ("fd", fd_field(guard.map(|(fd, _)| fd))),
+            ("pid", guard.map_or("-".to_string(), |(_, p)| p.to_string())),
+        ],
+    );
     let wall = |w: &Option<f64>| w.map_or("-".to_string(), |w| w.to_string());
     s.record(
         "control",
@@ -490,7 +496,11 @@ fn read_records(
                 let name = r.take("name")?;
                 notify = fd.map(|fd| (fd, name));
             }
-            "guard" => guard = r.opt_num("fd")?,
+            "guard" => {
+                let fd: Option<RawFd> = r.opt_num("fd")?;
+                let pid: Option<i32> = r.opt_num("pid")?;
+                guard = fd.zip(pid);
+            }
             "control" => {
                 control = r.opt_num("fd")?;
                 let stage = r.take("stage")?;
@@ -767,7 +777,7 @@ mod tests {
             h.hold = (i % 2 == 0).then_some(40 + i as RawFd);
         }
         s.notify = Some((5, "@forkpool-notify".to_string()));
-        s.guard = Some(7);
+        s.guard = Some((7, 4321));
         s.control = Some(8);
         s.upgrade_failures = 3;
         let text = write(&s, now).unwrap();
