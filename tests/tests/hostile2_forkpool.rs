@@ -17,7 +17,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -26,26 +25,9 @@ use common::{make_release, LONG};
 use integration_tests::*;
 use nix::sys::signal::Signal;
 
-/// Put `from` at `to` as an install does: a copy beside it, then rename.
-fn install(from: &Path, to: &Path) {
-    let tmp = to.with_extension("new");
-    std::fs::copy(from, &tmp).expect("copy build");
-    std::fs::rename(&tmp, to).expect("rename build");
-}
-
 /// The tool as built with bytes appended: another build id.
 fn build_b(dir: &Path, tool: &str) -> PathBuf {
-    let b = dir.join(format!("{tool}.build-b"));
-    let mut bytes = std::fs::read(bin(tool)).expect("read");
-    bytes.extend_from_slice(b"\0hostile2 build B\0");
-    std::fs::write(&b, bytes).expect("write B");
-    std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    b
-}
-
-fn script(path: &Path, text: &str) {
-    std::fs::write(path, text).expect("script");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    two_builds(dir, tool).1
 }
 
 /// tcplisten + dir/TOOL (a copy) -v -S dir/status OPTS PROG, in dir.
