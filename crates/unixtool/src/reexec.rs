@@ -282,6 +282,9 @@ impl Check {
             return false;
         }
         self.ended = Some(status);
+        // What is left of its group (a child holding its pipes) goes now,
+        // while the group's id is still reserved by them.
+        let _ = nix::sys::signal::killpg(self.pid, nix::sys::signal::Signal::SIGKILL);
         true
     }
 
@@ -349,8 +352,9 @@ impl Drop for Check {
     /// Whatever is left of the check's process group is killed (a child it
     /// left behind holding its pipes, the program itself at the deadline).
     fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(self.pid, nix::sys::signal::Signal::SIGKILL);
+        // Ended: its group was killed when it was reaped (`reaped`).
         if self.ended.is_none() {
+            let _ = nix::sys::signal::killpg(self.pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(self.pid, None);
         }
     }
