@@ -531,6 +531,7 @@ fn item4_a_worker_saying_recycle_in_a_loop_gets_the_back_off_a_warning_and_n_plu
     }
     let recycles = chain.status().num("recycled_asked");
     let log = chain.log();
+    eprintln!("in 6 s: at most {most_listed} workers listed, {most} children, {recycles} recycles");
     // N = 2 plus the surge, 1 when none is given: 3 workers and the guard.
     assert!(
         most_listed <= 3,
