@@ -18,94 +18,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{make_release, LONG};
+use common::{make_release, Chain, LONG};
 use integration_tests::*;
 use nix::sys::signal::Signal;
 
 /// The tool as built with bytes appended: another build id.
 fn build_b(dir: &Path, tool: &str) -> PathBuf {
     two_builds(dir, tool).1
-}
-
-/// tcplisten + dir/TOOL (a copy) -v -S dir/status OPTS PROG, in dir.
-struct Chain {
-    p: Proc,
-    port: u16,
-    dir: PathBuf,
-    st: PathBuf,
-    exe: PathBuf,
-}
-
-impl Chain {
-    fn start(dir: &Path, tool: &str, opts: &[&str], prog: &[&str], env: &[(&str, &str)]) -> Chain {
-        let exe = dir.join(tool);
-        install(&bin(tool), &exe);
-        let st = dir.join("status");
-        let mut c = cmd("tcplisten");
-        c.args(["-1", "127.0.0.1", "0"]).arg(&exe);
-        c.args(["-v", "-S"]).arg(&st).args(opts).args(prog);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("log")).expect("log"))
-            .stdin(Stdio::null());
-        let mut p = Proc::spawn(c);
-        let (line, _) = read_line_timeout(p.stdout(), LONG).expect("tcplisten prints the port");
-        let port = line.trim().parse().expect("port");
-        Chain {
-            p,
-            port,
-            dir: dir.to_path_buf(),
-            st,
-            exe,
-        }
-    }
-
-    fn status(&self) -> PoolStatus {
-        PoolStatus::read(&self.st)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-    }
-
-    /// forkpool: `n` workers ready, nothing under way.
-    fn settled(&self, n: usize) -> PoolStatus {
-        let ok = wait_until(LONG, || {
-            let s = self.status();
-            s.get("reload") != "running"
-                && s.get("upgrade") != "running"
-                && s.pids("ready").len() == n
-                && s.workers.len() == n
-        });
-        assert!(ok, "never settled: {:?}\n{}", self.status(), self.log());
-        self.status()
-    }
-
-    fn poolctl(&self, args: &[&str]) -> (i32, String) {
-        let mut c = cmd("poolctl");
-        c.args(args).arg(&self.st);
-        let (code, out, err) = run(c, Duration::from_secs(90));
-        (code, format!("{out}{err}"))
-    }
-
-    fn wait_log(&self, what: &str) {
-        assert!(
-            wait_until(LONG, || self.log().contains(what)),
-            "never logged {what:?}:\n{}",
-            self.log()
-        );
-    }
-
-    /// The chain's pid still runs (not a zombie).
-    fn alive(&self) -> bool {
-        alive(self.p.pid().as_raw())
-    }
 }
 
 fn worker_pids(s: &PoolStatus) -> Vec<(usize, i32)> {
