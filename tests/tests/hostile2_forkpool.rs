@@ -509,17 +509,6 @@ fn the_status_file_beats_at_least_once_a_second_while_nothing_changes() {
 
 // ------------------------------------------------- the guard, killed with -9
 
-/// forkpool's children that are not workers (the guard).
-fn non_worker_children(pid: i32, st: &Path) -> Vec<i32> {
-    let workers: Vec<i32> = PoolStatus::read(st).workers.iter().map(|w| w.2).collect();
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .filter(|c| !workers.contains(c))
-        .collect()
-}
-
 /// The pids of the helpers in a test-worker --start-log.
 fn helpers(log: &Path) -> Vec<i32> {
     std::fs::read_to_string(log)
