@@ -159,19 +159,36 @@ impl<'a> Server<'a> {
                 Err(Errno::EINTR) => 0,
                 Err(e) => TOOL.fatal_errno(unixtool::EXIT_TEMPORARY, "wait in epoll", e),
             };
+            // A stop signal first, before the connections of the same wake-up:
+            // the switch waits for it (the `stopping` notice), and nothing is
+            // accepted after it.
+            if events[..n].iter().any(|ev| ev.data() == SIGNALS) {
+                if let Some(order) = self.signals.take() {
+                    if order == Order::Quit {
+                        return End::Quit;
+                    }
+                    self.stop();
+                }
+            }
             for ev in &events[..n] {
                 match ev.data() {
                     LISTENER => self.accept_all(),
                     HANDOFF => self.take_handed(),
-                    SIGNALS => {
-                        if let Some(order) = self.signals.take() {
-                            if order == Order::Quit {
-                                return End::Quit;
+                    SIGNALS => {}
+                    slot => {
+                        self.drive(slot as usize);
+                        // One that came while this wake-up's work is done
+                        // waits for no more of it (one read(2) of the
+                        // signalfd, EAGAIN when none).
+                        if self.stop_at.is_none() {
+                            if let Some(order) = self.signals.take() {
+                                if order == Order::Quit {
+                                    return End::Quit;
+                                }
+                                self.stop();
                             }
-                            self.stop();
                         }
                     }
-                    slot => self.drive(slot as usize),
                 }
             }
             self.expire(Instant::now());
