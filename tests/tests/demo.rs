@@ -240,6 +240,7 @@ fn releases_seen(json: &str) -> usize {
 /// every deploy exits 0, nothing failed, nothing mixed, and both probes saw the
 /// releases come.
 /// With RELOAD_MODE=cutover no client sees the old release after the new one.
+/// Under forkpool the keep-alive clients' connections survive every deploy.
 fn twenty_deploys(mode: &str, reload: &str) {
     let site = Site::start(
         &format!("demo-{mode}-{reload}"),
@@ -277,6 +278,12 @@ fn twenty_deploys(mode: &str, reload: &str) {
         eprintln!("{what}: flapping {}", json_count(&json, "flapping"));
         if reload == "cutover" {
             assert_eq!(json_count(&json, "flapping"), 0, "{what}: {json}");
+        }
+        // demo/serve's forkpool hands kept connections over (--handoff): the
+        // keep-alive clients kept their first connections through 20 deploys.
+        if mode == "forkpool" && keepalive {
+            assert_eq!(json_count(&json, "retried"), 0, "{what}: {json}");
+            assert_eq!(json_count(&json, "connects"), 4, "{what}: {json}");
         }
         assert_clean(code, &json, &what);
         // the first release and (nearly) every deployed one answered the probe

@@ -5,7 +5,8 @@
 //! does not take part (FORKPOOL_HANDOFF_FD removed) still deploys, its
 //! connections closed as without the option; a connection handed over in the
 //! middle of a pipeline is answered in order, each request once, the one in
-//! hand by the old release and the rest by the new.
+//! hand by the old release and the rest by the new; a kept connection is
+//! still handed over after an in-place upgrade (USR2) of forkpool.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -145,7 +146,7 @@ fn an_app_that_does_not_take_part_deploys_as_without_the_option() {
     assert!(json_count(&json, "connects") > 16, "{json}");
 }
 
-/// One request for /release.
+/// One GET request for `path`.
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
 }
@@ -193,4 +194,30 @@ fn a_connection_handed_over_mid_pipeline_is_answered_in_order_old_then_new() {
         "{}",
         site.log()
     );
+}
+
+#[test]
+fn the_hand_over_works_on_after_an_in_place_upgrade() {
+    let dir = TempDir::new("handoff-usr2");
+    let d = dir.path();
+    make_release(d, "r1", "");
+    make_release(d, "r2", "");
+    switch(d, "r1");
+    let site = Site::start(d, &[]);
+    let mut s = connect(site.port);
+    s.write_all(get("/release").as_bytes()).expect("send");
+    let r = read_response(&mut s).expect("a response");
+    assert_eq!(r.header("x-release").as_deref(), Some("r1"));
+    // USR2: the next image gets the workers' hand-over ends in the state.
+    site.p.signal(Signal::SIGUSR2);
+    let upgraded = wait_until(LONG, || {
+        let st = PoolStatus::read(&site.st);
+        st.get("upgrade") == "ok" && st.num("upgrades") == 1
+    });
+    assert!(upgraded, "no upgrade\n{}", site.log());
+    site.deploy("r2", 2);
+    s.write_all(get("/release").as_bytes()).expect("send");
+    let r = read_response(&mut s)
+        .unwrap_or_else(|| panic!("the kept connection was closed\n{}", site.log()));
+    assert_eq!(r.header("x-release").as_deref(), Some("r2"));
 }
