@@ -377,8 +377,12 @@ impl<'a> Server<'a> {
             // Not taken: from now on this stop is one without the hand-over;
             // an idle connection is closed, one whose request has not come
             // yet is served (its answer says close).
-            self.handoff = None;
-            if c.phase != Phase::Idle {
+            let idle = c.phase == Phase::Idle;
+            if let Some(h) = self.handoff.take() {
+                // Not watched either: what forkpool may still send is never read.
+                let _ = self.epoll.delete(h);
+            }
+            if !idle {
                 return;
             }
         }
