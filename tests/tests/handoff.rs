@@ -151,9 +151,9 @@ fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
 }
 
-#[test]
-fn a_connection_handed_over_mid_pipeline_is_answered_in_order_old_then_new() {
-    let dir = TempDir::new("handoff-pipe");
+/// Releases r1 and r2, the site on r1, and a connection r1 answered once.
+fn kept_connection(tag: &str) -> (TempDir, Site, std::net::TcpStream) {
+    let dir = TempDir::new(tag);
     let d = dir.path();
     make_release(d, "r1", "");
     make_release(d, "r2", "");
@@ -161,8 +161,15 @@ fn a_connection_handed_over_mid_pipeline_is_answered_in_order_old_then_new() {
     let site = Site::start(d, &[]);
     let mut s = connect(site.port);
     s.write_all(get("/release").as_bytes()).expect("send");
-    let first = read_response(&mut s).expect("a response");
-    assert_eq!(first.header("x-release").as_deref(), Some("r1"));
+    let r = read_response(&mut s).expect("a response");
+    assert_eq!(r.header("x-release").as_deref(), Some("r1"));
+    (dir, site, s)
+}
+
+#[test]
+fn a_connection_handed_over_mid_pipeline_is_answered_in_order_old_then_new() {
+    let (dir, site, mut s) = kept_connection("handoff-pipe");
+    let d = dir.path();
     // A request in hand when the old worker is told to stop: its head not
     // whole yet.
     let whole = get("/release?n=1");
@@ -198,16 +205,7 @@ fn a_connection_handed_over_mid_pipeline_is_answered_in_order_old_then_new() {
 
 #[test]
 fn the_hand_over_works_on_after_an_in_place_upgrade() {
-    let dir = TempDir::new("handoff-usr2");
-    let d = dir.path();
-    make_release(d, "r1", "");
-    make_release(d, "r2", "");
-    switch(d, "r1");
-    let site = Site::start(d, &[]);
-    let mut s = connect(site.port);
-    s.write_all(get("/release").as_bytes()).expect("send");
-    let r = read_response(&mut s).expect("a response");
-    assert_eq!(r.header("x-release").as_deref(), Some("r1"));
+    let (_dir, site, mut s) = kept_connection("handoff-usr2");
     // USR2: the next image gets the workers' hand-over ends in the state.
     site.p.signal(Signal::SIGUSR2);
     let upgraded = wait_until(LONG, || {
