@@ -9,12 +9,14 @@
 # the switch (from the old generation's stop signal to the release of the new one).
 #
 # Rows: forkpool -m rolling, -m all-at-once, -m cutover (the app reads the hold
-# descriptor), -m cutover with the app not reading it (SIGSTOP alone holds it), and
+# descriptor), -m cutover --handoff (the app hands its kept connections to the
+# new generation: retried should be 0), -m cutover with the app not reading it (SIGSTOP alone holds it), and
 # gunicorn (sync workers) reloaded with HUP.
 #
 # Run by scripts/bench ($BIN = target/release on PATH, .venv/bin on PATH).
 # Environment: DEPLOYS (default 50), CONCURRENCY (32), DURATION (10 s), WORKERS (4),
-# ROWS (any of rolling all-at-once cutover cutover-stop gunicorn; default all),
+# ROWS (any of rolling all-at-once cutover cutover-handoff cutover-stop gunicorn;
+# default all),
 # GUNICORN (default: gunicorn on PATH, else .venv/bin/gunicorn; its row is left out
 # without it), BENCH_QUICK=1 (a smoke run: 5 deploys, 8 clients, 2 s).
 set -eu
@@ -29,7 +31,7 @@ else
 fi
 WORKERS=${WORKERS:-4}
 GUNICORN=${GUNICORN:-$(command -v gunicorn || echo "$top/.venv/bin/gunicorn")}
-ROWS=${ROWS:-"rolling all-at-once cutover cutover-stop gunicorn"}
+ROWS=${ROWS:-"rolling all-at-once cutover cutover-handoff cutover-stop gunicorn"}
 
 # shellcheck source=../bench-lib.sh
 . "$top/scripts/bench-lib.sh"
@@ -84,12 +86,13 @@ start() {
         port=$(sed -n 's/.*Listening at: http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$STATE/log" | head -n 1)
         ;;
     *)
-        mode=${1%-stop}
-        hold=
+        mode=${1%-stop} mode=${mode%-handoff}
+        hold= handoff=
         [ "$1" = cutover-stop ] && hold="env -u FORKPOOL_HOLD_FD"
+        [ "$1" = cutover-handoff ] && handoff=--handoff
         # shellcheck disable=SC2086
         "$BIN/tcplisten" -1 127.0.0.1 0 "$BIN/forkpool" -v -n "$WORKERS" -m "$mode" -d 3 \
-            -t 10000 -k 10000 -p "$STATE/current" -S "$STATE/status" \
+            -t 10000 -k 10000 -p "$STATE/current" -S "$STATE/status" $handoff \
             $hold ./bin/app --root . --ready-fd 3 </dev/null >"$STATE/port" 2>"$STATE/log" &
         srv_pid=$!
         i=0
@@ -156,6 +159,7 @@ row() {
     case $1 in
     gunicorn) label="gunicorn, HUP" ;;
     cutover-stop) label="forkpool -m cutover, SIGSTOP only (app ignores the hold fd)" ;;
+    cutover-handoff) label="forkpool -m cutover --handoff (kept connections handed over)" ;;
     *) label="forkpool -m $1" ;;
     esac
     printf '| %s | %s | %.2f s | %s | %s | %s | %s | %s | %s ms | %s ms | %s | %s ms | %s |\n' \

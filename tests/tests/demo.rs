@@ -241,6 +241,7 @@ fn releases_seen(json: &str) -> usize {
 /// every release (each waited for before the next deploy: a condition, where
 /// "nearly every one of 20" was a chance under load).
 /// With RELOAD_MODE=cutover no client sees the old release after the new one.
+/// Under forkpool the keep-alive clients' connections survive every deploy.
 /// The short form, 5 deploys: it fails on a deploy that fails or mixes a
 /// request, and in cutover on one flapping response. The long form (50
 /// deploys, 32 clients, beside gunicorn) is scripts/bench.d/60-deploys.sh.
@@ -291,6 +292,12 @@ fn deploys_under_probes(mode: &str, reload: &str) {
         eprintln!("{what}: flapping {}", json_count(&json, "flapping"));
         if reload == "cutover" {
             assert_eq!(json_count(&json, "flapping"), 0, "{what}: {json}");
+        }
+        // demo/serve's forkpool hands kept connections over (--handoff): the
+        // keep-alive clients kept their first connections through the deploys.
+        if mode == "forkpool" && keepalive {
+            assert_eq!(json_count(&json, "retried"), 0, "{what}: {json}");
+            assert_eq!(json_count(&json, "connects"), 4, "{what}: {json}");
         }
         assert_clean(code, &json, &what);
         // the first release and every deployed one answered the probe

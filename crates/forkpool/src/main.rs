@@ -17,7 +17,8 @@
 //!    the summary), state.rs (the upgrade's hand-over, one `Snapshot`);
 //!    beside them the I/O leaves: workers.rs (the process table), groups.rs
 //!    (the guard), control.rs (the FIFO), upstream.rs (forkpool's own
-//!    supervisor), rss.rs (Pss);
+//!    supervisor), rss.rs (Pss), handoff.rs (`--handoff`'s connections
+//!    on their way);
 //! 4. the hub, pool.rs, the only `impl Pool`: each event from a leaf to the
 //!    rule, each action from the rule to a leaf;
 //! 5. upgrade.rs (USR2) and this file: the options and the main loop.
@@ -26,6 +27,7 @@ mod command;
 mod control;
 mod generation;
 mod groups;
+mod handoff;
 mod lifecycle;
 mod messages;
 mod policy;
@@ -64,6 +66,7 @@ fn parse_options() -> (Config, Settings, usize) {
     let mut life = lifecycle::Lifecycle::default();
     let mut control: Option<PathBuf> = None;
     let mut prepare_timeout = Duration::from_secs(60);
+    let mut handoff = false;
 
     let (mut common, prog) = SupervisorOptions::parse(&TOOL, |opt, parser| {
         match opt {
@@ -119,6 +122,7 @@ fn parse_options() -> (Config, Settings, usize) {
                 let ms = TOOL.number("--prepare-timeout", &v, 1, 86_400_000);
                 prepare_timeout = Duration::from_millis(ms);
             }
+            "--handoff" => handoff = true,
             _ => return false,
         }
         true
@@ -151,6 +155,7 @@ fn parse_options() -> (Config, Settings, usize) {
         verbose: common.verbose,
         control,
         prepare_timeout,
+        handoff,
     };
     (cfg, settings, workers)
 }
@@ -173,6 +178,8 @@ fn main() {
     // to the rule and carries out the actions.
     loop {
         pool.step(Instant::now());
+        // --handoff: kept connections from retiring workers to the accepting ones.
+        pool.hand_over(Instant::now());
         // The status file first: a supervisor told READY=1 may read it at once.
         pool.write_status();
         if let Some(u) = upstream.as_mut() {

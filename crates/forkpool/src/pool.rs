@@ -8,7 +8,7 @@
 //! [`Snapshot`] ([`Pool::snapshot`], [`Pool::adopt`]).
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,13 +21,14 @@ use unixtool::supervise::{notice_owner, Child};
 use crate::command::{instant_of, parse, wall_now, Command};
 use crate::control::ControlFifo;
 use crate::generation::{Reload, Stop};
+use crate::handoff::Handoff;
 use crate::messages::Said;
 use crate::policy::{Action, Event, Policy};
 use crate::settings::{Mode, Settings};
 use crate::state::{HandedProcess, Snapshot};
 use crate::status::{StatusFile, Summary, UpgradeLines};
 use crate::tool::TOOL;
-use crate::worker::{WorkerId, WorkerPhase};
+use crate::worker::{Worker, WorkerId, WorkerPhase};
 use crate::workers::{Launch, Process, Processes};
 
 pub struct Config {
@@ -40,6 +41,8 @@ pub struct Config {
     /// `-C`: the control FIFO; `--prepare-timeout`.
     pub control: Option<PathBuf>,
     pub prepare_timeout: Duration,
+    /// `--handoff`: kept connections handed to the accepting generation.
+    pub handoff: bool,
 }
 
 pub struct Pool {
@@ -54,6 +57,8 @@ pub struct Pool {
     next_sample: Option<Instant>,
     /// `-C`: the control FIFO, open (control.rs).
     control: Option<ControlFifo>,
+    /// `--handoff`: the connections on their way (handoff.rs).
+    handoff: Handoff,
 }
 
 /// Resolve the pinned symlink to the directory it names now.
@@ -108,6 +113,7 @@ impl Pool {
             upgrade,
             next_sample: None,
             control: None,
+            handoff: Handoff::default(),
         }
     }
 
@@ -126,6 +132,7 @@ impl Pool {
                 id: p.id,
                 pipe: p.child.pipe_fd(),
                 hold: p.hold.as_ref().map(|h| h.as_raw_fd()),
+                handoff: p.handoff.as_ref().map(|h| h.as_raw_fd()),
             });
         }
         Ok(Snapshot {
@@ -160,7 +167,12 @@ impl Pool {
         };
         let mut procs = Processes::default();
         for p in handed {
-            let HandedProcess { id, pipe, hold } = p;
+            let HandedProcess {
+                id,
+                pipe,
+                hold,
+                handoff,
+            } = p;
             let Some(w) = policy.worker(id) else {
                 return Err(format!("no worker {} in the state", id.0));
             };
@@ -172,8 +184,14 @@ impl Pool {
                 None => None,
             };
             let hold = hold.map(reexec::adopt_fd).transpose()?;
+            let handoff = handoff.map(reexec::adopt_fd).transpose()?;
             let child = Child::adopt(nix::unistd::Pid::from_raw(pid), started, pipe);
-            procs.list.push(Process { id, child, hold });
+            procs.list.push(Process {
+                id,
+                child,
+                hold,
+                handoff,
+            });
         }
         if let Some((fd, pid)) = guard {
             procs.adopt_guard(reexec::adopt_fd(fd)?, nix::unistd::Pid::from_raw(pid));
@@ -219,6 +237,7 @@ impl Pool {
                         notify: self.notify.as_ref(),
                         cutover: self.policy.settings.mode == Mode::Cutover,
                         watchdog: self.policy.settings.life.watchdog,
+                        handoff: self.cfg.handoff,
                         stop_signal: self.policy.settings.stop_signal,
                         drain: self.policy.settings.drain,
                     };
@@ -306,6 +325,13 @@ impl Pool {
         fds.extend(self.procs.list.iter().filter_map(|p| p.child.pipe_fd()));
         fds.extend(self.control.as_ref().map(|c| c.fd()));
         fds.extend(reexec::check_wait(&self.upgrade).0);
+        fds.extend(
+            self.procs
+                .list
+                .iter()
+                .filter_map(|p| p.handoff.as_ref())
+                .map(|h| h.as_raw_fd()),
+        );
         fds
     }
 
@@ -316,6 +342,7 @@ impl Pool {
             self.next_sample,
             reexec::check_wait(&self.upgrade).1,
             self.status.as_ref().and_then(|s| s.next_heartbeat()),
+            self.handoff.next_deadline(),
         ])
     }
 
@@ -503,6 +530,11 @@ impl Pool {
             let Some(ended) = Ended::from_status(&status) else {
                 continue;
             };
+            // What it handed over before it ended is taken in before its
+            // end closes (--handoff).
+            if let Some(h) = self.procs.get(id).and_then(|p| p.handoff.as_ref()) {
+                self.handoff.take_in(h.as_fd(), now);
+            }
             // Gone first: no signal of the actions below reaches its pid.
             self.procs.remove(id);
             self.handle(
@@ -512,6 +544,51 @@ impl Pool {
                     how: ended,
                 },
             );
+        }
+    }
+
+    /// `--handoff`: take in what the workers sent, pass it on to the ready
+    /// workers of the accepting generation that are released and not
+    /// retired, close what waited too long (handoff.rs).
+    pub fn hand_over(&mut self, now: Instant) {
+        if !self.cfg.handoff {
+            return;
+        }
+        for p in &mut self.procs.list {
+            let open = p
+                .handoff
+                .as_ref()
+                .map(|h| self.handoff.take_in(h.as_fd(), now));
+            if open == Some(false) {
+                p.handoff = None;
+            }
+        }
+        // Those that accept: ready, released, not retired; of them, the
+        // newest generation's (in a cutover, none until the release).
+        let accepts = |w: &&Worker| w.phase == WorkerPhase::Ready && !w.held && w.retired.is_none();
+        let workers = &self.policy.workers;
+        let newest = workers.iter().filter(accepts).map(|w| w.generation).max();
+        let takers: Vec<_> = workers
+            .iter()
+            .filter(accepts)
+            .filter(|w| Some(w.generation) == newest)
+            .filter_map(|w| Some((w.id, self.procs.get(w.id)?.handoff.as_ref()?.as_fd())))
+            .collect();
+        let (passed, expired) = (self.handoff.passed, self.handoff.expired);
+        self.handoff.pass_on(&takers, now);
+        if self.cfg.verbose && self.handoff.expired > expired {
+            TOOL.info(format_args!(
+                "closed {} handed-over connections no worker took within {}ms",
+                self.handoff.expired - expired,
+                crate::handoff::BOUND.as_millis()
+            ));
+        }
+        if self.cfg.verbose && self.handoff.passed > passed {
+            TOOL.info(format_args!(
+                "handed {} connections to generation {}",
+                self.handoff.passed - passed,
+                newest.unwrap_or(0)
+            ));
         }
     }
 

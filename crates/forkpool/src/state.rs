@@ -40,7 +40,7 @@ use crate::worker::{Slot, Why, Worker, WorkerId, WorkerPhase};
 
 pub const MAGIC: &str = "forkpool-state";
 /// The version of the format this build writes and reads.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// The descriptors of worker `id`'s process, as handed over (its pid and
 /// start are the policy's [`Worker`]).
@@ -49,6 +49,8 @@ pub struct HandedProcess {
     pub id: WorkerId,
     pub pipe: Option<RawFd>,
     pub hold: Option<RawFd>,
+    /// `--handoff`: forkpool's end of the worker's socket pair.
+    pub handoff: Option<RawFd>,
 }
 
 /// Everything one image hands the next.
@@ -79,9 +81,15 @@ impl Snapshot {
         for p in &self.procs {
             // Taken apart whole: a descriptor added is kept, or this does
             // not compile.
-            let HandedProcess { id: _, pipe, hold } = p;
+            let HandedProcess {
+                id: _,
+                pipe,
+                hold,
+                handoff,
+            } = p;
             keep.extend(*pipe);
             keep.extend(*hold);
+            keep.extend(*handoff);
         }
         keep
     }
@@ -278,9 +286,14 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
             over,
             stopped_accepting,
         } = life;
-        let (pipe, hold) = match procs.iter().find(|p| p.id == *id) {
-            Some(HandedProcess { id: _, pipe, hold }) => (*pipe, *hold),
-            None => (None, None),
+        let (pipe, hold, handoff) = match procs.iter().find(|p| p.id == *id) {
+            Some(HandedProcess {
+                id: _,
+                pipe,
+                hold,
+                handoff,
+            }) => (*pipe, *hold, *handoff),
+            None => (None, None, None),
         };
         s.record(
             "worker",
@@ -304,6 +317,7 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
                 ("stopped_accepting", (*stopped_accepting as u8).to_string()),
                 ("pipe", fd_field(pipe)),
                 ("hold", fd_field(hold)),
+                ("handoff", fd_field(handoff)),
             ],
         );
     }
@@ -485,10 +499,16 @@ fn read_records(
                 };
                 let pipe = r.opt_num("pipe")?;
                 let hold = r.opt_num("hold")?;
+                let handoff = r.opt_num("handoff")?;
                 if pid <= 0 {
                     return Err(format!("worker: pid {pid}"));
                 }
-                procs.push(HandedProcess { id, pipe, hold });
+                procs.push(HandedProcess {
+                    id,
+                    pipe,
+                    hold,
+                    handoff,
+                });
                 workers.push(w);
             }
             "notify" => {
@@ -617,6 +637,7 @@ mod tests {
                         id: worker,
                         pipe: None,
                         hold: None,
+                        handoff: None,
                     });
                 }
             }
@@ -775,6 +796,7 @@ mod tests {
         for (i, h) in s.procs.iter_mut().enumerate() {
             h.pipe = Some(10 + i as RawFd);
             h.hold = (i % 2 == 0).then_some(40 + i as RawFd);
+            h.handoff = (i % 2 == 1).then_some(70 + i as RawFd);
         }
         s.notify = Some((5, "@forkpool-notify".to_string()));
         s.guard = Some((7, 4321));
@@ -795,7 +817,7 @@ mod tests {
         assert_eq!(back.kept_fds(), s.kept_fds());
         assert_eq!(
             s.kept_fds(),
-            vec![5, 7, 8, 10, 40, 11, 12, 42, 13, 14, 44, 15]
+            vec![5, 7, 8, 10, 40, 11, 71, 12, 42, 13, 73, 14, 44, 15, 75]
         );
     }
 }

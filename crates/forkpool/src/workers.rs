@@ -26,6 +26,8 @@ pub struct Process {
     /// Cutover: the write end of the hold descriptor, until the release (or
     /// until the worker ends: one that is retired while held gets no EOF).
     pub hold: Option<OwnedFd>,
+    /// `--handoff`: forkpool's end of the worker's socket pair (handoff.rs).
+    pub handoff: Option<OwnedFd>,
 }
 
 /// Every worker process of the pool.
@@ -77,14 +79,19 @@ impl Processes {
 /// moved off `avoid` (the -d descriptor, which the worker gets for readiness).
 fn hold_pipe(avoid: Option<RawFd>) -> Result<(OwnedFd, OwnedFd), Errno> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    Ok((moved_off(read, avoid)?, write))
+}
+
+/// `fd`, moved to another number if it has the number `avoid` (the -d
+/// descriptor, which the worker gets for readiness).
+fn moved_off(fd: OwnedFd, avoid: Option<RawFd>) -> Result<OwnedFd, Errno> {
     match avoid {
-        Some(fd) if fd == read.as_raw_fd() => {
-            let n = nix::fcntl::fcntl(read.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(fd + 1))?;
+        Some(n) if n == fd.as_raw_fd() => {
+            let m = nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(n + 1))?;
             // SAFETY: fcntl just returned this new descriptor, owned by no one else.
-            let moved = unsafe { OwnedFd::from_raw_fd(n) };
-            Ok((moved, write))
+            Ok(unsafe { OwnedFd::from_raw_fd(m) })
         }
-        _ => Ok((read, write)),
+        _ => Ok(fd),
     }
 }
 
@@ -97,6 +104,8 @@ pub struct Launch<'a> {
     pub cutover: bool,
     /// `--watchdog`: WATCHDOG_USEC and WATCHDOG_PID in every worker.
     pub watchdog: Option<std::time::Duration>,
+    /// `--handoff`: every worker gets a socket pair's end (handoff.rs).
+    pub handoff: bool,
     /// The stop signal (`-s`): each worker's parent-death signal, so that a
     /// worker of a forkpool that died finishes what it holds (groups.rs).
     pub stop_signal: Signal,
@@ -154,14 +163,31 @@ impl Processes {
             spawn.env("FORKPOOL_HOLD_FD", n.to_string());
             hold_ends = Some((read, write));
         }
+        // --handoff: the worker's end of its pair, passed as the hold is.
+        let mut handoff = None;
+        if how.handoff {
+            let (ours, theirs) = unixtool::handoff::pair()?;
+            let theirs = moved_off(theirs, how.ready.fd)?;
+            let n = theirs.as_raw_fd();
+            spawn.fds.push((n, n));
+            spawn.env(unixtool::handoff::ENV, n.to_string());
+            handoff = Some((ours, theirs));
+        }
         let child = Child::spawn(spawn, how.ready, how.notify)?;
+        // The worker's end closes here: the worker has its own copy.
+        let handoff = handoff.map(|(ours, _theirs)| ours);
         let pid = child.pid;
         if let Some(g) = self.guard.as_mut() {
             g.watch(pid);
         }
         // A worker of a generation that accepts already is not held: EOF at once.
         let hold = hold_ends.map(|(_read, write)| write).filter(|_| hold);
-        self.list.push(Process { id, child, hold });
+        self.list.push(Process {
+            id,
+            child,
+            hold,
+            handoff,
+        });
         Ok(pid)
     }
 

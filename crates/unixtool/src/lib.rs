@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod child;
+pub mod handoff;
 pub mod httpget;
 pub mod json;
 pub mod quote;

@@ -291,6 +291,7 @@ impl Client<'_> {
             };
             match connect(&self.target.addr, clock) {
                 Ok(s) => {
+                    self.stats.connects += 1;
                     let _ = s.set_nodelay(true);
                     let _ = s.set_write_timeout(Some(self.target.timeout));
                     self.conn = Some(s);

@@ -215,7 +215,7 @@ pub fn json(run: &Run) -> String {
             "{{\"url\":{},\"elapsed_s\":{:.3},\"concurrency\":{},\"keepalive\":{},",
             "\"requests\":{},\"requests_per_s\":{:.1},\"ok\":{},\"failed\":{},",
             "\"refused\":{},\"reset\":{},\"timeout\":{},\"too_large\":{},\"eof\":{},\"bad_status\":{},\"error\":{},",
-            "\"retried\":{},\"mixed\":{},\"flapping\":{},\"no_x_release\":{},\"no_data_release\":{},",
+            "\"retried\":{},\"connects\":{},\"mixed\":{},\"flapping\":{},\"no_x_release\":{},\"no_data_release\":{},",
             "\"releases\":[{}],\"untracked\":{},",
             "\"latency_ms\":{{\"p50\":{},\"p99\":{},\"p99_9\":{},\"max\":{}}},",
             "\"worst_second\":{},\"fewest_second\":{},\"ok_verdict\":{},\"reason\":{}}}\n"
@@ -236,6 +236,7 @@ pub fn json(run: &Run) -> String {
         s.bad_status,
         s.error,
         s.retried,
+        s.connects,
         s.mixed,
         s.flapping,
         s.no_code_release,

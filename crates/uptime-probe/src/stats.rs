@@ -105,6 +105,8 @@ pub struct Stats {
     pub bad_status: u64,
     pub error: u64,
     pub retried: u64,
+    /// Connections made (each client's first, and every one after a close).
+    pub connects: u64,
     pub mixed: u64,
     pub flapping: u64,
     /// Responses without an X-Release header / without a data-release in the body.
@@ -131,6 +133,7 @@ impl Stats {
             bad_status: 0,
             error: 0,
             retried: 0,
+            connects: 0,
             mixed: 0,
             flapping: 0,
             no_code_release: 0,
@@ -194,6 +197,7 @@ impl Stats {
         self.bad_status += o.bad_status;
         self.error += o.error;
         self.retried += o.retried;
+        self.connects += o.connects;
         self.mixed += o.mixed;
         self.flapping += o.flapping;
         self.no_code_release += o.no_code_release;

@@ -100,13 +100,7 @@ pub fn next(site: &Site, buf: &[u8], must_close: bool) -> Next {
     }
     // Wait for a body the request announces (a GET may carry one), unless it is
     // refused anyway (too large, or a bad Content-Length: answer() says which).
-    let announced = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .filter_map(|h| content_length(h.value))
-        .max()
-        .unwrap_or(0);
+    let announced = announced_length(&req);
     if announced <= MAX_BODY && buf.len() < head_len + announced {
         return Next::Wait;
     }
@@ -132,6 +126,20 @@ pub fn next(site: &Site, buf: &[u8], must_close: bool) -> Next {
     }
 }
 
+/// The length of the first request in `buf` (head and announced body) once it
+/// is whole; None while it is not, or when it will be refused anyway (every
+/// byte is read then: the connection ends with the refusal). A stopping app
+/// that hands its connections over reads no further than this.
+pub fn first_request_len(buf: &[u8]) -> Option<usize> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(head_len)) = req.parse(buf) else {
+        return None;
+    };
+    let announced = announced_length(&req);
+    (announced <= MAX_BODY && buf.len() >= head_len + announced).then_some(head_len + announced)
+}
+
 /// An error response that ends the connection (the rest of the input is dropped).
 fn refuse(site: &Site, buf: &[u8], status: u16) -> Next {
     Next::Answer {
@@ -148,6 +156,16 @@ pub fn error_response(site: &Site, status: u16) -> Vec<u8> {
     let mut r = Response::error(status);
     r.close = true;
     render(site, &r, false, 1, Some("-"))
+}
+
+/// The body a request announces (the largest valid Content-Length; 0 without).
+fn announced_length(req: &httparse::Request) -> usize {
+    req.headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .filter_map(|h| content_length(h.value))
+        .max()
+        .unwrap_or(0)
 }
 
 /// A Content-Length value: digits only (RFC 9110 8.6), no sign, no inner space,

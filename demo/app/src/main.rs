@@ -66,7 +66,8 @@ struct Options {
 
 fn main() {
     let opts = parse_options();
-    let hold_fd = hold_descriptor();
+    let hold_fd = env_descriptor("FORKPOOL_HOLD_FD");
+    let handoff_fd = env_descriptor(unixtool::handoff::ENV);
     if opts.fail_start {
         TOOL.fatal(
             1,
@@ -76,6 +77,7 @@ fn main() {
     let (site, root) = pin_release(&opts.root, opts.verbose);
     let ready_pipe = adopt_descriptor(opts.ready_fd);
     let hold = adopt_descriptor(hold_fd);
+    let handoff = adopt_descriptor(handoff_fd);
     let mut signals = Signals::install()
         .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "block the stop signals", e));
     let listener = open_listener(opts.listen.as_deref());
@@ -101,8 +103,15 @@ fn main() {
             std::process::exit(0);
         }
     }
-    let mut server = server::Server::new(&site, &opts.limits, &mut life, &mut signals, &listener)
-        .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "set up epoll", e));
+    let mut server = server::Server::new(
+        &site,
+        &opts.limits,
+        &mut life,
+        &mut signals,
+        &listener,
+        handoff.as_ref(),
+    )
+    .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "set up epoll", e));
     if let server::End::Quit = server.run() {
         std::process::exit(0);
     }
@@ -182,21 +191,22 @@ fn default_max_connections() -> usize {
     limit.saturating_sub(32).clamp(1, 1_000_000) as usize
 }
 
-/// FORKPOOL_HOLD_FD, if set.
-fn hold_descriptor() -> Option<RawFd> {
-    std::env::var_os("FORKPOOL_HOLD_FD").map(|v| match unixtool::parse_number(&v, 0, i32::MAX) {
+/// A descriptor named by the environment (FORKPOOL_HOLD_FD,
+/// FORKPOOL_HANDOFF_FD), if set.
+fn env_descriptor(name: &str) -> Option<RawFd> {
+    std::env::var_os(name).map(|v| match unixtool::parse_number(&v, 0, i32::MAX) {
         Some(n) => n,
         None => TOOL.fatal(
             EXIT_USAGE,
             format_args!(
-                "FORKPOOL_HOLD_FD is not a descriptor number: {:?}",
+                "{name} is not a descriptor number: {:?}",
                 v.to_string_lossy()
             ),
         ),
     })
 }
 
-/// A descriptor handed down (--ready-fd, FORKPOOL_HOLD_FD): it must be open; the
+/// A descriptor handed down (--ready-fd, FORKPOOL_HOLD_FD, FORKPOOL_HANDOFF_FD): it must be open; the
 /// app owns it from now on (close-on-exec).
 fn adopt_descriptor(fd: Option<RawFd>) -> Option<OwnedFd> {
     let fd = fd?;

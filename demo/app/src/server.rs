@@ -10,6 +10,13 @@
 //! - `Linger`: our side is shut after the last response; what the client still
 //!   sends is read and dropped for a moment, so that unread input does not make
 //!   the kernel reset the connection and destroy the response.
+//!
+//! With forkpool's `--handoff` (`FORKPOOL_HANDOFF_FD`), a stop hands every
+//! connection that is between requests to forkpool, which passes it to a
+//! worker of the new generation; this loop takes such connections in as idle
+//! ones. While stopping, a connection is read no further than the end of the
+//! request in hand, so that the next one stays in the kernel's buffer and
+//! travels with the socket.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -31,6 +38,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const FILE_PIECE: usize = 64 * 1024;
 const LISTENER: u64 = u64::MAX;
 const SIGNALS: u64 = u64::MAX - 1;
+const HANDOFF: u64 = u64::MAX - 2;
 
 /// The deadlines and limits of `--read-timeout`, `--send-timeout`,
 /// `--idle-timeout`, `--stop-timeout`, `--max-connections`, `--retire-after`.
@@ -73,6 +81,8 @@ pub struct Server<'a> {
     life: &'a mut Lifecycle,
     signals: &'a mut Signals,
     listener: &'a OwnedFd,
+    /// `FORKPOOL_HANDOFF_FD`: connections come and go on it (None once closed).
+    handoff: Option<&'a OwnedFd>,
     epoll: Epoll,
     slots: Vec<Option<Conn>>,
     free: Vec<usize>,
@@ -100,6 +110,7 @@ impl<'a> Server<'a> {
         life: &'a mut Lifecycle,
         signals: &'a mut Signals,
         listener: &'a OwnedFd,
+        handoff: Option<&'a OwnedFd>,
     ) -> Result<Server<'a>, Errno> {
         // Another worker may take a connection between our wake-up and our
         // accept(2): it must fail with EAGAIN, not block. (O_NONBLOCK is shared by
@@ -107,12 +118,16 @@ impl<'a> Server<'a> {
         sys::set_nonblocking(listener.as_fd())?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(signals.fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))?;
+        if let Some(h) = handoff {
+            epoll.add(h, EpollEvent::new(EpollFlags::EPOLLIN, HANDOFF))?;
+        }
         let mut s = Server {
             site,
             limits,
             life,
             signals,
             listener,
+            handoff,
             epoll,
             slots: Vec::new(),
             free: Vec::new(),
@@ -144,18 +159,36 @@ impl<'a> Server<'a> {
                 Err(Errno::EINTR) => 0,
                 Err(e) => TOOL.fatal_errno(unixtool::EXIT_TEMPORARY, "wait in epoll", e),
             };
+            // A stop signal first, before the connections of the same wake-up:
+            // the switch waits for it (the `stopping` notice), and nothing is
+            // accepted after it.
+            if events[..n].iter().any(|ev| ev.data() == SIGNALS) {
+                if let Some(order) = self.signals.take() {
+                    if order == Order::Quit {
+                        return End::Quit;
+                    }
+                    self.stop();
+                }
+            }
             for ev in &events[..n] {
                 match ev.data() {
                     LISTENER => self.accept_all(),
-                    SIGNALS => {
-                        if let Some(order) = self.signals.take() {
-                            if order == Order::Quit {
-                                return End::Quit;
+                    HANDOFF => self.take_handed(),
+                    SIGNALS => {}
+                    slot => {
+                        self.drive(slot as usize);
+                        // One that came while this wake-up's work is done
+                        // waits for no more of it (one read(2) of the
+                        // signalfd, EAGAIN when none).
+                        if self.stop_at.is_none() {
+                            if let Some(order) = self.signals.take() {
+                                if order == Order::Quit {
+                                    return End::Quit;
+                                }
+                                self.stop();
                             }
-                            self.stop();
                         }
                     }
-                    slot => self.drive(slot as usize),
                 }
             }
             self.expire(Instant::now());
@@ -223,7 +256,7 @@ impl<'a> Server<'a> {
     fn accept_all(&mut self) {
         while self.accepting {
             match sys::accept(self.listener.as_fd()) {
-                Ok(fd) => self.add(fd),
+                Ok(fd) => self.add(fd, Phase::Request),
                 Err(Errno::EAGAIN) => return,
                 Err(Errno::EINTR | Errno::ECONNABORTED | Errno::EPROTO) => {}
                 Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
@@ -241,7 +274,9 @@ impl<'a> Server<'a> {
         }
     }
 
-    fn add(&mut self, fd: OwnedFd) {
+    /// Watch a new connection: `Request` for one just accepted (its request
+    /// deadline starts now), `Idle` for one handed over between requests.
+    fn add(&mut self, fd: OwnedFd, phase: Phase) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
@@ -262,7 +297,7 @@ impl<'a> Server<'a> {
         self.slots[slot] = Some(Conn {
             fd,
             serial: self.serial,
-            phase: Phase::Request,
+            phase,
             deadline: Instant::now(),
             input: Vec::new(),
             output: Vec::new(),
@@ -272,7 +307,11 @@ impl<'a> Server<'a> {
             eof: false,
         });
         self.open += 1;
-        self.set_deadline(slot, self.limits.request);
+        let after = match phase {
+            Phase::Idle => self.limits.idle,
+            _ => self.limits.request,
+        };
+        self.set_deadline(slot, after);
         if self.open >= self.limits.max_connections {
             let _ = self.listen(false);
         }
@@ -313,10 +352,61 @@ impl<'a> Server<'a> {
         self.life.stopping();
         for slot in 0..self.slots.len() {
             let Some(c) = &self.slots[slot] else { continue };
-            if c.phase == Phase::Idle {
+            if self.handoff.is_some() && between_requests(c) {
+                self.hand_over(slot);
+            } else if c.phase == Phase::Idle {
                 self.remove(slot);
             } else if c.deadline > now + self.limits.stop {
                 self.set_deadline(slot, self.limits.stop);
+            }
+        }
+    }
+
+    /// A connection between requests, while stopping: to forkpool if the
+    /// hand-over is on (what the client sent meanwhile is still in the
+    /// kernel's buffer and travels with it); closed otherwise, or if forkpool
+    /// does not take it.
+    fn hand_over(&mut self, slot: usize) {
+        let Some(Some(c)) = self.slots.get(slot) else {
+            return;
+        };
+        let sent = self
+            .handoff
+            .is_some_and(|h| unixtool::handoff::send(h.as_fd(), c.fd.as_fd()).is_ok());
+        if !sent {
+            // Not taken: from now on this stop is one without the hand-over;
+            // an idle connection is closed, one whose request has not come
+            // yet is served (its answer says close).
+            let idle = c.phase == Phase::Idle;
+            if let Some(h) = self.handoff.take() {
+                // Not watched either: what forkpool may still send is never read.
+                let _ = self.epoll.delete(h);
+            }
+            if !idle {
+                return;
+            }
+        }
+        self.remove(slot);
+    }
+
+    /// Connections forkpool hands over: idle ones of this loop from now on;
+    /// while stopping, handed back.
+    fn take_handed(&mut self) {
+        while let Some(h) = self.handoff {
+            match unixtool::handoff::recv(h.as_fd()) {
+                unixtool::handoff::Received::Conn(fd) => {
+                    if self.stop_at.is_some() {
+                        let _ = unixtool::handoff::send(h.as_fd(), fd.as_fd());
+                    } else if sys::set_nonblocking(fd.as_fd()).is_ok() {
+                        self.add(fd, Phase::Idle);
+                    }
+                }
+                unixtool::handoff::Received::Nothing => {}
+                unixtool::handoff::Received::Empty => return,
+                unixtool::handoff::Received::Closed => {
+                    let _ = self.epoll.delete(h);
+                    self.handoff = None;
+                }
             }
         }
     }
@@ -366,11 +456,13 @@ impl<'a> Server<'a> {
     /// Read what the client sent, answer a whole request. True if the phase changed.
     fn read_request(&mut self, slot: usize) -> bool {
         let stopping = self.stop_at.is_some();
+        let handing = stopping && self.handoff.is_some();
         let Some(Some(c)) = self.slots.get_mut(slot) else {
             return false;
         };
         let was_empty = c.input.is_empty();
-        match fill(c) {
+        let filled = if handing { fill_one(c) } else { fill(c) };
+        match filled {
             Ok(()) => {}
             Err(_) => {
                 self.remove(slot);
@@ -385,7 +477,9 @@ impl<'a> Server<'a> {
         }
         let idle = c.phase == Phase::Idle;
         let started = idle && was_empty;
-        let next = http::next(self.site, &c.input, stopping || c.eof);
+        // Stopping: the last response says close, unless the connection is
+        // to be handed over after it.
+        let next = http::next(self.site, &c.input, (stopping && !handing) || c.eof);
         match next {
             http::Next::Wait => {
                 if c.eof {
@@ -460,6 +554,11 @@ impl<'a> Server<'a> {
             self.set_deadline(slot, LINGER);
         } else if c.input.is_empty() {
             c.phase = Phase::Idle;
+            if self.stop_at.is_some() && self.handoff.is_some() {
+                // Between requests while stopping: on to the new generation.
+                self.hand_over(slot);
+                return false;
+            }
             self.set_deadline(slot, self.limits.idle);
         } else {
             // A pipelined request is already here: its deadline starts now.
@@ -510,20 +609,67 @@ fn refill(c: &mut Conn) -> Result<bool, ()> {
     }
 }
 
+/// Whether a connection is between requests: nothing of a next request read
+/// (idle, or accepted and not read from), no response under way.
+fn between_requests(c: &Conn) -> bool {
+    matches!(c.phase, Phase::Idle | Phase::Request) && c.input.is_empty() && c.output.is_empty()
+}
+
+/// As [`fill`], but never past the end of the first request: what follows it
+/// stays in the kernel's buffer (peeked at, not taken).
+fn fill_one(c: &mut Conn) -> Result<(), Errno> {
+    let mut look = vec![0u8; 16 * 1024];
+    while !c.eof && c.input.len() < http::MAX_REQUEST {
+        if http::first_request_len(&c.input).is_some() {
+            return Ok(());
+        }
+        let room = (http::MAX_REQUEST - c.input.len()).min(look.len());
+        let n = match sys::peek(c.fd.as_fd(), &mut look[..room]) {
+            Ok(0) => {
+                c.eof = true;
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut whole = c.input.clone();
+        whole.extend_from_slice(&look[..n]);
+        let take = match http::first_request_len(&whole) {
+            Some(len) => len - c.input.len(),
+            None => n,
+        };
+        if !recv_into(c, take)? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Read at most `room` bytes onto the connection's input. Ok(false): nothing
+/// is there now (EAGAIN).
+fn recv_into(c: &mut Conn, room: usize) -> Result<bool, Errno> {
+    let start = c.input.len();
+    c.input.resize(start + room, 0);
+    let r = sys::recv(c.fd.as_fd(), &mut c.input[start..]);
+    c.input.truncate(start + *r.as_ref().unwrap_or(&0));
+    match r {
+        Ok(0) => c.eof = true,
+        Ok(_) | Err(Errno::EINTR) => {}
+        Err(Errno::EAGAIN) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    Ok(true)
+}
+
 /// Read into the connection's input until the socket has no more, the client's
 /// end of file, or the input holds the most one request may be.
 fn fill(c: &mut Conn) -> Result<(), Errno> {
     while !c.eof && c.input.len() < http::MAX_REQUEST {
-        let start = c.input.len();
-        let room = (http::MAX_REQUEST - start).min(16 * 1024);
-        c.input.resize(start + room, 0);
-        let r = sys::recv(c.fd.as_fd(), &mut c.input[start..]);
-        c.input.truncate(start + *r.as_ref().unwrap_or(&0));
-        match r {
-            Ok(0) => c.eof = true,
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => return Ok(()),
-            Err(e) => return Err(e),
+        let room = (http::MAX_REQUEST - c.input.len()).min(16 * 1024);
+        if !recv_into(c, room)? {
+            return Ok(());
         }
     }
     Ok(())

@@ -193,6 +193,11 @@ pub fn recv(fd: BorrowedFd, buf: &mut [u8]) -> Result<usize, Errno> {
     socket::recv(fd.as_raw_fd(), buf, MsgFlags::empty())
 }
 
+/// Look at what is there without taking it (non-blocking socket).
+pub fn peek(fd: BorrowedFd, buf: &mut [u8]) -> Result<usize, Errno> {
+    socket::recv(fd.as_raw_fd(), buf, MsgFlags::MSG_PEEK)
+}
+
 /// Write what fits (non-blocking socket); no SIGPIPE.
 pub fn send(fd: BorrowedFd, buf: &[u8]) -> Result<usize, Errno> {
     socket::send(fd.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL)

@@ -1,0 +1,164 @@
+//! `--handoff`: kept connections from retiring workers to the accepting
+//! generation (an I/O leaf; the wire is unixtool::handoff, the protocol on
+//! the page). Each worker has a socket pair of its own: forkpool's end is in
+//! its process (workers.rs), the worker's end is `FORKPOOL_HANDOFF_FD`. What
+//! a worker sends on it is taken in and waits here until a worker of the
+//! accepting generation is there to take it (round robin over those the hub
+//! names), at most [`BOUND`]; then it is closed, as a stop closes it without
+//! the hand-over.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use unixtool::handoff::{self, Received};
+
+use crate::worker::WorkerId;
+
+/// How long a connection waits for a worker of the accepting generation.
+pub const BOUND: Duration = Duration::from_millis(1000);
+
+/// The connections taken in and not yet passed on.
+#[derive(Default)]
+pub struct Handoff {
+    waiting: VecDeque<(OwnedFd, Instant)>,
+    /// Round robin over the takers.
+    turn: usize,
+    /// Counted for `-v`: passed on, closed after the bound.
+    pub passed: u64,
+    pub expired: u64,
+}
+
+impl Handoff {
+    /// Take in every connection waiting on `end` (forkpool's end of one
+    /// worker's pair). False: the worker closed its end (forget it).
+    pub fn take_in(&mut self, end: BorrowedFd, now: Instant) -> bool {
+        loop {
+            match handoff::recv(end) {
+                Received::Conn(fd) => self.waiting.push_back((fd, now)),
+                Received::Nothing => {}
+                Received::Empty => return true,
+                Received::Closed => return false,
+            }
+        }
+    }
+
+    /// Pass what waits on to `takers` (their ids and forkpool's ends), round
+    /// robin; a taker whose end fails or is full is skipped. Then close what
+    /// waited longer than [`BOUND`].
+    pub fn pass_on(&mut self, takers: &[(WorkerId, BorrowedFd)], now: Instant) {
+        let mut full = vec![false; takers.len()];
+        'conns: while let Some((conn, since)) = self.waiting.pop_front() {
+            for _ in 0..takers.len() {
+                let i = self.turn % takers.len();
+                self.turn = self.turn.wrapping_add(1);
+                if full[i] {
+                    continue;
+                }
+                match handoff::send(takers[i].1, conn.as_fd()) {
+                    Ok(()) => {
+                        self.passed += 1;
+                        continue 'conns;
+                    }
+                    // Full (EAGAIN) or gone: the next taker.
+                    Err(_) => full[i] = true,
+                }
+            }
+            self.waiting.push_front((conn, since));
+            break;
+        }
+        while self.waiting.front().is_some_and(|(_, t)| now >= *t + BOUND) {
+            self.waiting.pop_front();
+            self.expired += 1;
+        }
+    }
+
+    /// When the oldest waiting connection is due to be closed.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.waiting.front().map(|(_, t)| *t + BOUND)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    /// A worker's pair: (forkpool's end, the worker's end).
+    fn pair() -> (OwnedFd, OwnedFd) {
+        handoff::pair().unwrap()
+    }
+
+    /// What the worker's end received, as a stream.
+    fn received(worker_end: &OwnedFd) -> Option<UnixStream> {
+        match handoff::recv(worker_end.as_fd()) {
+            Received::Conn(fd) => Some(UnixStream::from(fd)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn connections_go_round_robin_to_the_takers_and_stay_the_same_socket() {
+        let t0 = Instant::now();
+        let (old_ours, old_theirs) = pair();
+        let (a_ours, a_theirs) = pair();
+        let (b_ours, b_theirs) = pair();
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let (client, server) = UnixStream::pair().unwrap();
+            handoff::send(old_theirs.as_fd(), server.as_fd()).unwrap();
+            clients.push(client);
+        }
+        let mut h = Handoff::default();
+        assert!(h.take_in(old_ours.as_fd(), t0));
+        assert_eq!(h.next_deadline(), Some(t0 + BOUND));
+        let takers = [(WorkerId(1), a_ours.as_fd()), (WorkerId(2), b_ours.as_fd())];
+        h.pass_on(&takers, t0);
+        assert_eq!((h.passed, h.expired, h.next_deadline()), (4, 0, None));
+        // Each taker got two; what a client sends arrives on what it got.
+        for (i, client) in clients.iter_mut().enumerate() {
+            let end = if i % 2 == 0 { &a_theirs } else { &b_theirs };
+            let mut conn = received(end).expect("a connection");
+            client.write_all(&[i as u8]).unwrap();
+            let mut b = [0u8; 1];
+            conn.read_exact(&mut b).unwrap();
+            assert_eq!(b[0], i as u8);
+        }
+        assert!(received(&a_theirs).is_none());
+    }
+
+    #[test]
+    fn a_connection_no_worker_takes_is_closed_after_the_bound() {
+        let t0 = Instant::now();
+        let (ours, theirs) = pair();
+        let (mut client, server) = UnixStream::pair().unwrap();
+        handoff::send(theirs.as_fd(), server.as_fd()).unwrap();
+        drop(server);
+        let mut h = Handoff::default();
+        assert!(h.take_in(ours.as_fd(), t0));
+        h.pass_on(&[], t0 + BOUND - Duration::from_millis(1));
+        assert_eq!(h.expired, 0);
+        h.pass_on(&[], t0 + BOUND);
+        assert_eq!((h.expired, h.next_deadline()), (1, None));
+        // The last copy closed: the client reads end of file.
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_closed_end_is_told_and_a_full_or_closed_taker_is_skipped() {
+        let t0 = Instant::now();
+        let (ours, theirs) = pair();
+        drop(theirs);
+        let mut h = Handoff::default();
+        assert!(!h.take_in(ours.as_fd(), t0));
+        // A taker whose worker closed its end: the connection waits.
+        let (old_ours, old_theirs) = pair();
+        let (_client, server) = UnixStream::pair().unwrap();
+        handoff::send(old_theirs.as_fd(), server.as_fd()).unwrap();
+        assert!(h.take_in(old_ours.as_fd(), t0));
+        h.pass_on(&[(WorkerId(1), ours.as_fd())], t0);
+        assert_eq!((h.passed, h.next_deadline()), (0, Some(t0 + BOUND)));
+    }
+}
