@@ -356,6 +356,37 @@ fn a_silent_client_cannot_hold_the_worker() {
     assert_eq!(r.status, 408);
 }
 
+/// The same when the HUP and the first bytes of the request reach the app in
+/// one wake-up (the app stopped meanwhile, as a loaded machine does): the
+/// bytes in the kernel's buffer are a request in hand, not an idle
+/// connection to close (it was closed unanswered once the app took its
+/// stop signal first).
+#[test]
+fn hup_arriving_with_the_first_bytes_of_a_request_finishes_it() {
+    let t = TempDir::new("app-hup-bytes");
+    release(&t.join("r1"), "r1");
+    let mut app = start(&t.join("r1"), &["--read-timeout", "60000"]);
+    let mut s = connect(app.port);
+    s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    app.p.signal(Signal::SIGSTOP);
+    s.write_all(b"GET /release HTTP/1.1\r\n").unwrap();
+    app.p.signal(Signal::SIGHUP);
+    app.p.signal(Signal::SIGCONT);
+    s.write_all(b"Host: t\r\n\r\n").unwrap();
+    let r = read_response(&mut s).expect("the request begun before the HUP is answered");
+    assert_eq!(
+        (r.status, r.header("connection").as_deref()),
+        (200, Some("close"))
+    );
+    let st = app
+        .p
+        .wait_timeout(Duration::from_secs(5))
+        .expect("the app exits after the request in hand");
+    assert_eq!(st.code(), Some(0));
+}
+
 #[test]
 fn hup_finishes_the_request_in_hand_then_exits() {
     let t = TempDir::new("app-hup");

@@ -354,7 +354,7 @@ impl<'a> Server<'a> {
             let Some(c) = &self.slots[slot] else { continue };
             if self.handoff.is_some() && between_requests(c) {
                 self.hand_over(slot);
-            } else if c.phase == Phase::Idle {
+            } else if c.phase == Phase::Idle && !bytes_waiting(c) {
                 self.remove(slot);
             } else if c.deadline > now + self.limits.stop {
                 self.set_deadline(slot, self.limits.stop);
@@ -607,6 +607,14 @@ fn refill(c: &mut Conn) -> Result<bool, ()> {
         }
         _ => Err(()),
     }
+}
+
+/// Whether the client already sent something we have not read (or closed):
+/// an idle connection with bytes in the kernel's buffer has a request begun,
+/// and a stop finishes it instead of closing it unanswered.
+fn bytes_waiting(c: &Conn) -> bool {
+    let mut one = [0u8; 1];
+    matches!(sys::peek(c.fd.as_fd(), &mut one), Ok(1..))
 }
 
 /// Whether a connection is between requests: nothing of a next request read
