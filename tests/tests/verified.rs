@@ -385,18 +385,20 @@ fn the_options_are_checked_and_timed_readiness_under_cutover_warns() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
     let warning = "-m cutover with timed readiness";
-    for (ready, warns) in [
+    let cases = [
         (&["-a", "200"][..], true),
         (&[][..], true),
+        (&["-d", "3", "-a", "200"][..], true),
         (&["-d", "3"][..], false),
-    ] {
+    ];
+    for (ready, warns) in cases {
         let dir = TempDir::new("verified-warn");
         let (sock, _) = listener();
         let mut c = cmd("forkpool");
         c.args(["-n", "1", "-m", "cutover", "-S", "status"])
             .args(ready)
             .arg(bin("test-worker"));
-        if !warns {
+        if ready.contains(&"-d") {
             c.args(["--notify-fd", "3"]);
         }
         c.stdin(sock)

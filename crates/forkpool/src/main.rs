@@ -138,7 +138,7 @@ fn parse_options() -> (Config, Settings, usize) {
     }
     life.seed = lifecycle::seed();
     let ready = &mut common.ready;
-    if mode == Mode::Cutover && !ready.told() {
+    if mode == Mode::Cutover && (!ready.told() || ready.alive.is_some()) {
         // Issue 26: a worker that forks (a pre-fork server) accepts before
         // the hold reaches its children, or counts as ready while it fails.
         TOOL.warn("-m cutover with timed readiness (-a, or neither -d nor --notify) cannot hold a pre-fork server's workers nor see them fail: use -d or --notify and the hold descriptor (examples/gunicorn)");
