@@ -152,7 +152,12 @@ fn revert_under_load_brings_back_the_same_old_workers_with_nothing_failed_and_no
     let started = pool.starts();
     assert_eq!(started, 2 * N);
 
+    let t = std::time::Instant::now();
     let (code, out, err) = pool.poolctl(&["revert", "-t", "30"]);
+    eprintln!(
+        "poolctl revert answered in {:?} (not asserted)",
+        t.elapsed()
+    );
     assert_eq!(code, 0, "revert: {out}{err}\n{}", pool.log());
     assert!(
         out.contains(
