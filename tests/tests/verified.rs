@@ -16,6 +16,9 @@ use std::time::Duration;
 use integration_tests::*;
 use nix::sys::signal::Signal;
 
+mod common;
+use common::proc_state;
+
 const LONG: Duration = Duration::from_secs(30);
 const N: usize = 3;
 
@@ -126,17 +129,6 @@ impl Pool {
             .map(|l| worker_field(&l, "gen"))
             .unwrap_or_default()
     }
-}
-
-/// A process's state letter from /proc (T: stopped; '?': gone).
-fn proc_state(pid: i32) -> char {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.trim_start().chars().next())
-        })
-        .unwrap_or('?')
 }
 
 fn gone(pid: i32) -> bool {

@@ -338,6 +338,16 @@ pub fn upgrade(path: &Path, timeout: Duration, interrupted: &mut dyn FnMut() -> 
     )
 }
 
+/// The chain died while we waited: why, for the waiting tool.
+fn died(chain: &Chain) -> Option<WaitError> {
+    (!alive(chain.pid)).then(|| {
+        WaitError::NotRunning(format!(
+            "pid {} ({}) died while we waited",
+            chain.pid, chain.program
+        ))
+    })
+}
+
 type Verdict<'a> = &'a dyn Fn(&Status, &Status) -> Option<Result<(), String>>;
 
 fn signal_and_wait(
@@ -370,11 +380,8 @@ fn signal_and_wait(
                 None => {}
             }
         }
-        if !alive(pid) {
-            return Err(WaitError::NotRunning(format!(
-                "pid {pid} ({}) died while we waited",
-                chain.program
-            )));
+        if let Some(e) = died(&chain) {
+            return Err(e);
         }
         if start.elapsed() >= timeout {
             let secs = timeout.as_secs();
@@ -504,11 +511,8 @@ pub fn control(
                 }
             }
         }
-        if !alive(pid) {
-            return Err(WaitError::NotRunning(format!(
-                "pid {pid} ({}) died while we waited",
-                chain.program
-            )));
+        if let Some(e) = died(&chain) {
+            return Err(e);
         }
         if start.elapsed() >= timeout {
             let st = read(path).unwrap_or_default();
