@@ -4,10 +4,10 @@
 //! status file, verify, and roll back (verified) on failure or interrupt.
 //! See README.md.
 
-mod check;
+mod log;
 mod release;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -19,8 +19,8 @@ use unixtool::signals::{signal_name, SignalPipe};
 use unixtool::statusfile::{self, Status, WaitError};
 use unixtool::{Tool, EXIT_TEMPORARY, EXIT_USAGE};
 
-use check::Url;
 use release::Release;
+use unixtool::httpget::{self as check, Url};
 
 const EXIT_ROLLED_BACK: i32 = 1;
 const EXIT_ROLLBACK_FAILED: i32 = 2;
@@ -51,16 +51,18 @@ struct Options {
 }
 
 fn main() {
+    let started = Instant::now();
     let opts = parse_options();
     let link_dir = link_directory(&opts.link);
     let _lock = take_lock(&link_dir);
-    let mut d = Deploy::new(opts, link_dir);
+    let mut d = Deploy::new(opts, link_dir, started);
     d.mark_running();
     pause("locked");
     let status = d.find_chain();
     let serving = d.what_serves(&status);
     d.repair_link(&serving);
     let (target, cut) = d.choose_target(&serving);
+    d.planned(&serving, &target);
     if d.interrupted() {
         d.die(
             EXIT_ROLLED_BACK,
@@ -106,6 +108,14 @@ fn parse_options() -> Options {
     if rollback && id.is_some() {
         TOOL.usage("--id names a new release: not with --rollback");
     }
+    if let Some(dir) = args.first().filter(|_| !rollback) {
+        if unixtool::quote::needs_quoting(&dir.to_string_lossy()) {
+            TOOL.usage(format_args!(
+                "release_dir {} holds a control character (a newline?): refused",
+                dir.to_string_lossy()
+            ));
+        }
+    }
     let statusfile = PathBuf::from(args.pop().unwrap_or_default());
     let link = PathBuf::from(args.pop().unwrap_or_default());
     let release_dir = args.pop().map(PathBuf::from);
@@ -140,27 +150,50 @@ fn link_directory(link: &Path) -> PathBuf {
     })
 }
 
-/// deploy.lock beside LINK: flock, close-on-exec, never waited for.
+/// deploy.lock beside LINK: flock, close-on-exec, never waited for. Created
+/// 0600 and kept so (a lock another user can open, they can hold); one that
+/// another user owns, or that is not a regular file, is refused.
 fn take_lock(dir: &Path) -> OwnedFd {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let path = dir.join("deploy.lock");
+    let fail = |what: String| -> ! {
+        TOOL.fatal(
+            EXIT_TEMPORARY,
+            format_args!(
+                "unable to use {}: {what}; nothing was changed",
+                path.display()
+            ),
+        )
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&path)
-        .unwrap_or_else(|e| {
-            TOOL.fatal(
-                EXIT_TEMPORARY,
-                format_args!(
-                    "unable to open {}: {}",
-                    path.display(),
-                    unixtool::io_reason(&e)
-                ),
-            )
-        });
+        .unwrap_or_else(|e| fail(unixtool::io_reason(&e)));
+    let meta = file
+        .metadata()
+        .unwrap_or_else(|e| fail(unixtool::io_reason(&e)));
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.file_type().is_file() {
+        fail("not a regular file".to_string());
+    }
+    if meta.uid() != me {
+        fail(format!(
+            "it is owned by uid {}, not by uid {me} who deploys (another user could hold it)",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o7077 != 0 {
+        if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+            fail(format!(
+                "unable to make it 0600: {}",
+                unixtool::io_reason(&e)
+            ));
+        }
+    }
     let fd = OwnedFd::from(file);
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     let locked = unixtool::retry_eintr(|| {
@@ -178,7 +211,7 @@ fn take_lock(dir: &Path) -> OwnedFd {
 /// Who holds the lock, as deploy.running says.
 fn busy_reason(dir: &Path) -> String {
     let running = dir.join("deploy.running");
-    let pid: Option<i32> = std::fs::read_to_string(&running)
+    let pid: Option<i32> = unixtool::statusfile::read_small(&running, 64)
         .ok()
         .and_then(|t| t.trim().parse().ok());
     match pid {
@@ -230,13 +263,22 @@ struct Deploy {
     /// The first INT, TERM or HUP that came.
     signal: Cell<Option<Signal>>,
     chain_pid: i32,
+    /// The deploy log's line (log.rs), written at the end.
+    log: RefCell<log::Entry>,
 }
 
 impl Deploy {
-    fn new(opts: Options, link_dir: PathBuf) -> Deploy {
+    fn new(opts: Options, link_dir: PathBuf, started: Instant) -> Deploy {
         let sigs = SignalPipe::install(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP])
             .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
         let link = link_dir.join(opts.link.file_name().unwrap_or_default());
+        let kind = if opts.release_dir.is_some() {
+            "deploy"
+        } else {
+            "rollback"
+        };
+        let mut entry = log::Entry::new(started, kind);
+        entry.step("lock", true);
         Deploy {
             opts,
             link_dir,
@@ -244,6 +286,39 @@ impl Deploy {
             sigs,
             signal: Cell::new(None),
             chain_pid: 0,
+            log: RefCell::new(entry),
+        }
+    }
+
+    /// The deploy log: what served, what is deployed; the step before.
+    fn planned(&self, serving: &Release, target: &Release) {
+        let mut e = self.log.borrow_mut();
+        e.before = Some(serving.name());
+        e.target = Some(target.name());
+        e.target_id = target.id.clone();
+        e.step("prepare", true);
+    }
+
+    fn step(&self, name: &str, ok: bool) {
+        self.log.borrow_mut().step(name, ok);
+    }
+
+    /// The deploy log's line for exit `code`, appended; a warning if it cannot be.
+    fn write_log(&self, code: i32) {
+        let e = self.log.borrow();
+        let after = match code {
+            0 => e.target.clone(),
+            1 => e.before.clone(),
+            _ => None,
+        };
+        let link = Release::of_link(&self.link, &self.link_dir).map(|r| r.name());
+        let line = e.line(code, after.as_deref(), link.as_deref());
+        if let Err(err) = log::append(&self.link_dir, &line) {
+            TOOL.warn(format_args!(
+                "unable to append to {}: {}",
+                self.link_dir.join(log::FILE).display(),
+                unixtool::io_reason(&err)
+            ));
         }
     }
 
@@ -258,7 +333,7 @@ impl Deploy {
     /// deploy.running names us; a stale one (dead pid) is reported.
     fn mark_running(&mut self) {
         let path = self.running_file();
-        if let Some(p) = std::fs::read_to_string(&path)
+        if let Some(p) = unixtool::statusfile::read_small(&path, 64)
             .ok()
             .and_then(|t| t.trim().parse::<i32>().ok())
         {
@@ -280,14 +355,16 @@ impl Deploy {
         }
     }
 
-    /// Remove deploy.running, exit.
+    /// Write the deploy log's line, remove deploy.running, exit.
     fn finish(&self, code: i32) -> ! {
+        self.write_log(code);
         let _ = std::fs::remove_file(self.running_file());
         std::process::exit(code)
     }
 
     fn die(&self, code: i32, msg: impl std::fmt::Display) -> ! {
         say(format_args!("fatal: {msg}"));
+        self.log.borrow_mut().reason(&msg);
         self.finish(code)
     }
 
@@ -333,7 +410,8 @@ impl Deploy {
         }
         let linked = Release::of_link(&self.link, &self.link_dir);
         if let Some(url) = &self.opts.check {
-            if let Some(answer) = check::ask(url, Duration::from_secs(5)) {
+            let until = Instant::now() + Duration::from_secs(5);
+            if let Some(answer) = check::ask(url, until, &mut || self.interrupted()) {
                 let history = release::read_history(&self.history_file()).unwrap_or_default();
                 let known = linked.iter().cloned().chain(
                     history
@@ -422,6 +500,18 @@ impl Deploy {
                 ),
             )
         });
+        // The history holds one name a line, and the status files and the
+        // messages quote what they carry: a name with a newline or another
+        // control character cannot be recorded as it is, so it is refused.
+        if unixtool::quote::needs_quoting(&r.name()) {
+            self.die(
+                EXIT_USAGE,
+                format_args!(
+                    "unable to use release {}: its name holds a control character (a newline?); nothing was changed",
+                    r.name()
+                ),
+            );
+        }
         if let Some(id) = &self.opts.id {
             r.id = Some(id.clone());
         }
@@ -445,6 +535,9 @@ impl Deploy {
     fn switch_and_verify(&self, old: &Release, new: &Release, cut: Option<usize>) -> i32 {
         if new.dir == old.dir {
             say(format_args!("{} serves already; nothing to do", new.name()));
+            self.log
+                .borrow_mut()
+                .reason(format_args!("{} serves already", new.name()));
             return 0;
         }
         if let Err(e) = self.switch(new) {
@@ -463,10 +556,16 @@ impl Deploy {
             old.name(),
             new.name()
         ));
+        self.step("switch", true);
+        self.log.borrow_mut().switched = true;
         pause("switched");
-        match self.reload_and_check(new, true) {
+        let verified = self.reload_and_check(new, true);
+        self.step_check(&verified);
+        match verified {
             Ok(()) => {
-                if let Err(e) = self.record(old, new, cut) {
+                let recorded = self.record(old, new, cut);
+                self.step("history", recorded.is_ok());
+                if let Err(e) = recorded {
                     let undone = self.undo(old);
                     self.die(
                         EXIT_TEMPORARY,
@@ -490,6 +589,9 @@ impl Deploy {
                     new.name(),
                     old.name()
                 ));
+                self.log
+                    .borrow_mut()
+                    .reason(format_args!("deploy of {} failed: {reason}", new.name()));
                 self.roll_back(old, new)
             }
             Err(other) => self.gone(other, old),
@@ -543,7 +645,10 @@ impl Deploy {
 
     /// Switch back to `old` and verify it: 1 when it serves again, else 2 (or 3, 111).
     fn roll_back(&self, old: &Release, new: &Release) -> i32 {
-        if let Err(e) = self.switch(old) {
+        self.log.borrow_mut().prefix = "rollback-";
+        let switched = self.switch(old);
+        self.step("switch", switched.is_ok());
+        if let Err(e) = switched {
             self.die(
                 EXIT_ROLLBACK_FAILED,
                 format_args!(
@@ -560,7 +665,9 @@ impl Deploy {
             old.name()
         ));
         pause("rollback");
-        match self.reload_and_check(old, false) {
+        let verified = self.reload_and_check(old, false);
+        self.step_check(&verified);
+        match verified {
             Ok(()) => {
                 say(format_args!("rolled back: {} serves", old.name()));
                 EXIT_ROLLED_BACK
@@ -575,6 +682,7 @@ impl Deploy {
 
     /// After a history write failed: back to `old`, verified if possible.
     fn undo(&self, old: &Release) -> String {
+        self.log.borrow_mut().prefix = "undo-";
         if let Err(e) = self.switch(old) {
             return format!(
                 "unable to switch {} back to {}: {e}",
@@ -611,7 +719,10 @@ impl Deploy {
             }
             self.interrupted() && interruptible
         };
-        let st = match statusfile::reload(&self.opts.statusfile, self.opts.timeout, &mut stop) {
+        let answer = statusfile::reload(&self.opts.statusfile, self.opts.timeout, &mut stop);
+        self.step("reload", answer.is_ok());
+        self.log.borrow_mut().reload_ok = answer.is_ok();
+        let st = match answer {
             Ok(st) => st,
             Err(WaitError::Failed(r)) => return Err(Outcome::Failed(r)),
             Err(WaitError::TimedOut {
@@ -639,10 +750,14 @@ impl Deploy {
             if interruptible && self.interrupted() {
                 return Err(self.interruption());
             }
-            if let Some(a) = check::ask(url, Duration::from_secs(2)) {
+            // One try: 2 s at most, never past the deadline, given up within
+            // 100 ms of an INT or TERM (when interruptible).
+            let try_until = (Instant::now() + Duration::from_secs(2)).min(until);
+            let mut stop = || self.interrupted() && interruptible;
+            if let Some(a) = check::ask(url, try_until, &mut stop) {
                 let ok = (200..300).contains(&a.status);
                 if ok && want.iter().all(|w| *w == a.release) {
-                    say(format_args!("{} answers {}", url_text(url), a.release));
+                    say(format_args!("{} answers {}", url, a.release));
                     return Ok(());
                 }
                 last = format!("{} {}", a.status, a.release);
@@ -656,11 +771,18 @@ impl Deploy {
             if Instant::now() >= until {
                 return Err(Outcome::Failed(format!(
                     "{} answered {last}, not {}",
-                    url_text(url),
+                    url,
                     want.as_deref().unwrap_or("2xx")
                 )));
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The deploy log: the check's step, when there was one (a reload said yes).
+    fn step_check(&self, verified: &Result<(), Outcome>) {
+        if self.opts.check.is_some() && self.log.borrow().reload_ok {
+            self.step("check", verified.is_ok());
         }
     }
 
@@ -685,8 +807,4 @@ impl Deploy {
         }
         release::write_history(&path, &lines).map_err(|e| unixtool::io_reason(&e))
     }
-}
-
-fn url_text(u: &Url) -> String {
-    format!("http://{}:{}{}", u.host, u.port, u.path)
 }
