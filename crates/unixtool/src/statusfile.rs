@@ -540,13 +540,17 @@ fn fifo_of(pid: i32, st: &Status) -> Option<PathBuf> {
 }
 
 /// Write `line` to the FIFO: never blocks, never follows a symlink, never
-/// writes to anything but a FIFO.
+/// writes to anything but a FIFO. `Err(why)`: `missing` when nothing is at
+/// the FIFO's name.
 fn send(fifo: &Path, line: &str) -> Result<(), String> {
     let mut f = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(fifo)
-        .map_err(|e| crate::io_reason(&e))?;
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => "missing".to_string(),
+            _ => crate::io_reason(&e),
+        })?;
     let is_fifo = f.metadata().map(|m| m.file_type().is_fifo());
     if !is_fifo.unwrap_or(false) {
         return Err("not a FIFO".to_string());
@@ -564,7 +568,7 @@ pub type Done<'a> = &'a dyn Fn(&Status, &Status) -> Option<Result<(), String>>;
 /// `path`, then wait until it read it: refused (`WaitError::Failed`, with
 /// `reason=`), or accepted and `done` says how it ended; or the deadline
 /// passes, the pool dies or stops, or `interrupted()` returns true. A pool
-/// without `-C` is `Failed`; a FIFO that cannot be written, `NotRunning`.
+/// without `-C`, or whose FIFO is missing or cannot be written, is `Failed`.
 pub fn control(
     path: &Path,
     line: &str,
@@ -580,11 +584,14 @@ pub fn control(
             chain.program
         )));
     };
+    // The pool runs (checked above): the FIFO is what is wrong.
     if let Err(why) = send(&fifo, line) {
-        return Err(WaitError::NotRunning(format!(
-            "unable to write to control FIFO {}: {why}",
-            fifo.display()
-        )));
+        let why = if why == "missing" {
+            format!("control FIFO {} missing (pid {pid} runs)", fifo.display())
+        } else {
+            format!("unable to write to control FIFO {}: {why}", fifo.display())
+        };
+        return Err(WaitError::Failed(why));
     }
     let (n0, _) = command_of(&before);
     let start = Instant::now();
