@@ -14,6 +14,10 @@ trait Verified {
     fn all_ready(&mut self, gen: u64) -> Vec<Action>;
     fn switched() -> Self;
     fn command(&mut self, e: fn(f64) -> Event<'static>) -> Vec<Action>;
+    fn prepare(&mut self, to: &str) -> Vec<Action>;
+    fn one_draining() -> (Self, WorkerId)
+    where
+        Self: Sized;
     fn stage(&self) -> VerifyStage;
     fn parked(&self) -> Vec<WorkerId>;
     fn status(&self, key: &str) -> String;
@@ -63,6 +67,37 @@ impl Verified for Sim {
 
     fn stage(&self) -> VerifyStage {
         self.p.verify.stage
+    }
+
+    /// `prepare` to `to`, then a step (fed).
+    fn prepare(&mut self, to: &str) -> Vec<Action> {
+        let wall = WALL + (self.now - self.t0).as_secs_f64();
+        let a = self.p.handle(
+            self.now,
+            Event::Prepare {
+                wall,
+                resolve: &mut || Ok(release(to)),
+            },
+        );
+        self.with_step(a)
+    }
+
+    /// A HUP to r2 whose workers are all ready at 1.2 s while an old worker
+    /// (retired before, still alive) drains: parked, not released yet.
+    fn one_draining() -> (Sim, WorkerId) {
+        let mut s = Sim::verified();
+        let draining = s.of(1, WorkerPhase::Ready)[0];
+        s.p.retire(draining, s.now, Why::Replaced);
+        s.at(1000);
+        let a = s.hup_then_step(release("r2"));
+        s.feed(a);
+        s.at(1200);
+        let a = s.all_ready(2);
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::Release { .. })),
+            "{a:?}"
+        );
+        (s, draining)
     }
 
     fn parked(&self) -> Vec<WorkerId> {
@@ -265,13 +300,7 @@ fn a_hup_or_a_prepare_while_pending_is_refused() {
         s.status("reason"),
         "HUP refused: generation 2 awaits confirm or revert"
     );
-    let a = s.p.handle(
-        s.now,
-        Event::Prepare {
-            wall: WALL,
-            resolve: &mut || Ok(release("r3")),
-        },
-    );
+    let a = s.prepare("r3");
     assert!(starts(&a).is_empty(), "{a:?}");
     assert_eq!(s.status("command"), "1 prepare refused");
     assert_eq!(s.stage(), VerifyStage::Pending);
@@ -360,14 +389,7 @@ fn a_worker_of_the_new_generation_that_dies_while_pending_is_replaced_in_it() {
 fn a_two_phase_commit_parks_too() {
     let mut s = Sim::verified();
     s.at(1000);
-    let a = s.p.handle(
-        s.now,
-        Event::Prepare {
-            wall: WALL + 1.0,
-            resolve: &mut || Ok(release("r2")),
-        },
-    );
-    s.with_step(a);
+    s.prepare("r2");
     s.at(1200);
     s.all_ready(2);
     assert_eq!(s.p.two_phase.stage, Stage::Prepared);
@@ -435,18 +457,7 @@ fn a_slot_added_while_pending_is_of_the_new_generation_and_of_the_old_after_a_re
 #[test]
 fn the_deadline_counts_from_the_release_not_from_the_park() {
     // An old worker draining (retired earlier, still alive) delays the release.
-    let mut s = Sim::verified();
-    let draining = s.of(1, WorkerPhase::Ready)[0];
-    s.p.retire(draining, s.now, Why::Replaced);
-    s.at(1000);
-    let a = s.hup_then_step(release("r2"));
-    s.feed(a);
-    s.at(1200);
-    let a = s.all_ready(2);
-    assert!(
-        !a.iter().any(|a| matches!(a, Action::Release { .. })),
-        "{a:?}"
-    );
+    let (mut s, draining) = Sim::one_draining();
     assert_eq!(s.stage(), VerifyStage::Pending);
     assert_eq!(s.parked().len(), N - 1);
     assert_eq!(s.p.verify.deadline, None);
@@ -466,14 +477,7 @@ fn the_deadline_counts_from_the_release_not_from_the_park() {
 
 #[test]
 fn a_revert_before_the_release_fails_the_reload_and_a_hup_is_taken_again() {
-    let mut s = Sim::verified();
-    let draining = s.of(1, WorkerPhase::Ready)[0];
-    s.p.retire(draining, s.now, Why::Replaced);
-    s.at(1000);
-    let a = s.hup_then_step(release("r2"));
-    s.feed(a);
-    s.at(1200);
-    s.all_ready(2);
+    let (mut s, _) = Sim::one_draining();
     assert!(matches!(s.p.reload, Reload::Running { .. }));
     s.at(1300);
     let a = s.command(revert);
