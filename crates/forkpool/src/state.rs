@@ -7,7 +7,8 @@
 //! `forkpool-state VERSION`, one record a line (`KIND key=value ...`), `end`.
 //!
 //! Records, in order: `clock` (CLOCK_MONOTONIC when written, so times are put
-//! back exactly), `pool`, `generation` (role target, serving, accepting),
+//! back exactly), `pool`, `generation` (role target, serving, accepting,
+//! parked), `verify` (the verified switch's stage, issue 26),
 //! `slot` (one per slot, in order), `worker` (one per worker: the policy's
 //! fields and the descriptors of its process), `notify`, `upgrade`.
 //! Instants are microseconds from the moment of writing.
@@ -36,11 +37,15 @@ use crate::policy::Policy;
 use crate::reloads::ReloadCounts;
 use crate::settings::Settings;
 use crate::two_phase::{Stage, TwoPhase};
+use crate::verify::{Verify, VerifyStage};
 use crate::worker::{Slot, Why, Worker, WorkerId, WorkerPhase};
 
 pub const MAGIC: &str = "forkpool-state";
 /// The version of the format this build writes and reads.
-pub const VERSION: u32 = 4;
+/// 2: the reload counts (reloads.rs); 3: the two-phase `control` record;
+/// 4: the hand-over ends (issue 30); 5: `verify`, the parked generation, a
+/// worker's `parked` (issue 26).
+pub const VERSION: u32 = 5;
 
 /// The descriptors of worker `id`'s process, as handed over (its pid and
 /// start are the policy's [`Worker`]).
@@ -131,6 +136,13 @@ const WHYS: [(&str, Option<Why>); 10] = [
     ("watchdog", Some(Why::Watchdog)),
 ];
 
+const VERIFY_STAGES: [(&str, VerifyStage); 4] = [
+    ("none", VerifyStage::None),
+    ("pending", VerifyStage::Pending),
+    ("confirmed", VerifyStage::Confirmed),
+    ("reverted", VerifyStage::Reverted),
+];
+
 const STAGES: [(&str, Stage); 7] = [
     ("none", Stage::None),
     ("preparing", Stage::Preparing),
@@ -199,6 +211,7 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         queued: _, // empty between events (Policy::handle takes them)
         life,
         two_phase,
+        verify,
         reloads,
     } = policy;
     let TwoPhase {
@@ -217,6 +230,12 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         commands,
         last,
     } = two_phase;
+    let Verify {
+        stage: verify_stage,
+        generation: verify_generation,
+        parked,
+        deadline: verify_deadline,
+    } = verify;
     let PoolLife {
         rng,
         totals,
@@ -250,6 +269,17 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         s.record("generation", &generation_fields("serving", g)?);
     }
     s.record("generation", &generation_fields("accepting", accepting)?);
+    if let Some(g) = parked {
+        s.record("generation", &generation_fields("parked", g)?);
+    }
+    s.record(
+        "verify",
+        &[
+            ("stage", name_of(&VERIFY_STAGES, verify_stage).to_string()),
+            ("generation", verify_generation.to_string()),
+            ("deadline", instant_field(*verify_deadline, now)),
+        ],
+    );
     for slot in slots {
         let Slot {
             backoff,
@@ -276,6 +306,7 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
             started,
             kill_at,
             held,
+            parked,
             retired,
             life,
         } = w;
@@ -306,6 +337,7 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
                 ("started", instant_field(Some(*started), now)),
                 ("kill_at", instant_field(kill_at.0, now)),
                 ("held", (*held as u8).to_string()),
+                ("parked", (*parked as u8).to_string()),
                 ("retired", name_of(&WHYS, retired).to_string()),
                 (
                     "max_age_ms",
@@ -408,6 +440,8 @@ fn read_records(
     let mut serving = None;
     let mut target = None;
     let mut accepting = None;
+    let mut parked = None;
+    let mut verify = None;
     let mut pool = None;
     let mut slot_counts = Vec::new();
     for mut r in records {
@@ -453,8 +487,17 @@ fn read_records(
                     "target" => target = Some(g),
                     "serving" => serving = Some(g),
                     "accepting" => accepting = Some(g),
+                    "parked" => parked = Some(g),
                     _ => return Err(format!("generation: role={role:?} is not known")),
                 }
+            }
+            "verify" => {
+                let stage = r.take("stage")?;
+                verify = Some((
+                    one_of(&r, "stage", &stage, &VERIFY_STAGES)?,
+                    r.num("generation")?,
+                    r.instant("deadline", base)?,
+                ));
             }
             "slot_recycled" => {
                 let counts = counts_of("counts", &r.take("counts")?)?;
@@ -494,6 +537,7 @@ fn read_records(
                     started,
                     kill_at: KillDeadline(r.instant("kill_at", base)?),
                     held: r.num::<u8>("held")? != 0,
+                    parked: r.num::<u8>("parked")? != 0,
                     retired,
                     life,
                 };
@@ -551,9 +595,12 @@ fn read_records(
         Some(accepting),
         Some((upgrades, upgrade_failures, exe)),
         Some((newest, next_worker, reload, reason, stop, switch_since, rng, totals, reloads)),
-    ) = (target, accepting, upgrade, pool)
+        Some((verify_stage, verify_generation, verify_deadline)),
+    ) = (target, accepting, upgrade, pool, verify)
     else {
-        return Err("the state lacks a pool, target, accepting or upgrade record".to_string());
+        return Err(
+            "the state lacks a pool, target, accepting, verify or upgrade record".to_string(),
+        );
     };
     if slots.is_empty() {
         return Err("the state has no slot".to_string());
@@ -583,6 +630,14 @@ fn read_records(
         // Handed over but for the open prepare's fields (an upgrade waits
         // while one is open); Pool::open_control sets `control` and `timeout`.
         two_phase: two_phase.ok_or("the state lacks a control record")?,
+        // Handed over: a USR2 while a switch awaits confirm or revert keeps
+        // the parked workers, and the deadline, as they were.
+        verify: Verify {
+            stage: verify_stage,
+            generation: verify_generation,
+            parked,
+            deadline: verify_deadline,
+        },
         reloads,
     };
     Ok(Snapshot {
@@ -617,6 +672,7 @@ mod tests {
                 ..Default::default()
             },
             backoff_max: Duration::from_secs(8),
+            confirm_timeout: Some(Duration::from_secs(5)),
         }
     }
 
@@ -787,6 +843,16 @@ mod tests {
         w.kill_at = KillDeadline(Some(now + Duration::from_secs(9)));
         w.held = true;
         w.retired = Some(Why::Watchdog);
+        p.workers[1].parked = true;
+        p.verify = Verify {
+            stage: VerifyStage::Pending,
+            generation: 2,
+            parked: Some(Generation {
+                id: 1,
+                release: Some(PathBuf::from("/srv/releases/r 1=x")),
+            }),
+            deadline: Some(now + Duration::from_millis(2500)),
+        };
         p.two_phase.stage = crate::two_phase::Stage::Committed;
         p.two_phase.commands = 4;
         p.two_phase.generation = 2;

@@ -12,8 +12,9 @@
 //! generation (the last one that did). The rule's steps (converge.rs), in
 //! order:
 //!
-//! 0. the two-phase gate (prepare.rs): an open prepare past its deadline
-//!    aborts; one whose generation is wholly ready is prepared;
+//! 0. the gates: an open prepare past its deadline aborts, one whose
+//!    generation is wholly ready is prepared (prepare.rs); a pending
+//!    verified switch past its deadline reverts (verify.rs);
 //! 1. every slot without a live worker of the target generation gets one (at
 //!    once, or after its back-off when the previous one failed);
 //! 2. every live worker that is not of the target generation, or sits in a
@@ -47,6 +48,10 @@
 //!    or were killed at the drain deadline), the serving generation becomes
 //!    the accepting one: every held worker of it is released at once.
 //!
+//! With `--confirm-timeout` (policy/verify.rs) step 3 *parks* the old
+//! generation instead (stopped, warm, counted as gone for 4.) until
+//! `confirm` retires it or `revert` (or the deadline) brings it back.
+//!
 //! The state is plain data. Its only clock values are `Instant`s (a start, a
 //! KILL deadline, a back-off's end, a reload's or a switch's beginning); to
 //! hand the state to another process (an in-place upgrade, state.rs) write
@@ -73,6 +78,7 @@ use crate::lifecycle::{PoolLife, Recycle, WorkerLife};
 use crate::reloads::ReloadCounts;
 use crate::settings::{Mode, Settings};
 use crate::two_phase::TwoPhase;
+use crate::verify::Verify;
 use crate::worker::{Slot, Why, Worker, WorkerId, WorkerPhase};
 
 /// What the pool must do, in this order.
@@ -161,6 +167,10 @@ pub enum Event<'a> {
     },
     /// `abort`.
     Abort { wall: f64 },
+    /// `confirm`: the parked generation is retired (policy/verify.rs).
+    Confirm { wall: f64 },
+    /// `revert`: the parked generation serves again, the new one goes.
+    Revert { wall: f64 },
 }
 
 /// After an event: whether the rule's steps run at once.
@@ -197,6 +207,8 @@ pub struct Policy {
     pub life: PoolLife,
     /// `-C`: prepare, commit, abort (policy/prepare.rs).
     pub two_phase: TwoPhase,
+    /// `--confirm-timeout`: the verified switch (policy/verify.rs).
+    pub verify: Verify,
     /// Reloads by result, their durations (reloads.rs).
     pub reloads: ReloadCounts,
 }
@@ -236,6 +248,7 @@ impl Policy {
             queued: Vec::new(),
             life,
             two_phase: TwoPhase::default(),
+            verify: Verify::default(),
             reloads: ReloadCounts::default(),
         };
         p.info(format!(
@@ -313,6 +326,9 @@ impl Policy {
             }
             // The prepared workers are retired at once.
             Event::Abort { wall } => self.abort(now, wall),
+            // A revert retires the new generation and refills at once.
+            Event::Confirm { wall } => self.confirm(now, wall),
+            Event::Revert { wall } => self.revert(now, wall),
         };
         if then == Then::Converge {
             self.converge(now);
@@ -349,8 +365,14 @@ impl Policy {
             .count()
     }
 
+    /// Held workers of a generation not released yet (parked ones are not).
     pub fn held_count(&self) -> usize {
-        self.workers.iter().filter(|w| w.held).count()
+        self.workers.iter().filter(|w| w.held && !w.parked).count()
+    }
+
+    /// Parked workers (`--confirm-timeout`: the old generation, stopped).
+    pub fn parked_count(&self) -> usize {
+        self.workers.iter().filter(|w| w.parked).count()
     }
 
     /// The generation that serves as a client sees it: the serving one, or
@@ -398,7 +420,7 @@ impl Policy {
         earliest(
             starts
                 .chain(workers)
-                .chain([reload, self.life_deadline()])
+                .chain([reload, self.life_deadline(), self.verify_deadline()])
                 .chain(self.prepare_deadlines()),
         )
     }
@@ -415,6 +437,7 @@ mod converge;
 mod events;
 mod lifecycle;
 mod prepare;
+mod verify;
 
 #[cfg(test)]
 mod sim;
@@ -426,3 +449,5 @@ mod tests_hostile;
 mod tests_lifecycle;
 #[cfg(test)]
 mod tests_prepare;
+#[cfg(test)]
+mod tests_verify;
