@@ -6,6 +6,7 @@
 
 mod check;
 mod release;
+mod verify;
 
 use std::cell::Cell;
 use std::ffi::OsString;
@@ -29,11 +30,15 @@ const EXIT_BUSY: i32 = 75;
 
 const TOOL: Tool = Tool {
     name: "deploy-release",
-    usage: "deploy-release [-t secs] [-c url] [-i id] release_dir link statusfile | deploy-release -r [-t secs] [-c url] link statusfile",
+    usage: "deploy-release [-t secs] [-c url]... [-w ms] [-g n] [-i id] release_dir link statusfile | deploy-release -r [-t secs] [-c url]... [-w ms] [-g n] link statusfile",
     help: "
   -t, --timeout SECS   wait at most SECS for the reload and the check (default 60)
-  -c, --check URL      verify: URL (http://host:port/path) answers the release's id
-                       (X-Release header, or the body), else roll back
+  -c, --check URL      verify: URL (http://host:port/path) answers 2xx and the release's
+                       id (X-Release header, or the body), else roll back; repeatable:
+                       every URL must pass in each round
+  -w, --verify-window MS  a good round of every check within MS ms of the switch and of
+                       the last good round, else not verified (default 1000)
+  -g, --good N         N consecutive good rounds (at most 50 ms apart) verify (default 3)
   -i, --id ID          the release's id (default: the first line of RELEASE_DIR/RELEASE)
   -r, --rollback       go back to the last release before the serving one in history
   -h, --help           this text
@@ -46,7 +51,9 @@ struct Options {
     link: PathBuf,
     statusfile: PathBuf,
     timeout: Duration,
-    check: Option<Url>,
+    checks: Vec<Url>,
+    verify_window: Duration,
+    good: u32,
     id: Option<String>,
 }
 
@@ -73,7 +80,8 @@ fn main() {
 
 fn parse_options() -> Options {
     let mut timeout = Duration::from_secs(60);
-    let (mut check, mut id, mut rollback) = (None, None, false);
+    let (mut checks, mut id, mut rollback) = (Vec::new(), None, false);
+    let (mut verify_window, mut good) = (Duration::from_millis(1000), 3);
     let mut args: Vec<OsString> = Vec::new();
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = TOOL.next_arg(&mut parser) {
@@ -84,9 +92,16 @@ fn parse_options() -> Options {
             }
             Short('c') | Long("check") => {
                 let v = TOOL.value(&mut parser).to_string_lossy().into_owned();
-                check = Some(Url::parse(&v).unwrap_or_else(|| {
+                checks.push(Url::parse(&v).unwrap_or_else(|| {
                     TOOL.usage(format_args!("-c wants http://host[:port]/path, not {v:?}"))
                 }));
+            }
+            Short('w') | Long("verify-window") => {
+                let v = TOOL.value(&mut parser);
+                verify_window = Duration::from_millis(TOOL.number("-w", &v, 1, 3_600_000));
+            }
+            Short('g') | Long("good") => {
+                good = TOOL.number("-g", &TOOL.value(&mut parser), 1, 1000)
             }
             Short('i') | Long("id") => id = Some(TOOL.value(&mut parser).to_string_lossy().into()),
             Short('r') | Long("rollback") => rollback = true,
@@ -114,7 +129,9 @@ fn parse_options() -> Options {
         link,
         statusfile,
         timeout,
-        check,
+        checks,
+        verify_window,
+        good,
         id,
     }
 }
@@ -332,7 +349,7 @@ impl Deploy {
             }
         }
         let linked = Release::of_link(&self.link, &self.link_dir);
-        if let Some(url) = &self.opts.check {
+        if let Some(url) = self.opts.checks.first() {
             if let Some(answer) = check::ask(url, Duration::from_secs(5)) {
                 let history = release::read_history(&self.history_file()).unwrap_or_default();
                 let known = linked.iter().cloned().chain(
@@ -425,7 +442,7 @@ impl Deploy {
         if let Some(id) = &self.opts.id {
             r.id = Some(id.clone());
         }
-        if self.opts.check.is_some() && r.id.is_none() {
+        if !self.opts.checks.is_empty() && r.id.is_none() {
             self.die(
                 EXIT_USAGE,
                 format_args!(
@@ -441,7 +458,8 @@ impl Deploy {
         unixtool::symlink::replace(&to.target, &self.link).map_err(|e| unixtool::io_reason(&e))
     }
 
-    /// Switch, reload, check; record or roll back. The exit code.
+    /// Switch, reload, check; confirm or revert a parked generation, or
+    /// record or roll back (cold). The exit code.
     fn switch_and_verify(&self, old: &Release, new: &Release, cut: Option<usize>) -> i32 {
         if new.dir == old.dir {
             say(format_args!("{} serves already; nothing to do", new.name()));
@@ -464,35 +482,106 @@ impl Deploy {
             new.name()
         ));
         pause("switched");
-        match self.reload_and_check(new, true) {
-            Ok(()) => {
-                if let Err(e) = self.record(old, new, cut) {
-                    let undone = self.undo(old);
-                    self.die(
-                        EXIT_TEMPORARY,
-                        format_args!(
-                            "unable to write {}: {e}; {undone}",
-                            self.history_file().display()
-                        ),
-                    );
-                }
-                let what = if cut.is_some() {
-                    "rolled back to"
-                } else {
-                    "deployed"
-                };
-                say(format_args!("{what} {}", new.name()));
-                0
-            }
+        let reloaded = match self.reload(true) {
+            Ok(r) => r,
             Err(Outcome::Failed(reason)) => {
                 say(format_args!(
                     "deploy of {} failed: {reason}; rolling back to {}",
                     new.name(),
                     old.name()
                 ));
-                self.roll_back(old, new)
+                return self.roll_back(old, new);
             }
             Err(other) => self.gone(other, old),
+        };
+        let parked = parked_generation(&reloaded.status);
+        let checked = self.check(new, Some(old), &reloaded, true);
+        pause("checked");
+        match (checked, parked) {
+            (Ok(()), Some(_)) => match self.confirm() {
+                Ok(st) => {
+                    say(format_args!(
+                        "confirmed generation {}: the parked generation retires",
+                        st.num("verify_generation")
+                    ));
+                    self.verified(old, new, cut)
+                }
+                Err(why) => {
+                    self.revert(old, new, &format!("the confirm failed: {why}"), reloaded.at)
+                }
+            },
+            (Ok(()), None) => self.verified(old, new, cut),
+            (Err(Outcome::Failed(reason)), Some(_)) => self.revert(old, new, &reason, reloaded.at),
+            (Err(Outcome::Failed(reason)), None) => {
+                say(format_args!(
+                    "not verified: {reason}; served {}; rolling back to {}",
+                    served(reloaded.at),
+                    old.name()
+                ));
+                self.roll_back(old, new)
+            }
+            (Err(other), _) => self.gone(other, old),
+        }
+    }
+
+    /// The release verified (and confirmed): the history, exit 0.
+    fn verified(&self, old: &Release, new: &Release, cut: Option<usize>) -> i32 {
+        if let Err(e) = self.record(old, new, cut) {
+            let undone = self.undo(old);
+            self.die(
+                EXIT_TEMPORARY,
+                format_args!(
+                    "unable to write {}: {e}; {undone}",
+                    self.history_file().display()
+                ),
+            );
+        }
+        let what = if cut.is_some() {
+            "rolled back to"
+        } else {
+            "deployed"
+        };
+        say(format_args!("{what} {}", new.name()));
+        0
+    }
+
+    /// Not verified with a generation parked: revert to it (warm), LINK back.
+    /// Exit 1; when the revert fails, the cold rollback.
+    fn revert(&self, old: &Release, new: &Release, reason: &str, released: Instant) -> i32 {
+        match self.revert_parked() {
+            Ok(st) => {
+                let took = served(released);
+                if let Err(e) = self.switch(old) {
+                    self.die(
+                        EXIT_ROLLBACK_FAILED,
+                        format_args!(
+                            "not verified: {reason}; served {took}; reverted to {} (warm generation {}), but unable to switch {} back: {e}",
+                            old.name(),
+                            st.num("serving_generation"),
+                            self.link.display()
+                        ),
+                    );
+                }
+                say(format_args!(
+                    "not verified: {reason}; served {took}; reverted to {} (warm generation {})",
+                    old.name(),
+                    st.num("serving_generation")
+                ));
+                say(format_args!(
+                    "rolled back: {} serves (no new process started); {} names it again",
+                    old.name(),
+                    self.link.display()
+                ));
+                EXIT_ROLLED_BACK
+            }
+            Err(why) => {
+                say(format_args!(
+                    "not verified: {reason}; served {}; the revert failed: {why}; rolling back to {}",
+                    served(released),
+                    old.name()
+                ));
+                self.roll_back(old, new)
+            }
         }
     }
 
@@ -560,7 +649,7 @@ impl Deploy {
             old.name()
         ));
         pause("rollback");
-        match self.reload_and_check(old, false) {
+        match self.reload_and_check(old, Some(new), false) {
             Ok(()) => {
                 say(format_args!("rolled back: {} serves", old.name()));
                 EXIT_ROLLED_BACK
@@ -582,7 +671,7 @@ impl Deploy {
                 old.name()
             );
         }
-        match self.reload_and_check(old, false) {
+        match self.reload_and_check(old, None, false) {
             Ok(()) => format!(
                 "switched {} back to {}, which serves again",
                 self.link.display(),
@@ -598,8 +687,29 @@ impl Deploy {
         }
     }
 
-    /// Reload the chain, then (with --check) wait until the URL answers `rel`.
-    fn reload_and_check(&self, rel: &Release, interruptible: bool) -> Result<(), Outcome> {
+    /// Reload, then check (a rollback's or an undo's: whatever serves after
+    /// it is final, a parked generation is confirmed at once).
+    fn reload_and_check(
+        &self,
+        rel: &Release,
+        not_yet: Option<&Release>,
+        interruptible: bool,
+    ) -> Result<(), Outcome> {
+        let r = self.reload(interruptible)?;
+        let checked = self.check(rel, not_yet, &r, interruptible);
+        if parked_generation(&r.status).is_some() {
+            // the rollback is what we go back to: nothing to verify against
+            if let Err(why) = self.confirm() {
+                say(format_args!(
+                    "warning: the confirm of the rollback failed: {why}"
+                ));
+            }
+        }
+        checked
+    }
+
+    /// HUP the chain and wait for the new generation to serve whole.
+    fn reload(&self, interruptible: bool) -> Result<Reloaded, Outcome> {
         let started = Instant::now();
         let mut calls = 0;
         let mut stop = || {
@@ -622,46 +732,105 @@ impl Deploy {
             Err(WaitError::NotRunning(r)) => return Err(Outcome::NotRunning(r)),
             Err(WaitError::Interrupted) => return Err(self.interruption()),
         };
+        let parked = match parked_generation(&st) {
+            Some(p) => format!(
+                "; generation {p} parked until {} (--confirm-timeout)",
+                st.get("verify_deadline")
+            ),
+            None => String::new(),
+        };
         say(format_args!(
-            "generation {} serving: {} of {} ready",
+            "generation {} serving: {} of {} ready{parked}",
             st.num("serving_generation"),
             st.num("ready"),
             st.num("workers")
         ));
-        let Some(url) = &self.opts.check else {
-            return Ok(());
-        };
         let left = self.opts.timeout.saturating_sub(started.elapsed());
-        let until = Instant::now() + left.max(Duration::from_secs(1));
-        let want = rel.id.clone();
-        let mut last = String::from("nothing");
-        loop {
-            if interruptible && self.interrupted() {
-                return Err(self.interruption());
-            }
-            if let Some(a) = check::ask(url, Duration::from_secs(2)) {
-                let ok = (200..300).contains(&a.status);
-                if ok && want.iter().all(|w| *w == a.release) {
-                    say(format_args!("{} answers {}", url_text(url), a.release));
-                    return Ok(());
-                }
-                last = format!("{} {}", a.status, a.release);
-            }
-            if !statusfile::alive(self.chain_pid) {
-                return Err(Outcome::NotRunning(format!(
-                    "pid {} died while we waited",
-                    self.chain_pid
-                )));
-            }
-            if Instant::now() >= until {
-                return Err(Outcome::Failed(format!(
-                    "{} answered {last}, not {}",
-                    url_text(url),
-                    want.as_deref().unwrap_or("2xx")
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        Ok(Reloaded {
+            status: st,
+            at: Instant::now(),
+            deadline: Instant::now() + left.max(Duration::from_secs(1)),
+        })
+    }
+
+    /// With --check: rounds of every URL until `rel` is verified or not
+    /// (verify.rs). With a parked generation the rule is strict: a good
+    /// round within --verify-window, any other answer is bad. Without one,
+    /// `before` (the release that served before) may still take a connection
+    /// in the moment after reload=ok (forkpool's rolling mode), so its id is
+    /// "not yet"; and a rollback would start the old release cold, no sooner
+    /// than waiting, so silence is waited out until -t. A definite bad
+    /// answer ends the check at once either way.
+    fn check(
+        &self,
+        rel: &Release,
+        before: Option<&Release>,
+        r: &Reloaded,
+        interruptible: bool,
+    ) -> Result<(), Outcome> {
+        if self.opts.checks.is_empty() {
+            return Ok(());
         }
+        let parked = parked_generation(&r.status).is_some();
+        let rule = verify::Rule {
+            urls: &self.opts.checks,
+            want: rel.id.as_deref(),
+            not_yet: before.filter(|_| !parked).and_then(|n| n.id.as_deref()),
+            window: if parked {
+                self.opts.verify_window
+            } else {
+                r.deadline.saturating_duration_since(Instant::now())
+            },
+            good: self.opts.good,
+            deadline: r.deadline,
+        };
+        let dead = Cell::new(false);
+        let mut stop = || {
+            if !statusfile::alive(self.chain_pid) {
+                dead.set(true);
+                return true;
+            }
+            self.interrupted() && interruptible
+        };
+        let mut ask = |url: &Url, until: Instant| {
+            check::ask(url, until.saturating_duration_since(Instant::now()))
+        };
+        let result = verify::rounds(
+            &rule,
+            &mut ask,
+            &mut stop,
+            &mut Instant::now,
+            &mut std::thread::sleep,
+        );
+        match result {
+            Ok(n) => {
+                let urls: Vec<String> = self.opts.checks.iter().map(verify::text).collect();
+                let verb = if urls.len() == 1 { "answers" } else { "answer" };
+                say(format_args!(
+                    "{} {verb} {} ({} good rounds in a row, {n} in all)",
+                    urls.join(" and "),
+                    rel.id.as_deref().unwrap_or("2xx"),
+                    self.opts.good
+                ));
+                Ok(())
+            }
+            Err(_) if dead.get() => Err(Outcome::NotRunning(format!(
+                "pid {} died while we waited",
+                self.chain_pid
+            ))),
+            Err(verify::Bad::Interrupted) => Err(self.interruption()),
+            Err(bad) => Err(Outcome::Failed(bad.reason())),
+        }
+    }
+
+    /// confirm (the parked generation retires): the status, or why not.
+    fn confirm(&self) -> Result<Status, String> {
+        Err("confirm: not built yet".to_string())
+    }
+
+    /// revert (the parked generation serves again): the status, or why not.
+    fn revert_parked(&self) -> Result<Status, String> {
+        Err("revert: not built yet".to_string())
     }
 
     fn interruption(&self) -> Outcome {
@@ -687,6 +856,24 @@ impl Deploy {
     }
 }
 
-fn url_text(u: &Url) -> String {
-    format!("http://{}:{}{}", u.host, u.port, u.path)
+/// A reload's answer: the status, when we saw it (the new generation
+/// released), and the deadline left for the check.
+struct Reloaded {
+    status: Status,
+    at: Instant,
+    deadline: Instant,
+}
+
+/// The generation parked for a verify of the serving one (forkpool
+/// --confirm-timeout: `verify=pending`), if any.
+fn parked_generation(st: &Status) -> Option<u64> {
+    (st.get("verify") == "pending"
+        && st.num("verify_generation") == st.num("serving_generation")
+        && st.num("parked_generation") > 0)
+        .then(|| st.num("parked_generation"))
+}
+
+/// How long the new release served, for the verdict line.
+fn served(since: Instant) -> String {
+    format!("{} ms", since.elapsed().as_millis())
 }
