@@ -6,7 +6,9 @@
 //! - `prepare`: resolve the pin, start a new generation, hold it ready;
 //! - `commit [UNIX_TIME]`: switch to the prepared generation as a cutover
 //!   does, now or at that wall-clock instant;
-//! - `abort`: stop the prepared generation; nothing changes.
+//! - `abort`: stop the prepared generation; nothing changes;
+//! - `confirm`, `revert` (`--confirm-timeout`): retire the parked generation,
+//!   or bring it back at once and stop the new one (policy/verify.rs).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +21,8 @@ pub enum Command {
         at: Option<f64>,
     },
     Abort,
+    Confirm,
+    Revert,
 }
 
 /// One line of the FIFO (without its newline): a command, nothing (a blank
@@ -29,6 +33,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         [] => Ok(None),
         ["prepare"] => Ok(Some(Command::Prepare)),
         ["abort"] => Ok(Some(Command::Abort)),
+        ["confirm"] => Ok(Some(Command::Confirm)),
+        ["revert"] => Ok(Some(Command::Revert)),
         ["commit"] => Ok(Some(Command::Commit { at: None })),
         ["commit", t] => match unix_time(t) {
             Some(at) => Ok(Some(Command::Commit { at: Some(at) })),
@@ -36,10 +42,12 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
                 "commit wants a time in seconds since the epoch such as 1764245000.250, not {t:?}"
             )),
         },
-        [w @ ("prepare" | "abort"), ..] => Err(format!("{w} takes no argument: {line:?}")),
+        [w @ ("prepare" | "abort" | "confirm" | "revert"), ..] => {
+            Err(format!("{w} takes no argument: {line:?}"))
+        }
         ["commit", ..] => Err(format!("commit takes at most one argument: {line:?}")),
         _ => Err(format!(
-            "unknown control command {:?} (prepare, commit [UNIX_TIME], abort)",
+            "unknown control command {:?} (prepare, commit [UNIX_TIME], abort, confirm, revert)",
             words[0]
         )),
     }
@@ -94,6 +102,8 @@ mod tests {
                 at: Some(1764245000.0)
             }))
         );
+        assert_eq!(parse("confirm"), Ok(Some(Command::Confirm)));
+        assert_eq!(parse(" revert"), Ok(Some(Command::Revert)));
         assert_eq!(parse(""), Ok(None));
         assert_eq!(parse("   "), Ok(None));
     }
@@ -111,6 +121,8 @@ mod tests {
             "commit 1 2",
             "prepare now",
             "abort 1",
+            "confirm 2",
+            "revert now",
             "reload",
             "PREPARE",
         ] {

@@ -7,11 +7,13 @@
 //! 1. plain data and pure functions: tool.rs (TOOL), settings.rs,
 //!    worker.rs (a worker, its phase, its slot), generation.rs (a
 //!    generation, a reload, a stop), lifecycle.rs (recycling's data and
-//!    arithmetic), two_phase.rs (the prepare's stage), command.rs (control
+//!    arithmetic), two_phase.rs (the prepare's stage), verify.rs (the
+//!    verified switch's stage), command.rs (control
 //!    lines), messages.rs (what a worker says after READY);
 //! 2. the rule, policy/: the pool's state and a pure function of it and the
 //!    time; events in through `Policy::handle`, actions out; its steps in
-//!    converge.rs, its events in events.rs, lifecycle.rs and prepare.rs;
+//!    converge.rs, its events in events.rs, lifecycle.rs, prepare.rs and
+//!    verify.rs;
 //! 3. the text formats over the rule's state: status.rs (the status file,
 //!    the summary), state.rs (the upgrade's hand-over, one `Snapshot`);
 //!    beside them the I/O leaves: workers.rs (the process table), groups.rs
@@ -37,6 +39,7 @@ mod tool;
 mod two_phase;
 mod upgrade;
 mod upstream;
+mod verify;
 mod worker;
 mod workers;
 
@@ -62,6 +65,7 @@ fn parse_options() -> (Config, Settings, usize) {
     let mut life = lifecycle::Lifecycle::default();
     let mut control: Option<PathBuf> = None;
     let mut prepare_timeout = Duration::from_secs(60);
+    let mut confirm_timeout: Option<Duration> = None;
 
     let (mut common, prog) = SupervisorOptions::parse(&TOOL, |opt, parser| {
         match opt {
@@ -117,6 +121,11 @@ fn parse_options() -> (Config, Settings, usize) {
                 let ms = TOOL.number("--prepare-timeout", &v, 1, 86_400_000);
                 prepare_timeout = Duration::from_millis(ms);
             }
+            "--confirm-timeout" => {
+                let v = TOOL.value(parser);
+                let ms = TOOL.number("--confirm-timeout", &v, 1, 86_400_000);
+                confirm_timeout = Some(Duration::from_millis(ms));
+            }
             _ => return false,
         }
         true
@@ -124,8 +133,16 @@ fn parse_options() -> (Config, Settings, usize) {
     if control.is_some() && mode != Mode::Cutover {
         TOOL.usage("-C needs -m cutover");
     }
+    if confirm_timeout.is_some() && (mode != Mode::Cutover || control.is_none()) {
+        TOOL.usage("--confirm-timeout needs -m cutover and -C FIFO");
+    }
     life.seed = lifecycle::seed();
     let ready = &mut common.ready;
+    if mode == Mode::Cutover && !ready.told() {
+        // Issue 26: a worker that forks (a pre-fork server) accepts before
+        // the hold reaches its children, or counts as ready while it fails.
+        TOOL.warn("-m cutover with timed readiness (-a, or neither -d nor --notify) cannot hold a pre-fork server's workers nor see them fail: use -d or --notify and the hold descriptor (examples/gunicorn)");
+    }
     if !ready.told() && ready.alive.is_none() {
         ready.alive = Some(Duration::from_secs(1));
     }
@@ -140,6 +157,7 @@ fn parse_options() -> (Config, Settings, usize) {
         ready: common.ready.clone(),
         backoff_max: common.backoff_max,
         life,
+        confirm_timeout,
     };
     let cfg = Config {
         prog,

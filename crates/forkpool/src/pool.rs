@@ -462,6 +462,8 @@ impl Pool {
                     at: at.map(|t| (instant_of(t, now, wall), t)),
                 },
                 Ok(Some(Command::Abort)) => Event::Abort { wall },
+                Ok(Some(Command::Confirm)) => Event::Confirm { wall },
+                Ok(Some(Command::Revert)) => Event::Revert { wall },
             };
             self.handle(now, event);
         }

@@ -45,4 +45,8 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// Recycling, watchdog, surge (lifecycle.rs).
     pub life: Lifecycle,
+    /// `--confirm-timeout`: a cutover's switch parks the old generation
+    /// until `confirm` or `revert`, and reverts by itself after this long
+    /// (verify.rs, policy/verify.rs). None: the old generation is retired.
+    pub confirm_timeout: Option<Duration>,
 }

@@ -7,7 +7,8 @@
 //! `forkpool-state VERSION`, one record a line (`KIND key=value ...`), `end`.
 //!
 //! Records, in order: `clock` (CLOCK_MONOTONIC when written, so times are put
-//! back exactly), `pool`, `generation` (role target, serving, accepting),
+//! back exactly), `pool`, `generation` (role target, serving, accepting,
+//! parked), `verify` (the verified switch's stage, issue 26),
 //! `slot` (one per slot, in order), `worker` (one per worker: the policy's
 //! fields and the descriptors of its process), `notify`, `upgrade`.
 //! Instants are microseconds from the moment of writing.
@@ -35,11 +36,13 @@ use crate::lifecycle::{Counts, PoolLife, Recycle, WorkerLife};
 use crate::policy::Policy;
 use crate::settings::Settings;
 use crate::two_phase::TwoPhase;
+use crate::verify::{Verify, VerifyStage};
 use crate::worker::{Slot, Why, Worker, WorkerId, WorkerPhase};
 
 pub const MAGIC: &str = "forkpool-state";
 /// The version of the format this build writes and reads.
-pub const VERSION: u32 = 1;
+/// 2: `verify`, the parked generation, a worker's `parked`.
+pub const VERSION: u32 = 2;
 
 /// The descriptors of worker `id`'s process, as handed over (its pid and
 /// start are the policy's [`Worker`]).
@@ -118,6 +121,13 @@ const WHYS: [(&str, Option<Why>); 10] = [
     ("watchdog", Some(Why::Watchdog)),
 ];
 
+const VERIFY_STAGES: [(&str, VerifyStage); 4] = [
+    ("none", VerifyStage::None),
+    ("pending", VerifyStage::Pending),
+    ("confirmed", VerifyStage::Confirmed),
+    ("reverted", VerifyStage::Reverted),
+];
+
 const STOPS: [(&str, Stop); 3] = [
     ("no", Stop::No),
     ("graceful", Stop::Graceful),
@@ -175,7 +185,14 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         queued: _, // empty between events (Policy::handle takes them)
         life,
         two_phase: _, // starts fresh: see `read`
+        verify,
     } = policy;
+    let Verify {
+        stage: verify_stage,
+        generation: verify_generation,
+        parked,
+        deadline: verify_deadline,
+    } = verify;
     let PoolLife {
         rng,
         totals,
@@ -208,6 +225,17 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         s.record("generation", &generation_fields("serving", g)?);
     }
     s.record("generation", &generation_fields("accepting", accepting)?);
+    if let Some(g) = parked {
+        s.record("generation", &generation_fields("parked", g)?);
+    }
+    s.record(
+        "verify",
+        &[
+            ("stage", name_of(&VERIFY_STAGES, verify_stage).to_string()),
+            ("generation", verify_generation.to_string()),
+            ("deadline", instant_field(*verify_deadline, now)),
+        ],
+    );
     for slot in slots {
         let Slot {
             backoff,
@@ -234,6 +262,7 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
             started,
             kill_at,
             held,
+            parked,
             retired,
             life,
         } = w;
@@ -259,6 +288,7 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
                 ("started", instant_field(Some(*started), now)),
                 ("kill_at", instant_field(kill_at.0, now)),
                 ("held", (*held as u8).to_string()),
+                ("parked", (*parked as u8).to_string()),
                 ("retired", name_of(&WHYS, retired).to_string()),
                 (
                     "max_age_ms",
@@ -339,6 +369,8 @@ fn read_records(
     let mut serving = None;
     let mut target = None;
     let mut accepting = None;
+    let mut parked = None;
+    let mut verify = None;
     let mut pool = None;
     let mut slot_counts = Vec::new();
     for mut r in records {
@@ -380,8 +412,17 @@ fn read_records(
                     "target" => target = Some(g),
                     "serving" => serving = Some(g),
                     "accepting" => accepting = Some(g),
+                    "parked" => parked = Some(g),
                     _ => return Err(format!("generation: role={role:?} is not known")),
                 }
+            }
+            "verify" => {
+                let stage = r.take("stage")?;
+                verify = Some((
+                    one_of(&r, "stage", &stage, &VERIFY_STAGES)?,
+                    r.num("generation")?,
+                    r.instant("deadline", base)?,
+                ));
             }
             "slot_recycled" => {
                 let counts = counts_of("counts", &r.take("counts")?)?;
@@ -421,6 +462,7 @@ fn read_records(
                     started,
                     kill_at: KillDeadline(r.instant("kill_at", base)?),
                     held: r.num::<u8>("held")? != 0,
+                    parked: r.num::<u8>("parked")? != 0,
                     retired,
                     life,
                 };
@@ -454,9 +496,12 @@ fn read_records(
         Some(accepting),
         Some((upgrades, upgrade_failures, exe)),
         Some((newest, next_worker, reload, reason, stop, switch_since, rng, totals)),
-    ) = (target, accepting, upgrade, pool)
+        Some((verify_stage, verify_generation, verify_deadline)),
+    ) = (target, accepting, upgrade, pool, verify)
     else {
-        return Err("the state lacks a pool, target, accepting or upgrade record".to_string());
+        return Err(
+            "the state lacks a pool, target, accepting, verify or upgrade record".to_string(),
+        );
     };
     if slots.is_empty() {
         return Err("the state has no slot".to_string());
@@ -487,6 +532,14 @@ fn read_records(
         // upgrade_due), and the new image opens the FIFO again by its path
         // (Pool::open_control sets `control` and `timeout`).
         two_phase: TwoPhase::default(),
+        // Handed over: a USR2 while a switch awaits confirm or revert keeps
+        // the parked workers, and the deadline, as they were.
+        verify: Verify {
+            stage: verify_stage,
+            generation: verify_generation,
+            parked,
+            deadline: verify_deadline,
+        },
     };
     Ok(Snapshot {
         policy,
@@ -519,6 +572,7 @@ mod tests {
                 ..Default::default()
             },
             backoff_max: Duration::from_secs(8),
+            confirm_timeout: Some(Duration::from_secs(5)),
         }
     }
 
@@ -642,9 +696,9 @@ mod tests {
     fn another_version_an_unknown_key_or_a_cut_state_is_refused() {
         let now = Instant::now();
         let text = write(&pool(now), now).unwrap();
-        let other = text.replacen("forkpool-state 1", "forkpool-state 2", 1);
+        let other = text.replacen("forkpool-state 2", "forkpool-state 3", 1);
         let e = read(&other, settings(), now).err().unwrap();
-        assert!(e.contains("state version 2"), "{e}");
+        assert!(e.contains("state version 3"), "{e}");
         let extra = text.replacen("worker id=", "worker colour=red id=", 1);
         let e = read(&extra, settings(), now).err().unwrap();
         assert!(e.contains("unknown key colour"), "{e}");
@@ -679,6 +733,16 @@ mod tests {
         w.kill_at = KillDeadline(Some(now + Duration::from_secs(9)));
         w.held = true;
         w.retired = Some(Why::Watchdog);
+        p.workers[1].parked = true;
+        p.verify = Verify {
+            stage: VerifyStage::Pending,
+            generation: 2,
+            parked: Some(Generation {
+                id: 1,
+                release: Some(PathBuf::from("/srv/releases/r 1=x")),
+            }),
+            deadline: Some(now + Duration::from_millis(2500)),
+        };
         p.two_phase.stage = crate::two_phase::Stage::Committed;
         p.two_phase.commands = 4;
         for (i, h) in s.procs.iter_mut().enumerate() {

@@ -12,6 +12,7 @@ use crate::generation::{Reload, Stop};
 use crate::policy::Policy;
 use crate::tool::TOOL;
 use crate::two_phase::TwoPhase;
+use crate::verify::Verify;
 use crate::worker::{Worker, WorkerPhase};
 
 /// What forkpool's own supervisor is told about (see upstream.rs).
@@ -167,12 +168,14 @@ pub fn text_with(p: &Policy, up: &UpgradeLines) -> String {
         let _ = writeln!(s, "recycled_{}={}", r.name(), totals.get(r));
     }
     two_phase_lines(&mut s, &p.two_phase);
+    verify_lines(&mut s, p);
     let now = std::time::Instant::now();
     let mut ws: Vec<&Worker> = p.workers.iter().collect();
     ws.sort_by_key(|w| (w.slot, w.generation));
     for w in ws {
         let st = match w.phase {
             WorkerPhase::Starting => "starting",
+            WorkerPhase::Ready if w.parked => "parked",
             WorkerPhase::Ready if w.held => "held",
             WorkerPhase::Ready => "ready",
             WorkerPhase::Stopping => "stopping",
@@ -206,4 +209,38 @@ fn two_phase_lines(s: &mut String, t: &TwoPhase) {
     let _ = writeln!(s, "command={}", command.trim_end());
     let _ = writeln!(s, "commit_at={}", wall(t.commit_wall));
     let _ = writeln!(s, "released_at={}", wall(t.released_wall));
+}
+
+/// `--confirm-timeout`: the verified switch's keys (README.md, "Verified
+/// switch"). The parked generation and the deadline (the wall clock, to the
+/// millisecond) while pending, empty otherwise.
+fn verify_lines(s: &mut String, p: &Policy) {
+    if p.settings.confirm_timeout.is_none() {
+        return;
+    }
+    let Verify {
+        stage,
+        generation,
+        parked,
+        deadline,
+    } = &p.verify;
+    let pending = p.verify.pending();
+    let parked = parked
+        .as_ref()
+        .filter(|_| pending)
+        .map(|g| g.id.to_string())
+        .unwrap_or_default();
+    let deadline = deadline
+        .filter(|_| pending)
+        .map(|d| {
+            let now = std::time::Instant::now();
+            let ahead = d.saturating_duration_since(now).as_secs_f64();
+            format!("{:.3}", crate::command::wall_now() + ahead)
+        })
+        .unwrap_or_default();
+    let _ = writeln!(s, "verify={}", stage.name());
+    let _ = writeln!(s, "verify_generation={generation}");
+    let _ = writeln!(s, "parked_generation={parked}");
+    let _ = writeln!(s, "verify_deadline={deadline}");
+    let _ = writeln!(s, "parked={}", p.parked_count());
 }

@@ -68,6 +68,10 @@ pub struct Worker {
     pub kill_at: KillDeadline,
     /// Cutover: ready, but stopped (SIGSTOP) and not released yet.
     pub held: bool,
+    /// `--confirm-timeout`: an old worker stopped (SIGSTOP) at the switch,
+    /// warm, until confirm or revert. A parked worker is `held` too (it
+    /// gets SIGCONT with any signal), but it is never released as new.
+    pub parked: bool,
     /// Why it was retired (None while it is not).
     pub retired: Option<Why>,
     /// Recycling and watchdog state (lifecycle.rs).

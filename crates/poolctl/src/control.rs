@@ -1,25 +1,13 @@
-//! `prepare`, `commit`, `abort`: a line to the control FIFO of a checked
-//! forkpool (`control=` in its status file, `forkpool -C`), then a wait for
-//! its answer in the status file: `command=` counts the commands it read and
-//! says whether the last was accepted; `phase=` says where the deploy stands.
+//! `prepare`, `commit`, `abort`, `confirm`, `revert`: a line to the control
+//! FIFO of a checked forkpool (`control=` in its status file, `forkpool -C`),
+//! then a wait for its answer in the status file (unixtool::statusfile's
+//! `control`): `command=` counts the commands it read and says whether the
+//! last was accepted; `phase=` says where the deploy stands, `verify=` where
+//! the verified switch does (`--confirm-timeout`).
 
-use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use unixtool::statusfile::{self, Status};
+use unixtool::statusfile::{self, Answer, Status, WaitError};
 
 use crate::{not_running, Args, EXIT_NO, TOOL};
-
-/// What the pool said to our command: its count, its word, accepted or not.
-fn command_of(st: &Status) -> (u64, bool) {
-    let v = st.get("command");
-    let mut f = v.split_whitespace();
-    let n = f.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-    let accepted = v.ends_with(" accepted");
-    (n, accepted)
-}
 
 /// A wall-clock time as `commit` takes it: digits, an optional fraction.
 pub fn valid_time(t: &str) -> bool {
@@ -28,103 +16,32 @@ pub fn valid_time(t: &str) -> bool {
     digits(int) && digits(frac) && int.len() <= 11
 }
 
-/// The FIFO the pool reads (`control=`; a relative name is the pool's cwd's).
-fn fifo_of(pid: i32, st: &Status) -> Option<PathBuf> {
-    let c = st.get("control");
-    if c.is_empty() {
-        return None;
+/// The answer as one line and the exit code: 0 (`ok`: `message` of the
+/// status), 1 refused, failed or timed out, 3 no pool runs there.
+fn answer(word: &str, answer: Answer, message: fn(&Status) -> String) -> i32 {
+    match answer {
+        Ok(st) => {
+            println!("poolctl: {word} ok: {}", message(&st));
+            0
+        }
+        Err(WaitError::NotRunning(r)) => not_running(&r),
+        Err(WaitError::Failed(why)) | Err(WaitError::TimedOut { reason: why, .. }) => {
+            no(word, &why)
+        }
+        Err(WaitError::Interrupted) => no(word, "interrupted"),
     }
-    let p = Path::new(c);
-    if p.is_absolute() {
-        return Some(p.to_path_buf());
-    }
-    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
-    Some(cwd.join(p))
 }
 
-/// Write `line` to the FIFO: never blocks, never follows a symlink, never
-/// writes to anything but a FIFO.
-fn send(fifo: &Path, line: &str) -> Result<(), String> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(fifo)
-        .map_err(|e| unixtool::io_reason(&e))?;
-    let is_fifo = f.metadata().map(|m| m.file_type().is_fifo());
-    if !is_fifo.unwrap_or(false) {
-        return Err("not a FIFO".to_string());
-    }
-    f.write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| unixtool::io_reason(&e))
-}
-
-/// How a command's wait ends once the pool accepted it: `Some(Ok(line))`
-/// done, `Some(Err(reason))` failed, `None` not yet.
-type Done = fn(&Status) -> Option<Result<String, String>>;
-
-/// Send `line`, wait for the answer; the exit code.
-fn run(args: &Args, word: &str, line: &str, done: Done) -> i32 {
-    let (chain, before) = match statusfile::chain(&args.statusfile) {
-        Ok(c) => c,
-        Err(e) => not_running(&e.0),
-    };
-    let pid = chain.pid;
-    let Some(fifo) = fifo_of(pid, &before) else {
-        unixtool::message_line(
-            TOOL.name,
-            format_args!(
-                "{word} failed: pid {pid} ({}) has no control FIFO (forkpool -C)",
-                chain.program
-            ),
-        );
-        return EXIT_NO;
-    };
-    if let Err(why) = send(&fifo, line) {
-        not_running(&format!(
-            "unable to write to control FIFO {}: {why}",
-            fifo.display()
-        ));
-    }
-    let (n0, _) = command_of(&before);
-    let start = Instant::now();
-    loop {
-        if let Ok(st) = statusfile::read(&args.statusfile) {
-            let (n, accepted) = command_of(&st);
-            if n > n0 && !accepted {
-                return no(word, st.get("reason"));
-            }
-            if n > n0 {
-                match done(&st) {
-                    Some(Ok(msg)) => {
-                        println!("poolctl: {word} ok: {msg}");
-                        return 0;
-                    }
-                    Some(Err(why)) => return no(word, &why),
-                    None => {}
-                }
-            }
-        }
-        if !statusfile::alive(pid) {
-            not_running(&format!(
-                "pid {pid} ({}) died while we waited",
-                chain.program
-            ));
-        }
-        if start.elapsed() >= args.timeout {
-            let st = statusfile::read(&args.statusfile).unwrap_or_default();
-            return no(
-                word,
-                &format!(
-                    "timed out after {}s: phase={} phase_generation={} command={}",
-                    args.timeout.as_secs(),
-                    st.get("phase"),
-                    st.get("phase_generation"),
-                    st.get("command")
-                ),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Send `line`, wait until `done`; the exit code.
+fn run(
+    args: &Args,
+    word: &str,
+    line: &str,
+    done: statusfile::Done,
+    message: fn(&Status) -> String,
+) -> i32 {
+    let a = statusfile::control(&args.statusfile, line, args.timeout, &mut || false, done);
+    answer(word, a, message)
 }
 
 fn no(word: &str, why: &str) -> i32 {
@@ -140,23 +57,32 @@ fn workers_of(st: &Status, gen: u64) -> usize {
         .count()
 }
 
+/// A prepare that failed or was aborted meanwhile.
+fn phase_failed(st: &Status) -> Option<Result<(), String>> {
+    let g = st.num("phase_generation");
+    match st.get("phase") {
+        "failed" | "aborted" => Some(Err(format!(
+            "generation {g} {}: {}",
+            st.get("phase"),
+            st.get("reason")
+        ))),
+        _ => None,
+    }
+}
+
 /// `prepare`: 0 when `phase=prepared`, 1 when it failed or was aborted.
 pub fn prepare(args: &Args) -> i32 {
-    run(args, "prepare", "prepare", |st| {
+    let done: statusfile::Done = &|_, st| match st.get("phase") {
+        "prepared" => Some(Ok(())),
+        _ => phase_failed(st),
+    };
+    run(args, "prepare", "prepare", done, |st| {
         let g = st.num("phase_generation");
-        match st.get("phase") {
-            "prepared" => Some(Ok(format!(
-                "generation {g} ready and held ({} workers), generation {} serving",
-                workers_of(st, g),
-                st.num("serving_generation")
-            ))),
-            "failed" | "aborted" => Some(Err(format!(
-                "generation {g} {}: {}",
-                st.get("phase"),
-                st.get("reason")
-            ))),
-            _ => None,
-        }
+        format!(
+            "generation {g} ready and held ({} workers), generation {} serving",
+            workers_of(st, g),
+            st.num("serving_generation")
+        )
     })
 }
 
@@ -166,42 +92,83 @@ pub fn commit(args: &Args) -> i32 {
         Some(t) => format!("commit {t}"),
         None => "commit".to_string(),
     };
-    run(args, "commit", &line, |st| {
-        let g = st.num("phase_generation");
-        match st.get("phase") {
-            "committed"
-                if st.num("serving_generation") == g && st.num("ready") >= st.num("workers") =>
-            {
-                Some(Ok(format!(
-                    "generation {g} serving, {} of {} ready, released at {} (commit at {})",
-                    st.num("ready"),
-                    st.num("workers"),
-                    st.get("released_at"),
-                    st.get("commit_at")
-                )))
-            }
-            "failed" | "aborted" => Some(Err(format!(
-                "generation {g} {}: {}",
-                st.get("phase"),
-                st.get("reason")
-            ))),
-            _ => None,
+    let done: statusfile::Done = &|_, st| match st.get("phase") {
+        "committed"
+            if st.num("serving_generation") == st.num("phase_generation")
+                && st.num("ready") >= st.num("workers") =>
+        {
+            Some(Ok(()))
         }
+        _ => phase_failed(st),
+    };
+    run(args, "commit", &line, done, |st| {
+        let mut msg = format!(
+            "generation {} serving, {} of {} ready, released at {} (commit at {})",
+            st.num("phase_generation"),
+            st.num("ready"),
+            st.num("workers"),
+            st.get("released_at"),
+            st.get("commit_at")
+        );
+        if st.get("verify") == "pending" {
+            msg += &verify_pending(st);
+        }
+        msg
     })
 }
 
 /// `abort`: 0 once nothing prepared is left (its workers gone) and the old
 /// generation serves; 1 when it was too late (committed, switching).
 pub fn abort(args: &Args) -> i32 {
-    run(args, "abort", "abort", |st| {
+    let done: statusfile::Done = &|_, st| {
         let g = st.num("phase_generation");
         match st.get("phase") {
-            "aborted" | "failed" | "none" if workers_of(st, g) == 0 => Some(Ok(format!(
-                "nothing of generation {g} runs, generation {} serving",
-                st.num("serving_generation")
-            ))),
+            "aborted" | "failed" | "none" if workers_of(st, g) == 0 => Some(Ok(())),
             _ => None,
         }
+    };
+    run(args, "abort", "abort", done, |st| {
+        format!(
+            "nothing of generation {} runs, generation {} serving",
+            st.num("phase_generation"),
+            st.num("serving_generation")
+        )
+    })
+}
+
+/// `; generation G parked until T (confirm or revert)`.
+fn verify_pending(st: &Status) -> String {
+    format!(
+        "; generation {} parked until {} (confirm or revert)",
+        st.get("parked_generation"),
+        st.get("verify_deadline")
+    )
+}
+
+/// `confirm`: 0 once the parked generation is retired (`verify=confirmed`).
+pub fn confirm(args: &Args) -> i32 {
+    let a = statusfile::confirm(&args.statusfile, args.timeout, &mut || false);
+    answer("confirm", a, |st| {
+        format!(
+            "generation {} confirmed, {} of {} ready; the parked workers are retired",
+            st.num("verify_generation"),
+            st.num("ready"),
+            st.num("workers")
+        )
+    })
+}
+
+/// `revert`: 0 once the parked generation serves again, whole.
+pub fn revert(args: &Args) -> i32 {
+    let a = statusfile::revert(&args.statusfile, args.timeout, &mut || false);
+    answer("revert", a, |st| {
+        format!(
+            "generation {} serving again, {} of {} ready; generation {} retired",
+            st.num("serving_generation"),
+            st.num("ready"),
+            st.num("workers"),
+            st.num("verify_generation")
+        )
     })
 }
 
@@ -210,12 +177,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_answer_and_the_time() {
-        let st = Status::parse("command=3 commit refused\nreason=nothing is prepared\n");
-        assert_eq!(command_of(&st), (3, false));
-        let st = Status::parse("command=4 prepare accepted\n");
-        assert_eq!(command_of(&st), (4, true));
-        assert_eq!(command_of(&Status::parse("command=0\n")), (0, false));
+    fn the_time_and_the_workers() {
         assert!(valid_time("1764245000.250"));
         assert!(valid_time("1764245000"));
         for bad in ["", "-1", "1e9", "12.", ".5", "soon", "1764245000.25.1"] {

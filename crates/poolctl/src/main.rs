@@ -1,7 +1,7 @@
 //! poolctl: ask the supervisor (forkpool or loop-forever) that writes a status
 //! file for its state, a reload or an in-place upgrade, and wait for the
 //! definite answer; with forkpool -C, prepare, commit or abort a two-phase
-//! deploy (control.rs). See README.md.
+//! deploy, confirm or revert a verified switch (control.rs). See README.md.
 
 mod control;
 
@@ -20,7 +20,7 @@ const EXIT_NOT_RUNNING: i32 = 3;
 
 const TOOL: Tool = Tool {
     name: "poolctl",
-    usage: "poolctl status|reload|upgrade|prepare|abort [-t secs] statusfile | poolctl commit [--at unix_time] [-t secs] statusfile",
+    usage: "poolctl status|reload|upgrade|prepare|abort|confirm|revert [-t secs] statusfile | poolctl commit [--at unix_time] [-t secs] statusfile",
     help: "
   status                    the pool in one screen; exit 0 when whole and serving
   reload                    HUP the pool, wait until the new generation serves
@@ -30,6 +30,10 @@ const TOOL: Tool = Tool {
   commit                    switch to the prepared generation, wait until it serves
       --at UNIX_TIME        commit at that wall-clock instant (e.g. 1764245000.250)
   abort                     stop the prepared generation, wait until it is gone
+  confirm                   (forkpool --confirm-timeout) retire the parked generation
+                            after a switch, wait until it is done
+  revert                    serve the parked generation again at once, retire the
+                            new one, wait until the old one serves, whole
   -t, --timeout SECS        how long every form but status waits (default 60)
   -h, --help                this text
   -V, --version             the version
@@ -46,13 +50,15 @@ struct Args {
 
 /// The subcommands: name and what runs it (returns the exit code).
 type Command = (&'static str, fn(&Args) -> i32);
-const COMMANDS: [Command; 6] = [
+const COMMANDS: [Command; 8] = [
     ("status", status),
     ("reload", reload),
     ("upgrade", upgrade),
     ("prepare", control::prepare),
     ("commit", control::commit),
     ("abort", control::abort),
+    ("confirm", control::confirm),
+    ("revert", control::revert),
 ];
 
 fn main() {

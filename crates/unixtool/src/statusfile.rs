@@ -6,11 +6,15 @@
 //! - [`read`]: its `key=value` lines (`worker=` lines kept in order);
 //! - [`chain`]: the pid it names, checked: alive, forkpool or loop-forever, and
 //!   writing this very file (a stale or foreign pid is never signalled);
-//! - [`reload`] / [`upgrade`]: signal that chain and wait for a definite answer.
+//! - [`reload`] / [`upgrade`]: signal that chain and wait for a definite answer;
+//! - [`control`]: a line to forkpool's control FIFO (`-C`, `control=`), and a
+//!   wait for the answer (`command=` counts the lines it read and says whether
+//!   the last was accepted); [`confirm`] / [`revert`] the verified switch
+//!   (`--confirm-timeout`, `verify=`) with it.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -400,6 +404,159 @@ fn signal_and_wait(
     }
 }
 
+/// What forkpool said to the last control line: how many it read, and
+/// whether the last was accepted (`command=N WORD accepted|refused`).
+pub fn command_of(st: &Status) -> (u64, bool) {
+    let v = st.get("command");
+    let n = v
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (n, v.ends_with(" accepted"))
+}
+
+/// The FIFO the pool reads (`control=`; a relative name is the pool's cwd's).
+fn fifo_of(pid: i32, st: &Status) -> Option<PathBuf> {
+    let c = st.get("control");
+    if c.is_empty() {
+        return None;
+    }
+    let p = Path::new(c);
+    if p.is_absolute() {
+        return Some(p.to_path_buf());
+    }
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    Some(cwd.join(p))
+}
+
+/// Write `line` to the FIFO: never blocks, never follows a symlink, never
+/// writes to anything but a FIFO.
+fn send(fifo: &Path, line: &str) -> Result<(), String> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(fifo)
+        .map_err(|e| crate::io_reason(&e))?;
+    let is_fifo = f.metadata().map(|m| m.file_type().is_fifo());
+    if !is_fifo.unwrap_or(false) {
+        return Err("not a FIFO".to_string());
+    }
+    f.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| crate::io_reason(&e))
+}
+
+/// How a control command's wait ends once forkpool accepted it, given the
+/// status before the line and now: `Some(Ok(()))` done, `Some(Err(why))`
+/// failed, `None` not yet.
+pub type Done<'a> = &'a dyn Fn(&Status, &Status) -> Option<Result<(), String>>;
+
+/// Write `line` to the control FIFO of the checked forkpool that writes
+/// `path`, then wait until it read it: refused (`WaitError::Failed`, with
+/// `reason=`), or accepted and `done` says how it ended; or the deadline
+/// passes, the pool dies or stops, or `interrupted()` returns true. A pool
+/// without `-C` is `Failed`; a FIFO that cannot be written, `NotRunning`.
+pub fn control(
+    path: &Path,
+    line: &str,
+    timeout: Duration,
+    interrupted: &mut dyn FnMut() -> bool,
+    done: Done,
+) -> Answer {
+    let (chain, before) = chain(path).map_err(|e| WaitError::NotRunning(e.0))?;
+    let pid = chain.pid;
+    let Some(fifo) = fifo_of(pid, &before) else {
+        return Err(WaitError::Failed(format!(
+            "pid {pid} ({}) has no control FIFO (forkpool -C)",
+            chain.program
+        )));
+    };
+    if let Err(why) = send(&fifo, line) {
+        return Err(WaitError::NotRunning(format!(
+            "unable to write to control FIFO {}: {why}",
+            fifo.display()
+        )));
+    }
+    let (n0, _) = command_of(&before);
+    let start = Instant::now();
+    loop {
+        if interrupted() {
+            return Err(WaitError::Interrupted);
+        }
+        if let Ok(now) = read(path) {
+            let (n, accepted) = command_of(&now);
+            if n > n0 && !accepted {
+                return Err(WaitError::Failed(now.get("reason").to_string()));
+            }
+            if n > n0 {
+                match done(&before, &now) {
+                    Some(Ok(())) => return Ok(now),
+                    Some(Err(why)) => return Err(WaitError::Failed(why)),
+                    None if now.get("state") != "running" => {
+                        return Err(WaitError::Failed(format!(
+                            "pid {pid} ({}) is {} (reason={})",
+                            chain.program,
+                            now.get("state"),
+                            now.get("reason")
+                        )))
+                    }
+                    None => {}
+                }
+            }
+        }
+        if !alive(pid) {
+            return Err(WaitError::NotRunning(format!(
+                "pid {pid} ({}) died while we waited",
+                chain.program
+            )));
+        }
+        if start.elapsed() >= timeout {
+            let st = read(path).unwrap_or_default();
+            let (n, _) = command_of(&st);
+            let mut reason = format!(
+                "timed out after {}s: command={} phase={} phase_generation={}",
+                timeout.as_secs(),
+                st.get("command"),
+                st.get("phase"),
+                st.get("phase_generation")
+            );
+            if !st.get("verify").is_empty() {
+                reason += &format!(
+                    " verify={} verify_generation={}",
+                    st.get("verify"),
+                    st.get("verify_generation")
+                );
+            }
+            return Err(WaitError::TimedOut {
+                reason,
+                unchanged: n <= n0,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `confirm` (forkpool `--confirm-timeout`): the parked generation is
+/// retired; done at `verify=confirmed`.
+pub fn confirm(path: &Path, timeout: Duration, interrupted: &mut dyn FnMut() -> bool) -> Answer {
+    control(path, "confirm", timeout, interrupted, &|_, now| {
+        (now.get("verify") == "confirmed").then_some(Ok(()))
+    })
+}
+
+/// `revert` (forkpool `--confirm-timeout`): the parked generation serves
+/// again; done at `verify=reverted` with `serving_generation` the one parked
+/// before and every worker ready.
+pub fn revert(path: &Path, timeout: Duration, interrupted: &mut dyn FnMut() -> bool) -> Answer {
+    control(path, "revert", timeout, interrupted, &|before, now| {
+        let parked = before.num("parked_generation");
+        (now.get("verify") == "reverted"
+            && now.num("serving_generation") == parked
+            && now.num("ready") >= now.num("workers"))
+        .then_some(Ok(()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,5 +632,15 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(chain(&path).unwrap_err().0.contains("unable to read"));
         std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn the_answer_to_a_control_line() {
+        let st = Status::parse("command=3 commit refused\nreason=nothing is prepared\n");
+        assert_eq!(command_of(&st), (3, false));
+        let st = Status::parse("command=4 confirm accepted\n");
+        assert_eq!(command_of(&st), (4, true));
+        assert_eq!(command_of(&Status::parse("command=0\n")), (0, false));
+        assert_eq!(command_of(&Status::parse("pid=1\n")), (0, false));
     }
 }

@@ -20,12 +20,14 @@ pub(super) enum Next {
 type Step = fn(&mut Policy, Instant) -> Next;
 
 /// The steps, in order.
-const STEPS: [Step; 7] = [
+const STEPS: [Step; 8] = [
     // 0. The two-phase gate: a prepare expires, or is whole (prepare.rs).
     |p, now| {
         p.prepare_due(now);
         Next::On
     },
+    // 0. The verified switch's deadline: revert (verify.rs).
+    Policy::verify_due,
     Policy::fill_slots,
     Policy::retire_idle,
     Policy::retire_replaced,
@@ -88,6 +90,7 @@ impl Policy {
             .iter()
             .filter(|w| {
                 self.is_outgoing(w)
+                    && !w.parked
                     && (w.phase != WorkerPhase::Ready
                         || (w.held && Some(w.generation) != serving_id))
             })
@@ -105,14 +108,16 @@ impl Policy {
     /// oldest generation.
     pub(super) fn retire_replaced(&mut self, now: Instant) -> Next {
         let mode = self.settings.mode;
+        // A verified switch parks the old generation at step 3 instead.
+        let parks = self.verifying() && self.target.id > self.accepting.id;
         let all_at_once_go =
-            mode != Mode::Rolling && self.target_ready() && !self.prepare_holds(now);
+            mode != Mode::Rolling && self.target_ready() && !self.prepare_holds(now) && !parks;
         loop {
             let n = self.slots.len();
             let candidate = self
                 .workers
                 .iter()
-                .filter(|w| self.is_outgoing(w) && w.phase == WorkerPhase::Ready)
+                .filter(|w| self.is_outgoing(w) && w.phase == WorkerPhase::Ready && !w.parked)
                 .filter(|w| mode == Mode::Rolling || all_at_once_go || w.slot >= n)
                 .min_by_key(|w| (w.slot < n, w.generation, w.slot))
                 .map(|w| w.id);
@@ -145,6 +150,10 @@ impl Policy {
             ));
             self.switch_since = Some(now);
             self.serving = Some(self.target.clone());
+            if self.verifying() {
+                // Parked, not retired: gone for the switch (4.), warm for a revert.
+                self.park_old();
+            }
             return Next::Again;
         }
         if let Reload::Running { since } = self.reload {
@@ -167,7 +176,7 @@ impl Policy {
     /// left (an old worker that said it stopped accepting counts as gone).
     pub(super) fn release_after_switch(&mut self, now: Instant) -> Next {
         if let Some(s) = self.serving.clone() {
-            let gone = |w: &Worker| w.generation >= s.id || Policy::gone_for_switch(w);
+            let gone = |w: &Worker| w.generation >= s.id || w.parked || Policy::gone_for_switch(w);
             if s.id > self.accepting.id && self.workers.iter().all(gone) {
                 self.release(s, now);
             }
@@ -190,6 +199,7 @@ impl Policy {
             started: now,
             kill_at: KillDeadline::default(),
             held: false,
+            parked: false,
             retired: None,
             life: WorkerLife::default(),
         });
@@ -247,6 +257,7 @@ impl Policy {
             ));
         }
         self.prepare_released(id, now);
+        self.verify_released(id, now);
     }
 
     /// Send worker `id` the stop signal; KILL after the drain deadline.

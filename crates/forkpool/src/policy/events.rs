@@ -110,6 +110,10 @@ impl Policy {
             let wait = self.slots[slot].backoff.failed(now - started);
             self.slots[slot].not_before = Some(now + wait);
             self.warn(format!("{what}; restarting in {}", secs(wait)));
+        } else if self.workers[i].parked {
+            self.warn(format!(
+                "{what} while parked; its slot is refilled if generation {generation} serves again"
+            ));
         } else {
             self.warn(format!(
                 "{what}; not replaced: generation {generation} is outgoing"
@@ -213,6 +217,17 @@ impl Policy {
         if self.hup_refused() {
             return;
         }
+        if let Some(why) = self.verify_blocks() {
+            self.newest += 1;
+            let why = format!("HUP refused: {why}");
+            self.warn(format!(
+                "reload to generation {} failed: {why}",
+                self.newest
+            ));
+            self.reason = why;
+            self.reload = Reload::Failed;
+            return;
+        }
         self.newest += 1;
         let id = self.newest;
         let release = match resolve() {
@@ -287,6 +302,7 @@ impl Policy {
         ));
         self.stop = how;
         self.prepare_stopped();
+        self.verify_stopped();
         let drain = self.settings.drain;
         for w in &mut self.workers {
             if w.phase != WorkerPhase::Stopping || how == Stop::Fast {

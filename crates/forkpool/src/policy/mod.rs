@@ -12,8 +12,9 @@
 //! generation (the last one that did). The rule's steps (converge.rs), in
 //! order:
 //!
-//! 0. the two-phase gate (prepare.rs): an open prepare past its deadline
-//!    aborts; one whose generation is wholly ready is prepared;
+//! 0. the gates: an open prepare past its deadline aborts, one whose
+//!    generation is wholly ready is prepared (prepare.rs); a pending
+//!    verified switch past its deadline reverts (verify.rs);
 //! 1. every slot without a live worker of the target generation gets one (at
 //!    once, or after its back-off when the previous one failed);
 //! 2. every live worker that is not of the target generation, or sits in a
@@ -47,6 +48,10 @@
 //!    or were killed at the drain deadline), the serving generation becomes
 //!    the accepting one: every held worker of it is released at once.
 //!
+//! With `--confirm-timeout` (policy/verify.rs) step 3 *parks* the old
+//! generation instead (stopped, warm, counted as gone for 4.) until
+//! `confirm` retires it or `revert` (or the deadline) brings it back.
+//!
 //! The state is plain data. Its only clock values are `Instant`s (a start, a
 //! KILL deadline, a back-off's end, a reload's or a switch's beginning); to
 //! hand the state to another process (an in-place upgrade, state.rs) write
@@ -72,6 +77,7 @@ use crate::generation::{Generation, Reload, Stop};
 use crate::lifecycle::{PoolLife, Recycle, WorkerLife};
 use crate::settings::{Mode, Settings};
 use crate::two_phase::TwoPhase;
+use crate::verify::Verify;
 use crate::worker::{Slot, Why, Worker, WorkerId, WorkerPhase};
 
 /// What the pool must do, in this order.
@@ -160,6 +166,10 @@ pub enum Event<'a> {
     },
     /// `abort`.
     Abort { wall: f64 },
+    /// `confirm`: the parked generation is retired (policy/verify.rs).
+    Confirm { wall: f64 },
+    /// `revert`: the parked generation serves again, the new one goes.
+    Revert { wall: f64 },
 }
 
 /// After an event: whether the rule's steps run at once.
@@ -196,6 +206,8 @@ pub struct Policy {
     pub life: PoolLife,
     /// `-C`: prepare, commit, abort (policy/prepare.rs).
     pub two_phase: TwoPhase,
+    /// `--confirm-timeout`: the verified switch (policy/verify.rs).
+    pub verify: Verify,
 }
 
 /// `3.2ms`: a short duration (a cutover's switch) as the log lines write it.
@@ -233,6 +245,7 @@ impl Policy {
             queued: Vec::new(),
             life,
             two_phase: TwoPhase::default(),
+            verify: Verify::default(),
         };
         p.info(format!(
             "generation 1: starting {n} workers{}",
@@ -309,6 +322,9 @@ impl Policy {
             }
             // The prepared workers are retired at once.
             Event::Abort { wall } => self.abort(now, wall),
+            // A revert retires the new generation and refills at once.
+            Event::Confirm { wall } => self.confirm(now, wall),
+            Event::Revert { wall } => self.revert(now, wall),
         };
         if then == Then::Converge {
             self.converge(now);
@@ -345,8 +361,14 @@ impl Policy {
             .count()
     }
 
+    /// Held workers of a generation not released yet (parked ones are not).
     pub fn held_count(&self) -> usize {
-        self.workers.iter().filter(|w| w.held).count()
+        self.workers.iter().filter(|w| w.held && !w.parked).count()
+    }
+
+    /// Parked workers (`--confirm-timeout`: the old generation, stopped).
+    pub fn parked_count(&self) -> usize {
+        self.workers.iter().filter(|w| w.parked).count()
     }
 
     /// The generation that serves as a client sees it: the serving one, or
@@ -394,7 +416,7 @@ impl Policy {
         earliest(
             starts
                 .chain(workers)
-                .chain([reload, self.life_deadline()])
+                .chain([reload, self.life_deadline(), self.verify_deadline()])
                 .chain(self.prepare_deadlines()),
         )
     }
@@ -411,6 +433,7 @@ mod converge;
 mod events;
 mod lifecycle;
 mod prepare;
+mod verify;
 
 #[cfg(test)]
 mod sim;
@@ -422,3 +445,5 @@ mod tests_hostile;
 mod tests_lifecycle;
 #[cfg(test)]
 mod tests_prepare;
+#[cfg(test)]
+mod tests_verify;

@@ -24,14 +24,14 @@ use super::*;
 use crate::two_phase::Stage;
 
 impl Policy {
-    fn answer(&mut self, word: &str, accepted: bool, now: Instant, wall: f64) {
+    pub(super) fn answer(&mut self, word: &str, accepted: bool, now: Instant, wall: f64) {
         let t = &mut self.two_phase;
         t.commands += 1;
         t.wall_ref = Some((now, wall));
         t.last = format!("{word} {}", if accepted { "accepted" } else { "refused" });
     }
 
-    fn refuse(&mut self, word: &str, why: String, now: Instant, wall: f64) {
+    pub(super) fn refuse(&mut self, word: &str, why: String, now: Instant, wall: f64) {
         self.answer(word, false, now, wall);
         self.warn(format!("{word} refused: {why}"));
         self.reason = format!("{word} refused: {why}");
@@ -62,7 +62,7 @@ impl Policy {
         } else if self.serving.is_none() {
             Some("no generation serves yet".to_string())
         } else {
-            None
+            self.verify_blocks()
         };
         if let Some(why) = refused {
             return self.refuse("prepare", why, now, wall);

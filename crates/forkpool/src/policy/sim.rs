@@ -22,6 +22,7 @@ pub(super) fn settings(mode: Mode, life: Lifecycle) -> Settings {
         },
         backoff_max: Duration::from_secs(1),
         life,
+        confirm_timeout: None,
     }
 }
 

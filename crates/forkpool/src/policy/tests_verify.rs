@@ -1,0 +1,415 @@
+//! The verified switch (policy/verify.rs) without processes: a fake clock,
+//! pids handed out here; each transition of `verify=` on its own.
+
+use super::sim::*;
+use super::*;
+use crate::two_phase::Stage;
+use crate::verify::VerifyStage;
+
+const WALL: f64 = 1_764_245_000.0;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+trait Verified {
+    fn verified() -> Self;
+    fn all_ready(&mut self, gen: u64) -> Vec<Action>;
+    fn switched() -> Self;
+    fn command(&mut self, e: fn(f64) -> Event<'static>) -> Vec<Action>;
+    fn stage(&self) -> VerifyStage;
+    fn parked(&self) -> Vec<WorkerId>;
+    fn status(&self, key: &str) -> String;
+}
+
+impl Verified for Sim {
+    /// Generation 1 whole and serving, cutover with `-C` and
+    /// `--confirm-timeout 5000`.
+    fn verified() -> Sim {
+        let mut set = settings(Mode::Cutover, Default::default());
+        set.confirm_timeout = Some(TIMEOUT);
+        let (mut p, _) = Policy::new(set, release("r1"), N);
+        p.two_phase.control = Some(PathBuf::from("/run/app/control"));
+        let mut s = Sim::start(p, Vec::new());
+        s.at(100);
+        s.all_ready(1);
+        assert_eq!(s.p.serving.as_ref().map(|g| g.id), Some(1));
+        assert_eq!(s.status("verify"), "none");
+        s
+    }
+
+    fn all_ready(&mut self, gen: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        for id in self.of(gen, WorkerPhase::Starting) {
+            out.extend(self.ready(&[id]));
+        }
+        out
+    }
+
+    /// A HUP to r2 at 1 s, its workers ready at 1.2 s: switched, 1 parked.
+    fn switched() -> Sim {
+        let mut s = Sim::verified();
+        s.at(1000);
+        let a = s.hup_then_step(release("r2"));
+        s.feed(a);
+        s.at(1200);
+        s.all_ready(2);
+        assert_eq!(s.stage(), VerifyStage::Pending);
+        s
+    }
+
+    fn command(&mut self, e: fn(f64) -> Event<'static>) -> Vec<Action> {
+        let wall = WALL + (self.now - self.t0).as_secs_f64();
+        let a = self.p.handle(self.now, e(wall));
+        self.with_step(a)
+    }
+
+    fn stage(&self) -> VerifyStage {
+        self.p.verify.stage
+    }
+
+    fn parked(&self) -> Vec<WorkerId> {
+        let ws = self.p.workers.iter();
+        ws.filter(|w| w.parked).map(|w| w.id).collect()
+    }
+
+    fn status(&self, key: &str) -> String {
+        let text = crate::status::text(&self.p);
+        let want = format!("{key}=");
+        let line = text.lines().find(|l| l.starts_with(&want));
+        line.map(|l| l[want.len()..].to_string())
+            .unwrap_or_default()
+    }
+}
+
+fn confirm(wall: f64) -> Event<'static> {
+    Event::Confirm { wall }
+}
+
+fn revert(wall: f64) -> Event<'static> {
+    Event::Revert { wall }
+}
+
+fn holds(a: &[Action]) -> Vec<WorkerId> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Hold { worker } => Some(*worker),
+            _ => None,
+        })
+        .collect()
+}
+
+fn starts(a: &[Action]) -> Vec<u64> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Start { generation, .. } => Some(generation.id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_switch_parks_the_old_generation_and_releases_the_new_one_at_once() {
+    let mut s = Sim::verified();
+    let old = s.of(1, WorkerPhase::Ready);
+    s.at(1000);
+    let a = s.hup_then_step(release("r2"));
+    s.feed(a);
+    s.at(1200);
+    let a = s.all_ready(2);
+    // Parked (STOP), never told to stop; the new generation released in the same step.
+    assert_eq!(holds(&a)[holds(&a).len() - N..], old[..]);
+    assert!(retired(&a).is_empty(), "{a:?}");
+    let release = a.iter().position(|a| matches!(a, Action::Release { .. }));
+    let last_hold = a.iter().rposition(|a| matches!(a, Action::Hold { .. }));
+    assert!(last_hold < release, "{a:?}");
+    assert_eq!(s.parked(), old);
+    assert_eq!(s.p.reload, Reload::Ok);
+    assert_eq!(s.p.shown_serving().map(|g| g.id), Some(2));
+    assert_eq!((s.p.ready_count(), s.p.held_count()), (N, 0));
+    assert_eq!(s.p.verify.deadline, Some(s.now + TIMEOUT));
+    assert_eq!(s.p.next_deadline(), Some(s.now + TIMEOUT));
+    for (k, v) in [
+        ("verify", "pending"),
+        ("verify_generation", "2"),
+        ("parked_generation", "1"),
+        ("parked", "3"),
+        ("held", "0"),
+        ("serving_generation", "2"),
+        ("reload", "ok"),
+    ] {
+        assert_eq!(s.status(k), v, "{k}");
+    }
+    let deadline: f64 = s.status("verify_deadline").parse().unwrap();
+    assert!(deadline > WALL, "{deadline}");
+    let text = crate::status::text(&s.p);
+    assert_eq!(text.matches(" parked age=").count(), N, "{text}");
+}
+
+#[test]
+fn confirm_retires_the_parked_generation_as_a_cutover_does() {
+    let mut s = Sim::switched();
+    let old = s.parked();
+    s.at(1500);
+    let a = s.command(confirm);
+    assert_eq!(retired(&a), old);
+    for x in &a {
+        if let Action::Retire { signal, cont, .. } = x {
+            assert_eq!((*signal, *cont), (Signal::SIGTERM, true), "{a:?}");
+        }
+    }
+    assert_eq!(s.stage(), VerifyStage::Confirmed);
+    assert_eq!(s.status("verify"), "confirmed");
+    assert_eq!(s.status("parked_generation"), "");
+    assert_eq!(s.status("verify_deadline"), "");
+    assert_eq!(s.status("command"), "1 confirm accepted");
+    assert!(s.parked().is_empty());
+    assert_eq!(s.p.next_deadline(), Some(s.now + Duration::from_secs(10)));
+    // Nothing reverts later.
+    s.at(10_000);
+    let a = s.tick();
+    assert!(starts(&a).is_empty() && holds(&a).is_empty(), "{a:?}");
+    assert_eq!(s.p.shown_serving().map(|g| g.id), Some(2));
+}
+
+#[test]
+fn revert_holds_the_new_releases_the_parked_then_retires_the_new() {
+    let mut s = Sim::switched();
+    let old = s.parked();
+    let new = s.of(2, WorkerPhase::Ready);
+    s.at(1300);
+    let a = s.command(revert);
+    // (1) the new generation stopped, (2) the parked one released, (3) the new one retired.
+    let hold = a.iter().rposition(|a| matches!(a, Action::Hold { .. }));
+    let rel = a
+        .iter()
+        .position(|a| matches!(a, Action::Release { generation: 1, held, .. } if *held == old));
+    let retire = a.iter().position(|a| matches!(a, Action::Retire { .. }));
+    assert!(hold.is_some() && hold < rel && rel < retire, "{a:?}");
+    assert_eq!(holds(&a), new);
+    assert_eq!(retired(&a), new);
+    assert!(starts(&a).is_empty(), "no new process: {a:?}");
+    assert_eq!(s.stage(), VerifyStage::Reverted);
+    assert_eq!(s.p.shown_serving().map(|g| g.id), Some(1));
+    assert_eq!(s.p.ready_count(), N);
+    for (k, v) in [
+        ("verify", "reverted"),
+        ("verify_generation", "2"),
+        ("parked_generation", ""),
+        ("serving_generation", "1"),
+        ("reason", "revert requested"),
+        ("command", "1 revert accepted"),
+        ("release", "/srv/releases/r1"),
+    ] {
+        assert_eq!(s.status(k), v, "{k}");
+    }
+    // The same workers serve: the parked ones, no longer held.
+    assert_eq!(s.of(1, WorkerPhase::Ready), old);
+    assert!(s.p.workers.iter().all(|w| !w.held && !w.parked));
+}
+
+#[test]
+fn no_confirm_within_the_timeout_reverts_by_itself_and_says_why() {
+    let mut s = Sim::switched();
+    let old = s.parked();
+    s.at(1200 + 4999);
+    let a = s.tick();
+    assert!(holds(&a).is_empty() && retired(&a).is_empty(), "{a:?}");
+    assert_eq!(s.stage(), VerifyStage::Pending);
+    s.at(1200 + 5000);
+    let a = s.tick();
+    assert_eq!(retired(&a).len(), N, "{a:?}");
+    assert_eq!(s.stage(), VerifyStage::Reverted);
+    assert_eq!(s.of(1, WorkerPhase::Ready), old);
+    assert_eq!(
+        s.status("reason"),
+        "generation 2 not confirmed within 5.00s: reverted"
+    );
+    // A confirm too late is refused, and changes nothing.
+    let a = s.command(confirm);
+    assert!(retired(&a).is_empty(), "{a:?}");
+    assert_eq!(s.status("command"), "1 confirm refused");
+    assert!(s.status("reason").contains("verify=reverted"));
+}
+
+#[test]
+fn confirm_or_revert_with_nothing_pending_is_refused_and_changes_nothing() {
+    let mut s = Sim::verified();
+    let before: Vec<_> = s.p.workers.iter().map(|w| (w.id, w.phase)).collect();
+    let a = s.command(revert);
+    assert!(retired(&a).is_empty() && holds(&a).is_empty(), "{a:?}");
+    assert_eq!(s.status("command"), "1 revert refused");
+    assert_eq!(
+        s.status("reason"),
+        "revert refused: no generation awaits confirm or revert (verify=none)"
+    );
+    s.command(confirm);
+    assert_eq!(s.status("command"), "2 confirm refused");
+    let after: Vec<_> = s.p.workers.iter().map(|w| (w.id, w.phase)).collect();
+    assert_eq!(before, after);
+    // Without --confirm-timeout: refused too, and no verify keys.
+    let (mut p, _) = Policy::new(settings(Mode::Cutover, Default::default()), None, 1);
+    p.two_phase.control = Some(PathBuf::from("/run/app/control"));
+    let mut plain = Sim::start(p, Vec::new());
+    plain.command(confirm);
+    assert!(plain.status("reason").contains("without --confirm-timeout"));
+    assert!(!crate::status::text(&plain.p).contains("verify="));
+}
+
+#[test]
+fn a_hup_or_a_prepare_while_pending_is_refused() {
+    let mut s = Sim::switched();
+    s.at(1300);
+    let a = s.hup_then_step(release("r3"));
+    assert!(starts(&a).is_empty(), "{a:?}");
+    assert_eq!(s.p.reload, Reload::Failed);
+    assert_eq!(s.p.newest, 3);
+    assert_eq!(
+        s.status("reason"),
+        "HUP refused: generation 2 awaits confirm or revert"
+    );
+    let a = s.p.handle(
+        s.now,
+        Event::Prepare {
+            wall: WALL,
+            resolve: &mut || Ok(release("r3")),
+        },
+    );
+    assert!(starts(&a).is_empty(), "{a:?}");
+    assert_eq!(s.status("command"), "1 prepare refused");
+    assert_eq!(s.stage(), VerifyStage::Pending);
+    assert_eq!(s.parked().len(), N);
+    // A revert still brings generation 1 back.
+    s.command(revert);
+    assert_eq!(s.p.shown_serving().map(|g| g.id), Some(1));
+}
+
+#[test]
+fn a_stop_while_pending_stops_the_parked_workers_too() {
+    let mut s = Sim::switched();
+    s.at(1300);
+    let a = s.p.handle(
+        s.now,
+        Event::Stop {
+            how: Stop::Graceful,
+            signal: Signal::SIGTERM,
+        },
+    );
+    assert_eq!(retired(&a).len(), 2 * N, "{a:?}");
+    for x in &a {
+        if let Action::Retire { worker, cont, .. } = x {
+            let gen = s.p.worker(*worker).map(|w| w.generation);
+            // The parked ones are stopped (SIGSTOP): CONT after the signal.
+            assert_eq!(*cont, gen == Some(1), "{x:?}");
+        }
+    }
+    assert_eq!(s.stage(), VerifyStage::None);
+    assert!(s.parked().is_empty());
+    assert_eq!(s.p.verify_deadline(), None);
+    let ids: Vec<WorkerId> = s.p.workers.iter().map(|w| w.id).collect();
+    for id in ids {
+        s.end(id, Ended::Exited(0));
+    }
+    assert!(s.p.finished());
+}
+
+#[test]
+fn a_parked_worker_that_dies_is_refilled_in_the_old_release_at_a_revert_only() {
+    let mut s = Sim::switched();
+    let old = s.parked();
+    s.at(1300);
+    let a = s.end(old[1], Ended::Killed(Signal::SIGKILL));
+    assert!(starts(&a).is_empty(), "not while pending: {a:?}");
+    assert_eq!(s.status("parked"), "2");
+    s.at(1400);
+    let a = s.command(revert);
+    // Generation 1 again, in r1, in the dead worker's slot, accepting at once.
+    let refill: Vec<_> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start {
+                slot,
+                generation,
+                hold,
+                ..
+            } => Some((*slot, generation.id, generation.release.clone(), *hold)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refill, vec![(1, 1, release("r1"), false)]);
+    assert_eq!(s.p.ready_count(), N - 1);
+    s.at(1500);
+    let id = s.of(1, WorkerPhase::Starting);
+    s.ready(&id);
+    assert_eq!(s.p.ready_count(), N);
+    assert_eq!(s.status("serving_generation"), "1");
+}
+
+#[test]
+fn a_worker_of_the_new_generation_that_dies_while_pending_is_replaced_in_it() {
+    let mut s = Sim::switched();
+    let new = s.of(2, WorkerPhase::Ready);
+    s.at(2500);
+    let a = s.end(new[0], Ended::Exited(1));
+    assert_eq!(starts(&a), vec![2], "{a:?}");
+    assert_eq!(s.stage(), VerifyStage::Pending);
+    // A revert then retires the new one that is still starting, too.
+    let a = s.command(revert);
+    assert_eq!(retired(&a).len(), N, "{a:?}");
+    assert_eq!(s.p.shown_serving().map(|g| g.id), Some(1));
+}
+
+#[test]
+fn a_two_phase_commit_parks_too() {
+    let mut s = Sim::verified();
+    s.at(1000);
+    let a = s.p.handle(
+        s.now,
+        Event::Prepare {
+            wall: WALL + 1.0,
+            resolve: &mut || Ok(release("r2")),
+        },
+    );
+    s.with_step(a);
+    s.at(1200);
+    s.all_ready(2);
+    assert_eq!(s.p.two_phase.stage, Stage::Prepared);
+    assert!(s.parked().is_empty());
+    s.at(1300);
+    let a = s.p.handle(
+        s.now,
+        Event::Commit {
+            wall: WALL + 1.3,
+            at: None,
+        },
+    );
+    let a = s.with_step(a);
+    assert!(retired(&a).is_empty(), "{a:?}");
+    assert_eq!(s.p.two_phase.stage, Stage::Committed);
+    assert_eq!(s.stage(), VerifyStage::Pending);
+    assert_eq!(s.parked().len(), N);
+    assert_eq!(s.p.shown_serving().map(|g| g.id), Some(2));
+    assert_eq!(s.status("command"), "2 commit accepted");
+    s.command(revert);
+    assert_eq!(s.p.shown_serving().map(|g| g.id), Some(1));
+    assert_eq!(s.status("command"), "3 revert accepted");
+}
+
+#[test]
+fn each_switch_is_verified_again() {
+    let mut s = Sim::switched();
+    s.at(1500);
+    s.command(confirm);
+    let olds = s.of(1, WorkerPhase::Stopping);
+    for id in olds {
+        s.end(id, Ended::Exited(0));
+    }
+    s.at(2000);
+    let a = s.hup_then_step(release("r3"));
+    s.feed(a);
+    s.at(2200);
+    s.all_ready(3);
+    assert_eq!(s.stage(), VerifyStage::Pending);
+    assert_eq!(s.status("parked_generation"), "2");
+    assert_eq!(s.status("verify_generation"), "3");
+    s.command(revert);
+    assert_eq!(s.p.shown_serving().map(|g| g.id), Some(2));
+    assert_eq!(s.status("release"), "/srv/releases/r2");
+}

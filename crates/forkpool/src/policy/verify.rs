@@ -1,0 +1,215 @@
+//! The verified switch (`--confirm-timeout`, README.md "Verified switch"),
+//! as more of the pure rule. At a cutover's switch (step 3) the old
+//! generation is *parked* instead of retired: each of its ready workers is
+//! stopped (SIGSTOP of its group, [`Action::Hold`]) and stays warm; a parked
+//! worker counts as gone for the switch, so the new generation is released
+//! at once (step 4) and `verify=pending` begins, with its deadline. Then:
+//!
+//! - `confirm`: the parked workers are retired as a cutover retires the old
+//!   generation (the stop signal and SIGCONT, KILL at the drain deadline);
+//! - `revert`, or the deadline (the gate of step 0): (1) every worker of the
+//!   new generation is stopped (held: now none accepts), (2) the parked
+//!   workers are released (SIGCONT), the parked generation is the target,
+//!   serving and accepting one again, (3) the rule then retires the new
+//!   generation (held in a generation that does not serve: step 2a) and
+//!   refills in the old release any slot whose parked worker died;
+//! - a HUP or a prepare while pending is refused; a stop (TERM, INT, QUIT)
+//!   gives the parked workers the signal and SIGCONT like every other, and
+//!   ends the verify (`verify=none`).
+
+use super::*;
+
+use super::converge::Next;
+use crate::verify::VerifyStage;
+
+impl Policy {
+    /// Whether the verified switch is on (`--confirm-timeout`).
+    pub(super) fn verifying(&self) -> bool {
+        self.settings.confirm_timeout.is_some()
+    }
+
+    /// Step 3, at a cutover's switch with `--confirm-timeout`: park every
+    /// ready worker older than the target generation; verify is pending
+    /// (its deadline starts at the release, 4.).
+    pub(super) fn park_old(&mut self) {
+        let target = self.target.id;
+        let mut parked = 0;
+        for w in self.workers.iter_mut().filter(|w| {
+            w.live() && w.phase == WorkerPhase::Ready && w.generation != target && !w.held
+        }) {
+            w.parked = true;
+            w.held = true;
+            parked += 1;
+            self.queued.push(Action::Hold { worker: w.id });
+        }
+        let old = self.accepting.clone();
+        self.info(format!(
+            "generation {}: parked {parked} workers (sent STOP) until confirm or revert",
+            old.id
+        ));
+        self.verify = Verify {
+            stage: VerifyStage::Pending,
+            generation: target,
+            parked: Some(old),
+            deadline: None,
+        };
+    }
+
+    /// At the release of generation `id` (4.): a pending verify of it
+    /// starts its deadline.
+    pub(super) fn verify_released(&mut self, id: u64, now: Instant) {
+        let timeout = self.settings.confirm_timeout;
+        let v = &mut self.verify;
+        if let (true, Some(t)) = (v.pending() && v.generation == id, timeout) {
+            v.deadline = Some(now + t);
+            let msg = format!(
+                "generation {id} awaits confirm or revert within {}",
+                secs(t)
+            );
+            self.info(msg);
+        }
+    }
+
+    /// Step 0: a pending verify past its deadline reverts.
+    pub(super) fn verify_due(&mut self, now: Instant) -> Next {
+        let v = &self.verify;
+        if !(v.pending() && v.deadline.is_some_and(|d| now >= d)) {
+            return Next::On;
+        }
+        let timeout = self.settings.confirm_timeout.unwrap_or_default();
+        let why = format!(
+            "generation {} not confirmed within {}: reverted",
+            v.generation,
+            secs(timeout)
+        );
+        self.revert_to_parked(why);
+        Next::On
+    }
+
+    /// Why a command of the verify cannot run now (None: it can).
+    fn verify_refused(&self) -> Option<String> {
+        let v = &self.verify;
+        if self.stop != Stop::No {
+            Some("the pool is stopping".to_string())
+        } else if !self.verifying() {
+            Some("no verified switch (forkpool runs without --confirm-timeout)".to_string())
+        } else if !v.pending() {
+            Some(format!(
+                "no generation awaits confirm or revert (verify={})",
+                v.stage.name()
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// `confirm`: the parked generation is retired.
+    pub(super) fn confirm(&mut self, now: Instant, wall: f64) -> Then {
+        if let Some(why) = self.verify_refused() {
+            self.refuse("confirm", why, now, wall);
+            return Then::NextTurn;
+        }
+        self.answer("confirm", true, now, wall);
+        let g = self.verify.generation;
+        let parked: Vec<WorkerId> = self
+            .workers
+            .iter_mut()
+            .filter(|w| w.parked)
+            .map(|w| {
+                w.parked = false;
+                w.id
+            })
+            .collect();
+        self.info(format!(
+            "confirm: generation {g} confirmed; retiring {} parked workers",
+            parked.len()
+        ));
+        for id in parked {
+            // Still held: the stop signal, then SIGCONT.
+            self.retire(id, now, Why::Replaced);
+        }
+        self.verify.stage = VerifyStage::Confirmed;
+        self.verify.parked = None;
+        self.verify.deadline = None;
+        Then::NextTurn
+    }
+
+    /// `revert`: back to the parked generation at once.
+    pub(super) fn revert(&mut self, now: Instant, wall: f64) -> Then {
+        if let Some(why) = self.verify_refused() {
+            self.refuse("revert", why, now, wall);
+            return Then::NextTurn;
+        }
+        self.answer("revert", true, now, wall);
+        self.revert_to_parked("revert requested".to_string());
+        Then::Converge
+    }
+
+    /// (1) hold every live worker not parked, (2) release the parked ones
+    /// and serve their generation; (3) the steps retire the rest.
+    fn revert_to_parked(&mut self, why: String) {
+        let Some(old) = self.verify.parked.take() else {
+            return;
+        };
+        let new = self.verify.generation;
+        for w in self
+            .workers
+            .iter_mut()
+            .filter(|w| w.live() && !w.parked && !w.held && w.generation != old.id)
+        {
+            w.held = true;
+            self.queued.push(Action::Hold { worker: w.id });
+        }
+        let mut held = Vec::new();
+        for w in self.workers.iter_mut().filter(|w| w.parked) {
+            w.parked = false;
+            w.held = false;
+            held.push(w.id);
+        }
+        let n = held.len();
+        self.queued.push(Action::Release {
+            generation: old.id,
+            workers: Vec::new(),
+            held,
+        });
+        self.warn(format!(
+            "{why}: generation {} serves again ({n} parked workers released); generation {new} stops",
+            old.id
+        ));
+        self.target = old.clone();
+        self.serving = Some(old.clone());
+        self.accepting = old;
+        self.switch_since = None;
+        for s in &mut self.slots {
+            s.not_before = None;
+        }
+        self.reason = why;
+        self.verify.stage = VerifyStage::Reverted;
+        self.verify.deadline = None;
+    }
+
+    /// A HUP or a prepare while pending: why it is refused.
+    pub(super) fn verify_blocks(&self) -> Option<String> {
+        let v = &self.verify;
+        v.pending()
+            .then(|| format!("generation {} awaits confirm or revert", v.generation))
+    }
+
+    /// The pool stops: the parked workers get the signal like the rest (they
+    /// are held: SIGCONT after it); the verify ends.
+    pub(super) fn verify_stopped(&mut self) {
+        if self.verify.pending() {
+            for w in &mut self.workers {
+                w.parked = false;
+            }
+            self.verify.stage = VerifyStage::None;
+            self.verify.parked = None;
+            self.verify.deadline = None;
+        }
+    }
+
+    /// The deadline of a pending verify.
+    pub(super) fn verify_deadline(&self) -> Option<Instant> {
+        self.verify.deadline.filter(|_| self.verify.pending())
+    }
+}

@@ -1,0 +1,426 @@
+//! forkpool --confirm-timeout, the verified switch (issue 26), run as an
+//! operator would, with test-worker as the program and poolctl as the
+//! controller: at the switch the old generation is parked (stopped, warm)
+//! and the new one released at once; `revert` brings the very same old
+//! workers back under load with nothing failed and no process started;
+//! `confirm` retires them; no confirm in time (a controller killed with -9)
+//! reverts by itself and says so; HUP and prepare are refused meanwhile;
+//! TERM leaves nothing; a USR2 hands the pending switch over; a parked
+//! worker that died is refilled at a revert; a two-phase commit is verified
+//! too; `-m cutover` with timed readiness warns at start.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use integration_tests::*;
+use nix::sys::signal::Signal;
+
+const LONG: Duration = Duration::from_secs(30);
+const N: usize = 3;
+
+/// `forkpool -m cutover -C control --confirm-timeout MS` over test-worker
+/// (`--notify-fd 3`, every start logged), 3 workers, on a fresh socket.
+struct Pool {
+    p: Proc,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Pool {
+    fn start(tag: &str, confirm_ms: &str, extra: &[&str]) -> Pool {
+        let dir = TempDir::new(tag);
+        let (sock, port) = listener();
+        let mut c = cmd("forkpool");
+        c.args([
+            "-v", "-S", "status", "-C", "control", "-m", "cutover", "-d", "3",
+        ]);
+        c.args(["-n", "3", "-t", "20000", "-k", "5000"]);
+        c.args(["--confirm-timeout", confirm_ms]).args(extra);
+        c.arg(bin("test-worker"))
+            .args(["--notify-fd", "3", "--start-log"])
+            .arg(dir.join("starts"));
+        c.stdin(sock)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).expect("log"))
+            .current_dir(dir.path());
+        let pool = Pool {
+            p: Proc::spawn(c),
+            port,
+            dir,
+        };
+        pool.wait_serving(1);
+        pool
+    }
+
+    fn st(&self) -> PathBuf {
+        self.dir.join("status")
+    }
+
+    fn status(&self) -> PoolStatus {
+        PoolStatus::read(&self.st())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    fn starts(&self) -> usize {
+        let s = std::fs::read_to_string(self.dir.join("starts")).unwrap_or_default();
+        s.lines().count()
+    }
+
+    /// Generation `g` serves, every worker of it ready and nothing else alive.
+    fn wait_serving(&self, g: u64) {
+        let ok = wait_until(LONG, || {
+            let s = self.status();
+            s.num("serving_generation") == g
+                && s.gen_pids(g, "ready").len() == N
+                && s.workers.len() == N
+        });
+        assert!(
+            ok,
+            "generation {g} never served alone: {:?}\n{}",
+            self.status().kv,
+            self.log()
+        );
+    }
+
+    /// `poolctl ARGS STATUSFILE`: (code, stdout, stderr).
+    fn poolctl(&self, args: &[&str]) -> (i32, String, String) {
+        let mut c = cmd("poolctl");
+        c.args(args).arg(self.st());
+        run(c, Duration::from_secs(60))
+    }
+
+    /// A reload (poolctl reload: ok once generation 2 serves), then the switch
+    /// is pending with the old workers parked; their pids.
+    fn switch(&self) -> Vec<i32> {
+        let old = self.status().gen_pids(1, "ready");
+        assert_eq!(old.len(), N);
+        let (code, out, err) = self.poolctl(&["reload", "-t", "30"]);
+        assert_eq!(code, 0, "reload: {out}{err}\n{}", self.log());
+        let s = self.status();
+        assert_eq!(s.get("verify"), "pending", "{:?}", s.kv);
+        assert_eq!(s.num("verify_generation"), 2);
+        assert_eq!(s.num("parked_generation"), 1);
+        assert_eq!(s.num("parked"), N as u64);
+        assert_eq!(s.num("held"), 0);
+        assert_eq!(s.num("serving_generation"), 2);
+        assert_eq!(s.gen_pids(1, "parked"), old, "{:?}", s.workers);
+        assert_eq!(s.gen_pids(2, "ready").len(), N, "{:?}", s.workers);
+        let deadline: f64 = s.get("verify_deadline").parse().expect("verify_deadline");
+        assert!(deadline > 1.7e9, "{deadline}");
+        // Stopped, warm: alive, state T.
+        assert!(
+            wait_until(LONG, || old.iter().all(|&p| proc_state(p) == 'T')),
+            "parked workers not stopped: {:?}",
+            old.iter().map(|&p| proc_state(p)).collect::<Vec<_>>()
+        );
+        old
+    }
+
+    /// The generation that answers a connection now.
+    fn answer_gen(&self) -> String {
+        ask(self.port)
+            .map(|l| worker_field(&l, "gen"))
+            .unwrap_or_default()
+    }
+}
+
+/// A process's state letter from /proc (T: stopped; '?': gone).
+fn proc_state(pid: i32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        })
+        .unwrap_or('?')
+}
+
+fn gone(pid: i32) -> bool {
+    matches!(proc_state(pid), '?' | 'Z')
+}
+
+#[test]
+fn revert_under_load_brings_back_the_same_old_workers_with_nothing_failed_and_nothing_started() {
+    let pool = Pool::start("verified-revert", "60000", &[]);
+    let mut hammer = Hammer::start(pool.port, 8);
+    let old = pool.switch();
+    assert_eq!(pool.answer_gen(), "2");
+    let started = pool.starts();
+    assert_eq!(started, 2 * N);
+
+    let (code, out, err) = pool.poolctl(&["revert", "-t", "30"]);
+    assert_eq!(code, 0, "revert: {out}{err}\n{}", pool.log());
+    assert!(
+        out.contains(
+            "poolctl: revert ok: generation 1 serving again, 3 of 3 ready; generation 2 retired"
+        ),
+        "{out}"
+    );
+    let s = pool.status();
+    assert_eq!(s.get("verify"), "reverted");
+    assert_eq!(s.get("reason"), "revert requested");
+    assert_eq!(s.get("command"), "1 revert accepted");
+    assert_eq!(s.get("parked_generation"), "");
+    assert_eq!(
+        s.gen_pids(1, "ready"),
+        old,
+        "the same workers: {:?}",
+        s.workers
+    );
+    assert_eq!(pool.answer_gen(), "1");
+    pool.wait_serving(1);
+    let (answered, failed) = hammer.stop();
+    eprintln!("revert under 8 clients: {answered} answered, {failed} failed");
+    assert!(answered > 50, "{answered}");
+    assert_eq!(failed, 0);
+    assert_eq!(pool.starts(), started, "no process started by the revert");
+    assert!(old.iter().all(|&p| proc_state(p) != 'T'));
+    // Nothing pending any more: a second revert is refused, with the reason.
+    let (code, _, err) = pool.poolctl(&["revert", "-t", "10"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("revert failed: revert refused: no generation awaits confirm or revert (verify=reverted)"), "{err}");
+}
+
+#[test]
+fn confirm_retires_the_parked_generation() {
+    let pool = Pool::start("verified-confirm", "60000", &[]);
+    let old = pool.switch();
+    let (code, out, err) = pool.poolctl(&["confirm", "-t", "30"]);
+    assert_eq!(code, 0, "confirm: {out}{err}\n{}", pool.log());
+    assert!(
+        out.contains("poolctl: confirm ok: generation 2 confirmed"),
+        "{out}"
+    );
+    assert!(
+        wait_until(LONG, || old.iter().all(|&p| gone(p))),
+        "the parked workers did not exit: {}",
+        pool.log()
+    );
+    pool.wait_serving(2);
+    let s = pool.status();
+    assert_eq!((s.get("verify"), s.get("parked")), ("confirmed", "0"));
+    assert_eq!(pool.answer_gen(), "2");
+    let (code, _, err) = pool.poolctl(&["confirm", "-t", "10"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("confirm refused"), "{err}");
+}
+
+#[test]
+fn no_confirm_in_time_after_the_controller_is_killed_reverts_and_says_why() {
+    let pool = Pool::start("verified-timeout", "1500", &[]);
+    let old = pool.status().gen_pids(1, "ready");
+    // A controller that switches, then dies (-9) before it confirms.
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!(
+            "'{}' reload -t 30 '{}' && exec sleep 600",
+            bin("poolctl").display(),
+            pool.st().display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut controller = Proc::spawn(c);
+    assert!(
+        wait_until(LONG, || pool.status().get("verify") == "pending"),
+        "never pending: {}",
+        pool.log()
+    );
+    controller.signal(Signal::SIGKILL);
+    controller.wait_timeout(LONG).expect("the controller dies");
+    assert!(
+        wait_until(LONG, || pool.status().get("verify") == "reverted"),
+        "no revert at the deadline: {:?}\n{}",
+        pool.status().kv,
+        pool.log()
+    );
+    let s = pool.status();
+    assert_eq!(
+        s.get("reason"),
+        "generation 2 not confirmed within 1.50s: reverted"
+    );
+    assert_eq!(s.num("serving_generation"), 1);
+    assert_eq!(s.gen_pids(1, "ready"), old);
+    pool.wait_serving(1);
+    assert_eq!(pool.starts(), 2 * N);
+    assert!(
+        pool.log().contains("not confirmed within 1.50s: reverted"),
+        "{}",
+        pool.log()
+    );
+}
+
+#[test]
+fn a_hup_or_a_prepare_while_pending_is_refused() {
+    let pool = Pool::start("verified-hup", "60000", &[]);
+    let old = pool.switch();
+    let (code, _, err) = pool.poolctl(&["reload", "-t", "30"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("HUP refused: generation 2 awaits confirm or revert"),
+        "{err}"
+    );
+    let (code, _, err) = pool.poolctl(&["prepare", "-t", "30"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("prepare refused: generation 2 awaits confirm or revert"),
+        "{err}"
+    );
+    let s = pool.status();
+    assert_eq!(s.get("verify"), "pending");
+    assert_eq!(s.gen_pids(1, "parked"), old);
+    assert_eq!(pool.starts(), 2 * N, "nothing started for them");
+    let (code, out, err) = pool.poolctl(&["revert", "-t", "30"]);
+    assert_eq!(code, 0, "{out}{err}");
+    pool.wait_serving(1);
+}
+
+#[test]
+fn term_while_pending_leaves_nothing() {
+    let mut pool = Pool::start("verified-term", "60000", &[]);
+    let old = pool.switch();
+    let all: Vec<i32> = pool.status().workers.iter().map(|w| w.2).collect();
+    assert_eq!(all.len(), 2 * N);
+    assert!(old.iter().all(|p| all.contains(p)));
+    pool.p.signal(Signal::SIGTERM);
+    let st = pool
+        .p
+        .wait_timeout(LONG)
+        .expect("forkpool exits after TERM");
+    assert_eq!(st.code(), Some(0), "{}", pool.log());
+    assert!(
+        wait_until(LONG, || all.iter().all(|&p| gone(p))),
+        "workers left: {:?}",
+        all.iter().filter(|&&p| !gone(p)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_parked_worker_that_died_is_refilled_in_the_old_generation_at_the_revert() {
+    let pool = Pool::start("verified-died", "60000", &[]);
+    let old = pool.switch();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old[1]), Signal::SIGKILL).expect("kill");
+    assert!(
+        wait_until(LONG, || pool.status().num("parked") == (N - 1) as u64),
+        "{:?}",
+        pool.status().kv
+    );
+    assert_eq!(pool.starts(), 2 * N, "not refilled while pending");
+    let (code, out, err) = pool.poolctl(&["revert", "-t", "30"]);
+    assert_eq!(code, 0, "revert: {out}{err}\n{}", pool.log());
+    pool.wait_serving(1);
+    let now = pool.status().gen_pids(1, "ready");
+    assert_eq!(
+        pool.starts(),
+        2 * N + 1,
+        "one worker of generation 1 started"
+    );
+    assert!(
+        now.contains(&old[0]) && now.contains(&old[2]) && !now.contains(&old[1]),
+        "{now:?} {old:?}"
+    );
+}
+
+#[test]
+fn a_usr2_while_pending_hands_the_parked_generation_over() {
+    let pool = Pool::start("verified-usr2", "60000", &[]);
+    let old = pool.switch();
+    let deadline = pool.status().get("verify_deadline").to_string();
+    pool.p.signal(Signal::SIGUSR2);
+    assert!(
+        wait_until(LONG, || pool.status().num("upgrades") == 1
+            && pool.status().get("upgrade") == "ok"),
+        "no upgrade: {:?}\n{}",
+        pool.status().kv,
+        pool.log()
+    );
+    let s = pool.status();
+    assert_eq!(s.get("verify"), "pending", "{:?}", s.kv);
+    assert_eq!(s.gen_pids(1, "parked"), old);
+    let (a, b): (f64, f64) = (
+        deadline.parse().expect("deadline"),
+        s.get("verify_deadline").parse().expect("deadline after"),
+    );
+    assert!((a - b).abs() < 0.05, "{a} {b}");
+    let (code, out, err) = pool.poolctl(&["revert", "-t", "30"]);
+    assert_eq!(code, 0, "revert after USR2: {out}{err}\n{}", pool.log());
+    assert_eq!(pool.status().gen_pids(1, "ready"), old);
+    assert_eq!(pool.starts(), 2 * N);
+}
+
+#[test]
+fn a_two_phase_commit_with_a_confirm_timeout_is_verified_too() {
+    let pool = Pool::start("verified-commit", "60000", &[]);
+    let old = pool.status().gen_pids(1, "ready");
+    let (code, out, err) = pool.poolctl(&["prepare", "-t", "30"]);
+    assert_eq!(code, 0, "prepare: {out}{err}");
+    let (code, out, err) = pool.poolctl(&["commit", "-t", "30"]);
+    assert_eq!(code, 0, "commit: {out}{err}\n{}", pool.log());
+    assert!(out.contains("; generation 1 parked until"), "{out}");
+    let s = pool.status();
+    assert_eq!((s.get("phase"), s.get("verify")), ("committed", "pending"));
+    assert_eq!(s.gen_pids(1, "parked"), old);
+    let (code, out, err) = pool.poolctl(&["revert", "-t", "30"]);
+    assert_eq!(code, 0, "revert: {out}{err}");
+    pool.wait_serving(1);
+    assert_eq!(pool.status().gen_pids(1, "ready"), old);
+    assert_eq!(pool.status().get("command"), "3 revert accepted");
+}
+
+#[test]
+fn the_options_are_checked_and_timed_readiness_under_cutover_warns() {
+    for bad in [
+        &["-m", "cutover", "--confirm-timeout", "1000"][..],
+        &["-C", "c", "--confirm-timeout", "1000"],
+        &["-m", "cutover", "-C", "c", "--confirm-timeout", "0"],
+    ] {
+        let dir = TempDir::new("verified-usage");
+        let mut c = cmd("forkpool");
+        c.args(bad).arg(bin("test-worker")).current_dir(dir.path());
+        let (code, _, err) = run(c, LONG);
+        assert_eq!(code, 100, "{bad:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    let warning = "-m cutover with timed readiness";
+    for (ready, warns) in [
+        (&["-a", "200"][..], true),
+        (&[][..], true),
+        (&["-d", "3"][..], false),
+    ] {
+        let dir = TempDir::new("verified-warn");
+        let (sock, _) = listener();
+        let mut c = cmd("forkpool");
+        c.args(["-n", "1", "-m", "cutover", "-S", "status"])
+            .args(ready)
+            .arg(bin("test-worker"));
+        if !warns {
+            c.args(["--notify-fd", "3"]);
+        }
+        c.stdin(sock)
+            .stderr(std::fs::File::create(dir.join("log")).expect("log"))
+            .current_dir(dir.path());
+        let mut p = Proc::spawn(c);
+        let log = || std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        let serving = || PoolStatus::read(&dir.join("status")).num("serving_generation") == 1;
+        assert!(wait_until(LONG, serving), "{ready:?}: {}", log());
+        if warns {
+            assert!(
+                wait_until(LONG, || log().contains(warning)),
+                "{ready:?}: {}",
+                log()
+            );
+            assert!(
+                log().contains("use -d or --notify and the hold descriptor"),
+                "{}",
+                log()
+            );
+        }
+        p.signal(Signal::SIGTERM);
+        let st = p.wait_timeout(LONG).expect("forkpool exits");
+        assert_eq!(st.code(), Some(0), "{ready:?} runs on: {}", log());
+        assert_eq!(log().contains(warning), warns, "{ready:?}: {}", log());
+    }
+}
