@@ -65,6 +65,7 @@ fn main() {
     d.mark_running();
     pause("locked");
     let status = d.find_chain();
+    let status = d.end_a_left_verify(status);
     let serving = d.what_serves(&status);
     d.repair_link(&serving);
     let (target, cut) = d.choose_target(&serving);
@@ -332,6 +333,31 @@ impl Deploy {
         }
     }
 
+    /// A generation still awaiting confirm or revert when we hold the lock:
+    /// the deploy that switched to it was killed before its verdict, and
+    /// nothing verified it. Revert it (the parked generation, verified by
+    /// that deploy's predecessor, serves again at once), say so, go on.
+    fn end_a_left_verify(&self, status: Status) -> Status {
+        let Some(parked) = parked_generation(&status) else {
+            return status;
+        };
+        let gen = status.num("verify_generation");
+        match self.revert_parked() {
+            Ok(st) => {
+                say(format_args!(
+                    "generation {gen} awaited confirm or revert (its deploy was interrupted): reverted to the parked generation {parked}"
+                ));
+                st
+            }
+            Err(why) => self.die(
+                EXIT_TEMPORARY,
+                format_args!(
+                    "generation {gen} awaits confirm or revert (its deploy was interrupted), and the revert failed: {why}; nothing was changed"
+                ),
+            ),
+        }
+    }
+
     /// The release serving now: the status file's release=, else what --check
     /// answers (looked up in the history), else what LINK names.
     fn what_serves(&self, status: &Status) -> Release {
@@ -497,6 +523,11 @@ impl Deploy {
         let parked = parked_generation(&reloaded.status);
         let checked = self.check(new, Some(old), &reloaded, true);
         pause("checked");
+        // an INT or TERM up to the confirm still reverts
+        let checked = checked.and_then(|()| match parked {
+            Some(_) if self.interrupted() => Err(self.interruption()),
+            _ => Ok(()),
+        });
         match (checked, parked) {
             (Ok(()), Some(_)) => match self.confirm() {
                 Ok(st) => {
@@ -548,7 +579,10 @@ impl Deploy {
     /// Not verified with a generation parked: revert to it (warm), LINK back.
     /// Exit 1; when the revert fails, the cold rollback.
     fn revert(&self, old: &Release, new: &Release, reason: &str, released: Instant) -> i32 {
-        match self.revert_parked() {
+        match self
+            .revert_parked()
+            .or_else(|why| self.reverted_by_itself().ok_or(why))
+        {
             Ok(st) => {
                 let took = served(released);
                 if let Err(e) = self.switch(old) {
@@ -708,6 +742,13 @@ impl Deploy {
         checked
     }
 
+    /// After a refused revert: forkpool may have reverted by itself (its
+    /// --confirm-timeout passed first); then that is the revert.
+    fn reverted_by_itself(&self) -> Option<Status> {
+        let st = statusfile::read(&self.opts.statusfile).ok()?;
+        (st.get("verify") == "reverted" && st.serving()).then_some(st)
+    }
+
     /// HUP the chain and wait for the new generation to serve whole.
     fn reload(&self, interruptible: bool) -> Result<Reloaded, Outcome> {
         let started = Instant::now();
@@ -824,13 +865,16 @@ impl Deploy {
     }
 
     /// confirm (the parked generation retires): the status, or why not.
+    /// Not interruptible: the verdict is given whole.
     fn confirm(&self) -> Result<Status, String> {
-        Err("confirm: not built yet".to_string())
+        statusfile::confirm(&self.opts.statusfile, self.opts.timeout, &mut || false)
+            .map_err(|e| e.to_string())
     }
 
     /// revert (the parked generation serves again): the status, or why not.
     fn revert_parked(&self) -> Result<Status, String> {
-        Err("revert: not built yet".to_string())
+        statusfile::revert(&self.opts.statusfile, self.opts.timeout, &mut || false)
+            .map_err(|e| e.to_string())
     }
 
     fn interruption(&self) -> Outcome {
