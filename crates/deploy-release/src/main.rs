@@ -516,7 +516,7 @@ impl Deploy {
                     new.name(),
                     old.name()
                 ));
-                return self.roll_back(old, new);
+                return self.roll_back(old, new, None);
             }
             Err(other) => self.gone(other, old),
         };
@@ -545,11 +545,11 @@ impl Deploy {
             (Err(Outcome::Failed(reason)), Some(_)) => self.revert(old, new, &reason, reloaded.at),
             (Err(Outcome::Failed(reason)), None) => {
                 say(format_args!(
-                    "not verified: {reason}; served {}; rolling back to {}",
+                    "not verified: {reason}; served {} so far; rolling back to {}",
                     served(reloaded.at),
                     old.name()
                 ));
-                self.roll_back(old, new)
+                self.roll_back(old, new, Some(reloaded.at))
             }
             (Err(other), _) => self.gone(other, old),
         }
@@ -610,11 +610,11 @@ impl Deploy {
             }
             Err(why) => {
                 say(format_args!(
-                    "not verified: {reason}; served {}; the revert failed: {why}; rolling back to {}",
+                    "not verified: {reason}; served {} so far; the revert failed: {why}; rolling back to {}",
                     served(released),
                     old.name()
                 ));
-                self.roll_back(old, new)
+                self.roll_back(old, new, Some(released))
             }
         }
     }
@@ -664,8 +664,9 @@ impl Deploy {
         }
     }
 
-    /// Switch back to `old` and verify it: 1 when it serves again, else 2 (or 3, 111).
-    fn roll_back(&self, old: &Release, new: &Release) -> i32 {
+    /// Switch back to `old` and verify it: 1 when it serves again, else 2 (or
+    /// 3, 111). `released`: when `new` began to serve (None: it never did).
+    fn roll_back(&self, old: &Release, new: &Release, released: Option<Instant>) -> i32 {
         if let Err(e) = self.switch(old) {
             self.die(
                 EXIT_ROLLBACK_FAILED,
@@ -685,7 +686,11 @@ impl Deploy {
         pause("rollback");
         match self.reload_and_check(old, Some(new), false) {
             Ok(()) => {
-                say(format_args!("rolled back: {} serves", old.name()));
+                let took = match released {
+                    Some(t) => format!("; {} served {} in all", new.name(), served(t)),
+                    None => String::new(),
+                };
+                say(format_args!("rolled back: {} serves{took}", old.name()));
                 EXIT_ROLLED_BACK
             }
             Err(Outcome::Failed(r)) => self.die(
