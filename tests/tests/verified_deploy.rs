@@ -21,14 +21,7 @@ fn s(p: &std::path::Path) -> &str {
 /// long it served; with nothing parked the old release is started again (cold).
 fn a_500_release_cold(mode: Mode) {
     let site = Site::start(&format!("vd-500-{mode:?}"), mode);
-    let dir = site.release("r2", "--fail-requests");
-    let (code, err) = site.deploy(&[s(&dir)]);
-    assert_eq!(code, 1, "{err}\n{}", site.log());
-    let want = format!(
-        "not verified: GET {} answered 500; served ",
-        site.check_url()
-    );
-    assert!(err.contains(&want), "{err}");
+    let err = deploy_500(&site, "r2");
     assert!(
         err.contains("ms so far; rolling back to releases/r1"),
         "{err}"
@@ -41,6 +34,20 @@ fn a_500_release_cold(mode: Mode) {
     assert_eq!(site.answer().as_deref(), Some("r1"));
     let history = std::fs::read_to_string(site.dir.join("history")).unwrap_or_default();
     assert!(!history.contains("r2"), "{history}");
+}
+
+/// Deploy release `id` answering 500 to everything: exit 1, not verified at
+/// its first answer, the line says so; stderr.
+fn deploy_500(site: &Site, id: &str) -> String {
+    let dir = site.release(id, "--fail-requests");
+    let (code, err) = site.deploy(&[s(&dir)]);
+    assert_eq!(code, 1, "{err}\n{}", site.log());
+    let want = format!(
+        "not verified: GET {} answered 500; served ",
+        site.check_url()
+    );
+    assert!(err.contains(&want), "{err}");
+    err
 }
 
 #[test]
@@ -157,14 +164,7 @@ fn confirm_a_good_release_and_revert_a_500_one_demo() {
         .iter()
         .all(|w| w.1 == 2)));
 
-    let bad = site.release("r3", "--fail-requests");
-    let (code, err) = site.deploy(&[s(&bad)]);
-    assert_eq!(code, 1, "{err}\n{}", site.log());
-    let want = format!(
-        "not verified: GET {} answered 500; served ",
-        site.check_url()
-    );
-    assert!(err.contains(&want), "{err}");
+    let err = deploy_500(&site, "r3");
     assert!(
         err.contains("ms; reverted to releases/r2 (warm generation 2)"),
         "{err}"
