@@ -1,4 +1,8 @@
 # Shared by demo/serve and demo/deploy (sourced; $top is the repository).
+# Our own umask, whatever the caller's: group and others never get write
+# permission on what we make (the state directory, releases, bin/app, logs,
+# serve.pid, port, history); a stricter umask the caller set is kept.
+umask "$(printf '%03o' $(( $(umask) | 022 )))"
 STATE=${STATE:-$top/demo/state}
 BIN=${BIN:-$top/target/release}
 me=demo/$(basename "$0")

@@ -263,11 +263,55 @@ pub fn bin_dir() -> PathBuf {
     bin("forkpool").parent().expect("bin dir").to_path_buf()
 }
 
+/// Whether descriptor `fd` becomes readable within `timeout` (looked at
+/// every 50 ms).
+pub fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        let mut p = [libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: `p` is one valid pollfd and the count passed is 1.
+        unsafe { libc::poll(p.as_mut_ptr(), 1, 50) > 0 }
+    })
+}
+
 /// A listening socket on a free port of 127.0.0.1, to be a child's stdin (fd 0).
 pub fn listener() -> (Stdio, u16) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
     (Stdio::from(std::os::fd::OwnedFd::from(l)), port)
+}
+
+/// `tcplisten -1 127.0.0.1 0 PROG ARGS` (stderr to `log`), and the port it
+/// printed (within 60 s).
+pub fn behind_tcplisten(prog: &str, args: &[&std::ffi::OsStr], log: &Path) -> (Proc, u16) {
+    let mut c = cmd("tcplisten");
+    c.args(["-1", "127.0.0.1", "0"])
+        .arg(bin(prog))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log"));
+    let mut p = Proc::spawn(c);
+    let (line, _) =
+        read_line_timeout(p.stdout(), Duration::from_secs(60)).expect("tcplisten prints the port");
+    (p, line.trim().parse().expect("port"))
+}
+
+/// Read one request head (up to the blank line) from a client, a byte at a
+/// time (nothing of a next request is taken); None if the connection ends first.
+pub fn read_request_head(s: &mut impl Read) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
 }
 
 /// A connection to 127.0.0.1:`port`, reads timing out after 10 s.
@@ -532,4 +576,62 @@ impl Drop for Hammer {
     fn drop(&mut self) {
         self.done.store(true, Ordering::Relaxed);
     }
+}
+
+// ------------------------------------------------------------ builds and pool-health
+
+/// Put `from` at `to` as an install does: a copy beside it, then rename.
+pub fn install(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).expect("copy build");
+    std::fs::rename(&tmp, to).expect("rename build");
+}
+
+/// Build A (the tool as built) and build B (the same with bytes appended:
+/// a different file, a different build id) in `dir`.
+pub fn two_builds(dir: &Path, tool: &str) -> (PathBuf, PathBuf) {
+    let a = dir.join(format!("{tool}.build-a"));
+    let b = dir.join(format!("{tool}.build-b"));
+    std::fs::copy(bin(tool), &a).expect("copy");
+    let mut bytes = std::fs::read(bin(tool)).expect("read");
+    bytes.extend_from_slice(b"\0upgrade-test build B\0");
+    std::fs::write(&b, bytes).expect("write B");
+    chmod_755(&b);
+    (a, b)
+}
+
+/// `dir/bin`: a copy of the tools the demo's scripts run (BIN for them), so
+/// that a test can put another build in place.
+pub fn demo_tools(dir: &Path) -> PathBuf {
+    let bindir = dir.join("bin");
+    std::fs::create_dir(&bindir).expect("bin");
+    for tool in [
+        "tcplisten",
+        "forkpool",
+        "loop-forever",
+        "setlock",
+        "atomic-symlink",
+        "deploy-release",
+        "poolctl",
+        "app",
+    ] {
+        std::fs::copy(bin(tool), bindir.join(tool)).expect("copy tool");
+    }
+    bindir
+}
+
+/// An executable file at `path` (a script, a fake build) holding `text`.
+pub fn script(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("script");
+    chmod_755(path);
+}
+
+fn chmod_755(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// `tcplisten -1 127.0.0.1 0 pool-health ARGS`, and the port it printed.
+pub fn start_health(dir: &Path, args: &[&std::ffi::OsStr]) -> (Proc, u16) {
+    behind_tcplisten("pool-health", args, &dir.join("health.err"))
 }

@@ -191,44 +191,6 @@ fn usage() {
     }
 }
 
-/// Mount a small tmpfs at `dir`; false (and a message) when that is not possible here.
-fn mount_tmpfs(dir: &std::path::Path, size: &str) -> bool {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .stderr(Stdio::null())
-        .status();
-    if !matches!(st, Ok(s) if s.success()) {
-        eprintln!(
-            "skipping: cannot mount a tmpfs at {} (not root?)",
-            dir.display()
-        );
-        return false;
-    }
-    true
-}
-
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// Fill the filesystem of `dir` until a write fails.
-fn fill(dir: &std::path::Path) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(dir.join("filler")).expect("filler");
-    let block = vec![b'x'; 4096];
-    while f.write_all(&block).is_ok() {}
-    let _ = f.sync_all();
-}
-
 /// The state directory (LINK, lock, history) on a full filesystem: exit 111
 /// naming the file, nothing switched, the old release serves; once there is
 /// room again the deploy works.

@@ -577,15 +577,7 @@ impl Systemd {
     fn recv(&self) -> (i32, String) {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixCredentials};
         let fd = self.notify.as_raw_fd();
-        let ok = wait_until(T, || {
-            let mut p = [libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            // SAFETY: `p` is one valid pollfd and the count passed is 1.
-            unsafe { libc::poll(p.as_mut_ptr(), 1, 50) > 0 }
-        });
+        let ok = wait_readable(fd, T);
         assert!(ok, "no datagram on NOTIFY_SOCKET within {T:?}");
         let mut buf = [0u8; 4096];
         let mut cmsg = nix::cmsg_space!(UnixCredentials);

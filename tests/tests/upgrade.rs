@@ -24,31 +24,6 @@ use common::{assert_clean, make_release, LONG};
 use integration_tests::*;
 use nix::sys::signal::Signal;
 
-/// Put `from` at `to` as an install does: a copy beside it, then rename.
-fn install(from: &Path, to: &Path) {
-    let tmp = to.with_extension("new");
-    std::fs::copy(from, &tmp).expect("copy build");
-    std::fs::rename(&tmp, to).expect("rename build");
-}
-
-/// Build A (the tool as built) and build B (the same with bytes appended:
-/// a different file, a different build id) in `dir`.
-fn two_builds(dir: &Path, tool: &str) -> (PathBuf, PathBuf) {
-    let a = dir.join(format!("{tool}.build-a"));
-    let b = dir.join(format!("{tool}.build-b"));
-    std::fs::copy(bin(tool), &a).expect("copy");
-    let mut bytes = std::fs::read(bin(tool)).expect("read");
-    bytes.extend_from_slice(b"\0upgrade-test build B\0");
-    std::fs::write(&b, bytes).expect("write B");
-    std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    (a, b)
-}
-
-fn script(path: &Path, text: &str) {
-    std::fs::write(path, text).expect("script");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-}
-
 /// tcplisten + dir/forkpool (a copy) with `opts`, the status file dir/status.
 struct Chain {
     p: Proc,
@@ -592,21 +567,7 @@ fn loop_forever_upgraded_under_load_keeps_its_child() {
 #[test]
 fn demo_upgrade_builds_upgrades_and_reports_a_refusal() {
     let t = TempDir::new("upgrade-demo");
-    let bindir = t.join("bin");
-    std::fs::create_dir(&bindir).expect("bin");
-    let tools = [
-        "tcplisten",
-        "forkpool",
-        "loop-forever",
-        "setlock",
-        "atomic-symlink",
-        "deploy-release",
-        "poolctl",
-        "app",
-    ];
-    for tool in tools {
-        std::fs::copy(bin(tool), bindir.join(tool)).expect("copy tool");
-    }
+    let bindir = demo_tools(t.path());
     let (_, b) = two_builds(t.path(), "forkpool");
     let state = t.join("state");
     let env = |c: &mut std::process::Command| {

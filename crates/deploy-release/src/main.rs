@@ -4,11 +4,11 @@
 //! status file, verify, and roll back (verified) on failure or interrupt.
 //! See README.md.
 
-mod check;
+mod log;
 mod release;
 mod verify;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -20,8 +20,8 @@ use unixtool::signals::{signal_name, SignalPipe};
 use unixtool::statusfile::{self, Status, WaitError};
 use unixtool::{Tool, EXIT_TEMPORARY, EXIT_USAGE};
 
-use check::Url;
 use release::Release;
+use unixtool::httpget::{self as check, Url};
 
 const EXIT_ROLLED_BACK: i32 = 1;
 const EXIT_ROLLBACK_FAILED: i32 = 2;
@@ -58,10 +58,11 @@ struct Options {
 }
 
 fn main() {
+    let started = Instant::now();
     let opts = parse_options();
     let link_dir = link_directory(&opts.link);
     let _lock = take_lock(&link_dir);
-    let mut d = Deploy::new(opts, link_dir);
+    let mut d = Deploy::new(opts, link_dir, started);
     d.mark_running();
     pause("locked");
     let status = d.find_chain();
@@ -69,6 +70,7 @@ fn main() {
     let serving = d.what_serves(&status);
     d.repair_link(&serving);
     let (target, cut) = d.choose_target(&serving);
+    d.planned(&serving, &target);
     if d.interrupted() {
         d.die(
             EXIT_ROLLED_BACK,
@@ -122,6 +124,14 @@ fn parse_options() -> Options {
     if rollback && id.is_some() {
         TOOL.usage("--id names a new release: not with --rollback");
     }
+    if let Some(dir) = args.first().filter(|_| !rollback) {
+        if unixtool::quote::needs_quoting(&dir.to_string_lossy()) {
+            TOOL.usage(format_args!(
+                "release_dir {} holds a control character (a newline?): refused",
+                dir.to_string_lossy()
+            ));
+        }
+    }
     let statusfile = PathBuf::from(args.pop().unwrap_or_default());
     let link = PathBuf::from(args.pop().unwrap_or_default());
     let release_dir = args.pop().map(PathBuf::from);
@@ -158,27 +168,50 @@ fn link_directory(link: &Path) -> PathBuf {
     })
 }
 
-/// deploy.lock beside LINK: flock, close-on-exec, never waited for.
+/// deploy.lock beside LINK: flock, close-on-exec, never waited for. Created
+/// 0600 and kept so (a lock another user can open, they can hold); one that
+/// another user owns, or that is not a regular file, is refused.
 fn take_lock(dir: &Path) -> OwnedFd {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let path = dir.join("deploy.lock");
+    let fail = |what: String| -> ! {
+        TOOL.fatal(
+            EXIT_TEMPORARY,
+            format_args!(
+                "unable to use {}: {what}; nothing was changed",
+                path.display()
+            ),
+        )
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&path)
-        .unwrap_or_else(|e| {
-            TOOL.fatal(
-                EXIT_TEMPORARY,
-                format_args!(
-                    "unable to open {}: {}",
-                    path.display(),
-                    unixtool::io_reason(&e)
-                ),
-            )
-        });
+        .unwrap_or_else(|e| fail(unixtool::io_reason(&e)));
+    let meta = file
+        .metadata()
+        .unwrap_or_else(|e| fail(unixtool::io_reason(&e)));
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.file_type().is_file() {
+        fail("not a regular file".to_string());
+    }
+    if meta.uid() != me {
+        fail(format!(
+            "it is owned by uid {}, not by uid {me} who deploys (another user could hold it)",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o7077 != 0 {
+        if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+            fail(format!(
+                "unable to make it 0600: {}",
+                unixtool::io_reason(&e)
+            ));
+        }
+    }
     let fd = OwnedFd::from(file);
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     let locked = unixtool::retry_eintr(|| {
@@ -196,7 +229,7 @@ fn take_lock(dir: &Path) -> OwnedFd {
 /// Who holds the lock, as deploy.running says.
 fn busy_reason(dir: &Path) -> String {
     let running = dir.join("deploy.running");
-    let pid: Option<i32> = std::fs::read_to_string(&running)
+    let pid: Option<i32> = unixtool::statusfile::read_small(&running, 64)
         .ok()
         .and_then(|t| t.trim().parse().ok());
     match pid {
@@ -248,13 +281,22 @@ struct Deploy {
     /// The first INT, TERM or HUP that came.
     signal: Cell<Option<Signal>>,
     chain_pid: i32,
+    /// The deploy log's line (log.rs), written at the end.
+    log: RefCell<log::Entry>,
 }
 
 impl Deploy {
-    fn new(opts: Options, link_dir: PathBuf) -> Deploy {
+    fn new(opts: Options, link_dir: PathBuf, started: Instant) -> Deploy {
         let sigs = SignalPipe::install(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP])
             .unwrap_or_else(|e| TOOL.fatal_errno(EXIT_TEMPORARY, "catch signals", e));
         let link = link_dir.join(opts.link.file_name().unwrap_or_default());
+        let kind = if opts.release_dir.is_some() {
+            "deploy"
+        } else {
+            "rollback"
+        };
+        let mut entry = log::Entry::new(started, kind);
+        entry.step("lock", true);
         Deploy {
             opts,
             link_dir,
@@ -262,6 +304,39 @@ impl Deploy {
             sigs,
             signal: Cell::new(None),
             chain_pid: 0,
+            log: RefCell::new(entry),
+        }
+    }
+
+    /// The deploy log: what served, what is deployed; the step before.
+    fn planned(&self, serving: &Release, target: &Release) {
+        let mut e = self.log.borrow_mut();
+        e.before = Some(serving.name());
+        e.target = Some(target.name());
+        e.target_id = target.id.clone();
+        e.step("prepare", true);
+    }
+
+    fn step(&self, name: &str, ok: bool) {
+        self.log.borrow_mut().step(name, ok);
+    }
+
+    /// The deploy log's line for exit `code`, appended; a warning if it cannot be.
+    fn write_log(&self, code: i32) {
+        let e = self.log.borrow();
+        let after = match code {
+            0 => e.target.clone(),
+            1 => e.before.clone(),
+            _ => None,
+        };
+        let link = Release::of_link(&self.link, &self.link_dir).map(|r| r.name());
+        let line = e.line(code, after.as_deref(), link.as_deref());
+        if let Err(err) = log::append(&self.link_dir, &line) {
+            TOOL.warn(format_args!(
+                "unable to append to {}: {}",
+                self.link_dir.join(log::FILE).display(),
+                unixtool::io_reason(&err)
+            ));
         }
     }
 
@@ -276,7 +351,7 @@ impl Deploy {
     /// deploy.running names us; a stale one (dead pid) is reported.
     fn mark_running(&mut self) {
         let path = self.running_file();
-        if let Some(p) = std::fs::read_to_string(&path)
+        if let Some(p) = unixtool::statusfile::read_small(&path, 64)
             .ok()
             .and_then(|t| t.trim().parse::<i32>().ok())
         {
@@ -298,14 +373,16 @@ impl Deploy {
         }
     }
 
-    /// Remove deploy.running, exit.
+    /// Write the deploy log's line, remove deploy.running, exit.
     fn finish(&self, code: i32) -> ! {
+        self.write_log(code);
         let _ = std::fs::remove_file(self.running_file());
         std::process::exit(code)
     }
 
     fn die(&self, code: i32, msg: impl std::fmt::Display) -> ! {
         say(format_args!("fatal: {msg}"));
+        self.log.borrow_mut().reason(&msg);
         self.finish(code)
     }
 
@@ -376,7 +453,8 @@ impl Deploy {
         }
         let linked = Release::of_link(&self.link, &self.link_dir);
         if let Some(url) = self.opts.checks.first() {
-            if let Some(answer) = check::ask(url, Duration::from_secs(5)) {
+            let until = Instant::now() + Duration::from_secs(5);
+            if let Some(answer) = check::ask(url, until, &mut || self.interrupted()) {
                 let history = release::read_history(&self.history_file()).unwrap_or_default();
                 let known = linked.iter().cloned().chain(
                     history
@@ -465,6 +543,18 @@ impl Deploy {
                 ),
             )
         });
+        // The history holds one name a line, and the status files and the
+        // messages quote what they carry: a name with a newline or another
+        // control character cannot be recorded as it is, so it is refused.
+        if unixtool::quote::needs_quoting(&r.name()) {
+            self.die(
+                EXIT_USAGE,
+                format_args!(
+                    "unable to use release {}: its name holds a control character (a newline?); nothing was changed",
+                    r.name()
+                ),
+            );
+        }
         if let Some(id) = &self.opts.id {
             r.id = Some(id.clone());
         }
@@ -489,6 +579,9 @@ impl Deploy {
     fn switch_and_verify(&self, old: &Release, new: &Release, cut: Option<usize>) -> i32 {
         if new.dir == old.dir {
             say(format_args!("{} serves already; nothing to do", new.name()));
+            self.log
+                .borrow_mut()
+                .reason(format_args!("{} serves already", new.name()));
             return 0;
         }
         if let Err(e) = self.switch(new) {
@@ -507,6 +600,8 @@ impl Deploy {
             old.name(),
             new.name()
         ));
+        self.step("switch", true);
+        self.log.borrow_mut().switched = true;
         pause("switched");
         let reloaded = match self.reload(true) {
             Ok(r) => r,
@@ -516,12 +611,16 @@ impl Deploy {
                     new.name(),
                     old.name()
                 ));
+                self.log
+                    .borrow_mut()
+                    .reason(format_args!("deploy of {} failed: {reason}", new.name()));
                 return self.roll_back(old, new, None);
             }
             Err(other) => self.gone(other, old),
         };
         let parked = parked_generation(&reloaded.status);
         let checked = self.check(new, Some(old), &reloaded, true);
+        self.step_check(&checked);
         pause("checked");
         // an INT or TERM up to the confirm still reverts
         let checked = checked.and_then(|()| match parked {
@@ -531,6 +630,7 @@ impl Deploy {
         match (checked, parked) {
             (Ok(()), Some(_)) => match self.confirm() {
                 Ok(st) => {
+                    self.step("confirm", true);
                     say(format_args!(
                         "confirmed generation {}: the parked generation retires",
                         st.num("verify_generation")
@@ -538,6 +638,7 @@ impl Deploy {
                     self.verified(old, new, cut)
                 }
                 Err(why) => {
+                    self.step("confirm", false);
                     self.revert(old, new, &format!("the confirm failed: {why}"), reloaded.at)
                 }
             },
@@ -549,6 +650,9 @@ impl Deploy {
                     served(reloaded.at),
                     old.name()
                 ));
+                self.log
+                    .borrow_mut()
+                    .reason(format_args!("{} not verified: {reason}", new.name()));
                 self.roll_back(old, new, Some(reloaded.at))
             }
             (Err(other), _) => self.gone(other, old),
@@ -557,7 +661,9 @@ impl Deploy {
 
     /// The release verified (and confirmed): the history, exit 0.
     fn verified(&self, old: &Release, new: &Release, cut: Option<usize>) -> i32 {
-        if let Err(e) = self.record(old, new, cut) {
+        let recorded = self.record(old, new, cut);
+        self.step("history", recorded.is_ok());
+        if let Err(e) = recorded {
             let undone = self.undo(old);
             self.die(
                 EXIT_TEMPORARY,
@@ -579,13 +685,19 @@ impl Deploy {
     /// Not verified with a generation parked: revert to it (warm), LINK back.
     /// Exit 1; when the revert fails, the cold rollback.
     fn revert(&self, old: &Release, new: &Release, reason: &str, released: Instant) -> i32 {
-        match self
+        self.log
+            .borrow_mut()
+            .reason(format_args!("{} not verified: {reason}", new.name()));
+        let reverted = self
             .revert_parked()
-            .or_else(|why| self.reverted_by_itself().ok_or(why))
-        {
+            .or_else(|why| self.reverted_by_itself().ok_or(why));
+        self.step("revert", reverted.is_ok());
+        match reverted {
             Ok(st) => {
                 let took = served(released);
-                if let Err(e) = self.switch(old) {
+                let switched = self.switch(old);
+                self.step("revert-switch", switched.is_ok());
+                if let Err(e) = switched {
                     self.die(
                         EXIT_ROLLBACK_FAILED,
                         format_args!(
@@ -667,7 +779,10 @@ impl Deploy {
     /// Switch back to `old` and verify it: 1 when it serves again, else 2 (or
     /// 3, 111). `released`: when `new` began to serve (None: it never did).
     fn roll_back(&self, old: &Release, new: &Release, released: Option<Instant>) -> i32 {
-        if let Err(e) = self.switch(old) {
+        self.log.borrow_mut().prefix = "rollback-";
+        let switched = self.switch(old);
+        self.step("switch", switched.is_ok());
+        if let Err(e) = switched {
             self.die(
                 EXIT_ROLLBACK_FAILED,
                 format_args!(
@@ -684,7 +799,9 @@ impl Deploy {
             old.name()
         ));
         pause("rollback");
-        match self.reload_and_check(old, Some(new), false) {
+        let verified = self.reload_and_check(old, Some(new), false);
+        self.step_check(&verified);
+        match verified {
             Ok(()) => {
                 let took = match released {
                     Some(t) => format!("; {} served {} in all", new.name(), served(t)),
@@ -703,6 +820,7 @@ impl Deploy {
 
     /// After a history write failed: back to `old`, verified if possible.
     fn undo(&self, old: &Release) -> String {
+        self.log.borrow_mut().prefix = "undo-";
         if let Err(e) = self.switch(old) {
             return format!(
                 "unable to switch {} back to {}: {e}",
@@ -767,7 +885,10 @@ impl Deploy {
             }
             self.interrupted() && interruptible
         };
-        let st = match statusfile::reload(&self.opts.statusfile, self.opts.timeout, &mut stop) {
+        let answer = statusfile::reload(&self.opts.statusfile, self.opts.timeout, &mut stop);
+        self.step("reload", answer.is_ok());
+        self.log.borrow_mut().reload_ok = answer.is_ok();
+        let st = match answer {
             Ok(st) => st,
             Err(WaitError::Failed(r)) => return Err(Outcome::Failed(r)),
             Err(WaitError::TimedOut {
@@ -839,7 +960,8 @@ impl Deploy {
             self.interrupted() && interruptible
         };
         let mut ask = |url: &Url, until: Instant| {
-            check::ask(url, until.saturating_duration_since(Instant::now()))
+            // one try, by `until`, given up within 100 ms of an INT or TERM
+            check::ask(url, until, &mut || self.interrupted() && interruptible)
         };
         let result = verify::rounds(
             &rule,
@@ -850,7 +972,7 @@ impl Deploy {
         );
         match result {
             Ok(n) => {
-                let urls: Vec<String> = self.opts.checks.iter().map(verify::text).collect();
+                let urls: Vec<String> = self.opts.checks.iter().map(Url::to_string).collect();
                 let verb = if urls.len() == 1 { "answers" } else { "answer" };
                 say(format_args!(
                     "{} {verb} {} ({} good rounds in a row, {n} in all)",
@@ -880,6 +1002,13 @@ impl Deploy {
     fn revert_parked(&self) -> Result<Status, String> {
         statusfile::revert(&self.opts.statusfile, self.opts.timeout, &mut || false)
             .map_err(|e| e.to_string())
+    }
+
+    /// The deploy log: the check's step, when there was one (a reload said yes).
+    fn step_check(&self, verified: &Result<(), Outcome>) {
+        if !self.opts.checks.is_empty() && self.log.borrow().reload_ok {
+            self.step("check", verified.is_ok());
+        }
     }
 
     fn interruption(&self) -> Outcome {

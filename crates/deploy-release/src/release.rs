@@ -47,7 +47,7 @@ impl Release {
 
 /// The history file's lines.
 pub fn read_history(path: &Path) -> io::Result<Vec<String>> {
-    match std::fs::read_to_string(path) {
+    match unixtool::statusfile::read_small(path, unixtool::statusfile::MAX_READ) {
         Ok(t) => Ok(t
             .lines()
             .map(str::trim)

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::check::{Answer, Url};
+use unixtool::httpget::{Answer, Url};
 
 /// How far apart rounds are at most.
 pub const ROUND: Duration = Duration::from_millis(50);
@@ -67,14 +67,14 @@ fn judge(rule: &Rule, url: &Url, a: Option<Answer>) -> Try {
     };
     let shown = format!("{} {}", a.status, a.release);
     if !(200..300).contains(&a.status) {
-        return Try::Bad(format!("GET {} answered {}", text(url), a.status));
+        return Try::Bad(format!("GET {url} answered {}", a.status));
     }
     match rule.want {
         Some(w) if w != a.release => {
             if rule.not_yet == Some(a.release.as_str()) {
                 Try::NotYet(shown)
             } else {
-                Try::Bad(format!("GET {} answered {shown}, not {w}", text(url)))
+                Try::Bad(format!("GET {url} answered {shown}, not {w}"))
             }
         }
         _ => Try::Good,
@@ -115,7 +115,7 @@ pub fn rounds(
                 Try::Bad(r) => return Err(Bad::Answered(r)),
                 Try::NotYet(shown) => {
                     all_good = false;
-                    why = format!("GET {} answered {shown}", text(url));
+                    why = format!("GET {url} answered {shown}");
                     break;
                 }
             }
@@ -145,11 +145,6 @@ pub fn rounds(
         }
         sleep(ROUND.saturating_sub(t.saturating_duration_since(round_start)));
     }
-}
-
-/// A URL as the lines print it.
-pub fn text(u: &Url) -> String {
-    format!("http://{}:{}{}", u.host, u.port, u.path)
 }
 
 #[cfg(test)]

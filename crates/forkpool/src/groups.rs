@@ -1,7 +1,10 @@
 //! What forkpool starts, it ends: every worker leads a process group of its
 //! own (`unixtool::child::Spawn::process_group`), and a *guard* process, forked
 //! once, knows every such group and KILLs them all when forkpool dies, kill -9
-//! included. See "What forkpool starts, it ends" in README.md.
+//! included: each group once its worker is gone, at the latest after the
+//! drain deadline (`-k`); the workers themselves got their stop signal from
+//! the kernel (their parent-death signal), so they finish what they hold.
+//! See "What forkpool starts, it ends" in README.md.
 //!
 //! The guard learns the groups over a pipe: forkpool writes a worker's pid
 //! (= its group) when it starts it and the negated pid when the group is gone
@@ -10,12 +13,14 @@
 //! next image (state.rs's `guard` record), so one guard serves every image.
 //! The guard reads end of file when forkpool's copy of the write end closes
 //! (forkpool died), then waits until its parent is gone (SIGUSR1 by
-//! PR_SET_PDEATHSIG ends the wait): then it KILLs every group it knows and
-//! exits. The guard leads a process group of its own, so a KILL
+//! PR_SET_PDEATHSIG ends the wait): then it sends CONT to every group it
+//! knows (a held worker could not act on its stop signal), KILLs each group
+//! whose worker is gone, the rest when `-k` has passed, and exits. The guard leads a process group of its own, so a KILL
 //! to the chain's group (a test harness, a terminal's job control) does not
 //! take it with the chain.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -34,8 +39,9 @@ pub struct Guard {
 extern "C" fn on_parent_death(_: libc::c_int) {}
 
 impl Guard {
-    /// Fork the guard.
-    pub fn start() -> Result<Guard, Errno> {
+    /// Fork the guard; `drain`: how long the workers of a dead forkpool may
+    /// take to finish (-k).
+    pub fn start(drain: Duration) -> Result<Guard, Errno> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let parent = getpid();
         let old = signals::block_all();
@@ -45,7 +51,7 @@ impl Guard {
         match res {
             Ok(ForkResult::Child) => {
                 drop(write);
-                guard(read.as_raw_fd(), parent)
+                guard(read.as_raw_fd(), parent, drain)
             }
             Ok(ForkResult::Parent { child }) => {
                 // As in the child: the group exists before anyone signals it.
@@ -94,8 +100,8 @@ impl Guard {
     }
 }
 
-/// The guard process: read groups until forkpool is gone, then KILL them all.
-fn guard(read: RawFd, parent: Pid) -> ! {
+/// The guard process: read groups until forkpool is gone, then end them all.
+fn guard(read: RawFd, parent: Pid, drain: Duration) -> ! {
     signals::reset_for_child();
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     let act = SigAction::new(
@@ -128,11 +134,50 @@ fn guard(read: RawFd, parent: Pid) -> ! {
     while getppid() == parent {
         SigSet::empty().suspend().ok();
     }
+    end_groups(groups, drain);
+    // SAFETY: _exit(2) ends the forked guard without running forkpool's exit code.
+    unsafe { libc::_exit(0) }
+}
+
+/// forkpool is dead and each worker got its stop signal from the kernel: CONT
+/// to every group (a held worker acts on it), then KILL to each group whose
+/// worker is gone (its helpers go with it), to the others once `drain` has
+/// passed.
+fn end_groups(mut groups: Vec<i32>, drain: Duration) {
+    let deadline = Instant::now() + drain;
+    for &g in &groups {
+        signal_group(Pid::from_raw(g), Signal::SIGCONT);
+    }
+    loop {
+        groups.retain(|&g| {
+            let running = leader_running(g);
+            if !running {
+                signal_group(Pid::from_raw(g), Signal::SIGKILL);
+            }
+            running
+        });
+        if groups.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        // (Not our children: nothing to wait on; a look every 20 ms.)
+        std::thread::sleep(Duration::from_millis(20).min(deadline - Instant::now()));
+    }
     for g in groups {
         signal_group(Pid::from_raw(g), Signal::SIGKILL);
     }
-    // SAFETY: _exit(2) ends the forked guard without running forkpool's exit code.
-    unsafe { libc::_exit(0) }
+}
+
+/// Whether the worker that leads group `g` still runs (not exited: a zombie
+/// waiting for its new parent to reap it counts as gone). Its pid cannot be
+/// reused while its group has members.
+fn leader_running(g: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{g}/stat")) {
+        // the state is the field after the command's closing parenthesis
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
+        Err(_) => false,
+    }
 }
 
 /// The groups forkpool announces on `read`, until end of file.

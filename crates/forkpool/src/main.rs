@@ -8,8 +8,9 @@
 //!    worker.rs (a worker, its phase, its slot), generation.rs (a
 //!    generation, a reload, a stop), lifecycle.rs (recycling's data and
 //!    arithmetic), two_phase.rs (the prepare's stage), verify.rs (the
-//!    verified switch's stage), command.rs (control
-//!    lines), messages.rs (what a worker says after READY);
+//!    verified switch's stage), command.rs (control lines), messages.rs
+//!    (what a worker says after READY), reloads.rs (reloads by result,
+//!    their durations);
 //! 2. the rule, policy/: the pool's state and a pure function of it and the
 //!    time; events in through `Policy::handle`, actions out; its steps in
 //!    converge.rs, its events in events.rs, lifecycle.rs, prepare.rs and
@@ -31,6 +32,7 @@ mod lifecycle;
 mod messages;
 mod policy;
 mod pool;
+mod reloads;
 mod rss;
 mod settings;
 mod state;
@@ -138,7 +140,7 @@ fn parse_options() -> (Config, Settings, usize) {
     }
     life.seed = lifecycle::seed();
     let ready = &mut common.ready;
-    if mode == Mode::Cutover && !ready.told() {
+    if mode == Mode::Cutover && (!ready.told() || ready.alive.is_some()) {
         // Issue 26: a worker that forks (a pre-fork server) accepts before
         // the hold reaches its children, or counts as ready while it fails.
         TOOL.warn("-m cutover with timed readiness (-a, or neither -d nor --notify) cannot hold a pre-fork server's workers nor see them fail: use -d or --notify and the hold descriptor (examples/gunicorn)");

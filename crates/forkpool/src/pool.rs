@@ -212,6 +212,8 @@ impl Pool {
                         notify: self.notify.as_ref(),
                         cutover: self.policy.settings.mode == Mode::Cutover,
                         watchdog: self.policy.settings.life.watchdog,
+                        stop_signal: self.policy.settings.stop_signal,
+                        drain: self.policy.settings.drain,
                     };
                     // A reload given up by an earlier action: start nothing of it.
                     let event = if generation.id != self.policy.target.id {

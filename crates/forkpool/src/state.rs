@@ -34,6 +34,7 @@ use unixtool::supervise::KillDeadline;
 use crate::generation::{Generation, Reload, Stop};
 use crate::lifecycle::{Counts, PoolLife, Recycle, WorkerLife};
 use crate::policy::Policy;
+use crate::reloads::ReloadCounts;
 use crate::settings::Settings;
 use crate::two_phase::TwoPhase;
 use crate::verify::{Verify, VerifyStage};
@@ -41,8 +42,9 @@ use crate::worker::{Slot, Why, Worker, WorkerId, WorkerPhase};
 
 pub const MAGIC: &str = "forkpool-state";
 /// The version of the format this build writes and reads.
-/// 2: `verify`, the parked generation, a worker's `parked`.
-pub const VERSION: u32 = 2;
+/// 2: the reload counts (reloads.rs); 3: `verify`, the parked generation,
+/// a worker's `parked` (issue 26).
+pub const VERSION: u32 = 3;
 
 /// The descriptors of worker `id`'s process, as handed over (its pid and
 /// start are the policy's [`Worker`]).
@@ -186,6 +188,7 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         life,
         two_phase: _, // starts fresh: see `read`
         verify,
+        reloads,
     } = policy;
     let Verify {
         stage: verify_stage,
@@ -218,6 +221,7 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
             ("switch_since", instant_field(*switch_since, now)),
             ("rng", rng.to_string()),
             ("recycled", totals.list()),
+            ("reloads", reloads.list()),
         ],
     );
     s.record("generation", &generation_fields("target", target)?);
@@ -394,6 +398,9 @@ fn read_records(
                 let switch_since = r.instant("switch_since", base)?;
                 let rng = r.num("rng")?;
                 let totals = counts_of("recycled", &r.take("recycled")?)?;
+                let reloads = r.take("reloads")?;
+                let reloads = ReloadCounts::from_list(&reloads)
+                    .ok_or_else(|| format!("pool: reloads={reloads:?} is not counts"))?;
                 pool = Some((
                     newest,
                     next_worker,
@@ -403,6 +410,7 @@ fn read_records(
                     switch_since,
                     rng,
                     totals,
+                    reloads,
                 ));
             }
             "generation" => {
@@ -495,7 +503,7 @@ fn read_records(
         Some(target),
         Some(accepting),
         Some((upgrades, upgrade_failures, exe)),
-        Some((newest, next_worker, reload, reason, stop, switch_since, rng, totals)),
+        Some((newest, next_worker, reload, reason, stop, switch_since, rng, totals, reloads)),
         Some((verify_stage, verify_generation, verify_deadline)),
     ) = (target, accepting, upgrade, pool, verify)
     else {
@@ -540,6 +548,7 @@ fn read_records(
             parked,
             deadline: verify_deadline,
         },
+        reloads,
     };
     Ok(Snapshot {
         policy,
@@ -614,6 +623,8 @@ mod tests {
         p.life.rng = 0xfeed;
         p.life.totals.add(crate::lifecycle::Recycle::Age);
         p.life.totals.add(crate::lifecycle::Recycle::Watchdog);
+        p.reloads.ok(Duration::from_millis(80));
+        p.reloads.failed();
         p.life.slots = vec![Counts::default(), Counts::from_list("2,0,1,0").unwrap()];
         p.workers[0].life.max_age = Some(Duration::from_millis(1900));
         p.workers[0].life.recycle = Some(crate::lifecycle::Recycle::Memory);
@@ -681,6 +692,8 @@ mod tests {
         assert_eq!(h.procs.len(), 6);
         // lifecycle: counts, random state, and each worker's marks
         assert_eq!((a.life.rng, &a.life.totals), (b.life.rng, &b.life.totals));
+        assert_eq!((a.reloads.ok, a.reloads.failed), (1, 1));
+        assert_eq!(a.reloads, b.reloads);
         assert_eq!(a.life.slots, b.life.slots);
         let (x, y) = (&a.workers[0].life, &b.workers[0].life);
         assert_eq!(
@@ -696,9 +709,13 @@ mod tests {
     fn another_version_an_unknown_key_or_a_cut_state_is_refused() {
         let now = Instant::now();
         let text = write(&pool(now), now).unwrap();
-        let other = text.replacen("forkpool-state 2", "forkpool-state 3", 1);
+        let (this, next) = (
+            format!("{MAGIC} {VERSION}"),
+            format!("{MAGIC} {}", VERSION + 1),
+        );
+        let other = text.replacen(&this, &next, 1);
         let e = read(&other, settings(), now).err().unwrap();
-        assert!(e.contains("state version 3"), "{e}");
+        assert!(e.contains(&format!("state version {}", VERSION + 1)), "{e}");
         let extra = text.replacen("worker id=", "worker colour=red id=", 1);
         let e = read(&extra, settings(), now).err().unwrap();
         assert!(e.contains("unknown key colour"), "{e}");

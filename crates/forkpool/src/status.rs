@@ -151,10 +151,13 @@ pub fn text_with(p: &Policy, up: &UpgradeLines) -> String {
     } else {
         &p.reason
     };
-    let _ = writeln!(s, "reason={}", reason.replace('\n', " "));
-    let _ = writeln!(s, "release={}", sum.release);
+    // Outside text (a check's stderr, a release directory's name): quoted.
+    let value = unixtool::statusfile::value;
+    let _ = writeln!(s, "reason={}", value(reason));
+    let _ = writeln!(s, "release={}", value(&sum.release));
     let _ = writeln!(s, "mode={}", p.settings.mode.name());
     let _ = writeln!(s, "held={}", p.held_count());
+    p.reloads.lines(&mut s);
     if !up.phase.is_empty() {
         let _ = writeln!(s, "upgrade={}", up.phase);
         let _ = writeln!(s, "upgrades={}", up.count);

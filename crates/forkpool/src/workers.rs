@@ -75,6 +75,11 @@ pub struct Launch<'a> {
     pub cutover: bool,
     /// `--watchdog`: WATCHDOG_USEC and WATCHDOG_PID in every worker.
     pub watchdog: Option<std::time::Duration>,
+    /// The stop signal (`-s`): each worker's parent-death signal, so that a
+    /// worker of a forkpool that died finishes what it holds (groups.rs).
+    pub stop_signal: Signal,
+    /// `-k`: how long the guard lets them, after forkpool's death.
+    pub drain: std::time::Duration,
 }
 
 impl Processes {
@@ -96,8 +101,15 @@ impl Processes {
         gen: &Generation,
         hold: bool,
     ) -> Result<Pid, Errno> {
-        self.start_guard();
+        self.start_guard(how.drain);
         let mut spawn = child::Spawn::new(TOOL.name, how.prog);
+        // forkpool dies: the worker gets its stop signal, the guard KILLs its
+        // group once the worker is gone or -k has passed (groups.rs).
+        // No guard: KILL, as nothing would end a worker that ignores it.
+        spawn.parent_death = Some(match self.guard {
+            Some(_) => how.stop_signal,
+            None => Signal::SIGKILL,
+        });
         // A group of its own: held, killed and cleaned up as one (groups.rs).
         spawn.process_group = true;
         spawn.env("FORKPOOL_WORKER", slot.to_string());
@@ -133,11 +145,11 @@ impl Processes {
 
     /// The guard, once: a failure is a warning (workers still get the
     /// parent-death KILL; their helpers would not).
-    fn start_guard(&mut self) {
+    fn start_guard(&mut self, drain: std::time::Duration) {
         if std::mem::replace(&mut self.guard_tried, true) {
             return;
         }
-        match Guard::start() {
+        match Guard::start(drain) {
             Ok(g) => self.guard = Some(g),
             Err(e) => TOOL.warn(format_args!(
                 "unable to start the guard: {}: helpers of the workers may outlive a killed forkpool",

@@ -204,8 +204,10 @@ impl StatusFile {
         } else {
             &self.reason
         };
-        let _ = writeln!(s, "reason={}", reason.replace('\n', " "));
-        let _ = writeln!(s, "release={}", self.release);
+        // Outside text (a check's stderr, the child's directory): quoted.
+        let value = unixtool::statusfile::value;
+        let _ = writeln!(s, "reason={}", value(reason));
+        let _ = writeln!(s, "release={}", value(&self.release));
         let _ = writeln!(s, "mode=loop");
         let _ = writeln!(s, "upgrade={}", self.upgrade.0);
         let _ = writeln!(s, "upgrades={}", self.upgrade.2);

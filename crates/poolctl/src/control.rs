@@ -7,7 +7,7 @@
 
 use unixtool::statusfile::{self, Answer, Status, WaitError};
 
-use crate::{not_running, Args, EXIT_NO, TOOL};
+use crate::{not_running, quoted, Args, EXIT_NO, TOOL};
 
 /// A wall-clock time as `commit` takes it: digits, an optional fraction.
 pub fn valid_time(t: &str) -> bool {
@@ -21,7 +21,10 @@ pub fn valid_time(t: &str) -> bool {
 fn answer(word: &str, answer: Answer, message: fn(&Status) -> String) -> i32 {
     match answer {
         Ok(st) => {
-            println!("poolctl: {word} ok: {}", message(&st));
+            TOOL.print(format_args!(
+                "poolctl: {word} ok: {}\n",
+                quoted(&message(&st))
+            ));
             0
         }
         Err(WaitError::NotRunning(r)) => not_running(&r),

@@ -122,8 +122,23 @@ fn status(args: &Args) -> i32 {
     }
 }
 
-/// The pool in a few lines, for a human.
+/// What a status file says, for a terminal: control bytes quoted, long text
+/// cut (a hostile or foreign file cannot send escapes to the screen).
+pub fn quoted(text: &str) -> String {
+    unixtool::quote::line(text, unixtool::quote::MAX_LINE)
+}
+
+/// The pool in a few lines, for a human (each line [`quoted`]).
 fn screen(chain: &statusfile::Chain, st: &Status) -> String {
+    let mut out = String::new();
+    for line in screen_text(chain, st).lines() {
+        out += &quoted(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn screen_text(chain: &statusfile::Chain, st: &Status) -> String {
     let mut s = format!(
         "{} pid {}: {}, generation {} serving of {} started, {} of {} ready ({})\n",
         chain.program,
@@ -175,7 +190,7 @@ fn verdict(what: &str, answer: statusfile::Answer, path: &Path) -> i32 {
         Ok(st) => {
             let release = match st.get("release") {
                 "" => String::new(),
-                r => format!(" in {r}"),
+                r => format!(" in {}", quoted(r)),
             };
             TOOL.print(format_args!(
                 "poolctl: {what} ok: generation {} serving, {} of {} ready{release}\n",

@@ -22,7 +22,7 @@ use unixtool::{parse_number, Tool, EXIT_TEMPORARY, EXIT_USAGE};
 
 const TOOL: Tool = Tool {
     name: "tcplisten",
-    usage: "tcplisten [-1dDBN6sU] [-b backlog] [-m mode] [-u user] [-g group] [--fdname name] {host port | path} prog...",
+    usage: "tcplisten [-1dDBN6sU] [-b backlog] [-m mode] [-u user] [-g group] [-F fd | --listen-fds] [--fdstore] [--fdname name] {host port | path} prog...",
     help: "  host port: TCP (0 = 0.0.0.0, :: = any IPv6 and IPv4); path (it has a '/'): Unix-domain socket
   -b, --backlog N     listen backlog (default: the kernel's maximum)
   -1, --print-port    print the bound port number on stdout before exec
@@ -36,7 +36,14 @@ const TOOL: Tool = Tool {
   -g, --group GROUP   after bind, run with group GROUP (name or number)
   -U, --env-uidgid    after bind, run as $UID and $GID (as set by envuidgid)
   -s, --systemd       hand the socket on fd 3 with LISTEN_FDS=1, LISTEN_PID, LISTEN_FDNAMES
-      --fdname NAME   with -s: the LISTEN_FDNAMES entry (default: tcplisten)
+  -F, --fd FD         take the listening socket open on FD instead of binding;
+                      host port (or path) say what it must be (port 0: any port)
+      --listen-fds    take the socket systemd passes (LISTEN_FDS=1, fd 3) if
+                      LISTEN_PID is ours; else bind
+      --fdstore       after binding, hand a copy to systemd's fd store
+                      (FDSTORE=1 to $NOTIFY_SOCKET)
+      --fdname NAME   with -s: the LISTEN_FDNAMES entry; with --fdstore: the
+                      FDNAME (default: tcplisten)
   -h, --help          this text
   -V, --version       the version",
 };
@@ -62,6 +69,15 @@ struct Options {
     group: Option<Gid>,
     systemd: bool,
     fdname: Option<String>,
+    /// `-F`: the descriptor of an inherited socket to take instead of binding.
+    inherit: Option<RawFd>,
+    /// `--listen-fds`: take systemd's socket (fd 3) when it passes one.
+    listen_fds: bool,
+    /// `--fdstore`: hand a copy of a socket tcplisten bound to systemd's fd store.
+    fdstore: bool,
+    /// Options that apply to binding only (`-b`, `-D`, `-m`, `-6`), for the
+    /// usage error with `-F`.
+    bind_only: Option<&'static str>,
 }
 
 /// The socket, bound and listening, and what a failure from here on must undo.
@@ -86,9 +102,21 @@ fn main() {
     let (opt, args) = parse_options();
     let (address, prog) = parse_operands(&opt, args);
     let (uid, gid) = target_ids(&opt);
-    let listening = bind_and_listen(&address, &opt);
+    let inherited = inherited_fd(&opt);
+    let listening = match inherited {
+        Some(fd) => take_inherited(fd, &address, &opt),
+        None => {
+            let l = bind_and_listen(&address, &opt);
+            if opt.fdstore {
+                store_in_systemd(&l, &opt);
+            }
+            l
+        }
+    };
     drop_privileges(&listening, uid, gid);
-    let target = export_environment(&address, &listening, &opt, fd3_inherited);
+    // (-F 3 or --listen-fds: descriptor 3 is the socket itself, no one else's)
+    let fd3_other = fd3_inherited && inherited != Some(3);
+    let target = export_environment(&address, &listening, &opt, fd3_other);
     hand_off(listening, target, opt.print_port, &prog)
 }
 
@@ -105,21 +133,35 @@ fn parse_options() -> (Options, Vec<OsString>) {
         group: None,
         systemd: false,
         fdname: None,
+        inherit: None,
+        listen_fds: false,
+        fdstore: false,
+        bind_only: None,
     };
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = TOOL.next_arg(&mut parser) {
         use lexopt::prelude::*;
         match arg {
             Short('b') | Long("backlog") => {
-                opt.backlog = TOOL.number("-b", &TOOL.value(&mut parser), 1, libc::c_int::MAX)
+                opt.backlog = TOOL.number("-b", &TOOL.value(&mut parser), 1, libc::c_int::MAX);
+                opt.bind_only = Some("-b");
             }
             Short('1') | Long("print-port") => opt.print_port = true,
             Short('d') | Long("reuseaddr") => opt.reuseaddr = true,
-            Short('D') | Long("no-reuseaddr") => opt.reuseaddr = false,
+            Short('D') | Long("no-reuseaddr") => {
+                opt.reuseaddr = false;
+                opt.bind_only = Some("-D");
+            }
             Short('B') | Long("blocking") => opt.nonblock = false,
             Short('N') | Long("nonblock") => opt.nonblock = true,
-            Short('6') | Long("ipv6-only") => opt.v6only = true,
-            Short('m') | Long("mode") => opt.mode = Some(parse_mode(&TOOL.value(&mut parser))),
+            Short('6') | Long("ipv6-only") => {
+                opt.v6only = true;
+                opt.bind_only = Some("-6");
+            }
+            Short('m') | Long("mode") => {
+                opt.mode = Some(parse_mode(&TOOL.value(&mut parser)));
+                opt.bind_only = Some("-m");
+            }
             Short('u') | Long("user") => opt.user = Some(parse_user(&TOOL.value(&mut parser))),
             Short('g') | Long("group") => opt.group = Some(parse_group(&TOOL.value(&mut parser))),
             Short('U') | Long("env-uidgid") => {
@@ -128,6 +170,11 @@ fn parse_options() -> (Options, Vec<OsString>) {
             }
             Short('s') | Long("systemd") => opt.systemd = true,
             Long("fdname") => opt.fdname = Some(parse_fdname(&TOOL.value(&mut parser))),
+            Short('F') | Long("fd") => {
+                opt.inherit = Some(TOOL.number("-F", &TOOL.value(&mut parser), 0, libc::c_int::MAX))
+            }
+            Long("listen-fds") => opt.listen_fds = true,
+            Long("fdstore") => opt.fdstore = true,
             Short('h') | Long("help") => TOOL.print_help(),
             Short('V') | Long("version") => TOOL.print_version(),
             Value(v) => return (opt, unixtool::rest_of_args(v, &mut parser)),
@@ -163,8 +210,19 @@ fn parse_operands(opt: &Options, mut args: Vec<OsString>) -> (Address, Vec<OsStr
     if !unix && opt.mode.is_some() {
         TOOL.usage("-m applies to a Unix socket path only");
     }
-    if opt.fdname.is_some() && !opt.systemd {
-        TOOL.usage("--fdname applies with -s only");
+    if opt.fdname.is_some() && !opt.systemd && !opt.fdstore {
+        TOOL.usage("--fdname applies with -s or --fdstore only");
+    }
+    if opt.inherit.is_some() && (opt.listen_fds || opt.fdstore) {
+        TOOL.usage("-F takes a socket: --listen-fds and --fdstore do not apply");
+    }
+    if let (Some(_), Some(o)) = (opt.inherit, opt.bind_only) {
+        TOOL.usage(format_args!(
+            "{o} applies when tcplisten binds, not with -F"
+        ));
+    }
+    if opt.fdstore && std::env::var_os("NOTIFY_SOCKET").is_none() {
+        TOOL.usage("--fdstore wants $NOTIFY_SOCKET (systemd's notification socket)");
     }
     let prog = args.split_off(prog_at);
     let address = if unix {
@@ -200,18 +258,7 @@ fn bind_and_listen(address: &Address, opt: &Options) -> Listening {
     if let Err(e) = unixtool::retry_eintr(|| listen(fd, opt.backlog)) {
         l.fatal(EXIT_TEMPORARY, "listen", e);
     }
-    let fl = match fcntl(fd, FcntlArg::F_GETFL) {
-        Ok(fl) => OFlag::from_bits_truncate(fl),
-        Err(e) => l.fatal(EXIT_TEMPORARY, "read the socket's flags", e),
-    };
-    let fl = if opt.nonblock {
-        fl | OFlag::O_NONBLOCK
-    } else {
-        fl - OFlag::O_NONBLOCK
-    };
-    if let Err(e) = fcntl(fd, FcntlArg::F_SETFL(fl)) {
-        l.fatal(EXIT_TEMPORARY, "set the socket's O_NONBLOCK flag", e);
-    }
+    set_nonblock(&l, opt.nonblock);
     if let Address::Inet(_) = address {
         match local_address(&l.sock) {
             Ok(sa) => l.local = Some(sa),
@@ -219,6 +266,186 @@ fn bind_and_listen(address: &Address, opt: &Options) -> Listening {
         }
     }
     l
+}
+
+/// The descriptor of a socket to take instead of binding: `-F fd`, or with
+/// `--listen-fds` descriptor 3 when systemd passes one to this process
+/// (`LISTEN_PID` ours, `LISTEN_FDS=1`). The `LISTEN_*` variables are consumed
+/// (removed; `-s` sets them again for prog).
+fn inherited_fd(opt: &Options) -> Option<RawFd> {
+    if opt.inherit.is_some() || !opt.listen_fds {
+        return opt.inherit;
+    }
+    let fds = std::env::var_os("LISTEN_FDS");
+    let pid = std::env::var_os("LISTEN_PID");
+    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    let ours = pid.is_some_and(|p| p.to_str() == Some(&std::process::id().to_string()));
+    let fds = fds.filter(|_| ours)?;
+    match parse_number::<u32>(&fds, 0, u32::MAX) {
+        Some(0) => None,
+        Some(1) => Some(3),
+        _ => TOOL.fatal(
+            EXIT_USAGE,
+            format_args!(
+                "LISTEN_FDS={:?}: tcplisten takes one socket",
+                fds.to_string_lossy()
+            ),
+        ),
+    }
+}
+
+/// `-F` / `--listen-fds`: the inherited descriptor, checked before anything
+/// runs: a socket, of the stream type, listening, of the address family (and
+/// address, and port unless 0) the operands name. Anything else is refused
+/// (100). Then the O_NONBLOCK flag, as for a socket tcplisten binds.
+fn take_inherited(fd: RawFd, address: &Address, opt: &Options) -> Listening {
+    let want = match address {
+        Address::Inet(sa) if sa.port() == 0 => format!("{} (any port)", sa.ip()),
+        Address::Inet(sa) => sa.to_string(),
+        Address::Unix(p) => p.display().to_string(),
+    };
+    let refuse = |why: &str| -> ! {
+        TOOL.fatal(
+            EXIT_USAGE,
+            format_args!("descriptor {fd} is not a listening stream socket on {want}: {why}"),
+        )
+    };
+    let st = match nix::sys::stat::fstat(fd) {
+        Ok(st) => st,
+        Err(Errno::EBADF) => refuse("it is not open"),
+        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("examine descriptor {fd}"), e),
+    };
+    let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    if kind != SFlag::S_IFSOCK {
+        refuse(match kind {
+            SFlag::S_IFREG => "it is a regular file",
+            SFlag::S_IFDIR => "it is a directory",
+            SFlag::S_IFIFO => "it is a pipe",
+            SFlag::S_IFCHR => "it is a character device",
+            _ => "it is not a socket",
+        });
+    }
+    // SAFETY: the descriptor is open (fstat succeeded) and was inherited for
+    // tcplisten to take: from here on this OwnedFd is its only owner.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    match socket::getsockopt(&sock, sockopt::SockType) {
+        Ok(SockType::Stream) => {}
+        Ok(SockType::Datagram) => refuse("it is a datagram (UDP) socket"),
+        Ok(_) | Err(_) => refuse("it is not a stream socket"),
+    }
+    match socket::getsockopt(&sock, sockopt::AcceptConn) {
+        Ok(true) => {}
+        Ok(false) => refuse("it is not listening (a connected or unbound socket)"),
+        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("examine descriptor {fd}"), e),
+    }
+    let bound: SockaddrStorage = match socket::getsockname(fd) {
+        Ok(a) => a,
+        Err(e) => TOOL.fatal_errno(EXIT_TEMPORARY, format_args!("examine descriptor {fd}"), e),
+    };
+    let local = match address {
+        Address::Inet(sa) => {
+            let Ok(got) = local_address(&sock) else {
+                refuse(match socket::SockaddrLike::family(&bound) {
+                    Some(AddressFamily::Unix) => "it is a Unix-domain socket",
+                    _ => "it is not a TCP socket",
+                })
+            };
+            if got.is_ipv4() != sa.is_ipv4() {
+                refuse(if got.is_ipv4() {
+                    "it is an IPv4 socket"
+                } else {
+                    "it is an IPv6 socket"
+                });
+            }
+            if got.ip() != sa.ip() || (sa.port() != 0 && got.port() != sa.port()) {
+                refuse(&format!("it is bound to {got}"));
+            }
+            Some(got)
+        }
+        Address::Unix(path) => {
+            let Some(un) = bound.as_unix_addr() else {
+                refuse("it is not a Unix-domain socket")
+            };
+            if un.path() != Some(path.as_path()) {
+                refuse(&match un.path() {
+                    Some(p) => format!("it is bound to {}", p.display()),
+                    None => "it is bound to no path".to_string(),
+                });
+            }
+            None
+        }
+    };
+    let l = Listening {
+        sock,
+        socket_file: None,
+        local,
+    };
+    set_nonblock(&l, opt.nonblock);
+    l
+}
+
+/// `--fdstore`: a copy of the socket tcplisten just bound to systemd's fd
+/// store (`FDSTORE=1`, `FDNAME=`, the descriptor as SCM_RIGHTS on the
+/// datagram to `$NOTIFY_SOCKET`), so that the next start of the service gets
+/// it back in `LISTEN_FDS` (`--listen-fds`).
+fn store_in_systemd(l: &Listening, opt: &Options) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::UnixDatagram;
+    let value = std::env::var_os("NOTIFY_SOCKET").unwrap_or_default();
+    let name = opt.fdname.as_deref().unwrap_or("tcplisten");
+    let what = format_args!(
+        "hand the socket to the fd store at {}",
+        value.to_string_lossy()
+    );
+    let addr = unixtool::readiness::notify_address(&value).and_then(|a| {
+        match (a.as_pathname(), a.as_abstract_name()) {
+            (Some(p), _) => UnixAddr::new(p).ok(),
+            (None, Some(n)) => UnixAddr::new_abstract(n).ok(),
+            _ => None,
+        }
+    });
+    let Some(addr) = addr else {
+        fatal_after_bind(l.socket_file.as_deref(), EXIT_USAGE, what, Errno::EINVAL)
+    };
+    let sent = UnixDatagram::unbound()
+        .map_err(|e| unixtool::errno_of(&e))
+        .and_then(|d| {
+            let msg = format!("FDSTORE=1\nFDNAME={name}\n");
+            let iov = [std::io::IoSlice::new(msg.as_bytes())];
+            let fds = [l.sock.as_raw_fd()];
+            let cmsg = [socket::ControlMessage::ScmRights(&fds)];
+            unixtool::retry_eintr(|| {
+                socket::sendmsg(
+                    d.as_raw_fd(),
+                    &iov,
+                    &cmsg,
+                    socket::MsgFlags::empty(),
+                    Some(&addr),
+                )
+            })
+        });
+    if let Err(e) = sent {
+        fatal_after_bind(l.socket_file.as_deref(), EXIT_TEMPORARY, what, e);
+    }
+}
+
+/// The socket blocking, or non-blocking with -N.
+fn set_nonblock(l: &Listening, nonblock: bool) {
+    let fd = l.sock.as_raw_fd();
+    let fl = match fcntl(fd, FcntlArg::F_GETFL) {
+        Ok(fl) => OFlag::from_bits_truncate(fl),
+        Err(e) => l.fatal(EXIT_TEMPORARY, "read the socket's flags", e),
+    };
+    let fl = if nonblock {
+        fl | OFlag::O_NONBLOCK
+    } else {
+        fl - OFlag::O_NONBLOCK
+    };
+    if let Err(e) = fcntl(fd, FcntlArg::F_SETFL(fl)) {
+        l.fatal(EXIT_TEMPORARY, "set the socket's O_NONBLOCK flag", e);
+    }
 }
 
 /// listen(2) with any backlog up to INT_MAX (the kernel clamps it to its

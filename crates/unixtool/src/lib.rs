@@ -4,6 +4,9 @@
 
 pub mod backoff;
 pub mod child;
+pub mod httpget;
+pub mod json;
+pub mod quote;
 pub mod readiness;
 pub mod reexec;
 pub mod signals;
@@ -142,10 +145,16 @@ impl Tool {
 }
 
 /// `name: what` and a newline on stderr in one write(2) (see [`Tool::info`] and
-/// the others; also for a forked child that reports before its exec).
+/// the others; also for a forked child that reports before its exec). What
+/// the line carries is quoted ([`quote::line`]: no control byte reaches the
+/// terminal or the log, no line break splits it) and cut to
+/// [`quote::MAX_LINE`] bytes, so that the write stays atomic.
 pub fn message_line(name: &str, what: std::fmt::Arguments) {
     use std::io::Write;
-    let text = format!("{name}: {what}\n");
+    let text = format!(
+        "{name}: {}\n",
+        quote::line(&what.to_string(), quote::MAX_LINE)
+    );
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 

@@ -228,6 +228,7 @@ pub fn check(
         _ => "failed".to_string(),
     };
     let first = said.lines().next().unwrap_or("").trim();
+    let first = crate::quote::line(first, crate::quote::MAX_TEXT);
     Err(if first.is_empty() {
         format!("{} in check mode {how}", exe.display())
     } else {

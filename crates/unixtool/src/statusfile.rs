@@ -3,7 +3,8 @@
 //!
 //! - [`replace`]: write it so that a reader always sees one whole file, through
 //!   a temporary with an unpredictable name that is never a planted symlink;
-//! - [`read`]: its `key=value` lines (`worker=` lines kept in order);
+//! - [`read`]: its `key=value` lines (`worker=` lines kept in order), read
+//!   through [`read_small`]: never blocks, only a regular file, bounded;
 //! - [`chain`]: the pid it names, checked: alive, forkpool or loop-forever, and
 //!   writing this very file (a stale or foreign pid is never signalled);
 //! - [`reload`] / [`upgrade`]: signal that chain and wait for a definite answer;
@@ -65,6 +66,13 @@ pub fn replace(path: &Path, text: &str) -> io::Result<()> {
     written
 }
 
+/// Outside text (a path, a reason) as a status file's value holds it: on one
+/// line, control bytes quoted ([`crate::quote::line`]: a release directory
+/// named `r1\nready=9` cannot add a key), at most 4096 bytes.
+pub fn value(text: &str) -> String {
+    crate::quote::line(text, 4096)
+}
+
 /// A status file as read: its lines in order.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Status {
@@ -119,9 +127,68 @@ impl Status {
     }
 }
 
-/// Read and parse the status file.
+/// The most a status file (or another small file the tools read beside it:
+/// a history, deploy.running) may hold: far more than a pool of thousands of
+/// workers writes; a bigger one is refused, never read whole.
+pub const MAX_READ: u64 = 1 << 20;
+
+/// Read a small text file without ever blocking or reading without bound:
+/// opened O_NONBLOCK (a FIFO planted there opens at once instead of waiting
+/// for a writer), refused unless it is a regular file, refused when bigger
+/// than `max` bytes; invalid UTF-8 is replaced, not an error.
+pub fn read_small(path: &Path, max: u64) -> io::Result<String> {
+    use std::io::Read;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a regular file ({})", kind_of(&meta.file_type())),
+        ));
+    }
+    if meta.len() > max {
+        return Err(too_big(meta.len(), max));
+    }
+    let mut buf = Vec::new();
+    // One byte more than allowed: a file that grew since the fstat is seen.
+    file.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(too_big(buf.len() as u64, max));
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn too_big(len: u64, max: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("too large ({len} bytes; at most {max} are read)"),
+    )
+}
+
+/// What kind of file it is, for a message.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a file"
+    }
+}
+
+/// Read and parse the status file ([`read_small`], at most [`MAX_READ`]).
 pub fn read(path: &Path) -> io::Result<Status> {
-    std::fs::read_to_string(path).map(|t| Status::parse(&t))
+    read_small(path, MAX_READ).map(|t| Status::parse(&t))
 }
 
 /// The supervisor that writes a status file, checked.
@@ -145,16 +212,22 @@ impl std::fmt::Display for NotRunning {
 /// Read `path` and check the pid it names: alive, forkpool or loop-forever by
 /// /proc/PID/comm or exe, and its command line names this status file (-S).
 pub fn chain(path: &Path) -> Result<(Chain, Status), NotRunning> {
-    let shown = path.display();
     let status = match read(path) {
         Ok(s) => s,
         Err(e) => {
             return Err(NotRunning(format!(
-                "unable to read status file {shown}: {} (is the chain running?)",
+                "unable to read status file {}: {} (is the chain running?)",
+                path.display(),
                 crate::io_reason(&e)
             )))
         }
     };
+    check_chain(path, &status).map(|chain| (chain, status))
+}
+
+/// The checks of [`chain`] on a status file already read from `path`.
+pub fn check_chain(path: &Path, status: &Status) -> Result<Chain, NotRunning> {
+    let shown = path.display();
     let pid: i32 = match status.get("pid").parse() {
         Ok(p) if p > 1 => p,
         _ => return Err(NotRunning(format!("no valid pid= in {shown}"))),
@@ -186,7 +259,36 @@ pub fn chain(path: &Path) -> Result<(Chain, Status), NotRunning> {
             status.get("state")
         )));
     }
-    Ok((Chain { pid, program }, status))
+    Ok(Chain { pid, program })
+}
+
+/// What /proc/PID/stat says of a process: its state letter and its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcState {
+    /// R, S, D, T (stopped), t (traced), Z, X ...
+    pub state: char,
+    pub ppid: i32,
+}
+
+impl ProcState {
+    /// Stopped by a signal (SIGSTOP, SIGTSTP) or by a tracer: it runs nothing.
+    pub fn stopped(&self) -> bool {
+        matches!(self.state, 'T' | 't')
+    }
+
+    pub fn dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// /proc/PID/stat of `pid`; None when there is no such process.
+pub fn proc_state(pid: i32) -> Option<ProcState> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (comm) S PPID ...": comm may hold spaces and parentheses
+    let mut rest = s.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some(ProcState { state, ppid })
 }
 
 /// A process exists and is not a zombie.
@@ -338,6 +440,16 @@ pub fn upgrade(path: &Path, timeout: Duration, interrupted: &mut dyn FnMut() -> 
     )
 }
 
+/// The chain died while we waited: why, for the waiting tool.
+fn died(chain: &Chain) -> Option<WaitError> {
+    (!alive(chain.pid)).then(|| {
+        WaitError::NotRunning(format!(
+            "pid {} ({}) died while we waited",
+            chain.pid, chain.program
+        ))
+    })
+}
+
 type Verdict<'a> = &'a dyn Fn(&Status, &Status) -> Option<Result<(), String>>;
 
 fn signal_and_wait(
@@ -370,11 +482,8 @@ fn signal_and_wait(
                 None => {}
             }
         }
-        if !alive(pid) {
-            return Err(WaitError::NotRunning(format!(
-                "pid {pid} ({}) died while we waited",
-                chain.program
-            )));
+        if let Some(e) = died(&chain) {
+            return Err(e);
         }
         if start.elapsed() >= timeout {
             let secs = timeout.as_secs();
@@ -504,11 +613,8 @@ pub fn control(
                 }
             }
         }
-        if !alive(pid) {
-            return Err(WaitError::NotRunning(format!(
-                "pid {pid} ({}) died while we waited",
-                chain.program
-            )));
+        if let Some(e) = died(&chain) {
+            return Err(e);
         }
         if start.elapsed() >= timeout {
             let st = read(path).unwrap_or_default();

@@ -27,15 +27,18 @@ pub struct Child {
 }
 
 impl Child {
-    /// Fork and exec `spawn` as a supervised child: KILL when the supervisor
-    /// dies (an orphan never keeps the socket), its readiness pipe on the
-    /// `-d` descriptor, `NOTIFY_SOCKET` naming the supervisor's socket.
+    /// Fork and exec `spawn` as a supervised child: KILL (or the
+    /// `parent_death` signal `spawn` names) when the supervisor dies (an
+    /// orphan never keeps the socket), its readiness pipe on the `-d`
+    /// descriptor, `NOTIFY_SOCKET` naming the supervisor's socket.
     pub fn spawn(
         mut spawn: Spawn,
         opts: &readiness::Options,
         notify: Option<&NotifySocket>,
     ) -> Result<Child, Errno> {
-        spawn.parent_death = Some(Signal::SIGKILL);
+        // KILL unless the caller chose another (forkpool: its stop signal,
+        // its guard KILLs after the drain deadline).
+        spawn.parent_death.get_or_insert(Signal::SIGKILL);
         if let Some(n) = notify {
             spawn.env("NOTIFY_SOCKET", n.env_value());
         }

@@ -53,18 +53,28 @@ pub struct Shared {
     pub bins: Option<Mutex<Vec<Bin>>>,
 }
 
+/// The releases tracked by name, by order of first appearance: a server
+/// that names a new release in every response (20,000 of them) must not grow
+/// the run without bound. Responses of any later release are counted as
+/// `untracked`, and drawn in one column of their own (index `MAX_RELEASES`).
+pub const MAX_RELEASES: usize = 64;
+
 impl Shared {
-    /// The order of first appearance of `release` across the run (registers it if new).
-    fn release_index(&self, release: &[u8]) -> usize {
+    /// The order of first appearance of `release` across the run (registers
+    /// it if new); None past [`MAX_RELEASES`].
+    fn release_index(&self, release: &[u8]) -> Option<usize> {
         let mut v = match self.releases.lock() {
             Ok(v) => v,
             Err(p) => p.into_inner(),
         };
         if let Some(i) = v.iter().position(|(r, _)| r == release) {
-            return i;
+            return Some(i);
+        }
+        if v.len() >= MAX_RELEASES {
+            return None;
         }
         v.push((release.to_vec(), self.start.elapsed()));
-        v.len() - 1
+        Some(v.len() - 1)
     }
 
     /// Add a client's bin `i` to the run's timeline.
@@ -234,20 +244,26 @@ impl Client<'_> {
         let Some(release) = code.or(content) else {
             return;
         };
-        match self.stats.releases.get_mut(release) {
-            Some(n) => *n += 1,
-            None => {
-                self.stats.releases.insert(release.to_vec(), 1);
-            }
-        }
         let index = match self.known.get(release) {
-            Some(&i) => i,
+            Some(&i) => Some(i),
             None => {
                 let i = self.shared.release_index(release);
-                self.known.insert(release.to_vec(), i);
+                if let Some(i) = i {
+                    self.known.insert(release.to_vec(), i);
+                }
                 i
             }
         };
+        let Some(index) = index else {
+            // past the tracked releases: counted, drawn as one, no order known
+            self.stats.untracked += 1;
+            if let Some((_, bin)) = self.bin.as_mut() {
+                bin.mixed += u64::from(mixed);
+                bin.release(MAX_RELEASES);
+            }
+            return;
+        };
+        *self.stats.releases.entry(release.to_vec()).or_insert(0) += 1;
         let flapped = match self.newest_seen {
             Some(newest) if index < newest => true,
             Some(newest) if index == newest => false,

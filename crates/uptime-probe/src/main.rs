@@ -3,6 +3,7 @@
 //! versions, flapping, latency. Exit 0 only when nothing failed and nothing mixed.
 
 mod client;
+mod marks;
 mod report;
 mod stats;
 mod svg;
@@ -35,7 +36,8 @@ const TOOL: Tool = Tool {
       --flapping-fails   a client seeing an older release after a newer one fails the run
   -q, --quiet            no progress lines on stderr
       --svg FILE         draw the run's timeline (100 ms bins) into FILE, an SVG picture
-      --marks FILE       add a labelled mark per `unix-time label` line of FILE (with --svg)
+      --marks FILE       add a labelled mark per `unix-time label` line of FILE, or per
+                         deploy-release deploys.jsonl line (with --svg)
   -h, --help             this text
   -V, --version          the version
 Exit: 0 nothing failed and nothing mixed; 1 some request failed or was mixed (or

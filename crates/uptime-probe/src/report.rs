@@ -1,6 +1,7 @@
 //! The results: a table for a person, or one JSON object for a script.
 
 use std::fmt::Write;
+use unixtool::json::string as jstr;
 
 use crate::stats::Second;
 use crate::Run;
@@ -110,12 +111,19 @@ pub fn table(run: &Run) -> String {
         .iter()
         .map(|(r, n, at)| format!("{r} ({n}, first at {at:.3} s)"))
         .collect();
+    let untracked = match s.untracked {
+        0 => String::new(),
+        n => format!(
+            "; {n} more responses from releases past the first {}, not tracked",
+            crate::client::MAX_RELEASES
+        ),
+    };
     line(
         "releases",
         if list.is_empty() {
-            "0".to_string()
+            format!("0{untracked}")
         } else {
-            format!("{}: {}", list.len(), list.join(", "))
+            format!("{}: {}{untracked}", list.len(), list.join(", "))
         },
     );
     if s.no_code_release > 0 || s.no_content_release > 0 {
@@ -170,22 +178,6 @@ pub fn table(run: &Run) -> String {
     t
 }
 
-fn jstr(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
 fn jms(us: u64) -> String {
     format!("{:.3}", us as f64 / 1000.0)
 }
@@ -224,7 +216,7 @@ pub fn json(run: &Run) -> String {
             "\"requests\":{},\"requests_per_s\":{:.1},\"ok\":{},\"failed\":{},",
             "\"refused\":{},\"reset\":{},\"timeout\":{},\"too_large\":{},\"eof\":{},\"bad_status\":{},\"error\":{},",
             "\"retried\":{},\"mixed\":{},\"flapping\":{},\"no_x_release\":{},\"no_data_release\":{},",
-            "\"releases\":[{}],",
+            "\"releases\":[{}],\"untracked\":{},",
             "\"latency_ms\":{{\"p50\":{},\"p99\":{},\"p99_9\":{},\"max\":{}}},",
             "\"worst_second\":{},\"fewest_second\":{},\"ok_verdict\":{},\"reason\":{}}}\n"
         ),
@@ -249,6 +241,7 @@ pub fn json(run: &Run) -> String {
         s.no_code_release,
         s.no_content_release,
         rels.join(","),
+        s.untracked,
         jms(h.quantile(0.50)),
         jms(h.quantile(0.99)),
         jms(h.quantile(0.999)),

@@ -110,8 +110,11 @@ pub struct Stats {
     /// Responses without an X-Release header / without a data-release in the body.
     pub no_code_release: u64,
     pub no_content_release: u64,
-    /// Responses per release (by X-Release, else the body's).
+    /// Responses per release (by X-Release, else the body's), for the
+    /// releases tracked (client::MAX_RELEASES).
     pub releases: HashMap<Vec<u8>, u64>,
+    /// Responses of releases past the tracked ones.
+    pub untracked: u64,
     pub latency: Histogram,
     pub seconds: Vec<Second>,
 }
@@ -133,6 +136,7 @@ impl Stats {
             no_code_release: 0,
             no_content_release: 0,
             releases: HashMap::new(),
+            untracked: 0,
             latency: Histogram::new(),
             seconds: Vec::new(),
         }
@@ -197,6 +201,7 @@ impl Stats {
         for (k, v) in &o.releases {
             *self.releases.entry(k.clone()).or_insert(0) += v;
         }
+        self.untracked += o.untracked;
         self.latency.merge(&o.latency);
         if self.seconds.len() < o.seconds.len() {
             self.seconds.resize(o.seconds.len(), Second::default());

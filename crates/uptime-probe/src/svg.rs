@@ -44,7 +44,10 @@ fn esc(s: &str) -> String {
             '>' => o.push_str("&gt;"),
             '"' => o.push_str("&quot;"),
             '\'' => o.push_str("&apos;"),
+            // Not characters of XML 1.0: C0 controls but tab and newline,
+            // U+FFFE and U+FFFF (a picture holding one is not well-formed).
             c if (c as u32) < 0x20 && c != '\t' && c != '\n' => o.push('?'),
+            '\u{fffe}' | '\u{ffff}' => o.push('?'),
             c => o.push(c),
         }
     }
@@ -58,13 +61,21 @@ pub struct Mark {
 }
 
 /// Parse a marks file: `unix-time label` lines (the time in seconds, a fraction
-/// allowed); blank lines and lines starting with `#` are skipped, and so is a
+/// allowed) or deploy-release's JSON lines (a mark at each deploy's start); blank lines and lines starting with `#` are skipped, and so is a
 /// line whose time is not a number. Times are made relative to `start_unix`.
 pub fn parse_marks(text: &str, start_unix: f64) -> Vec<Mark> {
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         .filter_map(|l| {
             let l = l.trim();
+            if l.starts_with('{') {
+                // deploy-release's deploy log (marks.rs)
+                let (t, label) = crate::marks::deploy_mark(l)?;
+                return Some(Mark {
+                    at_s: t - start_unix,
+                    label,
+                });
+            }
             let (t, label) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
             let t: f64 = t.parse().ok().filter(|t: &f64| t.is_finite())?;
             Some(Mark {
@@ -420,11 +431,19 @@ mod tests {
     #[test]
     fn marks_file() {
         let m = parse_marks(
-            "# deploys\n1000.5 deploy r2\n\nbad line\n1002 r3\n1003\n",
+            "# deploys\n1000.5 deploy r2\n\nbad line\n1002 r3\n1003\n{\"start\":1004,\"kind\":\"deploy\",\"target_id\":\"r4\",\"verdict\":\"ok\"}\n{\"start\":\n",
             1000.0,
         );
         let got: Vec<(f64, &str)> = m.iter().map(|m| (m.at_s, m.label.as_str())).collect();
-        assert_eq!(got, vec![(0.5, "deploy r2"), (2.0, "r3"), (3.0, "")]);
+        assert_eq!(
+            got,
+            vec![
+                (0.5, "deploy r2"),
+                (2.0, "r3"),
+                (3.0, ""),
+                (4.0, "deploy r4: ok")
+            ]
+        );
     }
 
     #[test]

@@ -162,6 +162,7 @@ impl Policy {
                 self.target.id,
                 secs(now - since)
             ));
+            self.reloads.ok(now - since);
             self.reload = Reload::Ok;
             self.reason.clear();
         } else {
@@ -242,12 +243,14 @@ impl Policy {
             .map(|t| now - t)
             .unwrap_or_default();
         if let (Reload::Running { since }, true) = (&self.reload, self.target.id == id) {
+            let took = now - *since;
             let msg = format!(
                 "reload to generation {id} done in {}: the old workers were gone after {}; released {n} workers",
                 secs(now - *since),
                 millis(drained)
             );
             self.info(msg);
+            self.reloads.ok(took);
             self.reload = Reload::Ok;
             self.reason.clear();
         } else {

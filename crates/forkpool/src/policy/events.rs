@@ -154,6 +154,7 @@ impl Policy {
                 self.target.id
             ));
             self.reason = why;
+            self.reloads.failed();
             self.reload = Reload::Failed;
         }
     }
@@ -168,6 +169,9 @@ impl Policy {
             self.target.id, old.id
         ));
         self.reason = why;
+        if matches!(self.reload, Reload::Running { .. }) {
+            self.reloads.failed(); // not a prepare's (prepare_abandoned)
+        }
         self.reload = Reload::Failed;
         self.target = old;
         for s in &mut self.slots {
@@ -238,6 +242,7 @@ impl Policy {
                     self.target.id
                 ));
                 self.reason = why;
+                self.reloads.failed();
                 self.reload = Reload::Failed;
                 return;
             }

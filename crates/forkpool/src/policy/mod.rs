@@ -75,6 +75,7 @@ use unixtool::supervise::{earliest, KillDeadline, ReadinessTimes};
 
 use crate::generation::{Generation, Reload, Stop};
 use crate::lifecycle::{PoolLife, Recycle, WorkerLife};
+use crate::reloads::ReloadCounts;
 use crate::settings::{Mode, Settings};
 use crate::two_phase::TwoPhase;
 use crate::verify::Verify;
@@ -208,6 +209,8 @@ pub struct Policy {
     pub two_phase: TwoPhase,
     /// `--confirm-timeout`: the verified switch (policy/verify.rs).
     pub verify: Verify,
+    /// Reloads by result, their durations (reloads.rs).
+    pub reloads: ReloadCounts,
 }
 
 /// `3.2ms`: a short duration (a cutover's switch) as the log lines write it.
@@ -246,6 +249,7 @@ impl Policy {
             life,
             two_phase: TwoPhase::default(),
             verify: Verify::default(),
+            reloads: ReloadCounts::default(),
         };
         p.info(format!(
             "generation 1: starting {n} workers{}",

@@ -278,6 +278,7 @@ impl Policy {
             self.newest
         ));
         self.reason = why;
+        self.reloads.failed();
         self.reload = Reload::Failed;
         true
     }

@@ -144,6 +144,7 @@ fn rule_2_rolling_retires_one_old_worker_per_new_ready_one() {
     }
     assert_eq!(s.of(1, WorkerPhase::Stopping).len(), N);
     assert_eq!(s.p.reload, Reload::Ok);
+    assert_eq!((s.p.reloads.ok, s.p.reloads.failed), (1, 0));
     assert_eq!(
         s.p.serving.as_ref().and_then(|g| g.release.clone()),
         release("r2")
@@ -261,6 +262,7 @@ fn a_new_generation_that_dies_before_ready_is_abandoned_and_the_old_one_comes_ba
     let a = s.end(new[1], Ended::Exited(1));
     assert!(warned(&a, "reload to generation 2 failed"));
     assert_eq!(s.p.reload, Reload::Failed);
+    assert_eq!((s.p.reloads.ok, s.p.reloads.failed), (0, 1));
     assert!(s.p.reason.contains("before it was ready"));
     assert_eq!(s.p.target.id, 1);
     // The old generation's missing slot is started again in the old release...

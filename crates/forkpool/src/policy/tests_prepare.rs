@@ -274,6 +274,7 @@ fn a_new_worker_that_dies_fails_the_prepare_and_the_old_one_serves() {
     assert!(r.iter().all(|id| !old.contains(id)), "no old one goes");
     assert_eq!(s.p.target.id, 1);
     assert_eq!(s.p.reload, Reload::None, "not a failed reload");
+    assert_eq!(s.p.reloads.failed, 0, "not counted as one");
     assert!(s.p.reason.contains("exited 1"), "{}", s.p.reason);
     assert_eq!(s.of(1, WorkerPhase::Ready).len(), N);
 }
@@ -289,6 +290,7 @@ fn a_hup_during_a_prepare_is_refused_and_the_prepare_goes_on() {
     );
     assert_eq!(s.p.newest, 3, "the HUP has its answer: generation grows");
     assert_eq!(s.p.reload, Reload::Failed);
+    assert_eq!(s.p.reloads.failed, 1);
     assert!(s.p.reason.contains("HUP refused"), "{}", s.p.reason);
     assert!(a.iter().all(|a| !matches!(a, Action::Start { .. })));
     assert_eq!(s.stage(), Stage::Prepared);

@@ -413,3 +413,53 @@ fn each_switch_is_verified_again() {
     assert_eq!(s.p.shown_serving().map(|g| g.id), Some(2));
     assert_eq!(s.status("release"), "/srv/releases/r2");
 }
+
+#[test]
+fn a_slot_added_while_pending_is_of_the_new_generation_and_of_the_old_after_a_revert() {
+    let mut s = Sim::switched();
+    s.at(1300);
+    let a = s.p.handle(s.now, Event::AddSlot);
+    let a = s.with_step(a);
+    assert_eq!(starts(&a), vec![2], "{a:?}");
+    s.at(1400);
+    let a = s.command(revert);
+    // The new generation's worker in slot 3 goes; generation 1 fills slot 3.
+    assert_eq!(starts(&a), vec![1], "{a:?}");
+    assert_eq!(retired(&a).len(), N + 1, "{a:?}");
+    s.at(1500);
+    let id = s.of(1, WorkerPhase::Starting);
+    s.ready(&id);
+    assert_eq!(s.p.ready_count(), N + 1);
+}
+
+#[test]
+fn the_deadline_counts_from_the_release_not_from_the_park() {
+    // An old worker draining (retired earlier, still alive) delays the release.
+    let mut s = Sim::verified();
+    let draining = s.of(1, WorkerPhase::Ready)[0];
+    s.p.retire(draining, s.now, Why::Replaced);
+    s.at(1000);
+    let a = s.hup_then_step(release("r2"));
+    s.feed(a);
+    s.at(1200);
+    let a = s.all_ready(2);
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Release { .. })),
+        "{a:?}"
+    );
+    assert_eq!(s.stage(), VerifyStage::Pending);
+    assert_eq!(s.parked().len(), N - 1);
+    assert_eq!(s.p.verify.deadline, None);
+    assert_eq!(s.status("verify_deadline"), "");
+    s.at(3000);
+    let a = s.end(draining, Ended::Exited(0));
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Release { generation: 2, .. })),
+        "{a:?}"
+    );
+    assert_eq!(s.p.verify.deadline, Some(s.now + TIMEOUT));
+    // Reverted: the dead slot is refilled in generation 1.
+    let a = s.command(revert);
+    assert_eq!(starts(&a), vec![1], "{a:?}");
+}

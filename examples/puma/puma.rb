@@ -1,0 +1,63 @@
+# puma.rb: part of each release (run reads it from the release forkpool pinned:
+# `puma -C puma.rb config.ru`).
+#
+# The socket: systemd socket activation. tcplisten -s puts it on descriptor 3
+# with LISTEN_FDS=1; forkpool sets LISTEN_PID to each server's own pid; puma
+# takes an activated socket for the `bind` that names its address, which
+# tcplisten tells in TCPLOCALIP and TCPLOCALPORT (puma would close an
+# activated socket that no bind names, and bind a new one).
+#
+# One puma process per forkpool slot, in single mode (threads, no puma
+# master): forkpool is the pool and the reload. (Cluster mode with one worker
+# per slot was tried first: under 4 keep-alive clients a TERMed puma master
+# took 1.9 to 13 s to exit, its worker 0.2 to 7.7 s; a single-mode puma 1.2 to
+# 1.8 s. A cutover waits for the old servers to be gone.)
+#
+# Readiness and the hold: config.ru ends with Forkpool.ready_and_hold, run once
+# the app is loaded, right before puma starts accepting (single mode loads the
+# app, takes the socket, then accepts): READY=1 to forkpool's NOTIFY_SOCKET,
+# then a wait on FORKPOOL_HOLD_FD (a byte, or end of file), so the new server
+# never accepts before the old generation is gone (forkpool -m cutover). A
+# release that fails to load makes puma exit: the reload fails at once.
+# NOTIFY_SOCKET is taken out of puma's environment here (puma would try its
+# own systemd integration).
+#
+# Stop: forkpool's TERM is puma's graceful stop (it closes the socket,
+# finishes the requests in hand, answers the next request of each keep-alive
+# connection with Connection: close, exits).
+#
+# queue_requests false: no keep-alive (every answer says Connection: close,
+# as unicorn's do). With puma's keep-alive, its stop could hang: threads that
+# each serve a busy keep-alive client never let go of it, the accept loop waits
+# for a free thread and never reads the stop command; under 4 keep-alive
+# clients 1 deploy in 4 to 6 waited for forkpool's drain deadline (-k 30 s,
+# then KILL), and a request queued that long timed out (force_shutdown_after
+# did not help: the stop never began).
+require 'socket'
+
+environment 'production'
+threads 1, 5
+queue_requests false
+bind "tcp://#{ENV.fetch('TCPLOCALIP', '127.0.0.1')}:#{ENV.fetch('TCPLOCALPORT', '8000')}"
+
+module ::Forkpool
+  NOTIFY = ENV.delete('NOTIFY_SOCKET')
+
+  def self.ready_and_hold
+    if NOTIFY
+      addr = NOTIFY.start_with?('@') ? "\0#{NOTIFY[1..]}" : NOTIFY
+      s = Socket.new(:UNIX, :DGRAM)
+      begin
+        s.send('READY=1', 0, Socket.pack_sockaddr_un(addr))
+      ensure
+        s.close
+      end
+    end
+    fd = ENV['FORKPOOL_HOLD_FD'] or return
+    begin
+      IO.for_fd(fd.to_i, autoclose: false).read(1)
+    rescue SystemCallError
+      nil
+    end
+  end
+end

@@ -1,0 +1,350 @@
+//! examples/unicorn, examples/puma and examples/node: each real server run as
+//! given (its `run` script, behind tcplisten + forkpool -m cutover), deployed
+//! with deploy-release --check under uptime-probe with keep-alive on and off:
+//! every deploy verified, nothing failed, mixed or flapping; a release that
+//! fails at start rolled back with the old one serving; one that answers 500
+//! (a file BROKEN) rolled back by the check's deadline; and an in-place
+//! upgrade of forkpool (poolctl upgrade) under load that the server never
+//! notices (same processes, nothing failed). The short form (3 deploys each
+//! way); scripts/bench.d/75-servers.sh runs 10 and the servers' own reloads.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{assert_clean, http_release, lock_is_free, LONG};
+use integration_tests::*;
+
+/// One example: its directory, the program it needs, the files of a
+/// release, the app file and the line that makes it fail at start.
+struct Server {
+    example: &'static str,
+    peer: &'static str,
+    files: &'static [&'static str],
+    app: &'static str,
+    fail_at_start: &'static str,
+}
+
+const UNICORN: Server = Server {
+    example: "unicorn",
+    peer: "unicorn",
+    files: &["config.ru", "unicorn.conf.rb"],
+    app: "config.ru",
+    fail_at_start: "raise 'this release is broken at load'\n",
+};
+
+const PUMA: Server = Server {
+    example: "puma",
+    peer: "puma",
+    files: &["config.ru", "puma.rb"],
+    app: "config.ru",
+    fail_at_start: "raise 'this release is broken at load'\n",
+};
+
+const NODE: Server = Server {
+    example: "node",
+    peer: "node",
+    files: &["app.js"],
+    app: "app.js",
+    fail_at_start: "throw new Error('this release is broken at start');\n",
+};
+
+/// releases/ID of the example: its files and RELEASE; `broken`: fails at start.
+fn release(site: &Path, s: &Server, id: &str, broken: bool) -> PathBuf {
+    let r = site.join("releases").join(id);
+    std::fs::create_dir_all(&r).expect("mkdir");
+    for f in s.files {
+        let mut text =
+            std::fs::read_to_string(repo().join("examples").join(s.example).join(f)).expect("read");
+        if broken && *f == s.app {
+            text = format!("{}{text}", s.fail_at_start);
+        }
+        std::fs::write(r.join(f), text).expect("write");
+    }
+    std::fs::write(r.join("RELEASE"), format!("{id}\n")).expect("RELEASE");
+    r
+}
+
+/// The example's chain on port 0, with the tools of `bin`, WORKERS=2.
+struct Chain {
+    _proc: Proc,
+    site: PathBuf,
+    port: u16,
+}
+
+impl Chain {
+    fn start(s: &Server, site: &Path, bin: &Path) -> Chain {
+        release(site, s, "r1", false);
+        std::os::unix::fs::symlink("releases/r1", site.join("current")).expect("current");
+        let mut c = Command::new(repo().join("examples").join(s.example).join("run"));
+        c.env("SITE", site)
+            .env("PORT", "0")
+            .env("WORKERS", "2")
+            .env("BIN", bin)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(site.join("log")).expect("log"));
+        let chain = Chain {
+            _proc: Proc::spawn(c),
+            site: site.to_path_buf(),
+            port: 0,
+        };
+        let mut port = 0;
+        assert!(
+            wait_until(LONG, || std::fs::read_to_string(site.join("port"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .map(|p| port = p)
+                .is_some()),
+            "no port: {}",
+            chain.log()
+        );
+        assert!(
+            wait_until(LONG, || http_release(port).as_deref() == Some("r1")),
+            "r1 never served: {}",
+            chain.log()
+        );
+        let chain = Chain { port, ..chain };
+        assert!(
+            wait_until(LONG, || {
+                let st = chain.status();
+                st.num("serving_generation") == 1 && st.pids("ready").len() == 2
+            }),
+            "generation 1 never whole: {}",
+            std::fs::read_to_string(site.join("status")).unwrap_or_default()
+        );
+        chain
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.site.join("log")).unwrap_or_default()
+    }
+
+    fn status(&self) -> PoolStatus {
+        PoolStatus::read(&self.site.join("status"))
+    }
+
+    /// deploy-release -c .../release DIR current status: (exit code, stderr).
+    fn deploy(&self, dir: &Path) -> (i32, String) {
+        self.deploy_within(dir, 60)
+    }
+
+    /// The same with `-t secs`.
+    fn deploy_within(&self, dir: &Path, secs: u32) -> (i32, String) {
+        let mut c = cmd("deploy-release");
+        c.args(["-t", &secs.to_string(), "-c"])
+            .arg(format!("http://127.0.0.1:{}/release", self.port))
+            .arg(dir)
+            .arg(self.site.join("current"))
+            .arg(self.site.join("status"));
+        let (code, _, err) = run(c, Duration::from_secs(180));
+        (code, err)
+    }
+
+    /// uptime-probe with 4 clients, once it has seen `seen`.
+    fn probe(&self, keepalive: bool, seen: &str) -> Probe {
+        let err = self.site.join(format!("probe-{keepalive}.err"));
+        let p = Probe::spawn(
+            self.port,
+            &["--json", "-c", "4", "-t", "30000"],
+            keepalive,
+            err,
+            LONG,
+        );
+        p.wait_seen(seen);
+        p
+    }
+
+    /// Every process of the pool: forkpool's workers (the servers it started)
+    /// and their descendants (a master's workers).
+    fn processes(&self) -> Vec<i32> {
+        let mut all = Vec::new();
+        let mut todo = self.status().pids("ready");
+        while let Some(p) = todo.pop() {
+            all.push(p);
+            let kids =
+                std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+            todo.extend(
+                kids.split_whitespace()
+                    .filter_map(|k| k.parse::<i32>().ok()),
+            );
+        }
+        all.sort_unstable();
+        all
+    }
+}
+
+fn assert_no_flapping(json: &str, what: &str) {
+    assert_eq!(json_count(json, "flapping"), 0, "{what}: flapping: {json}");
+}
+
+/// `n` deploys under the probe with keep-alive on, `n` with it off, then a
+/// release that fails at start: exit 1, rolled back, the old release serves;
+/// nothing failed, mixed or flapping in either run.
+fn deploys_under_the_probe(s: &Server, n: usize) {
+    if !require_peer(s.peer) {
+        return;
+    }
+    let tmp = TempDir::new(&format!("ds-{}", s.example));
+    let chain = Chain::start(s, tmp.path(), &bin_dir());
+    let mut id = 1;
+    let mut times = Vec::new();
+    for keepalive in [true, false] {
+        let probe = chain.probe(keepalive, &format!("r{id}"));
+        for _ in 0..n {
+            id += 1;
+            let rel = format!("r{id}");
+            let dir = release(tmp.path(), s, &rel, false);
+            let t = std::time::Instant::now();
+            let (code, err) = chain.deploy(&dir);
+            times.push(t.elapsed().as_secs_f64());
+            assert_eq!(
+                code,
+                0,
+                "{} deploy {rel}: {err}\n{}",
+                s.example,
+                chain.log()
+            );
+            assert_eq!(http_release(chain.port).as_deref(), Some(rel.as_str()));
+        }
+        if !keepalive {
+            let last = format!("r{id}");
+            let bad = release(tmp.path(), s, "fails-at-start", true);
+            let (code, err) = chain.deploy(&bad);
+            assert_eq!(code, 1, "{}: {err}\n{}", s.example, chain.log());
+            assert!(err.contains("rolled back"), "{err}");
+            assert_eq!(http_release(chain.port), Some(last.clone()));
+            assert_eq!(
+                std::fs::read_link(tmp.join("current")).expect("current"),
+                Path::new("releases").join(&last)
+            );
+        }
+        let (code, json) = probe.stop();
+        let what = format!("{} keep-alive {keepalive}", s.example);
+        assert_clean(code, &json, &what);
+        assert_no_flapping(&json, &what);
+    }
+    // A release with a file BROKEN boots and answers 500 (with its id): the
+    // check never sees a 2xx, the deploy is rolled back at its deadline.
+    let last = format!("r{id}");
+    let broken = release(tmp.path(), s, "answers-500", false);
+    std::fs::write(broken.join("BROKEN"), "").expect("BROKEN");
+    let (code, err) = chain.deploy_within(&broken, 15);
+    assert_eq!(code, 1, "{}: {err}\n{}", s.example, chain.log());
+    assert!(
+        err.contains("answered 500 answers-500"),
+        "{}: {err}",
+        s.example
+    );
+    assert_eq!(http_release(chain.port), Some(last));
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "{}: {} deploys: median {:.3}s max {:.3}s",
+        s.example,
+        times.len(),
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+    assert!(lock_is_free(&tmp.join("deploy.lock")));
+}
+
+/// forkpool upgraded in place (poolctl upgrade to a build with other bytes)
+/// under the probe: the same forkpool pid, the same server processes (masters
+/// and their workers), nothing failed, mixed or flapping; then a deploy
+/// through the new image.
+fn upgrade_under_load(s: &Server) {
+    if !require_peer(s.peer) {
+        return;
+    }
+    let tmp = TempDir::new(&format!("du-{}", s.example));
+    let bin = tmp.join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    for t in ["tcplisten", "forkpool"] {
+        std::fs::copy(bin_dir().join(t), bin.join(t)).expect("copy tool");
+    }
+    let site = tmp.join("site");
+    std::fs::create_dir(&site).expect("site");
+    let chain = Chain::start(s, &site, &bin);
+    let before = chain.status();
+    let procs = chain.processes();
+    assert!(procs.len() >= 2, "{}: {procs:?}", s.example);
+    let probe = chain.probe(true, "r1");
+
+    let mut bytes = std::fs::read(bin_dir().join("forkpool")).expect("read forkpool");
+    bytes.extend_from_slice(b"\0deploy_servers build B\0");
+    let new = bin.join("forkpool.new");
+    std::fs::write(&new, bytes).expect("write build B");
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&new, bin.join("forkpool")).expect("install build B");
+    let mut c = cmd("poolctl");
+    c.args(["upgrade", "-t", "60"]).arg(site.join("status"));
+    let (code, _, err) = run(c, Duration::from_secs(90));
+    assert_eq!(
+        code,
+        0,
+        "{}: poolctl upgrade: {err}\n{}",
+        s.example,
+        chain.log()
+    );
+
+    let after = chain.status();
+    assert_ne!(after.get("version"), before.get("version"), "{}", s.example);
+    assert_eq!(after.get("pid"), before.get("pid"), "{}", s.example);
+    assert_eq!(
+        after.get("generation"),
+        before.get("generation"),
+        "{}",
+        s.example
+    );
+    assert_eq!(
+        chain.processes(),
+        procs,
+        "{}: the server's processes changed",
+        s.example
+    );
+    let dir = release(&site, s, "r2", false);
+    let (code, err) = chain.deploy(&dir);
+    assert_eq!(
+        code,
+        0,
+        "{} deploy after the upgrade: {err}\n{}",
+        s.example,
+        chain.log()
+    );
+    let (code, json) = probe.stop();
+    let what = format!("{} upgrade", s.example);
+    assert_clean(code, &json, &what);
+    assert_no_flapping(&json, &what);
+}
+
+#[test]
+fn unicorn_deploys_keepalive_on_and_off_and_a_release_failing_at_start() {
+    deploys_under_the_probe(&UNICORN, 3);
+}
+
+#[test]
+fn unicorn_forkpool_upgrade_under_load_changes_nothing_it_sees() {
+    upgrade_under_load(&UNICORN);
+}
+
+#[test]
+fn puma_deploys_keepalive_on_and_off_and_a_release_failing_at_start() {
+    deploys_under_the_probe(&PUMA, 3);
+}
+
+#[test]
+fn puma_forkpool_upgrade_under_load_changes_nothing_it_sees() {
+    upgrade_under_load(&PUMA);
+}
+
+#[test]
+fn node_deploys_keepalive_on_and_off_and_a_release_failing_at_start() {
+    deploys_under_the_probe(&NODE, 3);
+}
+
+#[test]
+fn node_forkpool_upgrade_under_load_changes_nothing_it_sees() {
+    upgrade_under_load(&NODE);
+}
