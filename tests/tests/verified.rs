@@ -423,3 +423,21 @@ fn the_options_are_checked_and_timed_readiness_under_cutover_warns() {
         assert_eq!(log().contains(warning), warns, "{ready:?}: {}", log());
     }
 }
+
+#[test]
+fn kill_9_of_forkpool_while_pending_leaves_no_parked_worker_stopped() {
+    let mut pool = Pool::start("verified-kill9", "60000", &[]);
+    let old = pool.switch();
+    let all: Vec<i32> = pool.status().workers.iter().map(|w| w.2).collect();
+    pool.p.signal(Signal::SIGKILL);
+    pool.p.wait_timeout(LONG).expect("forkpool dies");
+    // The guard sends SIGCONT: the parked workers get their stop signal too.
+    assert!(
+        wait_until(LONG, || all.iter().all(|&p| gone(p))),
+        "left: {:?} (parked were {old:?})",
+        all.iter()
+            .filter(|&&p| !gone(p))
+            .map(|&p| (p, proc_state(p)))
+            .collect::<Vec<_>>()
+    );
+}

@@ -283,6 +283,17 @@ impl Policy {
         true
     }
 
+    /// A verified switch to `generation` was reverted before its release:
+    /// a commit of it still open ends as aborted.
+    pub(super) fn prepare_reverted(&mut self, generation: u64) {
+        let t = &mut self.two_phase;
+        if t.open() && t.generation == generation {
+            t.stage = Stage::Aborted;
+            t.expires = None;
+            t.commit_at = None;
+        }
+    }
+
     /// The pool stops: an open prepare is aborted.
     pub(super) fn prepare_stopped(&mut self) {
         if self.two_phase.open() {

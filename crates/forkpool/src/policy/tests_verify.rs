@@ -463,3 +463,25 @@ fn the_deadline_counts_from_the_release_not_from_the_park() {
     let a = s.command(revert);
     assert_eq!(starts(&a), vec![1], "{a:?}");
 }
+
+#[test]
+fn a_revert_before_the_release_fails_the_reload_and_a_hup_is_taken_again() {
+    let mut s = Sim::verified();
+    let draining = s.of(1, WorkerPhase::Ready)[0];
+    s.p.retire(draining, s.now, Why::Replaced);
+    s.at(1000);
+    let a = s.hup_then_step(release("r2"));
+    s.feed(a);
+    s.at(1200);
+    s.all_ready(2);
+    assert!(matches!(s.p.reload, Reload::Running { .. }));
+    s.at(1300);
+    let a = s.command(revert);
+    assert_eq!(retired(&a).len(), N, "{a:?}");
+    assert_eq!(s.p.reload, Reload::Failed);
+    assert_eq!(s.status("reason"), "revert requested");
+    assert_eq!(s.p.shown_serving().map(|g| g.id), Some(1));
+    s.at(1400);
+    let a = s.hup_then_step(release("r3"));
+    assert_eq!(starts(&a), vec![3; N], "{a:?}");
+}

@@ -183,6 +183,12 @@ impl Policy {
         for s in &mut self.slots {
             s.not_before = None;
         }
+        // Reverted before the release (an old worker still draining): the
+        // reload, or the commit, did not happen.
+        if matches!(self.reload, Reload::Running { .. }) {
+            self.reload = Reload::Failed;
+        }
+        self.prepare_reverted(new);
         self.reason = why;
         self.verify.stage = VerifyStage::Reverted;
         self.verify.deadline = None;
