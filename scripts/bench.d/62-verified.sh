@@ -121,7 +121,7 @@ deploy() {
 
 echo "### The verified switch: a release that answers 500 to everything (examples/gunicorn, $WORKERS workers, $C clients)"
 echo
-echo "| how | deploy-release exits | after | failed requests | the 500 release served | old workers afterwards |"
+echo "| how | deploy-release exits | after | failed requests | the 500 release served (until undone) | old workers afterwards |"
 echo "|---|---|---|---|---|---|"
 for how in verified cold; do
     if [ $how = verified ]; then confirm=10000; else confirm=off; fi
@@ -134,7 +134,7 @@ for how in verified cold; do
     sleep 1
     stop_probe
     after=$(pids_of_serving)
-    served=$(echo "$err" | sed -n 's/.*served \([0-9]*\) ms.*/\1 ms/p' | head -n 1)
+    served=$(echo "$err" | sed -n 's/.*served \([0-9]*\) ms.*/\1 ms/p' | tail -n 1)
     if [ "$before" = "$after" ]; then same="the same processes"; else same="new processes (cold start)"; fi
     f=$(json failed "$tmp/probe-bad-$how.json")
     why=$(failed_why "$tmp/probe-bad-$how.json")

@@ -36,8 +36,9 @@ const TOOL: Tool = Tool {
   -c, --check URL      verify: URL (http://host:port/path) answers 2xx and the release's
                        id (X-Release header, or the body), else roll back; repeatable:
                        every URL must pass in each round
-  -w, --verify-window MS  a good round of every check within MS ms of the switch and of
-                       the last good round, else not verified (default 1000)
+  -w, --verify-window MS  with a generation parked (forkpool --confirm-timeout): a good
+                       round of every check within MS ms of the release and of the
+                       last good round, else revert (default 1000)
   -g, --good N         N consecutive good rounds (at most 50 ms apart) verify (default 3)
   -i, --id ID          the release's id (default: the first line of RELEASE_DIR/RELEASE)
   -r, --rollback       go back to the last release before the serving one in history
