@@ -330,7 +330,7 @@ struct Gunicorn {
 
 impl Gunicorn {
     /// examples/gunicorn/run as given (`recipe`), or plain gunicorn under
-    /// forkpool -m cutover with timed readiness (neither -d nor --notify).
+    /// forkpool -m cutover with timed readiness (-a, neither -d nor --notify).
     fn start(tag: &str, recipe: bool) -> Gunicorn {
         let tmp = TempDir::new(tag);
         let site = tmp.path().to_path_buf();
@@ -351,7 +351,12 @@ impl Gunicorn {
                 .arg("echo \"$TCPLOCALPORT\" >port.tmp && mv port.tmp port && exec \"$@\"")
                 .arg("run")
                 .arg(bin("forkpool"))
-                .args(["-n", "2", "-m", "cutover", "-t", "30000", "-k", "30000"])
+                // timed readiness, shorter than the default 1000 ms: a master
+                // whose worker fails at import lived 0.66 s in one run, and the
+                // case is the one where it outlives -a
+                .args([
+                    "-n", "2", "-m", "cutover", "-a", "200", "-t", "30000", "-k", "30000",
+                ])
                 .args(["--confirm-timeout", "10000", "-C", "control"])
                 .args(["-p", "current", "-S", "status", "gunicorn"])
                 .args([

@@ -1046,9 +1046,7 @@ struct Reloaded {
 /// The generation parked for a verify of the serving one (forkpool
 /// --confirm-timeout: `verify=pending`), if any.
 fn parked_generation(st: &Status) -> Option<u64> {
-    (st.get("verify") == "pending"
-        && st.num("verify_generation") == st.num("serving_generation")
-        && st.num("parked_generation") > 0)
+    (st.get("verify") == "pending" && st.num("verify_generation") == st.num("serving_generation"))
         .then(|| st.num("parked_generation"))
 }
 
