@@ -68,7 +68,8 @@ new_release_id() {
 # build_release ID [KIND]: lays out $STATE/releases/ID (code, static files, the id),
 # built under a temporary name and renamed into place, so a release directory is
 # never seen half-built. KIND: good (default), broken (the app fails at start),
-# slow (the app takes 2 s to become ready).
+# slow (the app takes 2 s to become ready), failing (it starts, then answers 500
+# to every request).
 build_release() {
     id=$1
     kind=${2:-good}
@@ -76,6 +77,7 @@ build_release() {
         good) flags="" ;;
         broken) flags="--fail-start" ;;
         slow) flags="--slow-start 2000" ;;
+        failing) flags="--fail-requests" ;;
         *) die 100 "unknown release kind $kind" ;;
     esac
     d="$STATE/releases/$id"

@@ -4,12 +4,15 @@
 //! requests through the served chain, --rollback and pruning, and the refusals
 //! (stale pid file, a pid that is not the chain, serving twice).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::proc_state;
 use integration_tests::*;
 use nix::sys::signal::Signal;
 
@@ -691,11 +694,33 @@ fn an_interrupted_deploy_switches_back() {
 /// the last verified release (the history's), not that one.
 #[test]
 fn serve_start_repairs_current() {
-    let site = Site::start("demo-serve-repair", &[]);
+    repairs("demo-serve-repair", &[], "switched");
+}
+
+/// Issue 26: the same with the verified switch (CONTROL, CONFIRM_TIMEOUT), the
+/// deploy killed between its check and its confirm: forkpool reverts at its
+/// deadline (the old release serves again), and demo/serve, started again,
+/// repairs `current`.
+#[test]
+fn serve_start_repairs_current_after_a_revert_at_the_deadline() {
+    let dir = TempDir::new("demo-serve-control");
+    let control = dir.join("control");
+    let control = control.to_str().expect("utf-8");
+    repairs(
+        "demo-serve-repair-verified",
+        &[("CONTROL", control), ("CONFIRM_TIMEOUT", "2000")],
+        "checked",
+    );
+}
+
+/// A deploy killed with -9 at `step` of deploy-release; demo/serve (with
+/// `env`) started again repairs `current`.
+fn repairs(tag: &str, env: &[(&str, &str)], step: &str) {
+    let site = Site::start(tag, env);
     let (code, err, _) = site.deploy(&[], &[]);
     assert_eq!(code, 0, "{err}");
     let verified = site.current();
-    let mut c = deploy_cmd(&site.state, &[], &[("DEPLOY_RELEASE_PAUSE", "switched")]);
+    let mut c = deploy_cmd(&site.state, &[], &[("DEPLOY_RELEASE_PAUSE", step)]);
     c.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -710,8 +735,26 @@ fn serve_start_repairs_current() {
         .trim()
         .parse()
         .expect("pid");
+    if step == "checked" {
+        assert!(
+            wait_until(LONG, || proc_state(pid) == 'T'),
+            "never paused at {step}"
+        );
+    }
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
     d.wait_timeout(LONG).expect("demo/deploy ends");
+    if step == "checked" {
+        let status = site.state.join("status");
+        assert!(
+            wait_until(LONG, || std::fs::read_to_string(&status)
+                .unwrap_or_default()
+                .contains("verify=reverted\n")),
+            "no revert at the deadline: {}",
+            std::fs::read_to_string(&status).unwrap_or_default()
+        );
+        assert!(wait_until(LONG, || try_get(site.port, "/release")
+            .is_some_and(|r| r.body == format!("{verified}\n"))));
+    }
     let Site {
         serve, state, dir, ..
     } = site;
@@ -724,7 +767,7 @@ fn serve_start_repairs_current() {
     .and_then(|p| try_get(p, "/release"))
     .is_none()));
     let _ = std::fs::remove_file(state.join("port"));
-    let serve = Proc::spawn(serve_cmd(&dir, &state, &[]));
+    let serve = Proc::spawn(serve_cmd(&dir, &state, env));
     let mut port = 0;
     assert!(wait_until(LONG, || {
         std::fs::read_to_string(state.join("port"))

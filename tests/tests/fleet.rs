@@ -653,3 +653,56 @@ fn a_host_unreachable_at_prepare_aborts_everywhere() {
     let (code, json) = probe.stop();
     assert_clean(code, &json, "host3 unreachable at prepare");
 }
+
+/// The verified switch across the fleet (issue 26): the release starts but
+/// answers 500 on host2. Every host prepares and commits (the old generations
+/// parked, examples/fleet/up's FLEET_CONFIRM_TIMEOUT), host2 fails its check
+/// after the commit, so every host reverts: 0 hosts left on the new release,
+/// each answering (and `current` naming) its recorded release with the very
+/// same workers; the only failed requests are host2's 500s; exit 1.
+#[test]
+fn a_release_failing_its_check_on_one_host_reverts_every_host() {
+    if !fleet_peers() {
+        return;
+    }
+    let fleet = Fleet::up("fleet-2p-failing", 3);
+    let before: Vec<String> = fleet.hosts.iter().map(|h| fleet.current(h)).collect();
+    let pids: Vec<Vec<i32>> = fleet
+        .hosts
+        .iter()
+        .map(|h| PoolStatus::read(&fleet.state(h).join("status")).pids("ready"))
+        .collect();
+    let probe = Probe::start(&fleet, true);
+    let (code, out, err) = fleet.deploy(&["--failing", "host2"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("no host switched"), "{out}");
+    let rows = Fleet::table(&out);
+    assert_eq!(rows.len(), 3, "{out}");
+    for (((host, b, after, state), recorded), old) in rows.into_iter().zip(&before).zip(&pids) {
+        assert_eq!(&b, recorded, "{out}");
+        assert_eq!(&after, recorded, "{out}");
+        let want = if host == "host2" {
+            "reverted:not-verified"
+        } else {
+            "reverted"
+        };
+        assert_eq!(state, want, "{out}");
+        assert_eq!(&fleet.current(&host), recorded);
+        assert_eq!(&fleet.answers(&host), recorded);
+        let st = PoolStatus::read(&fleet.state(&host).join("status"));
+        assert_eq!(st.get("verify"), "reverted", "{host}: {:?}", st.kv);
+        let mut now = st.gen_pids(st.num("serving_generation"), "ready");
+        now.sort();
+        let mut old = old.clone();
+        old.sort();
+        assert_eq!(now, old, "{host}: the same workers serve again");
+    }
+    let (_, json) = probe.stop();
+    eprintln!("failing on host2: {json}");
+    assert_eq!(
+        json_count(&json, "failed"),
+        json_count(&json, "bad_status"),
+        "only host2's 500s: {json}"
+    );
+    assert_eq!(json_count(&json, "mixed"), 0, "{json}");
+}

@@ -6,6 +6,7 @@
 
 mod log;
 mod release;
+mod verify;
 
 use std::cell::{Cell, RefCell};
 use std::ffi::OsString;
@@ -29,11 +30,16 @@ const EXIT_BUSY: i32 = 75;
 
 const TOOL: Tool = Tool {
     name: "deploy-release",
-    usage: "deploy-release [-t secs] [-c url] [-i id] release_dir link statusfile | deploy-release -r [-t secs] [-c url] link statusfile",
+    usage: "deploy-release [-t secs] [-c url]... [-w ms] [-g n] [-i id] release_dir link statusfile | deploy-release -r [-t secs] [-c url]... [-w ms] [-g n] link statusfile",
     help: "
   -t, --timeout SECS   wait at most SECS for the reload and the check (default 60)
-  -c, --check URL      verify: URL (http://host:port/path) answers the release's id
-                       (X-Release header, or the body), else roll back
+  -c, --check URL      verify: URL (http://host:port/path) answers 2xx and the release's
+                       id (X-Release header, or the body), else roll back; repeatable:
+                       every URL must pass in each round
+  -w, --verify-window MS  with a generation parked (forkpool --confirm-timeout): a good
+                       round of every check within MS ms of the release and of the
+                       last good round, else revert (default 1000)
+  -g, --good N         N consecutive good rounds (at most 50 ms apart) verify (default 3)
   -i, --id ID          the release's id (default: the first line of RELEASE_DIR/RELEASE)
   -r, --rollback       go back to the last release before the serving one in history
   -h, --help           this text
@@ -46,7 +52,9 @@ struct Options {
     link: PathBuf,
     statusfile: PathBuf,
     timeout: Duration,
-    check: Option<Url>,
+    checks: Vec<Url>,
+    verify_window: Duration,
+    good: u32,
     id: Option<String>,
 }
 
@@ -59,6 +67,7 @@ fn main() {
     d.mark_running();
     pause("locked");
     let status = d.find_chain();
+    let status = d.end_a_left_verify(status);
     let serving = d.what_serves(&status);
     d.repair_link(&serving);
     let (target, cut) = d.choose_target(&serving);
@@ -75,7 +84,8 @@ fn main() {
 
 fn parse_options() -> Options {
     let mut timeout = Duration::from_secs(60);
-    let (mut check, mut id, mut rollback) = (None, None, false);
+    let (mut checks, mut id, mut rollback) = (Vec::new(), None, false);
+    let (mut verify_window, mut good) = (Duration::from_millis(1000), 3);
     let mut args: Vec<OsString> = Vec::new();
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = TOOL.next_arg(&mut parser) {
@@ -86,9 +96,16 @@ fn parse_options() -> Options {
             }
             Short('c') | Long("check") => {
                 let v = TOOL.value(&mut parser).to_string_lossy().into_owned();
-                check = Some(Url::parse(&v).unwrap_or_else(|| {
+                checks.push(Url::parse(&v).unwrap_or_else(|| {
                     TOOL.usage(format_args!("-c wants http://host[:port]/path, not {v:?}"))
                 }));
+            }
+            Short('w') | Long("verify-window") => {
+                let v = TOOL.value(&mut parser);
+                verify_window = Duration::from_millis(TOOL.number("-w", &v, 1, 3_600_000));
+            }
+            Short('g') | Long("good") => {
+                good = TOOL.number("-g", &TOOL.value(&mut parser), 1, 1000)
             }
             Short('i') | Long("id") => id = Some(TOOL.value(&mut parser).to_string_lossy().into()),
             Short('r') | Long("rollback") => rollback = true,
@@ -124,7 +141,9 @@ fn parse_options() -> Options {
         link,
         statusfile,
         timeout,
-        check,
+        checks,
+        verify_window,
+        good,
         id,
     }
 }
@@ -392,6 +411,31 @@ impl Deploy {
         }
     }
 
+    /// A generation still awaiting confirm or revert when we hold the lock:
+    /// the deploy that switched to it was killed before its verdict, and
+    /// nothing verified it. Revert it (the parked generation, verified by
+    /// that deploy's predecessor, serves again at once), say so, go on.
+    fn end_a_left_verify(&self, status: Status) -> Status {
+        let Some(parked) = parked_generation(&status) else {
+            return status;
+        };
+        let gen = status.num("verify_generation");
+        match self.revert_parked() {
+            Ok(st) => {
+                say(format_args!(
+                    "generation {gen} awaited confirm or revert (its deploy was interrupted): reverted to the parked generation {parked}"
+                ));
+                st
+            }
+            Err(why) => self.die(
+                EXIT_TEMPORARY,
+                format_args!(
+                    "generation {gen} awaits confirm or revert (its deploy was interrupted), and the revert failed: {why}; nothing was changed"
+                ),
+            ),
+        }
+    }
+
     /// The release serving now: the status file's release=, else what --check
     /// answers (looked up in the history), else what LINK names.
     fn what_serves(&self, status: &Status) -> Release {
@@ -409,7 +453,7 @@ impl Deploy {
             }
         }
         let linked = Release::of_link(&self.link, &self.link_dir);
-        if let Some(url) = &self.opts.check {
+        if let Some(url) = self.opts.checks.first() {
             let until = Instant::now() + Duration::from_secs(5);
             if let Some(answer) = check::ask(url, until, &mut || self.interrupted()) {
                 let history = release::read_history(&self.history_file()).unwrap_or_default();
@@ -515,7 +559,7 @@ impl Deploy {
         if let Some(id) = &self.opts.id {
             r.id = Some(id.clone());
         }
-        if self.opts.check.is_some() && r.id.is_none() {
+        if !self.opts.checks.is_empty() && r.id.is_none() {
             self.die(
                 EXIT_USAGE,
                 format_args!(
@@ -531,7 +575,8 @@ impl Deploy {
         unixtool::symlink::replace(&to.target, &self.link).map_err(|e| unixtool::io_reason(&e))
     }
 
-    /// Switch, reload, check; record or roll back. The exit code.
+    /// Switch, reload, check; confirm or revert a parked generation, or
+    /// record or roll back (cold). The exit code.
     fn switch_and_verify(&self, old: &Release, new: &Release, cut: Option<usize>) -> i32 {
         if new.dir == old.dir {
             say(format_args!("{} serves already; nothing to do", new.name()));
@@ -559,30 +604,8 @@ impl Deploy {
         self.step("switch", true);
         self.log.borrow_mut().switched = true;
         pause("switched");
-        let verified = self.reload_and_check(new, true);
-        self.step_check(&verified);
-        match verified {
-            Ok(()) => {
-                let recorded = self.record(old, new, cut);
-                self.step("history", recorded.is_ok());
-                if let Err(e) = recorded {
-                    let undone = self.undo(old);
-                    self.die(
-                        EXIT_TEMPORARY,
-                        format_args!(
-                            "unable to write {}: {e}; {undone}",
-                            self.history_file().display()
-                        ),
-                    );
-                }
-                let what = if cut.is_some() {
-                    "rolled back to"
-                } else {
-                    "deployed"
-                };
-                say(format_args!("{what} {}", new.name()));
-                0
-            }
+        let reloaded = match self.reload(true) {
+            Ok(r) => r,
             Err(Outcome::Failed(reason)) => {
                 say(format_args!(
                     "deploy of {} failed: {reason}; rolling back to {}",
@@ -592,9 +615,120 @@ impl Deploy {
                 self.log
                     .borrow_mut()
                     .reason(format_args!("deploy of {} failed: {reason}", new.name()));
-                self.roll_back(old, new)
+                return self.roll_back(old, new, None);
             }
             Err(other) => self.gone(other, old),
+        };
+        let parked = parked_generation(&reloaded.status);
+        let checked = self.check(new, Some(old), &reloaded, true);
+        self.step_check(&checked);
+        pause("checked");
+        // an INT or TERM up to the confirm still reverts
+        let checked = checked.and_then(|()| match parked {
+            Some(_) if self.interrupted() => Err(self.interruption()),
+            _ => Ok(()),
+        });
+        match (checked, parked) {
+            (Ok(()), Some(_)) => match self.confirm() {
+                Ok(st) => {
+                    self.step("confirm", true);
+                    say(format_args!(
+                        "confirmed generation {}: the parked generation retires",
+                        st.num("verify_generation")
+                    ));
+                    self.verified(old, new, cut)
+                }
+                Err(why) => {
+                    self.step("confirm", false);
+                    self.revert(old, new, &format!("the confirm failed: {why}"), reloaded.at)
+                }
+            },
+            (Ok(()), None) => self.verified(old, new, cut),
+            (Err(Outcome::Failed(reason)), Some(_)) => self.revert(old, new, &reason, reloaded.at),
+            (Err(Outcome::Failed(reason)), None) => {
+                say(format_args!(
+                    "not verified: {reason}; served {} so far; rolling back to {}",
+                    served(reloaded.at),
+                    old.name()
+                ));
+                self.log
+                    .borrow_mut()
+                    .reason(format_args!("{} not verified: {reason}", new.name()));
+                self.roll_back(old, new, Some(reloaded.at))
+            }
+            (Err(other), _) => self.gone(other, old),
+        }
+    }
+
+    /// The release verified (and confirmed): the history, exit 0.
+    fn verified(&self, old: &Release, new: &Release, cut: Option<usize>) -> i32 {
+        let recorded = self.record(old, new, cut);
+        self.step("history", recorded.is_ok());
+        if let Err(e) = recorded {
+            let undone = self.undo(old);
+            self.die(
+                EXIT_TEMPORARY,
+                format_args!(
+                    "unable to write {}: {e}; {undone}",
+                    self.history_file().display()
+                ),
+            );
+        }
+        let what = if cut.is_some() {
+            "rolled back to"
+        } else {
+            "deployed"
+        };
+        say(format_args!("{what} {}", new.name()));
+        0
+    }
+
+    /// Not verified with a generation parked: revert to it (warm), LINK back.
+    /// Exit 1; when the revert fails, the cold rollback.
+    fn revert(&self, old: &Release, new: &Release, reason: &str, released: Instant) -> i32 {
+        self.log
+            .borrow_mut()
+            .reason(format_args!("{} not verified: {reason}", new.name()));
+        let reverted = self
+            .revert_parked()
+            .or_else(|why| self.reverted_by_itself().ok_or(why));
+        self.step("revert", reverted.is_ok());
+        match reverted {
+            Ok(st) => {
+                let took = served(released);
+                let switched = self.switch(old);
+                self.step("revert-switch", switched.is_ok());
+                if let Err(e) = switched {
+                    self.die(
+                        EXIT_ROLLBACK_FAILED,
+                        format_args!(
+                            "not verified: {reason}; served {took}; reverted to {} (warm generation {}), but unable to switch {} back: {e}",
+                            old.name(),
+                            st.num("serving_generation"),
+                            self.link.display()
+                        ),
+                    );
+                }
+                say(format_args!(
+                    "not verified: {reason}; served {took}; reverted to {} (warm generation {})",
+                    old.name(),
+                    st.num("serving_generation")
+                ));
+                say(format_args!(
+                    "rolled back: {} serves (no new process started); {} names it again",
+                    old.name(),
+                    self.link.display()
+                ));
+                EXIT_ROLLED_BACK
+            }
+            Err(why) => {
+                say(format_args!(
+                    "not verified: {reason}; served {} so far; the revert failed: {why}; rolling back to {}",
+                    served(released),
+                    old.name()
+                ));
+                self.roll_back(old, new, Some(released))
+            }
         }
     }
 
@@ -643,8 +777,9 @@ impl Deploy {
         }
     }
 
-    /// Switch back to `old` and verify it: 1 when it serves again, else 2 (or 3, 111).
-    fn roll_back(&self, old: &Release, new: &Release) -> i32 {
+    /// Switch back to `old` and verify it: 1 when it serves again, else 2 (or
+    /// 3, 111). `released`: when `new` began to serve (None: it never did).
+    fn roll_back(&self, old: &Release, new: &Release, released: Option<Instant>) -> i32 {
         self.log.borrow_mut().prefix = "rollback-";
         let switched = self.switch(old);
         self.step("switch", switched.is_ok());
@@ -665,11 +800,15 @@ impl Deploy {
             old.name()
         ));
         pause("rollback");
-        let verified = self.reload_and_check(old, false);
+        let verified = self.reload_and_check(old, Some(new), false);
         self.step_check(&verified);
         match verified {
             Ok(()) => {
-                say(format_args!("rolled back: {} serves", old.name()));
+                let took = match released {
+                    Some(t) => format!("; {} served {} in all", new.name(), served(t)),
+                    None => String::new(),
+                };
+                say(format_args!("rolled back: {} serves{took}", old.name()));
                 EXIT_ROLLED_BACK
             }
             Err(Outcome::Failed(r)) => self.die(
@@ -690,7 +829,7 @@ impl Deploy {
                 old.name()
             );
         }
-        match self.reload_and_check(old, false) {
+        match self.reload_and_check(old, None, false) {
             Ok(()) => format!(
                 "switched {} back to {}, which serves again",
                 self.link.display(),
@@ -706,8 +845,36 @@ impl Deploy {
         }
     }
 
-    /// Reload the chain, then (with --check) wait until the URL answers `rel`.
-    fn reload_and_check(&self, rel: &Release, interruptible: bool) -> Result<(), Outcome> {
+    /// Reload, then check (a rollback's or an undo's: whatever serves after
+    /// it is final, a parked generation is confirmed at once).
+    fn reload_and_check(
+        &self,
+        rel: &Release,
+        not_yet: Option<&Release>,
+        interruptible: bool,
+    ) -> Result<(), Outcome> {
+        let r = self.reload(interruptible)?;
+        let checked = self.check(rel, not_yet, &r, interruptible);
+        if parked_generation(&r.status).is_some() {
+            // the rollback is what we go back to: nothing to verify against
+            if let Err(why) = self.confirm() {
+                say(format_args!(
+                    "warning: the confirm of the rollback failed: {why}"
+                ));
+            }
+        }
+        checked
+    }
+
+    /// After a refused revert: forkpool may have reverted by itself (its
+    /// --confirm-timeout passed first); then that is the revert.
+    fn reverted_by_itself(&self) -> Option<Status> {
+        let st = statusfile::read(&self.opts.statusfile).ok()?;
+        (st.get("verify") == "reverted" && st.serving()).then_some(st)
+    }
+
+    /// HUP the chain and wait for the new generation to serve whole.
+    fn reload(&self, interruptible: bool) -> Result<Reloaded, Outcome> {
         let started = Instant::now();
         let mut calls = 0;
         let mut stop = || {
@@ -733,55 +900,114 @@ impl Deploy {
             Err(WaitError::NotRunning(r)) => return Err(Outcome::NotRunning(r)),
             Err(WaitError::Interrupted) => return Err(self.interruption()),
         };
+        let parked = match parked_generation(&st) {
+            Some(p) => format!(
+                "; generation {p} parked until {} (--confirm-timeout)",
+                st.get("verify_deadline")
+            ),
+            None => String::new(),
+        };
         say(format_args!(
-            "generation {} serving: {} of {} ready",
+            "generation {} serving: {} of {} ready{parked}",
             st.num("serving_generation"),
             st.num("ready"),
             st.num("workers")
         ));
-        let Some(url) = &self.opts.check else {
-            return Ok(());
-        };
         let left = self.opts.timeout.saturating_sub(started.elapsed());
-        let until = Instant::now() + left.max(Duration::from_secs(1));
-        let want = rel.id.clone();
-        let mut last = String::from("nothing");
-        loop {
-            if interruptible && self.interrupted() {
-                return Err(self.interruption());
-            }
-            // One try: 2 s at most, never past the deadline, given up within
-            // 100 ms of an INT or TERM (when interruptible).
-            let try_until = (Instant::now() + Duration::from_secs(2)).min(until);
-            let mut stop = || self.interrupted() && interruptible;
-            if let Some(a) = check::ask(url, try_until, &mut stop) {
-                let ok = (200..300).contains(&a.status);
-                if ok && want.iter().all(|w| *w == a.release) {
-                    say(format_args!("{} answers {}", url, a.release));
-                    return Ok(());
-                }
-                last = format!("{} {}", a.status, a.release);
-            }
-            if !statusfile::alive(self.chain_pid) {
-                return Err(Outcome::NotRunning(format!(
-                    "pid {} died while we waited",
-                    self.chain_pid
-                )));
-            }
-            if Instant::now() >= until {
-                return Err(Outcome::Failed(format!(
-                    "{} answered {last}, not {}",
-                    url,
-                    want.as_deref().unwrap_or("2xx")
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        Ok(Reloaded {
+            status: st,
+            at: Instant::now(),
+            deadline: Instant::now() + left.max(Duration::from_secs(1)),
+        })
+    }
+
+    /// With --check: rounds of every URL until `rel` is verified or not
+    /// (verify.rs). With a parked generation the rule is strict: a good
+    /// round within --verify-window, any other answer is bad. Without one,
+    /// `before` (the release that served before) may still take a connection
+    /// in the moment after reload=ok (forkpool's rolling mode), so its id is
+    /// "not yet"; and a rollback would start the old release cold, no sooner
+    /// than waiting, so silence is waited out until -t. A definite bad
+    /// answer ends the check at once either way.
+    fn check(
+        &self,
+        rel: &Release,
+        before: Option<&Release>,
+        r: &Reloaded,
+        interruptible: bool,
+    ) -> Result<(), Outcome> {
+        if self.opts.checks.is_empty() {
+            return Ok(());
         }
+        let parked = parked_generation(&r.status).is_some();
+        let rule = verify::Rule {
+            urls: &self.opts.checks,
+            want: rel.id.as_deref(),
+            not_yet: before.filter(|_| !parked).and_then(|n| n.id.as_deref()),
+            window: if parked {
+                self.opts.verify_window
+            } else {
+                r.deadline.saturating_duration_since(Instant::now())
+            },
+            good: self.opts.good,
+            deadline: r.deadline,
+        };
+        let dead = Cell::new(false);
+        let mut stop = || {
+            if !statusfile::alive(self.chain_pid) {
+                dead.set(true);
+                return true;
+            }
+            self.interrupted() && interruptible
+        };
+        let mut ask = |url: &Url, until: Instant| {
+            // one try, by `until`, given up within 100 ms of an INT or TERM
+            check::ask(url, until, &mut || self.interrupted() && interruptible)
+        };
+        let result = verify::rounds(
+            &rule,
+            &mut ask,
+            &mut stop,
+            &mut Instant::now,
+            &mut std::thread::sleep,
+        );
+        match result {
+            Ok(n) => {
+                let urls: Vec<String> = self.opts.checks.iter().map(Url::to_string).collect();
+                let verb = if urls.len() == 1 { "answers" } else { "answer" };
+                say(format_args!(
+                    "{} {verb} {} ({} good rounds in a row, {n} in all)",
+                    urls.join(" and "),
+                    rel.id.as_deref().unwrap_or("2xx"),
+                    self.opts.good
+                ));
+                Ok(())
+            }
+            Err(_) if dead.get() => Err(Outcome::NotRunning(format!(
+                "pid {} died while we waited",
+                self.chain_pid
+            ))),
+            Err(verify::Bad::Interrupted) => Err(self.interruption()),
+            Err(bad) => Err(Outcome::Failed(bad.reason())),
+        }
+    }
+
+    /// confirm (the parked generation retires): the status, or why not.
+    /// Not interruptible: the verdict is given whole.
+    fn confirm(&self) -> Result<Status, String> {
+        statusfile::confirm(&self.opts.statusfile, self.opts.timeout, &mut || false)
+            .map_err(|e| e.to_string())
+    }
+
+    /// revert (the parked generation serves again): the status, or why not.
+    fn revert_parked(&self) -> Result<Status, String> {
+        statusfile::revert(&self.opts.statusfile, self.opts.timeout, &mut || false)
+            .map_err(|e| e.to_string())
     }
 
     /// The deploy log: the check's step, when there was one (a reload said yes).
     fn step_check(&self, verified: &Result<(), Outcome>) {
-        if self.opts.check.is_some() && self.log.borrow().reload_ok {
+        if !self.opts.checks.is_empty() && self.log.borrow().reload_ok {
             self.step("check", verified.is_ok());
         }
     }
@@ -807,4 +1033,24 @@ impl Deploy {
         }
         release::write_history(&path, &lines).map_err(|e| unixtool::io_reason(&e))
     }
+}
+
+/// A reload's answer: the status, when we saw it (the new generation
+/// released), and the deadline left for the check.
+struct Reloaded {
+    status: Status,
+    at: Instant,
+    deadline: Instant,
+}
+
+/// The generation parked for a verify of the serving one (forkpool
+/// --confirm-timeout: `verify=pending`), if any.
+fn parked_generation(st: &Status) -> Option<u64> {
+    (st.get("verify") == "pending" && st.num("verify_generation") == st.num("serving_generation"))
+        .then(|| st.num("parked_generation"))
+}
+
+/// How long the new release served, for the verdict line.
+fn served(since: Instant) -> String {
+    format!("{} ms", since.elapsed().as_millis())
 }

@@ -235,6 +235,7 @@ fn answer(site: &Site, req: &httparse::Request) -> (Response, bool, usize) {
         return reject(413);
     }
     let resp = match resolve(req.path.unwrap_or("")) {
+        _ if site.fail_requests => Response::error(500),
         Err(status) => Response::error(status),
         Ok(Target::Release) => Response {
             status: 200,

@@ -21,13 +21,15 @@ use sys::{Order, Signals, Woke};
 
 pub const TOOL: Tool = Tool {
     name: "app",
-    usage: "app [--root DIR] [--ready-fd N] [--slow-start MS] [--fail-start] [--read-timeout MS] [--send-timeout MS] [--idle-timeout MS] [--stop-timeout MS] [--max-connections N] [--retire-after N] [--listen HOST:PORT [--workers N]] [-v]",
+    usage: "app [--root DIR] [--ready-fd N] [--slow-start MS] [--fail-start] [--fail-requests] [--read-timeout MS] [--send-timeout MS] [--idle-timeout MS] [--stop-timeout MS] [--max-connections N] [--retire-after N] [--listen HOST:PORT [--workers N]] [-v]",
     help: "
   -r, --root DIR            the release directory (default .): canonicalized once, chdir there
   -d, --ready-fd N          write a newline to descriptor N once able to accept; later lines:
                             stopping, recycle, and an empty line per watchdog ping
       --slow-start MS       wait MS milliseconds before becoming ready
       --fail-start          exit 1 at start (a release that fails, on purpose)
+      --fail-requests       start and become ready, then answer 500 to every request (a
+                            release that imports fine but fails its requests, on purpose)
   -t, --read-timeout MS     a whole request (head and body) must arrive within MS ms (default 5000)
       --send-timeout MS     a whole response must be sent within MS ms (default 10000)
       --idle-timeout MS     close a keep-alive connection idle for MS ms (default 5000)
@@ -51,6 +53,8 @@ pub struct Site {
     /// The canonical DIR/htdocs, computed once; no file outside it is ever served.
     pub htdocs: PathBuf,
     pub verbose: bool,
+    /// --fail-requests: every answer is a 500 (still naming the release).
+    pub fail_requests: bool,
 }
 
 struct Options {
@@ -58,6 +62,7 @@ struct Options {
     ready_fd: Option<RawFd>,
     slow_start: Duration,
     fail_start: bool,
+    fail_requests: bool,
     listen: Option<String>,
     workers: u32,
     verbose: bool,
@@ -74,7 +79,8 @@ fn main() {
             "unable to start: --fail-start was given (a release that fails at start, on purpose)",
         );
     }
-    let (site, root) = pin_release(&opts.root, opts.verbose);
+    let (mut site, root) = pin_release(&opts.root, opts.verbose);
+    site.fail_requests = opts.fail_requests;
     let ready_pipe = adopt_descriptor(opts.ready_fd);
     let hold = adopt_descriptor(hold_fd);
     let handoff = adopt_descriptor(handoff_fd);
@@ -125,6 +131,7 @@ fn parse_options() -> Options {
         ready_fd: None,
         slow_start: Duration::ZERO,
         fail_start: false,
+        fail_requests: false,
         listen: None,
         workers: 1,
         verbose: false,
@@ -149,6 +156,7 @@ fn parse_options() -> Options {
             }
             Long("slow-start") => o.slow_start = ms(&mut p, "--slow-start", 0),
             Long("fail-start") => o.fail_start = true,
+            Long("fail-requests") => o.fail_requests = true,
             Short('t') | Long("read-timeout") => o.limits.request = ms(&mut p, "--read-timeout", 1),
             Long("send-timeout") => o.limits.send = ms(&mut p, "--send-timeout", 1),
             Long("idle-timeout") => o.limits.idle = ms(&mut p, "--idle-timeout", 1),
@@ -250,6 +258,7 @@ fn pin_release(root: &Path, verbose: bool) -> (Site, PathBuf) {
         release,
         htdocs,
         verbose,
+        fail_requests: false,
     };
     (site, root)
 }

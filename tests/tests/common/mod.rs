@@ -60,6 +60,11 @@ impl Site {
 
     /// As start, with the status file at `status` (default dir/status).
     pub fn start_in(dir: TempDir, mode: Mode, status: Option<PathBuf>) -> Site {
+        Site::start_with(dir, mode, status, &[])
+    }
+
+    /// As start_in, with `extra` options for forkpool (before `./run`).
+    pub fn start_with(dir: TempDir, mode: Mode, status: Option<PathBuf>, extra: &[&str]) -> Site {
         make_release(dir.path(), "r1", "");
         std::os::unix::fs::symlink("releases/r1", dir.join("current")).expect("current");
         let status = status.unwrap_or_else(|| dir.join("status"));
@@ -71,6 +76,7 @@ impl Site {
                     .args(["-n", "2", "-m", "cutover", "-d", "3", "-t", "20000"])
                     .args(["-k", "10000", "-p", "current", "-S"])
                     .arg(&status)
+                    .args(extra)
                     .arg("./run");
             }
             Mode::Loop => {
