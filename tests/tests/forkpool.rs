@@ -129,17 +129,35 @@ fn n_workers_run_and_a_killed_worker_is_replaced() {
 }
 
 /// HUP replaces every pid; ready workers, sampled all along, never below N;
-/// a client hammering sees no failure.
+/// a client hammering sees no failure. The new generation becomes ready only
+/// once the sampler took 50 samples of the reload running (test-worker
+/// --ready-when): a condition, where "more than 50 samples" over the reload's
+/// natural length failed under load (24).
 fn reload_keeps_n_ready(mode: &str) {
     let n = 4;
-    let pool = Pool::start(
+    let dir = TempDir::new("fp");
+    let gate = dir.join("gate");
+    let conf = dir.join("conf");
+    let pool = Pool::start_in(
+        dir,
         &["-n", "4", "-m", mode, "--notify", "-k", "3000"],
-        &["--notify", "--ready-delay", "150", "--serve-delay", "5"],
+        &[
+            "--notify",
+            "--ready-delay",
+            "150",
+            "--serve-delay",
+            "5",
+            "--conf",
+            conf.to_str().expect("path"),
+        ],
+        |_| {},
     );
     let before = pool.serving(1, n).pids("ready");
+    std::fs::write(&conf, format!("--ready-when {}", gate.display())).expect("conf");
     let stop = Arc::new(AtomicBool::new(false));
+    let in_reload = Arc::new(AtomicUsize::new(0));
     let st = pool.st.clone();
-    let stop2 = stop.clone();
+    let (stop2, in_reload2) = (stop.clone(), in_reload.clone());
     let sampler = std::thread::spawn(move || {
         let (mut min, mut samples) = (usize::MAX, 0);
         while !stop2.load(Ordering::Relaxed) {
@@ -147,6 +165,9 @@ fn reload_keeps_n_ready(mode: &str) {
             if !s.kv.is_empty() {
                 min = min.min(s.num("ready") as usize);
                 samples += 1;
+                if s.get("generation") == "2" && s.get("reload") == "running" {
+                    in_reload2.fetch_add(1, Ordering::Relaxed);
+                }
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -163,6 +184,11 @@ fn reload_keeps_n_ready(mode: &str) {
         }
     });
     pool.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(LONG, || in_reload.load(Ordering::Relaxed) >= 50),
+        "the sampler never saw the reload running"
+    );
+    std::fs::write(&gate, "").expect("gate");
     let s = pool.serving(2, n);
     // Let the old workers finish their drain, still sampling.
     assert!(
@@ -172,7 +198,7 @@ fn reload_keeps_n_ready(mode: &str) {
     stop.store(true, Ordering::Relaxed);
     let (min, samples) = sampler.join().expect("sampler");
     let _ = hammer.join();
-    assert!(samples > 50, "sampled {samples} times");
+    assert!(samples >= 50, "sampled {samples} times");
     assert!(
         min >= n,
         "{mode}: ready workers dropped to {min} during the reload"
@@ -551,6 +577,7 @@ fn behind_tcplisten(mode: &str) {
     let (line, _) = read_line_timeout(p.stdout(), LONG).expect("tcplisten prints the port");
     let port: u16 = line.trim().parse().expect("port");
     let mut hammer = Hammer::start(port, 4);
+    let mut seen = 0;
     for g in 1..=21u64 {
         let ok = wait_until(LONG, || {
             let s = PoolStatus::read(&st);
@@ -561,6 +588,14 @@ fn behind_tcplisten(mode: &str) {
             "generation {g} never served: {:?}",
             PoolStatus::read(&st)
         );
+        // Clients answered in every generation before the next HUP: a
+        // condition, not a time (`ok > 100` over the run's length depends
+        // on how fast 20 reloads go).
+        assert!(
+            wait_until(LONG, || hammer.answered() >= seen + 5),
+            "no answers in generation {g}"
+        );
+        seen = hammer.answered();
         if g < 21 {
             p.signal(Signal::SIGHUP);
         }

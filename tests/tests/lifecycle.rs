@@ -143,16 +143,18 @@ fn max_age_2_surge_1_recycles_every_worker_never_below_4_ready_never_above_5() {
     let first = pool.serving(1, 4);
     let first_pids = first.pids("ready");
     let mut hammer = Hammer::start(pool.port, 4);
-    // 15 s at least, and (on a loaded machine) until every first worker and
-    // 8 more were replaced, sampling all along.
-    let end = Instant::now() + Duration::from_secs(15);
-    let give_up = end + LONG;
+    // Until every first worker and 8 more were replaced (three rounds of
+    // recycling), sampling all along: a condition. The short form of what
+    // took 15 s at least before; it fails on a recycle that lets ready
+    // workers fall below 4 or more than 5 live at once. The long form (p99
+    // over a longer run beside gunicorn) is scripts/bench.d/47-lifecycle.sh.
+    let give_up = Instant::now() + LONG;
     let (mut samples, mut min_ready, mut max_lines, mut max_children) = (0, usize::MAX, 0, 0);
     let mut seen = std::collections::HashSet::new();
     let replaced = |seen: &std::collections::HashSet<i32>| {
         seen.len() >= 12 && first_pids.iter().all(|p| !alive(*p))
     };
-    while Instant::now() < give_up && (Instant::now() < end || !replaced(&seen)) {
+    while Instant::now() < give_up && !replaced(&seen) {
         let s = pool.status();
         if !s.workers.is_empty() {
             samples += 1;
@@ -168,7 +170,8 @@ fn max_age_2_surge_1_recycles_every_worker_never_below_4_ready_never_above_5() {
     let log = pool.log();
     assert_eq!(failed, 0, "{ok} answered, {failed} failed\n{log}");
     assert!(ok > 0);
-    assert!(samples > 100, "only {samples} samples");
+    // (12 pids seen, at most 5 a sample: 3 samples at least, by the loop's end)
+    assert!(samples >= 3, "only {samples} samples");
     assert!(min_ready >= 4, "ready fell to {min_ready}\n{log}");
     assert!(
         max_lines <= 5,

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use integration_tests::*;
 use nix::sys::signal::Signal;
 
-const LONG: Duration = Duration::from_secs(10);
+/// A deadline for conditions, a hang detector: 10 s was missed at load 30 on the
+/// shared machine (three starts 0, 1 and 3 s apart took longer; issue 25).
+const LONG: Duration = Duration::from_secs(30);
 
 fn lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path)

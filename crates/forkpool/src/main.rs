@@ -191,10 +191,12 @@ fn main() {
         let timeout = supervise::earliest(due).map(|d| d.saturating_duration_since(Instant::now()));
         poll_readable(&fds, timeout);
         let now = Instant::now();
+        // Drained before warn_kernel_hups takes the kernel's HUPs (signals.rs).
+        let arrived = sigs.drain();
         warn_kernel_hups();
         pool.hear_workers(now);
         pool.lifecycle(now);
-        for sig in sigs.drain() {
+        for sig in arrived {
             pool.signal(sig, now);
         }
         pool.read_control(now);

@@ -41,7 +41,8 @@ static HANDLED: AtomicU64 = AtomicU64::new(0);
 
 /// SIGHUPs the kernel sent (si_code SI_KERNEL: the process group became
 /// orphaned while a member was stopped, or the terminal hung up), not written
-/// to the pipe: see [`take_kernel_hups`].
+/// to the pipe as a HUP (only a 0 byte that wakes the loop): see
+/// [`take_kernel_hups`].
 static KERNEL_HUPS: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -50,14 +51,16 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut li
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t (or null,
     // checked); si_code is a plain integer field.
     let code = unsafe { info.as_ref() }.map_or(0, |i| i.si_code);
+    let mut b = sig as u8;
     if sig == libc::SIGHUP && code == libc::SI_KERNEL {
-        KERNEL_HUPS.fetch_add(1, Ordering::Relaxed);
-        Errno::set_raw(saved);
-        return;
+        // Counted, and the loop woken by a 0 byte (no signal: `drain` skips
+        // it). Without the byte a kernel HUP that came outside the loop's
+        // poll was seen only at its next wake, maybe never (issue 25).
+        KERNEL_HUPS.fetch_add(1, Ordering::SeqCst);
+        b = 0;
     }
     let fd = WRITE_FD.load(Ordering::Relaxed);
     if fd >= 0 {
-        let b = sig as u8;
         // SAFETY: write(2) is async-signal-safe; the pointer is to a live
         // local byte, the length 1; fd is the self-pipe's write end, which
         // is never closed (or -1 in a child, skipped above).
@@ -70,8 +73,11 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut li
 /// control (an orphaned process group with a stopped member, a terminal's
 /// hangup), never a `kill -HUP` (SI_USER) by someone who wants a reload: the
 /// handler drops it and counts it here, so the tool can say so in a warning.
+/// Call it after [`SignalPipe::drain`]: the handler counts before it writes
+/// its wake byte, so a byte drained is a HUP already counted, and a HUP that
+/// comes later leaves its byte for the next poll.
 pub fn take_kernel_hups() -> u64 {
-    KERNEL_HUPS.swap(0, Ordering::Relaxed)
+    KERNEL_HUPS.swap(0, Ordering::SeqCst)
 }
 
 /// The read end of the self-pipe; see the module documentation.

@@ -11,6 +11,8 @@
 //!
 //! Options (behaviour the tests need):
 //!   --ready-delay MS  become ready after MS milliseconds (default 0)
+//!   --ready-when PATH become ready only once PATH exists (after --ready-delay):
+//!                     a reload that lasts until the test says
 //!   --never-ready     never become ready, never accept (stop signals still work)
 //!   --notify-fd N     say ready by writing a newline to descriptor N
 //!   --notify          say ready by sending READY=1 to $NOTIFY_SOCKET
@@ -18,6 +20,9 @@
 //!   --ignore-term     ignore SIGTERM
 //!   --crash-after K   exit 1 after answering K connections
 //!   --serve-delay MS  wait MS milliseconds before answering each connection
+//!   --serve-until PATH  before answering each connection (after --serve-delay),
+//!                     wait until PATH exists: a request in hand for as long as
+//!                     the test wants, whatever the machine's load
 //!   --start-log PATH  append "PID GEN WORKER" to PATH at start
 //!   --conf PATH       read more options (whitespace-separated) from PATH if it exists
 //!   --stamp PATH      append "start PID NS" at start and "exit PID NS" before an
@@ -73,6 +78,7 @@ extern "C" fn on_stop(sig: libc::c_int) {
 #[derive(Default)]
 struct Opts {
     ready_delay: u64,
+    ready_when: Option<String>,
     never_ready: bool,
     notify_fd: Option<i32>,
     notify: bool,
@@ -80,6 +86,7 @@ struct Opts {
     ignore_term: bool,
     crash_after: Option<u64>,
     serve_delay: u64,
+    serve_until: Option<String>,
     start_log: Option<String>,
     stamp: Option<String>,
     exit_after: Option<u64>,
@@ -105,6 +112,7 @@ fn parse(args: Vec<String>, o: &mut Opts) {
         };
         match a.as_str() {
             "--ready-delay" => o.ready_delay = num(&val()),
+            "--ready-when" => o.ready_when = Some(val()),
             "--never-ready" => o.never_ready = true,
             "--notify-fd" => o.notify_fd = Some(num(&val()) as i32),
             "--notify" => o.notify = true,
@@ -112,6 +120,7 @@ fn parse(args: Vec<String>, o: &mut Opts) {
             "--ignore-term" => o.ignore_term = true,
             "--crash-after" => o.crash_after = Some(num(&val())),
             "--serve-delay" => o.serve_delay = num(&val()),
+            "--serve-until" => o.serve_until = Some(val()),
             "--start-log" => o.start_log = Some(val()),
             "--stamp" => o.stamp = Some(val()),
             "--exit-after" => o.exit_after = Some(num(&val())),
@@ -238,14 +247,19 @@ fn main() {
         stamp(&o, "exit");
         std::process::exit(code);
     }
-    // Stop signals: caught, and blocked except while waiting.
+    // Stop signals: caught, and blocked except while waiting. An ignored TERM
+    // (--ignore-term) is not blocked: the kernel keeps a blocked signal
+    // pending even when its action is to ignore it, and `wait` would take
+    // that pending TERM for a stop (issue 25); unblocked, it is discarded.
     // SAFETY: sigset_t is plain data; all zeroes is a valid value, emptied below.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t to write.
     unsafe { libc::sigemptyset(&mut set) };
     for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
-        // SAFETY: `set` is an initialised sigset_t and `sig` a valid signal.
-        unsafe { libc::sigaddset(&mut set, sig) };
+        if !(sig == libc::SIGTERM && o.ignore_term) {
+            // SAFETY: `set` is an initialised sigset_t and `sig` a valid signal.
+            unsafe { libc::sigaddset(&mut set, sig) };
+        }
         // SAFETY: struct sigaction is plain data; all zeroes is a valid value
         // (no flags, an empty mask), the handler is set below.
         let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -273,6 +287,11 @@ fn main() {
                 break;
             }
             wait(-1, left.as_millis().max(1) as i64);
+        }
+    }
+    if let Some(path) = &o.ready_when {
+        while !std::path::Path::new(path).exists() {
+            wait(-1, 5);
         }
     }
     if o.window_log.is_some() {
@@ -620,6 +639,12 @@ fn serve(o: &Opts, life: &mut Life) {
                     said = true;
                 }
                 std::thread::sleep(left.min(Duration::from_millis(5)));
+            }
+        }
+        if let Some(path) = &o.serve_until {
+            // (stop signals stay blocked: taken after the answer, as above)
+            while !std::path::Path::new(path).exists() {
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
         let _ = conn.write_all(line.as_bytes());
