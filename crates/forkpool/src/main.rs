@@ -191,7 +191,7 @@ fn main() {
         let timeout = supervise::earliest(due).map(|d| d.saturating_duration_since(Instant::now()));
         poll_readable(&fds, timeout);
         let now = Instant::now();
-        // Drained before warn_kernel_hups takes the kernel's HUPs (signals.rs).
+        // Drained before the kernel's HUPs are taken (signals.rs).
         let arrived = sigs.drain();
         warn_kernel_hups();
         pool.hear_workers(now);
