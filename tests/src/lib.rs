@@ -658,3 +658,15 @@ fn chmod_755(path: &Path) {
 pub fn start_health(dir: &Path, args: &[&std::ffi::OsStr]) -> (Proc, u16) {
     behind_tcplisten("pool-health", args, &dir.join("health.err"))
 }
+
+/// forkpool's children that are not workers (the guard): pids from
+/// /proc/PID/task/PID/children, the workers those of the status file `st`.
+pub fn non_worker_children(pid: i32, st: &Path) -> Vec<i32> {
+    let workers: Vec<i32> = PoolStatus::read(st).workers.iter().map(|w| w.2).collect();
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .filter(|c| !workers.contains(c))
+        .collect()
+}

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    alive, ask, bin, cmd, listener, read_line_timeout, require_peer, wait_until, worker_field,
-    PoolStatus, Proc, TempDir,
+    alive, ask, bin, cmd, listener, non_worker_children, read_line_timeout, require_peer,
+    wait_until, worker_field, PoolStatus, Proc, TempDir,
 };
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -770,18 +770,6 @@ fn a_prefork_server_is_held_and_stopped_as_one() {
     assert!(answers > 0);
     assert_eq!(failed, 0, "{}", err());
     assert_eq!(flapping, 0, "{}", err());
-}
-
-/// forkpool's children that are not workers (the guard): pids from
-/// /proc/PID/task/PID/children.
-fn non_worker_children(pid: i32, st: &Path) -> Vec<i32> {
-    let workers: Vec<i32> = status(st).workers.iter().map(|w| w.2).collect();
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .filter(|c| !workers.contains(c))
-        .collect()
 }
 
 /// An in-place upgrade (USR2) hands the guard over: one guard across any

@@ -53,11 +53,25 @@ impl ControlFifo {
         })
     }
 
+    /// The FIFO the previous image had open (kept across an upgrade's exec):
+    /// what was written meanwhile waits in it.
+    pub fn adopt(fd: OwnedFd) -> ControlFifo {
+        ControlFifo {
+            fd,
+            partial: Vec::new(),
+            skipping: false,
+        }
+    }
+
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 
-    /// Every whole line written since the last call (`Err`: a line too long).
+    /// Every whole line written since the last call (`Err`: a line too
+    /// long, or a partial one). A line comes in one write (at most 256
+    /// bytes: the kernel writes it whole, never interleaved); what is left
+    /// without a newline once the FIFO is empty is refused and dropped, so
+    /// it never merges with the next writer's line.
     pub fn lines(&mut self) -> Vec<Result<String, String>> {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
@@ -83,6 +97,18 @@ impl ControlFifo {
                     }
                 }
             }
+        }
+        if !self.partial.is_empty() || self.skipping {
+            let long = std::mem::take(&mut self.skipping);
+            let part = std::mem::take(&mut self.partial);
+            out.push(Err(if long {
+                format!("a line longer than {MAX_LINE} bytes")
+            } else {
+                format!(
+                    "a partial line ({} bytes without a newline): dropped",
+                    part.len()
+                )
+            }));
         }
         out
     }
@@ -119,10 +145,16 @@ mod tests {
             .open(&path)
             .expect("writer");
         w.write_all(b"prepare\ncomm").expect("write");
-        assert_eq!(c.lines(), vec![Ok("prepare".to_string())]);
+        let got = c.lines();
+        assert_eq!(got[0], Ok("prepare".to_string()));
+        assert!(
+            got[1].as_ref().is_err_and(|e| e.contains("partial line")),
+            "{got:?}"
+        );
+        // Never merged with what comes next.
         w.write_all(b"it 12\n").expect("write");
         drop(w);
-        assert_eq!(c.lines(), vec![Ok("commit 12".to_string())]);
+        assert_eq!(c.lines(), vec![Ok("it 12".to_string())]);
         let mut w = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)

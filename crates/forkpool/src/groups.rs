@@ -34,6 +34,9 @@ use crate::tool::TOOL;
 pub struct Guard {
     /// The write end of the pipe; None once the guard is gone.
     write: Option<OwnedFd>,
+    /// The guard's pid (forkpool's child: its end is reaped, then a new
+    /// guard is started, workers.rs).
+    pid: Pid,
 }
 
 extern "C" fn on_parent_death(_: libc::c_int) {}
@@ -57,7 +60,10 @@ impl Guard {
                 // As in the child: the group exists before anyone signals it.
                 let _ = nix::unistd::setpgid(child, child);
                 signals::restore_mask(&old);
-                Ok(Guard { write: Some(write) })
+                Ok(Guard {
+                    write: Some(write),
+                    pid: child,
+                })
             }
             Err(e) => {
                 signals::restore_mask(&old);
@@ -72,9 +78,17 @@ impl Guard {
         self.write.as_ref().map(|w| w.as_raw_fd())
     }
 
-    /// The guard the previous image started (its write end, kept across exec).
-    pub fn adopt(write: OwnedFd) -> Guard {
-        Guard { write: Some(write) }
+    /// The guard the previous image started (its write end, kept across
+    /// exec, and its pid).
+    pub fn adopt(write: OwnedFd, pid: Pid) -> Guard {
+        Guard {
+            write: Some(write),
+            pid,
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
     }
 
     /// A worker's group to KILL should forkpool die.

@@ -132,7 +132,8 @@ impl Pool {
             policy: self.policy.clone(),
             procs,
             notify: self.notify.as_ref().map(|n| (n.fd(), n.name().to_string())),
-            guard: self.procs.guard_fd(),
+            guard: self.procs.guard_handed(),
+            control: self.control.as_ref().map(|c| c.fd()),
             upgrades: self.upgrade.count,
             upgrade_failures: self.upgrade.failures,
             exe: exe.to_path_buf(),
@@ -148,6 +149,7 @@ impl Pool {
             procs: handed,
             notify,
             guard,
+            control,
             upgrades,
             upgrade_failures,
             exe,
@@ -173,12 +175,17 @@ impl Pool {
             let child = Child::adopt(nix::unistd::Pid::from_raw(pid), started, pipe);
             procs.list.push(Process { id, child, hold });
         }
-        if let Some(fd) = guard {
-            procs.adopt_guard(reexec::adopt_fd(fd)?);
+        if let Some((fd, pid)) = guard {
+            procs.adopt_guard(reexec::adopt_fd(fd)?, nix::unistd::Pid::from_raw(pid));
         }
+        let control = control
+            .map(|fd| reexec::adopt_fd(fd).map(ControlFifo::adopt))
+            .transpose()?;
         let mut up = fresh_upgrade();
         up.adopted(upgrades, upgrade_failures, exe);
-        Ok(Pool::of_parts(cfg, policy, notify, procs, up))
+        let mut pool = Pool::of_parts(cfg, policy, notify, procs, up);
+        pool.control = control;
+        Ok(pool)
     }
 }
 
@@ -298,12 +305,18 @@ impl Pool {
         let mut fds: Vec<RawFd> = self.notify.iter().map(|n| n.fd()).collect();
         fds.extend(self.procs.list.iter().filter_map(|p| p.child.pipe_fd()));
         fds.extend(self.control.as_ref().map(|c| c.fd()));
+        fds.extend(reexec::check_wait(&self.upgrade).0);
         fds
     }
 
     /// The next moment something is due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        unixtool::supervise::earliest([self.policy.next_deadline(), self.next_sample])
+        unixtool::supervise::earliest([
+            self.policy.next_deadline(),
+            self.next_sample,
+            reexec::check_wait(&self.upgrade).1,
+            self.status.as_ref().and_then(|s| s.next_heartbeat()),
+        ])
     }
 
     /// What the workers said (readiness pipes and `NOTIFY_SOCKET`): their
@@ -426,21 +439,24 @@ impl Pool {
         self.handle(now, event);
     }
 
-    /// `-C`: create and open the FIFO (or die, 111); the policy learns its
-    /// name and the prepare deadline.
+    /// `-C`: create and open the FIFO at a fresh start (or die, 111; an
+    /// upgraded image has the previous one's descriptor and opens nothing);
+    /// the policy learns its name and the prepare deadline.
     pub fn open_control(&mut self) {
         let Some(path) = self.cfg.control.clone() else {
             return;
         };
-        let fifo = ControlFifo::open(&path).unwrap_or_else(|why| {
-            TOOL.fatal(
-                unixtool::EXIT_TEMPORARY,
-                format_args!("unable to open control FIFO {}: {why}", path.display()),
-            )
-        });
+        if self.control.is_none() {
+            let fifo = ControlFifo::open(&path).unwrap_or_else(|why| {
+                TOOL.fatal(
+                    unixtool::EXIT_TEMPORARY,
+                    format_args!("unable to open control FIFO {}: {why}", path.display()),
+                )
+            });
+            self.control = Some(fifo);
+        }
         self.policy.two_phase.control = Some(path);
         self.policy.two_phase.timeout = self.cfg.prepare_timeout;
-        self.control = Some(fifo);
     }
 
     /// Read and carry out the commands written to the FIFO, in order.
@@ -473,6 +489,15 @@ impl Pool {
     pub fn reap(&mut self, now: Instant) {
         for (pid, status) in child::reap() {
             let Some(id) = self.procs.by_pid(pid).map(|p| p.id) else {
+                // The guard (then a new one), or the upgrade's check program.
+                let how = Ended::from_status(&status).map(|e| e.to_string());
+                let drain = self.policy.settings.drain;
+                let how = how.as_deref().unwrap_or("ended");
+                if !self.procs.guard_ended(pid, how, drain) {
+                    if let Some(c) = self.upgrade.check.as_mut() {
+                        c.reaped(pid, status);
+                    }
+                }
                 continue;
             };
             let Some(ended) = Ended::from_status(&status) else {
@@ -490,26 +515,26 @@ impl Pool {
         }
     }
 
-    /// After the signals of one turn: whether a USR2 is to be carried out
-    /// now (upgrade.rs). It waits while the pool reloads or a prepare is
-    /// open (`upgrade=running` meanwhile); while stopping it is dropped.
-    pub fn upgrade_due(&mut self) -> bool {
-        if !self.upgrade.asked {
-            return false;
-        }
+    /// After the signals of one turn: whether an upgrade is under way
+    /// (asked, its check running, or passed and waiting): upgrade.rs.
+    pub fn upgrade_active(&self) -> bool {
+        let u = &self.upgrade;
+        u.asked || u.check.is_some() || u.passed
+    }
+
+    /// Where the pool stands for the upgrade: stopping (no upgrade),
+    /// reloading or a prepare open (it waits for the end, ok or failed,
+    /// committed, aborted or expired), or free.
+    pub fn upgrade_busy(&self) -> reexec::Busy {
         if self.policy.stop != Stop::No {
-            self.upgrade.asked = false;
-            TOOL.warn("USR2 while stopping: no upgrade");
-            return false;
+            reexec::Busy::Stopping
+        } else if matches!(self.policy.reload, Reload::Running { .. })
+            || self.policy.two_phase.open()
+        {
+            reexec::Busy::Wait
+        } else {
+            reexec::Busy::No
         }
-        self.upgrade.phase = reexec::UpgradePhase::Running;
-        if matches!(self.policy.reload, Reload::Running { .. }) || self.policy.two_phase.open() {
-            // Waits for the end of the reload (ok or failed), or of an open
-            // prepare (committed, aborted, expired); then upgrades.
-            return false;
-        }
-        self.upgrade.asked = false;
-        true
     }
 
     /// The upgrade's bookkeeping, for unixtool::reexec::upgrade_now.

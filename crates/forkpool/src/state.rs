@@ -35,12 +35,12 @@ use crate::lifecycle::{Counts, PoolLife, Recycle, WorkerLife};
 use crate::policy::Policy;
 use crate::reloads::ReloadCounts;
 use crate::settings::Settings;
-use crate::two_phase::TwoPhase;
+use crate::two_phase::{Stage, TwoPhase};
 use crate::worker::{Slot, Why, Worker, WorkerId, WorkerPhase};
 
 pub const MAGIC: &str = "forkpool-state";
 /// The version of the format this build writes and reads.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The descriptors of worker `id`'s process, as handed over (its pid and
 /// start are the policy's [`Worker`]).
@@ -58,8 +58,11 @@ pub struct Snapshot {
     pub procs: Vec<HandedProcess>,
     /// `--notify`: the socket's descriptor and name.
     pub notify: Option<(RawFd, String)>,
-    /// The guard's write end (groups.rs), when one runs.
-    pub guard: Option<RawFd>,
+    /// The guard's write end and pid (groups.rs), when one runs.
+    pub guard: Option<(RawFd, i32)>,
+    /// `-C`: the control FIFO's descriptor, kept across the exec (a line
+    /// written meanwhile waits in it; the path is never opened again).
+    pub control: Option<RawFd>,
     pub upgrades: u64,
     pub upgrade_failures: u64,
     /// The program the next image runs.
@@ -71,7 +74,8 @@ impl Snapshot {
     /// guard, the workers' readiness pipes and hold descriptors.
     pub fn kept_fds(&self) -> Vec<RawFd> {
         let mut keep: Vec<RawFd> = self.notify.iter().map(|(fd, _)| *fd).collect();
-        keep.extend(self.guard);
+        keep.extend(self.guard.map(|(fd, _)| fd));
+        keep.extend(self.control);
         for p in &self.procs {
             // Taken apart whole: a descriptor added is kept, or this does
             // not compile.
@@ -119,6 +123,16 @@ const WHYS: [(&str, Option<Why>); 10] = [
     ("watchdog", Some(Why::Watchdog)),
 ];
 
+const STAGES: [(&str, Stage); 7] = [
+    ("none", Stage::None),
+    ("preparing", Stage::Preparing),
+    ("prepared", Stage::Prepared),
+    ("committing", Stage::Committing),
+    ("committed", Stage::Committed),
+    ("aborted", Stage::Aborted),
+    ("failed", Stage::Failed),
+];
+
 const STOPS: [(&str, Stop); 3] = [
     ("no", Stop::No),
     ("graceful", Stop::Graceful),
@@ -156,6 +170,7 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         procs,
         notify,
         guard,
+        control,
         upgrades,
         upgrade_failures,
         exe,
@@ -175,9 +190,25 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         stop,
         queued: _, // empty between events (Policy::handle takes them)
         life,
-        two_phase: _, // starts fresh: see `read`
+        two_phase,
         reloads,
     } = policy;
+    let TwoPhase {
+        control: _, // -C and --prepare-timeout: the same command line
+        timeout: _,
+        stage,
+        generation: tp_generation,
+        // An upgrade waits while a prepare is open (the hub's upgrade_due):
+        // these are the open prepare's and start fresh.
+        expires: _,
+        commit_at: _,
+        wall_ref: _,
+        reload_before: _,
+        commit_wall,
+        released_wall,
+        commands,
+        last,
+    } = two_phase;
     let PoolLife {
         rng,
         totals,
@@ -280,7 +311,26 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         Some((fd, name)) => s.record("notify", &[("fd", fd.to_string()), ("name", name.clone())]),
         None => s.record("notify", &[("fd", "-".into()), ("name", String::new())]),
     }
-    s.record("guard", &[("fd", fd_field(*guard))]);
+    s.record(
+        "guard",
+        &[
+            ("fd", fd_field(guard.map(|(fd, _)| fd))),
+            ("pid", guard.map_or("-".to_string(), |(_, p)| p.to_string())),
+        ],
+    );
+    let wall = |w: &Option<f64>| w.map_or("-".to_string(), |w| w.to_string());
+    s.record(
+        "control",
+        &[
+            ("fd", fd_field(*control)),
+            ("stage", stage.name().to_string()),
+            ("generation", tp_generation.to_string()),
+            ("commands", commands.to_string()),
+            ("last", last.clone()),
+            ("commit_wall", wall(commit_wall)),
+            ("released_wall", wall(released_wall)),
+        ],
+    );
     s.record(
         "upgrade",
         &[
@@ -338,6 +388,8 @@ fn read_records(
     let mut procs = Vec::new();
     let mut notify = None;
     let mut guard = None;
+    let mut control = None;
+    let mut two_phase = None;
     let mut upgrade = None;
     let mut serving = None;
     let mut target = None;
@@ -444,7 +496,25 @@ fn read_records(
                 let name = r.take("name")?;
                 notify = fd.map(|fd| (fd, name));
             }
-            "guard" => guard = r.opt_num("fd")?,
+            "guard" => {
+                let fd: Option<RawFd> = r.opt_num("fd")?;
+                let pid: Option<i32> = r.opt_num("pid")?;
+                guard = fd.zip(pid);
+            }
+            "control" => {
+                control = r.opt_num("fd")?;
+                let stage = r.take("stage")?;
+                let stage = one_of(&r, "stage", &stage, &STAGES)?;
+                two_phase = Some(TwoPhase {
+                    stage,
+                    generation: r.num("generation")?,
+                    commands: r.num("commands")?,
+                    last: r.take("last")?,
+                    commit_wall: r.opt_num("commit_wall")?,
+                    released_wall: r.opt_num("released_wall")?,
+                    ..TwoPhase::default()
+                });
+            }
             "upgrade" => {
                 upgrade = Some((
                     r.num("count")?,
@@ -490,10 +560,9 @@ fn read_records(
             totals,
             slots: slot_counts,
         },
-        // Starts fresh: an upgrade waits while a prepare is open (the hub's
-        // upgrade_due), and the new image opens the FIFO again by its path
-        // (Pool::open_control sets `control` and `timeout`).
-        two_phase: TwoPhase::default(),
+        // Handed over but for the open prepare's fields (an upgrade waits
+        // while one is open); Pool::open_control sets `control` and `timeout`.
+        two_phase: two_phase.ok_or("the state lacks a control record")?,
         reloads,
     };
     Ok(Snapshot {
@@ -501,6 +570,7 @@ fn read_records(
         procs,
         notify,
         guard,
+        control,
         upgrades,
         upgrade_failures,
         exe,
@@ -582,6 +652,7 @@ mod tests {
             procs,
             notify: None,
             guard: None,
+            control: None,
             upgrades: 7,
             upgrade_failures: 0,
             exe: PathBuf::from("/usr/bin/forkpool"),
@@ -697,12 +768,17 @@ mod tests {
         w.retired = Some(Why::Watchdog);
         p.two_phase.stage = crate::two_phase::Stage::Committed;
         p.two_phase.commands = 4;
+        p.two_phase.generation = 2;
+        p.two_phase.last = "commit accepted".to_string();
+        p.two_phase.commit_wall = Some(1764245000.25);
+        p.two_phase.released_wall = Some(1764245000.5);
         for (i, h) in s.procs.iter_mut().enumerate() {
             h.pipe = Some(10 + i as RawFd);
             h.hold = (i % 2 == 0).then_some(40 + i as RawFd);
         }
         s.notify = Some((5, "@forkpool-notify".to_string()));
-        s.guard = Some(7);
+        s.guard = Some((7, 4321));
+        s.control = Some(8);
         s.upgrade_failures = 3;
         let text = write(&s, now).unwrap();
         // Read against the moment of writing itself: instants come back exact.
@@ -713,9 +789,13 @@ mod tests {
         let back = read_records(records, notify_settings.clone(), now).unwrap();
         let mut want = s.clone();
         want.policy.settings = notify_settings;
-        want.policy.two_phase = TwoPhase::default();
+        // The two-phase state is handed over (item 12 of issue 24), but for
+        // the open prepare's fields and what the command line gives.
         assert_eq!(format!("{back:#?}"), format!("{want:#?}"));
         assert_eq!(back.kept_fds(), s.kept_fds());
-        assert_eq!(s.kept_fds(), vec![5, 7, 10, 40, 11, 12, 42, 13, 14, 44, 15]);
+        assert_eq!(
+            s.kept_fds(),
+            vec![5, 7, 8, 10, 40, 11, 12, 42, 13, 14, 44, 15]
+        );
     }
 }

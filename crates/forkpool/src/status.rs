@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::lifecycle::Recycle;
 use unixtool::reexec::Upgrade;
@@ -45,11 +46,18 @@ impl Summary {
     }
 }
 
-/// The status file (`-S`): rewritten when its text changes.
+/// How often the status file is rewritten when nothing changed: its
+/// `heartbeat=` says the main loop still turns.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The status file (`-S`): rewritten when its text changes, and at least
+/// every [`HEARTBEAT`] (the `heartbeat=` key, the wall clock of the write).
 pub struct StatusFile {
     path: PathBuf,
     last: String,
     warned: bool,
+    /// When it was last written.
+    written: Option<Instant>,
     /// The in-place upgrade's keys.
     pub upgrade: UpgradeLines,
 }
@@ -84,23 +92,33 @@ impl StatusFile {
             path,
             last: String::new(),
             warned: false,
+            written: None,
             upgrade: UpgradeLines::default(),
         }
     }
 
-    /// Replace the file (by rename) when the state changed; one warning per
-    /// run of failures.
+    /// When the next heartbeat is due.
+    pub fn next_heartbeat(&self) -> Option<Instant> {
+        self.written.map(|t| t + HEARTBEAT)
+    }
+
+    /// Replace the file (by rename) when the state changed or the
+    /// heartbeat is due; one warning per run of failures.
     pub fn write(&mut self, p: &Policy) {
+        let now = Instant::now();
         let text = text_with(p, &self.upgrade);
-        if text == self.last {
+        if text == self.last && self.next_heartbeat().is_some_and(|t| now < t) {
             return;
         }
+        let wall = crate::command::wall_now();
+        let whole = format!("{text}heartbeat={wall:.3}\n");
         // A temporary of an unpredictable name, O_EXCL|O_NOFOLLOW, then rename:
         // a symlink planted beside the status file is never followed.
-        match unixtool::statusfile::replace(&self.path, &text) {
+        match unixtool::statusfile::replace(&self.path, &whole) {
             Ok(()) => {
                 self.last = text;
                 self.warned = false;
+                self.written = Some(now);
             }
             Err(e) => {
                 if !self.warned {

@@ -43,6 +43,8 @@ pub const NAMES: reexec::Names = reexec::Names {
     state: STATE_VAR,
     check: CHECK_VAR,
     pause: "FORKPOOL_UPGRADE_PAUSE_MS",
+    fallback: "FORKPOOL_UPGRADE_FALLBACK",
+    failed: "FORKPOOL_UPGRADE_FAILED",
 };
 
 /// At start: when handed a state, its descriptor. In check mode, read the
@@ -66,9 +68,9 @@ pub fn handed(settings: &Settings) -> Option<OwnedFd> {
         return Some(fd);
     }
     let read = reexec::read_fd(fd.as_raw_fd())
-        .and_then(|text| crate::state::read(&text, settings.clone(), Instant::now()));
+        .and_then(|text| crate::state::read(&text, settings.clone(), Instant::now()).map(|_| text));
     match read {
-        Ok(_) => std::process::exit(0),
+        Ok(text) => reexec::answer_and_exit(&text),
         Err(e) => TOOL.fatal(
             unixtool::EXIT_USAGE,
             format_args!("unable to read the state: {e}"),
@@ -85,9 +87,16 @@ pub fn adopt(
     upstream: Option<&mut Upstream>,
 ) -> (SignalPipe, Pool) {
     let now = Instant::now();
-    let (snapshot, sigs) =
-        reexec::take_state(&TOOL, fd, |text| crate::state::read(text, settings, now));
-    let mut pool = Pool::adopt(cfg, snapshot).unwrap_or_else(|e| reexec::adopt_failed(&TOOL, e));
+    let (snapshot, sigs) = reexec::take_state(&TOOL, &NAMES, fd, |text| {
+        let s = crate::state::read(text, settings, now)?;
+        // Every descriptor checked before any is adopted: a failure leaves
+        // them all to the previous image, run again.
+        reexec::verify_fds(&s.kept_fds())?;
+        Ok(s)
+    });
+    let mut pool =
+        Pool::adopt(cfg, snapshot).unwrap_or_else(|e| reexec::adopt_failed(&TOOL, &NAMES, e));
+    pool.upgrade_mut().fell_back(&TOOL, &NAMES);
     if let Some(u) = upstream {
         u.adopted(pool.newest());
     }
@@ -98,37 +107,46 @@ pub fn adopt(
             pool.worker_count()
         ));
     }
-    // -C: the FIFO again, by its path (the old image's descriptor closed at exec).
+    // -C: the policy learns the FIFO's name (its descriptor was handed over).
     pool.open_control();
+    // Taken over: from here a failure is this image's own.
+    reexec::took_over(&NAMES);
     // Whatever ended meanwhile is reaped now (its SIGCHLD may be long gone).
     pool.reap(now);
     unixtool::signals::unblock_all();
     (sigs, pool)
 }
 
-/// After the signals of one turn: carry out a USR2 if one came and the
-/// pool is not reloading (then it waits) or stopping (then it is dropped).
+/// After the signals of one turn: the upgrade's turn (unixtool::reexec::turn):
+/// a USR2 starts the check unless the pool reloads or a prepare is open
+/// (then it waits) or it stops (then it is dropped); the pool supervises on
+/// while the check runs; a passed check is exec'd once the pool is free.
 pub fn if_asked(pool: &mut Pool, sigs: &SignalPipe, mut upstream: Option<&mut Upstream>) {
-    if !pool.upgrade_due() {
+    if !pool.upgrade_active() {
         return;
     }
-    pool.write_status();
-    if let Some(u) = upstream.as_deref_mut() {
-        u.reloading("upgrading forkpool in place");
-    }
-    let mut env = Vec::new();
-    if let Some(u) = &upstream {
-        env.push(("NOTIFY_SOCKET", u.env_value().to_os_string()));
-    }
-    reexec::upgrade_now(
+    let starting = pool.upgrade_mut().asked && pool.upgrade_mut().check.is_none();
+    let busy = pool.upgrade_busy();
+    reexec::turn(
         pool,
         Pool::upgrade_mut,
+        busy,
         &TOOL,
         &NAMES,
         sigs,
         &mut hand_over,
-        env,
+        &mut |_| {
+            let mut env = Vec::new();
+            if let Some(u) = upstream.as_deref_mut() {
+                u.reloading("upgrading forkpool in place");
+                env.push(("NOTIFY_SOCKET", u.env_value().to_os_string()));
+            }
+            env
+        },
     );
+    if starting {
+        pool.write_status();
+    }
 }
 
 /// The state handed over (once for the check, once more with every signal

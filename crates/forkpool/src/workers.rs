@@ -39,15 +39,37 @@ pub struct Processes {
 }
 
 impl Processes {
-    /// The guard's write end, for an in-place upgrade's hand-over.
-    pub fn guard_fd(&self) -> Option<RawFd> {
-        self.guard.as_ref().and_then(|g| g.fd())
+    /// The guard's write end and pid, for an in-place upgrade's hand-over.
+    pub fn guard_handed(&self) -> Option<(RawFd, i32)> {
+        let g = self.guard.as_ref()?;
+        Some((g.fd()?, g.pid().as_raw()))
     }
 
     /// The guard the previous image started: no second one is forked.
-    pub fn adopt_guard(&mut self, write: OwnedFd) {
-        self.guard = Some(Guard::adopt(write));
+    pub fn adopt_guard(&mut self, write: OwnedFd, pid: Pid) {
+        self.guard = Some(Guard::adopt(write, pid));
         self.guard_tried = true;
+    }
+
+    /// A reaped child that is not a worker: if it was the guard (killed,
+    /// kill -9 included), one warning line and a new guard, told every
+    /// worker's group; true if it was.
+    pub fn guard_ended(&mut self, pid: Pid, how: &str, drain: std::time::Duration) -> bool {
+        if self.guard.as_ref().map(|g| g.pid()) != Some(pid) {
+            return false;
+        }
+        TOOL.warn(format_args!(
+            "the guard (pid {pid}) {how}: starting a new one"
+        ));
+        self.guard = None;
+        self.guard_tried = false;
+        self.start_guard(drain);
+        if let Some(g) = self.guard.as_mut() {
+            for p in &self.list {
+                g.watch(p.child.pid);
+            }
+        }
+        true
     }
 }
 

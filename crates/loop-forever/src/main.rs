@@ -195,9 +195,12 @@ impl Loop {
             }
             due.push(c.kill.0);
         }
+        let (check_fds, check_due) = unixtool::reexec::check_wait(&self.upgrade);
+        due.push(check_due);
         let mut fds = vec![sigs.raw_fd()];
         fds.extend(self.notify.as_ref().map(|n| n.fd()));
         fds.extend(self.child.as_ref().and_then(|c| c.child.pipe_fd()));
+        fds.extend(check_fds);
         let timeout = earliest(due).map(|d| d.saturating_duration_since(Instant::now()));
         poll_readable(&fds, timeout);
     }
@@ -300,6 +303,10 @@ impl Loop {
     fn reap(&mut self, now: Instant) {
         for (pid, status) in child::reap() {
             let Some(c) = self.child.as_ref().filter(|c| c.child.pid == pid) else {
+                // The upgrade's check program, when one runs.
+                if let Some(chk) = self.upgrade.check.as_mut() {
+                    chk.reaped(pid, status);
+                }
                 continue;
             };
             let Some(ended) = Ended::from_status(&status) else {

@@ -45,6 +45,8 @@ const NAMES: reexec::Names = reexec::Names {
     state: "LOOP_FOREVER_STATE_FD",
     check: "LOOP_FOREVER_UPGRADE_CHECK",
     pause: "LOOP_FOREVER_UPGRADE_PAUSE_MS",
+    fallback: "LOOP_FOREVER_UPGRADE_FALLBACK",
+    failed: "LOOP_FOREVER_UPGRADE_FAILED",
 };
 
 /// A fresh start's upgrade bookkeeping.
@@ -77,8 +79,9 @@ pub fn handed(opts: &Options) -> Option<OwnedFd> {
         return Some(fd);
     }
     let mut l = Loop::new(clone_options(opts), None, fresh());
-    match reexec::read_fd(fd.as_raw_fd()).and_then(|t| read(&mut l, &t, Instant::now())) {
-        Ok(_) => std::process::exit(0),
+    match reexec::read_fd(fd.as_raw_fd()).and_then(|t| read(&mut l, &t, Instant::now()).map(|_| t))
+    {
+        Ok(text) => reexec::answer_and_exit(&text),
         Err(e) => TOOL.fatal(code, format_args!("unable to read the state: {e}")),
     }
 }
@@ -101,8 +104,15 @@ struct Fds {
 pub fn adopt(fd: OwnedFd, opts: Options) -> (SignalPipe, Loop) {
     let now = Instant::now();
     let mut l = Loop::new(opts, None, fresh());
-    let (fds, sigs) = reexec::take_state(&TOOL, fd, |t| read(&mut l, t, now));
-    let fatal = |e: String| -> ! { reexec::adopt_failed(&TOOL, e) };
+    let (fds, sigs) = reexec::take_state(&TOOL, &NAMES, fd, |t| {
+        let fds = read(&mut l, t, now)?;
+        // Every descriptor checked before any is adopted: a failure leaves
+        // them all to the previous image, run again.
+        let named: Vec<RawFd> = fds.notify.iter().map(|n| n.0).chain(fds.pipe).collect();
+        reexec::verify_fds(&named)?;
+        Ok(fds)
+    });
+    let fatal = |e: String| -> ! { reexec::adopt_failed(&TOOL, &NAMES, e) };
     if let Some((fd, name)) = fds.notify {
         let sock = reexec::adopt_fd(fd).unwrap_or_else(|e| fatal(e));
         l.notify = Some(NotifySocket::adopt(sock, name));
@@ -115,6 +125,8 @@ pub fn adopt(fd: OwnedFd, opts: Options) -> (SignalPipe, Loop) {
             Some(ReadinessPipe::adopt(pipe, c.ready)),
         );
     }
+    l.upgrade.fell_back(&TOOL, &NAMES);
+    reexec::took_over(&NAMES);
     if l.opts.common.verbose {
         TOOL.info(format_args!(
             "upgraded in place: version {}",
@@ -252,27 +264,32 @@ fn read(l: &mut Loop, text: &str, now: Instant) -> Result<Fds, String> {
 }
 
 impl Loop {
-    /// After the signals of one turn: carry out a USR2 if one came.
+    /// After the signals of one turn: the upgrade's turn
+    /// (unixtool::reexec::turn): a USR2 starts the check unless a reload
+    /// runs (then it waits) or loop-forever stops (then it is dropped); the
+    /// child is supervised on while the check runs; a passed check is
+    /// exec'd once free.
     pub fn upgrade_if_asked(&mut self, sigs: &SignalPipe) {
-        if !self.upgrade.asked {
+        let u = &self.upgrade;
+        if !(u.asked || u.check.is_some() || u.passed) {
             return;
         }
-        if self.stopping.is_some() {
-            self.upgrade.asked = false;
-            TOOL.warn("USR2 while stopping: no upgrade");
-            return;
-        }
-        self.upgrade.phase = UpgradePhase::Running;
-        self.status.upgrade = status_keys(&self.upgrade);
-        if self.status.reloading() {
+        let busy = if self.stopping.is_some() {
+            reexec::Busy::Stopping
+        } else if self.status.reloading() {
+            reexec::Busy::Wait
+        } else {
+            reexec::Busy::No
+        };
+        if self.upgrade.asked && busy != reexec::Busy::Stopping {
+            self.upgrade.phase = UpgradePhase::Running;
+            self.status.upgrade = status_keys(&self.upgrade);
             self.status.write();
-            return;
         }
-        self.upgrade.asked = false;
-        self.status.write();
-        reexec::upgrade_now(
+        reexec::turn(
             self,
             |l| &mut l.upgrade,
+            busy,
             &TOOL,
             &NAMES,
             sigs,
@@ -285,7 +302,7 @@ impl Loop {
                 keep.extend(l.child.as_ref().and_then(|c| c.child.pipe_fd()));
                 Ok((text, keep))
             },
-            Vec::new(),
+            &mut |_| Vec::new(),
         );
     }
 }

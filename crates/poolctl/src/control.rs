@@ -44,12 +44,16 @@ fn fifo_of(pid: i32, st: &Status) -> Option<PathBuf> {
 
 /// Write `line` to the FIFO: never blocks, never follows a symlink, never
 /// writes to anything but a FIFO.
+/// `Err(why)`: `missing` when nothing is at the FIFO's name.
 fn send(fifo: &Path, line: &str) -> Result<(), String> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(fifo)
-        .map_err(|e| unixtool::io_reason(&e))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "missing".to_string(),
+            _ => unixtool::io_reason(&e),
+        })?;
     let is_fifo = f.metadata().map(|m| m.file_type().is_fifo());
     if !is_fifo.unwrap_or(false) {
         return Err("not a FIFO".to_string());
@@ -79,11 +83,14 @@ fn run(args: &Args, word: &str, line: &str, done: Done) -> i32 {
         );
         return EXIT_NO;
     };
+    // The pool runs (checked above): the FIFO is what is wrong.
     if let Err(why) = send(&fifo, line) {
-        not_running(&format!(
-            "unable to write to control FIFO {}: {why}",
-            fifo.display()
-        ));
+        let why = if why == "missing" {
+            format!("control FIFO {} missing (pid {pid} runs)", fifo.display())
+        } else {
+            format!("unable to write to control FIFO {}: {why}", fifo.display())
+        };
+        return no(word, &why);
     }
     let (n0, _) = command_of(&before);
     let start = Instant::now();

@@ -226,6 +226,15 @@ pub fn rest_of_args(first: OsString, parser: &mut lexopt::Parser) -> Vec<OsStrin
     v
 }
 
+/// Set O_NONBLOCK on `fd`.
+pub fn set_nonblocking(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: F_GETFL reads the status flags of a descriptor number; no memory is passed.
+    let flags = Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: F_SETFL sets the status flags of a descriptor number; no memory is passed.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
 /// Set or clear FD_CLOEXEC on `fd`.
 pub fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
     // SAFETY: F_GETFD reads a flag of a descriptor number; no memory is passed.

@@ -164,76 +164,200 @@ pub fn adopt_fd(fd: RawFd) -> Result<OwnedFd, String> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Run `exe argv[1..]` with `check_var=1` and `state_var=FD` (the state on
-/// `state`): Ok if it exits 0 within `timeout`, else why not (its first line
-/// on stderr when it said something).
-pub fn check(
-    exe: &Path,
-    argv: &[OsString],
-    state: &OwnedFd,
-    check_var: &str,
-    state_var: &str,
+/// The answer a check gives on stdout once it has read and accepted the
+/// state `text`: its length and a digest of its bytes, which only a program
+/// that read that state (and knows this function) can give. A program that
+/// merely exits 0 fails the check.
+pub fn answer(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("state read: {} bytes, digest {h:016x}", text.len())
+}
+
+/// In check mode, the state `text` accepted: say [`answer`] on stdout, exit 0.
+pub fn answer_and_exit(text: &str) -> ! {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{}", answer(text));
+    let _ = out.flush();
+    std::process::exit(0)
+}
+
+/// The most kept of a check's stdout and stderr (the rest is read and dropped).
+const CHECK_OUTPUT_MAX: usize = 4096;
+
+/// A check under way: `exe argv[1..]` run with `check_var=1` and
+/// `state_var=FD` (the state on a memfd), in a process group of its own.
+/// The supervisor keeps supervising meanwhile: it polls [`Check::fds`] with
+/// [`Check::deadline`], hands every reaped pid to [`Check::reaped`], and asks
+/// [`Check::result`] each turn. The check passes when the program exits 0
+/// having said [`answer`] of that state on stdout; it fails at the deadline
+/// however its descriptors are held (what is left of its group is killed),
+/// and when it ends otherwise.
+pub struct Check {
+    pid: nix::unistd::Pid,
+    exe: PathBuf,
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    said_out: Vec<u8>,
+    said_err: Vec<u8>,
+    deadline: Instant,
     timeout: Duration,
-) -> Result<(), String> {
-    let fd = state.as_raw_fd();
-    crate::set_cloexec(fd, false)
-        .map_err(|e| format!("unable to hand the state over: {}", crate::strerror(e)))?;
-    let spawned = Command::new(exe)
-        .arg0(argv.first().cloned().unwrap_or_default())
-        .args(argv.iter().skip(1))
-        .env(check_var, "1")
-        .env(state_var, fd.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn();
-    let _ = crate::set_cloexec(fd, true);
-    let mut child = spawned
-        .map_err(|e| format!("unable to run {}: {}", exe.display(), crate::io_reason(&e)))?;
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if start.elapsed() >= timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{} in check mode did not exit within {}s",
-                    exe.display(),
-                    timeout.as_secs()
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            Err(e) => {
-                return Err(format!(
-                    "unable to wait for the check: {}",
-                    crate::io_reason(&e)
-                ))
+    want: String,
+    ended: Option<nix::sys::wait::WaitStatus>,
+    _state: OwnedFd,
+}
+
+impl Check {
+    /// Start the check of `text` (`names`: the tool's variables).
+    pub fn start(
+        exe: &Path,
+        argv: &[OsString],
+        text: &str,
+        names: &Names,
+        timeout: Duration,
+    ) -> Result<Check, String> {
+        let state = memfd(names.memfd, text)
+            .map_err(|e| format!("unable to create a memfd: {}", crate::strerror(e)))?;
+        let fd = state.as_raw_fd();
+        crate::set_cloexec(fd, false)
+            .map_err(|e| format!("unable to hand the state over: {}", crate::strerror(e)))?;
+        let spawned = Command::new(exe)
+            .arg0(argv.first().cloned().unwrap_or_default())
+            .args(argv.iter().skip(1))
+            .env(names.check, "1")
+            .env(names.state, fd.to_string())
+            .env_remove(names.fallback)
+            .env_remove(names.failed)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn();
+        let _ = crate::set_cloexec(fd, true);
+        let mut child = spawned
+            .map_err(|e| format!("unable to run {}: {}", exe.display(), crate::io_reason(&e)))?;
+        let pipe = |p: Option<OwnedFd>| {
+            p.inspect(|fd| {
+                let _ = crate::set_nonblocking(fd.as_raw_fd());
+            })
+        };
+        let out = pipe(child.stdout.take().map(OwnedFd::from));
+        let err = pipe(child.stderr.take().map(OwnedFd::from));
+        Ok(Check {
+            pid: nix::unistd::Pid::from_raw(child.id() as i32),
+            exe: exe.to_path_buf(),
+            out,
+            err,
+            said_out: Vec::new(),
+            said_err: Vec::new(),
+            deadline: Instant::now() + timeout,
+            timeout,
+            want: answer(text),
+            ended: None,
+            _state: state,
+        })
+    }
+
+    /// The pipes to poll while the check runs.
+    pub fn fds(&self) -> Vec<RawFd> {
+        self.out
+            .iter()
+            .chain(self.err.iter())
+            .map(|f| f.as_raw_fd())
+            .collect()
+    }
+
+    /// When the check fails if it has not ended.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// A reaped child: true if it was the check's program.
+    pub fn reaped(&mut self, pid: nix::unistd::Pid, status: nix::sys::wait::WaitStatus) -> bool {
+        if pid != self.pid {
+            return false;
+        }
+        self.ended = Some(status);
+        // What is left of its group (a child holding its pipes) goes now,
+        // while the group's id is still reserved by them.
+        let _ = nix::sys::signal::killpg(self.pid, nix::sys::signal::Signal::SIGKILL);
+        true
+    }
+
+    fn drain(&mut self) {
+        for (fd, said) in [
+            (&mut self.out, &mut self.said_out),
+            (&mut self.err, &mut self.said_err),
+        ] {
+            let mut buf = [0u8; 4096];
+            while let Some(f) = fd.as_ref() {
+                match nix::unistd::read(f.as_raw_fd(), &mut buf) {
+                    Ok(0) => *fd = None,
+                    Ok(n) => {
+                        let room = CHECK_OUTPUT_MAX.saturating_sub(said.len());
+                        said.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => break, // EAGAIN: nothing more now
+                }
             }
         }
-    };
-    let mut said = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut said);
     }
-    if status.success() {
-        return Ok(());
+
+    /// None while the check runs; then whether it passed (Err: why not).
+    pub fn result(&mut self, now: Instant) -> Option<Result<(), String>> {
+        self.drain();
+        let exe = self.exe.display().to_string();
+        let Some(status) = self.ended else {
+            if now < self.deadline {
+                return None;
+            }
+            return Some(Err(format!(
+                "{exe} in check mode did not exit within {}s",
+                self.timeout.as_secs()
+            )));
+        };
+        use nix::sys::wait::WaitStatus;
+        let how = match status {
+            WaitStatus::Exited(_, 0) => {
+                let out = String::from_utf8_lossy(&self.said_out);
+                if out.lines().next().map(str::trim) == Some(self.want.as_str()) {
+                    return Some(Ok(()));
+                }
+                return Some(Err(format!(
+                    "{exe} in check mode exited 0 without reading the state (it did not answer \"{}\")",
+                    self.want
+                )));
+            }
+            WaitStatus::Exited(_, c) => format!("exited {c}"),
+            WaitStatus::Signaled(_, s, _) => format!("was killed by signal {}", s as i32),
+            _ => "failed".to_string(),
+        };
+        let said = String::from_utf8_lossy(&self.said_err);
+        let first = said.lines().next().unwrap_or("").trim();
+        let first = crate::quote::line(first, crate::quote::MAX_TEXT);
+        Some(Err(if first.is_empty() {
+            format!("{exe} in check mode {how}")
+        } else {
+            format!("{exe} in check mode {how}: {first}")
+        }))
     }
-    let how = match (
-        status.code(),
-        std::os::unix::process::ExitStatusExt::signal(&status),
-    ) {
-        (Some(c), _) => format!("exited {c}"),
-        (None, Some(s)) => format!("was killed by signal {s}"),
-        _ => "failed".to_string(),
-    };
-    let first = said.lines().next().unwrap_or("").trim();
-    let first = crate::quote::line(first, crate::quote::MAX_TEXT);
-    Err(if first.is_empty() {
-        format!("{} in check mode {how}", exe.display())
-    } else {
-        format!("{} in check mode {how}: {first}", exe.display())
-    })
+}
+
+impl Drop for Check {
+    /// Whatever is left of the check's process group is killed (a child it
+    /// left behind holding its pipes, the program itself at the deadline).
+    fn drop(&mut self) {
+        // Ended: its group was killed when it was reaped (`reaped`).
+        if self.ended.is_none() {
+            let _ = nix::sys::signal::killpg(self.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(self.pid, None);
+        }
+    }
 }
 
 use std::os::unix::process::CommandExt as _;
@@ -319,6 +443,13 @@ pub struct Names {
     pub check: &'static str,
     /// Test hook: pause before the exec (`FORKPOOL_UPGRADE_PAUSE_MS`).
     pub pause: &'static str,
+    /// `EXEFD,STATEFD`: the previous image's executable and the state, for
+    /// the new image to run the previous one again if it fails to take over
+    /// (`FORKPOOL_UPGRADE_FALLBACK`).
+    pub fallback: &'static str,
+    /// Set by a new image that failed to take over, for the previous image
+    /// it runs again: why (`FORKPOOL_UPGRADE_FAILED`).
+    pub failed: &'static str,
 }
 
 /// How long the check may take.
@@ -350,6 +481,10 @@ pub struct Upgrade {
     /// The program to exec: argv[0] as resolved at the first start.
     pub exe: Result<PathBuf, String>,
     pub argv: Vec<OsString>,
+    /// The check under way (the supervisor supervises on meanwhile).
+    pub check: Option<Check>,
+    /// The check passed; the exec waits for the supervisor to be free.
+    pub passed: bool,
 }
 
 impl Upgrade {
@@ -370,11 +505,15 @@ impl Upgrade {
             version: build_id(),
             exe,
             argv,
+            check: None,
+            passed: false,
         }
     }
 
     /// The new image: `count` upgrades before this one, `failures`, the
-    /// path handed over.
+    /// path handed over. When this image is the previous one run again by a
+    /// new image that failed to take over (`names.failed` set), the upgrade
+    /// is counted as refused instead, with the new image's reason.
     pub fn adopted(&mut self, count: u64, failures: u64, exe: PathBuf) {
         self.count = count + 1;
         self.failures = failures;
@@ -402,35 +541,141 @@ impl Upgrade {
         ));
         self.reason = format!("upgrade refused: {why}");
     }
+
+    /// The previous image run again (`names.failed` in the environment,
+    /// taken out): not an upgrade but a refusal, with the new image's reason.
+    pub fn fell_back(&mut self, tool: &crate::Tool, names: &Names) {
+        let Some(why) = std::env::var_os(names.failed) else {
+            return;
+        };
+        std::env::remove_var(names.failed);
+        self.count = self.count.saturating_sub(1);
+        self.refused(
+            tool,
+            format!(
+                "the new image failed to take over after the exec ({}); the previous image runs again",
+                why.to_string_lossy()
+            ),
+        );
+    }
 }
 
-/// Check, then exec `exe` (`argv` as given). `state(blocked)` writes the whole state (and says
-/// which descriptors to keep): once for the check, once more with every
-/// signal blocked right before the exec. `env`: variables for the next
-/// image. Returns only when nothing was exec'd: why.
-pub fn run(
-    exe: &Result<PathBuf, String>,
+/// Where the supervisor stands for an upgrade, each turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// Free: a check may start, a passed check is exec'd.
+    No,
+    /// Reloading (or a prepare open): the upgrade waits (`upgrade=running`).
+    Wait,
+    /// Stopping: no upgrade.
+    Stopping,
+}
+
+/// The USR2 step both supervisors take once a turn: start the check when
+/// asked and free; see whether a running check ended (the supervisor goes
+/// on supervising while it runs); once it passed and the supervisor is
+/// free, block the signals, write the state again and exec. Nothing exec'd:
+/// the refusal ([`Upgrade::refused`]).
+/// `state(sup, blocked, exe)` writes the whole state and says which
+/// descriptors to keep (once for the check, once more with every signal
+/// blocked right before the exec); `env`: variables for the next image.
+#[allow(clippy::too_many_arguments)]
+pub fn turn<S>(
+    sup: &mut S,
+    upgrade: fn(&mut S) -> &mut Upgrade,
+    busy: Busy,
+    tool: &crate::Tool,
+    names: &Names,
+    sigs: &SignalPipe,
+    state: &mut dyn FnMut(&mut S, bool, &Path) -> Handed,
+    env: &mut dyn FnMut(&mut S) -> Vec<(&'static str, OsString)>,
+) {
+    let now = Instant::now();
+    let u = upgrade(sup);
+    if busy == Busy::Stopping {
+        if u.asked || u.check.is_some() || u.passed {
+            tool.warn("USR2 while stopping: no upgrade");
+        }
+        u.asked = false;
+        u.check = None;
+        u.passed = false;
+        return;
+    }
+    if u.asked {
+        u.phase = UpgradePhase::Running;
+        if u.check.is_some() || u.passed {
+            // Already under way.
+            u.asked = false;
+        }
+    }
+    if let Some(c) = u.check.as_mut() {
+        match c.result(now) {
+            None => return,
+            Some(Ok(())) => {
+                u.check = None;
+                u.passed = true;
+            }
+            Some(Err(why)) => {
+                u.check = None;
+                u.refused(tool, why);
+                return;
+            }
+        }
+    }
+    if busy == Busy::Wait {
+        return;
+    }
+    let (exe, argv) = (u.exe.clone(), u.argv.clone());
+    let path = exe.clone().unwrap_or_default();
+    if u.asked {
+        u.asked = false;
+        let started = exe.and_then(|exe| {
+            let (text, _) = state(sup, false, &path)?;
+            Check::start(&exe, &argv, &text, names, CHECK_TIMEOUT)
+        });
+        match started {
+            Ok(c) => upgrade(sup).check = Some(c),
+            Err(why) => upgrade(sup).refused(tool, why),
+        }
+        return;
+    }
+    if !std::mem::take(&mut upgrade(sup).passed) {
+        return;
+    }
+    let env = env(sup);
+    let why = exec_now(
+        &path,
+        &argv,
+        tool,
+        names,
+        sigs,
+        &mut |b| state(sup, b, &path),
+        env,
+    );
+    upgrade(sup).refused(tool, why);
+}
+
+/// The pipes and the deadline of a running check, for the supervisor's poll.
+pub fn check_wait(u: &Upgrade) -> (Vec<RawFd>, Option<Instant>) {
+    match &u.check {
+        Some(c) => (c.fds(), Some(c.deadline())),
+        None => (Vec::new(), None),
+    }
+}
+
+/// Block the signals, write the state once more, exec `exe` keeping what
+/// the state names, the state itself and the fallback (the running
+/// executable, so that a new image that fails to take over runs this one
+/// again). Returns only when nothing was exec'd: why.
+fn exec_now(
+    exe: &Path,
     argv: &[OsString],
     tool: &crate::Tool,
     names: &Names,
     sigs: &SignalPipe,
-    state: &mut dyn FnMut(bool) -> Result<(String, Vec<RawFd>), String>,
+    state: &mut dyn FnMut(bool) -> Handed,
     mut env: Vec<(&str, OsString)>,
 ) -> String {
-    let exe = match exe {
-        Ok(e) => e.clone(),
-        Err(e) => return e.clone(),
-    };
-    let memfd_of = |text: &str| {
-        memfd(names.memfd, text)
-            .map_err(|e| format!("unable to create a memfd: {}", crate::strerror(e)))
-    };
-    let checked = state(false)
-        .and_then(|(text, _)| memfd_of(&text))
-        .and_then(|fd| check(&exe, argv, &fd, names.check, names.state, CHECK_TIMEOUT));
-    if let Err(e) = checked {
-        return e;
-    }
     let old = block_signals(sigs);
     let pause = pause_hook(names.pause);
     if !pause.is_zero() {
@@ -441,17 +686,41 @@ pub fn run(
         ));
         std::thread::sleep(pause);
     }
+    let memfd_of = |text: &str| {
+        memfd(names.memfd, text)
+            .map_err(|e| format!("unable to create a memfd: {}", crate::strerror(e)))
+    };
     let handed = state(true).and_then(|(text, keep)| Ok((memfd_of(&text)?, keep)));
-    let (fd, mut keep) = match handed {
-        Ok(h) => h,
-        Err(e) => {
+    let self_exe = nix::fcntl::open(
+        "/proc/self/exe",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("unable to open /proc/self/exe: {}", crate::strerror(e)));
+    let (fd, mut keep, self_exe) = match (handed, self_exe) {
+        (Ok((fd, keep)), Ok(x)) => {
+            // SAFETY: open just returned this descriptor, owned by no one else.
+            (fd, keep, unsafe { OwnedFd::from_raw_fd(x) })
+        }
+        (Err(e), _) | (_, Err(e)) => {
             crate::signals::restore_mask(&old);
             return e;
         }
     };
     keep.push(fd.as_raw_fd());
+    keep.push(self_exe.as_raw_fd());
     env.push((names.state, OsString::from(fd.as_raw_fd().to_string())));
-    let err = exec_keeping(&exe, argv, &keep, &env);
+    let named: Vec<String> = keep.iter().map(|f| f.to_string()).collect();
+    env.push((
+        names.fallback,
+        OsString::from(format!(
+            "{},{},{}",
+            self_exe.as_raw_fd(),
+            fd.as_raw_fd(),
+            named.join(",")
+        )),
+    ));
+    let err = exec_keeping(exe, argv, &keep, &env);
     crate::signals::restore_mask(&old);
     format!("unable to run {}: {}", exe.display(), crate::strerror(err))
 }
@@ -460,61 +729,134 @@ pub fn run(
 /// descriptors to keep across the exec; or why not.
 pub type Handed = Result<(String, Vec<RawFd>), String>;
 
-/// The USR2 step both supervisors take once nothing holds it back: [`run`]
-/// on the program `sup` was started as (its [`Upgrade`], `upgrade(sup)`);
-/// when nothing was exec'd, the refusal ([`Upgrade::refused`]).
-/// `state(sup, blocked, exe)`: as for [`run`], with the program's path for the
-/// state.
-pub fn upgrade_now<S>(
-    sup: &mut S,
-    upgrade: fn(&mut S) -> &mut Upgrade,
-    tool: &crate::Tool,
-    names: &Names,
-    sigs: &SignalPipe,
-    state: &mut dyn FnMut(&mut S, bool, &Path) -> Handed,
-    env: Vec<(&str, OsString)>,
-) {
-    let u = upgrade(sup);
-    let (exe, argv) = (u.exe.clone(), u.argv.clone());
-    let path = exe.clone().unwrap_or_default();
-    let why = run(
-        &exe,
-        &argv,
-        tool,
-        names,
-        sigs,
-        &mut |blocked| state(sup, blocked, &path),
-        env,
-    );
-    upgrade(sup).refused(tool, why);
+/// The new image failed to take over (`why`): run the previous image again
+/// on the same state (`names.fallback`), with `names.failed` saying why; the
+/// signals are still blocked, so none is lost. Without a fallback, or if
+/// that exec fails: one fatal line, 111.
+pub fn fall_back(tool: &crate::Tool, names: &Names, why: String) -> ! {
+    let fds = fallback_fds(names);
+    let (Some(&exe_fd), Some(&state_fd)) = (fds.first(), fds.get(1)) else {
+        tool.fatal(crate::EXIT_TEMPORARY, format_args!("{why}"))
+    };
+    if !crate::fd_is_open(exe_fd) || !crate::fd_is_open(state_fd) {
+        tool.fatal(crate::EXIT_TEMPORARY, format_args!("{why}"))
+    }
+    tool.warn(format_args!(
+        "upgrade failed after the exec: {why}; running the previous image again"
+    ));
+    std::env::remove_var(names.fallback);
+    std::env::set_var(names.state, state_fd.to_string());
+    std::env::set_var(names.failed, &why);
+    for fd in fallback_fds(names).into_iter().skip(1) {
+        let _ = crate::set_cloexec(fd, false);
+    }
+    let args: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let envs: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    // SAFETY: exe_fd is open (checked); execveat with an empty path and
+    // AT_EMPTY_PATH runs the file it refers to, or returns an error.
+    let err = unsafe {
+        let argp: Vec<*const libc::c_char> = args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp: Vec<*const libc::c_char> = envs
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        libc::syscall(
+            libc::SYS_execveat,
+            exe_fd,
+            c"".as_ptr(),
+            argp.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        Errno::last()
+    };
+    tool.fatal(
+        crate::EXIT_TEMPORARY,
+        format_args!(
+            "{why}; unable to run the previous image again: {}",
+            crate::strerror(err)
+        ),
+    )
+}
+
+/// `names.fallback`: the previous executable, the state, then every
+/// descriptor the state names (kept across this exec, for the next one).
+fn fallback_fds(names: &Names) -> Vec<RawFd> {
+    std::env::var(names.fallback)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|f| f.parse::<RawFd>().ok())
+        .collect()
+}
+
+/// The new image took over: the fallback's two descriptors closed, its
+/// variable taken out (a later failure is this image's own).
+pub fn took_over(names: &Names) {
+    for fd in fallback_fds(names).into_iter().take(2) {
+        if let Ok(fd) = adopt_fd(fd) {
+            drop(fd);
+        }
+    }
+    std::env::remove_var(names.fallback);
 }
 
 /// The new image's first step, shared by both supervisors: the state on
-/// `fd` read by `read` (or one fatal line, 111), the descriptor closed, the
-/// signals caught again (still blocked since the old image's exec: the
-/// caller unblocks them once it has adopted what it was handed).
+/// `fd` read by `read` (or the previous image run again, [`fall_back`]), the
+/// descriptor closed, the signals caught again (still blocked since the old
+/// image's exec: the caller unblocks them once it has adopted what it was
+/// handed).
 pub fn take_state<T>(
     tool: &crate::Tool,
+    names: &Names,
     fd: OwnedFd,
     read: impl FnOnce(&str) -> Result<T, String>,
 ) -> (T, SignalPipe) {
     let state = read_fd(fd.as_raw_fd())
         .and_then(|text| read(&text))
-        .unwrap_or_else(|e| {
-            tool.fatal(
-                crate::EXIT_TEMPORARY,
-                format_args!("unable to read the state: {e}"),
-            )
-        });
-    drop(fd);
-    let sigs = SignalPipe::install(&crate::signals::SUPERVISOR_SIGNALS)
-        .unwrap_or_else(|e| tool.fatal_errno(crate::EXIT_TEMPORARY, "catch signals", e));
+        .unwrap_or_else(|e| fall_back(tool, names, format!("unable to read the state: {e}")));
+    let sigs = SignalPipe::install(&crate::signals::SUPERVISOR_SIGNALS).unwrap_or_else(|e| {
+        fall_back(
+            tool,
+            names,
+            format!("unable to catch signals: {}", crate::strerror(e)),
+        )
+    });
+    // The fallback's own copy of the state stays open until took_over.
+    if std::env::var_os(names.fallback).is_none() {
+        drop(fd);
+    } else {
+        std::mem::forget(fd);
+    }
     (state, sigs)
 }
 
-/// What adopting a handed descriptor failed on: one fatal line, 111.
-pub fn adopt_failed(tool: &crate::Tool, e: String) -> ! {
-    tool.fatal(crate::EXIT_TEMPORARY, format_args!("unable to adopt: {e}"))
+/// What adopting a handed descriptor failed on: the previous image run
+/// again ([`fall_back`]).
+pub fn adopt_failed(tool: &crate::Tool, names: &Names, e: String) -> ! {
+    fall_back(tool, names, format!("unable to adopt: {e}"))
+}
+
+/// The descriptors a state names, each open: checked before any is adopted,
+/// so that a failure leaves them all for the previous image.
+pub fn verify_fds(fds: &[RawFd]) -> Result<(), String> {
+    match fds.iter().find(|&&fd| !crate::fd_is_open(fd)) {
+        Some(fd) => Err(format!("descriptor {fd} is not open")),
+        None => Ok(()),
+    }
 }
 
 // ---- the state text ------------------------------------------------------

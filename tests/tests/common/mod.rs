@@ -275,3 +275,119 @@ pub fn fill(dir: &std::path::Path) {
     while f.write_all(&block).is_ok() {}
     let _ = f.sync_all();
 }
+
+/// tcplisten + dir/TOOL (a copy) -v -S dir/status OPTS PROG, in dir (the
+/// upgrade tests: a build can be put at dir/TOOL).
+pub struct Chain {
+    pub p: Proc,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub st: PathBuf,
+    pub exe: PathBuf,
+}
+
+impl Chain {
+    pub fn start(
+        dir: &Path,
+        tool: &str,
+        opts: &[&str],
+        prog: &[&str],
+        env: &[(&str, &str)],
+    ) -> Chain {
+        Chain::start_wrapped(dir, &[], tool, opts, prog, env)
+    }
+
+    /// As start, with `wrap` (e.g. setlock FILE) in front of tcplisten.
+    pub fn start_wrapped(
+        dir: &Path,
+        wrap: &[&std::ffi::OsStr],
+        tool: &str,
+        opts: &[&str],
+        prog: &[&str],
+        env: &[(&str, &str)],
+    ) -> Chain {
+        let exe = dir.join(tool);
+        install(&bin(tool), &exe);
+        let st = dir.join("status");
+        let mut c = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = std::process::Command::new(first);
+                c.args(rest).arg(bin("tcplisten"));
+                c
+            }
+            None => cmd("tcplisten"),
+        };
+        c.args(["-1", "127.0.0.1", "0"]).arg(&exe);
+        c.args(["-v", "-S"]).arg(&st).args(opts).args(prog);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("log")).expect("log"))
+            .stdin(Stdio::null());
+        let mut p = Proc::spawn(c);
+        let (line, _) = read_line_timeout(p.stdout(), LONG).expect("tcplisten prints the port");
+        let port = line.trim().parse().expect("port");
+        Chain {
+            p,
+            port,
+            dir: dir.to_path_buf(),
+            st,
+            exe,
+        }
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        PoolStatus::read(&self.st)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// Every one of `n` workers ready, no reload running.
+    pub fn settled(&self, n: usize) -> PoolStatus {
+        let ok = wait_until(LONG, || {
+            let s = self.status();
+            s.get("reload") != "running"
+                && s.get("upgrade") != "running"
+                && s.pids("ready").len() == n
+                && s.workers.len() == n
+        });
+        assert!(ok, "never settled: {:?}\n{}", self.status(), self.log());
+        self.status()
+    }
+
+    /// `poolctl upgrade`: (exit code, stdout + stderr).
+    pub fn poolctl_upgrade(&self) -> (i32, String) {
+        let mut c = cmd("poolctl");
+        c.args(["upgrade", "-t", "60"]).arg(&self.st);
+        let (code, out, err) = run(c, Duration::from_secs(90));
+        (code, format!("{out}{err}"))
+    }
+
+    /// Wait for a line containing `what` in the log.
+    pub fn wait_log(&self, what: &str) {
+        assert!(
+            wait_until(LONG, || self.log().contains(what)),
+            "never logged {what:?}:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Chain {
+    /// `poolctl ARGS dir/status`: (exit code, stdout + stderr).
+    pub fn poolctl(&self, args: &[&str]) -> (i32, String) {
+        let mut c = cmd("poolctl");
+        c.args(args).arg(&self.st);
+        let (code, out, err) = run(c, Duration::from_secs(90));
+        (code, format!("{out}{err}"))
+    }
+
+    /// The chain's pid still runs (not a zombie).
+    pub fn alive(&self) -> bool {
+        alive(self.p.pid().as_raw())
+    }
+}

@@ -18,12 +18,18 @@ impl Policy {
     /// recycle's replacement; a rolling reload's new worker) only within the
     /// surge bound. All-at-once and cutover reloads need their whole
     /// generation before the old one goes: the bound does not hold them.
+    /// A recycle at a worker's own word is bounded by the surge even without
+    /// `--surge` (then 1): a worker cannot grow the pool by asking.
     pub(crate) fn may_start(&self, slot: usize) -> bool {
-        let Some(k) = self.settings.life.surge else {
-            return true;
-        };
         let mut here = self.workers.iter().filter(|w| w.slot == slot && w.live());
         let Some(first) = here.next() else {
+            return true;
+        };
+        let asked = self
+            .workers
+            .iter()
+            .any(|w| w.slot == slot && w.live() && w.life.recycle == Some(Recycle::Asked));
+        let Some(k) = self.settings.life.surge.or(asked.then_some(1)) else {
             return true;
         };
         let recycle =
@@ -144,9 +150,25 @@ impl Policy {
     }
 
     /// The worker asked to be recycled (`recycle` on `-d`, `RECYCLE=1`).
-    pub(super) fn asked_recycle(&mut self, id: WorkerId) -> Then {
+    /// A worker asking young gets the crash loop's back-off (its slot's,
+    /// with a warning): its replacement starts no sooner than the back-off
+    /// says, so a worker asking in a loop cannot turn the pool into a fork
+    /// storm.
+    pub(super) fn asked_recycle(&mut self, id: WorkerId, now: Instant) -> Then {
         if let Some(i) = self.index(id) {
             if self.recyclable(&self.workers[i]) {
+                let w = &self.workers[i];
+                let (slot, ran, name) =
+                    (w.slot, now.saturating_duration_since(w.started), w.name());
+                let wait = self.slots[slot].backoff.failed(ran);
+                if !wait.is_zero() {
+                    self.slots[slot].not_before = Some(now + wait);
+                    self.warn(format!(
+                        "{name} asked to be recycled after {}; its replacement starts in {} (back-off)",
+                        secs(ran),
+                        secs(wait)
+                    ));
+                }
                 self.mark(i, Recycle::Asked, "it asked".to_string());
                 return Then::Converge;
             }

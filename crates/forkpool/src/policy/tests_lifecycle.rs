@@ -280,6 +280,8 @@ fn memory_over_the_limit_k_samples_in_a_row_recycles() {
 fn a_worker_that_asks_is_recycled_replacement_first() {
     let mut s = Sim::new(Mode::Cutover, Lifecycle::default());
     let ids = s.of(1, WorkerPhase::Ready);
+    // Asking after more than the back-off's second: replaced at once.
+    s.at(1500);
     let a = s.p.handle(s.now, Event::AskedRecycle(ids[0]));
     let a = s.feed(a);
     assert_eq!(starts(&a), vec![s.slot_of(ids[0])]);
@@ -329,4 +331,30 @@ fn stopping_counts_only_once_the_worker_is_retired() {
     let new = s.of(2, WorkerPhase::Starting);
     let a = s.ready(&new);
     assert!(a.iter().any(|a| matches!(a, Action::Release { .. })));
+}
+
+/// Issue 24, item 4: a worker asking young waits for its slot's back-off
+/// (with a warning), and its replacement is bounded by the surge (1 when
+/// none is given): asking in a loop never grows the pool past N + 1.
+#[test]
+fn a_worker_asking_young_gets_the_back_off_and_the_surge_bound_of_1() {
+    let mut s = Sim::new(Mode::Rolling, Lifecycle::default());
+    let ids = s.of(1, WorkerPhase::Ready);
+    s.at(200);
+    let a = s.p.handle(s.now, Event::AskedRecycle(ids[0]));
+    let a = s.feed(a);
+    assert!(starts(&a).is_empty(), "{a:?}");
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::Warn(m) if m.contains("(back-off)"))));
+    // The others ask at once too: each waits; then, after the second, one
+    // replacement at a time (N + 1).
+    for &id in &ids[1..] {
+        let a = s.p.handle(s.now, Event::AskedRecycle(id));
+        assert!(starts(&s.feed(a)).is_empty());
+    }
+    s.at(1300);
+    let a = s.step();
+    assert_eq!(starts(&a).len(), 1, "{a:?}");
+    assert!(s.p.workers.len() <= N + 1);
 }
