@@ -8,7 +8,14 @@
 # time from the first host answering its new release to the last one doing so,
 # seen by a sampler asking every host's /release in a loop on fresh
 # connections; median and max), the fleet flapping (responses older than one
-# the same client had seen), failed and mixed.
+# the same client had seen), failed and mixed. Then where each two-phase
+# deploy's time went, per step (examples/fleet/steps: ansible-playbook's
+# start, the prepare, the decision, the wait for the instant, the skew of
+# the hosts' releases by their forkpools' clocks, what follows the commit),
+# medians over the deploys, the margin and the prepare's spread (reach) it was
+# derived from, and the hosts whose commit came late; and per host, the last
+# deploy at the largest fleet. The machine's load average is printed (other
+# work on it stretches every step).
 #
 # Run by scripts/bench ($BIN = target/release; .venv/bin on PATH).
 # Environment: DEPLOYS (default 5), CONCURRENCY (8), HOSTS (default "3 10"),
@@ -101,6 +108,8 @@ echo "Commit skew: first to last host answering the new release, per deploy (sam
 echo "a few ms). Rolling runs demo/deploy per host until deploy-release is built, so each host then"
 echo "gets a release id of its own and its flapping also counts clients moving between hosts."
 echo
+echo "Load average (1 min) at the start: $(cut -d' ' -f1 /proc/loadavg)."
+echo
 echo "| hosts | deploy | time per deploy (median) | commit skew median / max | fleet flapping | failed | mixed | requests |"
 echo "|---|---|---|---|---|---|---|---|"
 skipped=""
@@ -123,6 +132,7 @@ for n in $HOSTS; do
         probe_pid=$!
         sleep 1
         : >"$tmp/times"
+        : >"$tmp/steps.$n"
         args=""
         [ "$kind" = rolling ] && args=--rolling
         i=0
@@ -131,6 +141,10 @@ for n in $HOSTS; do
             "$top/examples/fleet/deploy" $args >"$tmp/deploy.out" 2>"$tmp/deploy.err" ||
                 { echo "70-fleet: deploy ($kind, $n hosts) failed:" >&2; cat "$tmp/deploy.out" >&2; }
             echo $(($(now_ms) - t)) >>"$tmp/times"
+            if [ "$kind" = two-phase ]; then
+                "$top/examples/fleet/steps" --summary >>"$tmp/steps.$n" 2>/dev/null || :
+                "$top/examples/fleet/steps" >"$tmp/steps-last" 2>/dev/null || :
+            fi
             i=$((i + 1))
         done
         sleep 1
@@ -148,3 +162,43 @@ for n in $HOSTS; do
     "$top/examples/fleet/down" >/dev/null 2>&1
 done
 [ -z "$skipped" ] || { echo; echo "$skipped."; }
+echo
+echo "Load average (1 min) at the end: $(cut -d' ' -f1 /proc/loadavg)."
+
+# medians of each step over the deploys of one fleet size (steps' summary lines)
+steps_row() {
+    awk -v n="$1" '
+        { for (i = 1; i <= NF; i++) { w = $i; gsub(/[,;]/, "", w)
+            if (w ~ /^[0-9-]+$/ && (i + 0) > 1) { k = $(i - 1); gsub(/[(),;:]/, "", k); if (k == "of") continue; a[k, ++c[k]] = w } } }
+        function med(k,   m, i, j, x) { m = c[k]; if (!m) return "-"
+            for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[k, j] + 0 < a[k, i] + 0) { x = a[k, i]; a[k, i] = a[k, j]; a[k, j] = x }
+            return a[k, int((m + 1) / 2)] }
+        END { if (!NR) exit
+            printf "| %s | %s | %s | %s | %s | %s (reach %s) | %s | %s | %s of %s |\n", n, med("total"), med("start"),
+                med("prepare"), med("decision"), med("wait"), med("reach"), med("skew"), med("after"), med("hosts"), n }' "$2"
+}
+if ls "$tmp"/steps.* >/dev/null 2>&1; then
+    echo
+    echo "### Where a two-phase deploy's time goes (examples/fleet/steps; ms, medians over the deploys)"
+    echo
+    echo "start: ansible-playbook's start until the first host got the prepare; prepare: until the last"
+    echo "host prepared (one command a host: record, stage, point current, poolctl prepare); decision:"
+    echo "the instant chosen; wait: the margin, twice the prepare's reach (how long that task took"
+    echo "to reach every host) plus the lag (Ansible's step from one task to the next); skew: first to last host released, by the forkpools' clocks; after:"
+    echo "the last release until ansible-playbook exited (the answer, the history, the result, its exit)."
+    echo
+    echo "| hosts | total | start | prepare | decision | wait | release skew | after | late hosts |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    for n in $HOSTS; do
+        [ -s "$tmp/steps.$n" ] && steps_row "$n" "$tmp/steps.$n"
+    done
+    if [ -s "$tmp/steps-last" ]; then
+        echo
+        echo "Per host, the last deploy at $n hosts (ms; reach: handed the prepare until it began;"
+        echo "dispatch: the decision until the commit reached the host; early: before the instant):"
+        echo
+        echo '```'
+        cat "$tmp/steps-last"
+        echo '```'
+    fi
+fi

@@ -295,14 +295,30 @@ impl Fleet {
         (f[17].to_string(), f[7].parse().unwrap_or(0))
     }
 
-    /// The rows of a deploy's table: (host, before, after, state).
+    /// The rows of a deploy's table: (host, before, after, state); the commit
+    /// column (in-time, late:Nms, or -) is [`Fleet::commit_column`]'s.
     fn table(out: &str) -> Vec<(String, String, String, String)> {
+        Fleet::rows(out)
+            .into_iter()
+            .map(|f| (f[0].clone(), f[1].clone(), f[2].clone(), f[3].clone()))
+            .collect()
+    }
+
+    /// Each row's commit column: (host, in-time | late:Nms | -).
+    fn commit_column(out: &str) -> Vec<(String, String)> {
+        Fleet::rows(out)
+            .into_iter()
+            .map(|f| (f[0].clone(), f[4].clone()))
+            .collect()
+    }
+
+    fn rows(out: &str) -> Vec<Vec<String>> {
         out.lines()
             .filter(|l| l.starts_with("host") && !l.starts_with("host "))
             .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                assert_eq!(f.len(), 4, "{l}");
-                (f[0].into(), f[1].into(), f[2].into(), f[3].into())
+                let f: Vec<String> = l.split_whitespace().map(String::from).collect();
+                assert_eq!(f.len(), 5, "{l}");
+                f
             })
             .collect()
     }
@@ -544,6 +560,10 @@ fn two_phase_fleet_deploys_flap_far_less_than_rolling_and_nothing_fails() {
             assert_eq!(code, 0, "deploy {i}: {out}\n{err}");
             let rows = Fleet::table(&out);
             assert_eq!(rows.len(), 3, "{out}");
+            if !rolling {
+                // how the commit came against its instant (auto margin): printed
+                eprintln!("commit column: {:?}", Fleet::commit_column(&out));
+            }
             for (host, before, after, state) in rows {
                 let want = if rolling { "deployed" } else { "committed" };
                 assert_eq!(state, want, "{out}");
@@ -652,6 +672,52 @@ fn a_host_unreachable_at_prepare_aborts_everywhere() {
     }
     let (code, json) = probe.stop();
     assert_clean(code, &json, "host3 unreachable at prepare");
+}
+
+/// The commit margin forced too short (COMMIT_MARGIN=0: the instant is the
+/// decision itself, so every commit reaches its host after it): each host of 5
+/// says so: its row of the table reads `late:Nms` (N > 0), its forkpool's log
+/// says the instant was past, the steps line counts 5 late hosts; and the
+/// deploy still switches all or nothing: every host committed, answering the
+/// new release, exit 0, nothing failed or mixed through HAProxy.
+#[test]
+fn a_commit_margin_too_short_shows_each_late_host_and_still_switches_all() {
+    if !fleet_peers() {
+        return;
+    }
+    let fleet = Fleet::up("fleet-2p-late", 5);
+    let probe = Probe::start(&fleet, true);
+    let mut c = fleet.script("deploy", &[]);
+    c.env("COMMIT_MARGIN", "0");
+    let (code, out, err) = run(c, Duration::from_secs(300));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("all 5 hosts switched"), "{out}");
+    let rows = Fleet::table(&out);
+    assert_eq!(rows.len(), 5, "{out}");
+    let new = &rows[0].2;
+    for (host, before, after, state) in &rows {
+        assert_eq!(state, "committed", "{out}");
+        assert_ne!(after, before, "{out}");
+        assert_eq!(after, new, "one release everywhere: {out}");
+        assert_eq!(&fleet.answers(host), new, "{out}");
+    }
+    for (host, commit) in Fleet::commit_column(&out) {
+        let ms: u64 = commit
+            .strip_prefix("late:")
+            .and_then(|m| m.strip_suffix("ms"))
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("{host} is not shown late: {out}"));
+        assert!(ms > 0, "{out}");
+        // and forkpool on that host, in its own words (its log)
+        let log = std::fs::read_to_string(fleet.state(&host).join("logs/serve.out")).expect("log");
+        assert!(
+            log.contains("ms past when the commit came: switching now"),
+            "{host}'s forkpool did not say the commit was late: {log}"
+        );
+    }
+    assert!(err.contains("late hosts 5 of 5"), "{err}");
+    let (code, json) = probe.stop();
+    assert_clean(code, &json, "commit margin 0, 5 hosts");
 }
 
 /// The verified switch across the fleet (issue 26): the release starts but
