@@ -164,6 +164,8 @@ fn bool_num(b: bool) -> u8 {
 }
 
 const RELOAD_STATES: [&str; 4] = ["none", "running", "ok", "failed"];
+/// forkpool --confirm-timeout: the verified switch's `verify=`.
+const VERIFY_STATES: [&str; 4] = ["none", "pending", "confirmed", "reverted"];
 const PHASES: [&str; 7] = [
     "none",
     "preparing",
@@ -410,6 +412,29 @@ fn lifecycle(o: &mut Out, st: &Status) {
             }
         }
     }
+    if !st.get("verify").is_empty() {
+        o.states(
+            "forkpool_verify_state",
+            "state",
+            "--confirm-timeout: where the verified switch stands (pending: the old generation parked): 1 for the state that holds",
+            &VERIFY_STATES,
+            st.get("verify"),
+        );
+        o.one(
+            "forkpool_parked_workers",
+            "gauge",
+            "--confirm-timeout: workers of the old generation parked (stopped, warm) until confirm or revert",
+            st.num("parked"),
+        );
+        if st.get("verify_deadline").parse::<f64>().is_ok() {
+            o.one(
+                "forkpool_verify_deadline_timestamp_seconds",
+                "gauge",
+                "--confirm-timeout: when the pending switch reverts unless confirmed, in seconds since the epoch",
+                st.get("verify_deadline"),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -481,6 +506,24 @@ mod tests {
         );
         assert!(has(&t, "forkpool_two_phase_generation 4"), "{t}");
         assert!(!t.contains("commit_timestamp"), "{t}");
+        assert!(!t.contains("forkpool_verify_state"), "{t}");
+        let st = format!(
+            "{WHOLE}verify=pending\nverify_generation=4\nparked_generation=3\nverify_deadline=1764245000.250\nparked=2\n"
+        );
+        let t = render(&seen(Some(&st), true));
+        assert!(has(&t, "forkpool_verify_state{state=\"pending\"} 1"), "{t}");
+        assert!(
+            has(&t, "forkpool_verify_state{state=\"confirmed\"} 0"),
+            "{t}"
+        );
+        assert!(has(&t, "forkpool_parked_workers 2"), "{t}");
+        assert!(
+            has(
+                &t,
+                "forkpool_verify_deadline_timestamp_seconds 1764245000.250"
+            ),
+            "{t}"
+        );
         let old = "pid=42\nstate=running\nworkers=1\nreload=none\n";
         let t = render(&seen(Some(old), true));
         assert!(!t.contains("forkpool_reloads_total"), "{t}");
