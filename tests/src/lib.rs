@@ -223,6 +223,15 @@ impl Drop for TempDir {
 
 /// Run a command to completion with piped output, at most `timeout`
 /// (killed by pid if it takes longer): (exit code or -signal, stdout, stderr).
+/// `atomic-symlink releases/ID SITE/current`: the deploy's switch, which
+/// must succeed within `timeout`.
+pub fn switch_current(site: &Path, id: &str, timeout: Duration) {
+    let mut c = cmd("atomic-symlink");
+    c.arg(format!("releases/{id}")).arg(site.join("current"));
+    let (code, _, err) = run(c, timeout);
+    assert_eq!(code, 0, "atomic-symlink: {err}");
+}
+
 pub fn run(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
     use std::os::unix::process::ExitStatusExt;
     cmd.stdout(Stdio::piped())

@@ -43,10 +43,7 @@ fn build_release(site: &Path, id: &str, broken: bool) {
 }
 
 fn switch(site: &Path, id: &str) {
-    let mut c = cmd("atomic-symlink");
-    c.arg(format!("releases/{id}")).arg(site.join("current"));
-    let (code, _, err) = run(c, LONG);
-    assert_eq!(code, 0, "atomic-symlink: {err}");
+    switch_current(site, id, LONG);
 }
 
 /// The release that answers `GET /release` (its X-Release header).

@@ -133,10 +133,7 @@ fn build_release(site: &Path, id: &str) {
 }
 
 fn switch(site: &Path, id: &str) {
-    let mut c = cmd("atomic-symlink");
-    c.arg(format!("releases/{id}")).arg(site.join("current"));
-    let (code, _, err) = run(c, LONG);
-    assert_eq!(code, 0, "atomic-symlink: {err}");
+    switch_current(site, id, LONG);
 }
 
 /// uptime-probe with 16 clients until INT; the releases it reports first

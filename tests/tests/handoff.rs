@@ -22,10 +22,7 @@ use common::make_release;
 const LONG: Duration = Duration::from_secs(45);
 
 fn switch(site: &Path, id: &str) {
-    let mut c = cmd("atomic-symlink");
-    c.arg(format!("releases/{id}")).arg(site.join("current"));
-    let (code, _, err) = run(c, LONG);
-    assert_eq!(code, 0, "atomic-symlink: {err}");
+    switch_current(site, id, LONG);
 }
 
 /// tcplisten + forkpool -m cutover --handoff, 4 workers of `current`, each
