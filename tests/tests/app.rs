@@ -356,30 +356,37 @@ fn a_silent_client_cannot_hold_the_worker() {
     assert_eq!(r.status, 408);
 }
 
-/// The same when the HUP and the first bytes of the request reach the app in
-/// one wake-up (the app stopped meanwhile, as a loaded machine does): the
-/// bytes in the kernel's buffer are a request in hand, not an idle
-/// connection to close (it was closed unanswered once the app took its
-/// stop signal first).
-#[test]
-fn hup_arriving_with_the_first_bytes_of_a_request_finishes_it() {
-    let t = TempDir::new("app-hup-bytes");
+/// Half a request is in hand (sent on a kept connection) when HUP comes; the
+/// rest follows. `one_wake_up`: the app is stopped meanwhile (as on a loaded
+/// machine), so that the HUP and the first bytes reach it in one wake-up:
+/// the bytes in the kernel's buffer are a request in hand, not an idle
+/// connection to close (it was closed unanswered once the app took its stop
+/// signal first).
+fn hup_with_half_a_request_in_hand(name: &str, one_wake_up: bool) {
+    let t = TempDir::new(name);
     release(&t.join("r1"), "r1");
     let mut app = start(&t.join("r1"), &["--read-timeout", "60000"]);
     let mut s = connect(app.port);
     s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     assert_eq!(read_response(&mut s).unwrap().status, 200);
-    app.p.signal(Signal::SIGSTOP);
+    if one_wake_up {
+        app.p.signal(Signal::SIGSTOP);
+    }
     s.write_all(b"GET /release HTTP/1.1\r\n").unwrap();
     app.p.signal(Signal::SIGHUP);
-    app.p.signal(Signal::SIGCONT);
+    if one_wake_up {
+        app.p.signal(Signal::SIGCONT);
+    }
     s.write_all(b"Host: t\r\n\r\n").unwrap();
-    let r = read_response(&mut s).expect("the request begun before the HUP is answered");
+    let r = read_response(&mut s).expect("the request in hand is answered");
     assert_eq!(
         (r.status, r.header("connection").as_deref()),
         (200, Some("close"))
     );
+    if !one_wake_up {
+        assert!(closed(&mut s));
+    }
     let st = app
         .p
         .wait_timeout(Duration::from_secs(5))
@@ -388,29 +395,13 @@ fn hup_arriving_with_the_first_bytes_of_a_request_finishes_it() {
 }
 
 #[test]
+fn hup_arriving_with_the_first_bytes_of_a_request_finishes_it() {
+    hup_with_half_a_request_in_hand("app-hup-bytes", true);
+}
+
+#[test]
 fn hup_finishes_the_request_in_hand_then_exits() {
-    let t = TempDir::new("app-hup");
-    release(&t.join("r1"), "r1");
-    let mut app = start(&t.join("r1"), &["--read-timeout", "60000"]);
-    let mut s = connect(app.port);
-    s.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut s).unwrap().status, 200);
-    // The app is on this connection; half a request is in hand when HUP comes.
-    s.write_all(b"GET /release HTTP/1.1\r\n").unwrap();
-    app.p.signal(Signal::SIGHUP);
-    s.write_all(b"Host: t\r\n\r\n").unwrap();
-    let r = read_response(&mut s).expect("the request in hand is answered");
-    assert_eq!(
-        (r.status, r.header("connection").as_deref()),
-        (200, Some("close"))
-    );
-    assert!(closed(&mut s));
-    let st = app
-        .p
-        .wait_timeout(Duration::from_secs(5))
-        .expect("the app exits after the request in hand");
-    assert_eq!(st.code(), Some(0));
+    hup_with_half_a_request_in_hand("app-hup", false);
 }
 
 #[test]
