@@ -570,10 +570,17 @@ fn refusals() {
         Some(site.serve.child.id()),
         "serve's pid is the chain's"
     );
-    // the deploy takes the chain's pid from the status file (forkpool rewrites
-    // it only on a change: an idle pool keeps what a test plants there)
+    // the deploy takes the chain's pid from the status file. forkpool rewrites
+    // that file at least once a second (its heartbeat), so a planted file
+    // lasts only until the next beat: the chain (forkpool; its workers serve
+    // on) is stopped while the test plants, and continued after.
     let statusfile = site.state.join("status");
     let status = std::fs::read_to_string(&statusfile).expect("status");
+    site.serve.signal(Signal::SIGSTOP);
+    assert!(
+        wait_until(LONG, || proc_state(site.serve.child.id() as i32) == 'T'),
+        "the chain never stopped"
+    );
     let before = site.releases();
 
     // a pid that is gone
@@ -615,6 +622,7 @@ fn refusals() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("unable to read status file"), "{err}");
     std::fs::write(&statusfile, &status).expect("write status");
+    site.serve.signal(Signal::SIGCONT);
     let (code, err, _) = site.deploy(&[], &[]);
     assert_eq!(code, 0, "{err}");
 
