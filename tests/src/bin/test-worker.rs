@@ -53,7 +53,10 @@
 //!                     accepting at once (close descriptor 0) and say so: `stopping`
 //!                     on --notify-fd, or STOPPING=1; then finish the connection
 //!   --leak MIB        before ready, allocate and touch MIB MiB and keep them (a big app)
-//!   --spike MIB       after ready, allocate and touch MIB MiB for 1.5 s, once
+//!   --spike MIB       after ready, allocate and touch MIB MiB, once; free them
+//!                     1.5 s after they were touched, or with --spike-until
+//!   --spike-until PATH  free the spike only once PATH exists: a spike that lasts
+//!                     until the test says, whatever the machine's load
 //!
 //! With FORKPOOL_HOLD_FD set (forkpool -m cutover) and without --ignore-hold,
 //! the worker reads that descriptor after saying ready and before its first
@@ -101,6 +104,7 @@ struct Opts {
     say_stopping: bool,
     leak: u64,
     spike: u64,
+    spike_until: Option<String>,
 }
 
 fn parse(args: Vec<String>, o: &mut Opts) {
@@ -135,6 +139,7 @@ fn parse(args: Vec<String>, o: &mut Opts) {
             "--say-stopping" => o.say_stopping = true,
             "--leak" => o.leak = num(&val()),
             "--spike" => o.spike = num(&val()),
+            "--spike-until" => o.spike_until = Some(val()),
             "--conf" => {
                 let path = val();
                 if let Ok(text) = std::fs::read_to_string(&path) {
@@ -374,6 +379,7 @@ struct Life {
     next_ping: std::time::Instant,
     hang_at: Option<std::time::Instant>,
     spike_end: Option<std::time::Instant>,
+    spike_until: Option<String>,
     spike: Vec<u8>,
     leak: Vec<u8>,
     served: u64,
@@ -408,6 +414,7 @@ impl Life {
             next_ping: now,
             hang_at: o.hang_after.map(|ms| now + Duration::from_millis(ms)),
             spike_end: None,
+            spike_until: None,
             spike: Vec::new(),
             leak: Vec::new(),
             served: 0,
@@ -415,7 +422,14 @@ impl Life {
         };
         if o.spike > 0 {
             l.spike = vec![1u8; (o.spike as usize) << 20];
-            l.spike_end = Some(now + Duration::from_millis(1500));
+            // Timed from when the pages are touched (that alone takes
+            // seconds on a busy machine), or held until the test says.
+            match &o.spike_until {
+                Some(path) => l.spike_until = Some(path.clone()),
+                None => {
+                    l.spike_end = Some(std::time::Instant::now() + Duration::from_millis(1500));
+                }
+            }
         }
         l
     }
@@ -439,9 +453,14 @@ impl Life {
                 unsafe { libc::pause() };
             }
         }
-        if self.spike_end.is_some_and(|t| now >= t) {
+        let told = self
+            .spike_until
+            .as_ref()
+            .is_some_and(|p| std::path::Path::new(p).exists());
+        if told || self.spike_end.is_some_and(|t| now >= t) {
             self.spike = Vec::new();
             self.spike_end = None;
+            self.spike_until = None;
         }
         if let Some(every) = self.ping_every {
             if now >= self.next_ping {
@@ -453,6 +472,10 @@ impl Life {
             self.hang_at,
             self.spike_end,
             self.ping_every.map(|_| self.next_ping),
+            // --spike-until: look for the file every 5 ms
+            self.spike_until
+                .as_ref()
+                .map(|_| now + Duration::from_millis(5)),
         ];
         match dues.into_iter().flatten().min() {
             Some(t) => t.saturating_duration_since(now).as_millis() as i64 + 1,
