@@ -225,9 +225,31 @@ fn watchdog(readiness: &[&str], say: &str) {
             .any(|&p| p != hung && s.pids("ready").contains(&p))
     });
     assert!(replaced_first, "no replacement\n{}", pool.log());
-    assert!(alive(hung), "the replacement came only after the KILL");
     // Then KILL after -k.
-    assert!(wait_until(LONG, || !alive(hung)), "{hung} never killed");
+    assert!(
+        wait_until(LONG, || !alive(hung)),
+        "{hung} never killed\n{}",
+        pool.log()
+    );
+    // The replacement was started at once, before the KILL, in forkpool's
+    // own order of events (its log). Whether it was also ready within the
+    // 3 s of -k is the machine's speed, not forkpool's: not asserted (that
+    // check failed under two suites' load).
+    let log = pool.log();
+    let at = |what: &str| log.find(what);
+    let missed = at(&format!(
+        "pid {hung}, generation 1) missed its watchdog ping"
+    ));
+    let started = missed.and_then(|m| {
+        log[m..]
+            .find("worker 1 (generation 1) started as pid ")
+            .map(|i| m + i)
+    });
+    let killed = at(&format!("pid {hung}, generation 1) did not stop in"));
+    assert!(
+        missed.is_some() && started.is_some() && killed.is_some() && started < killed,
+        "the replacement came only after the KILL\n{log}"
+    );
     // Pinging workers go on untouched for a while.
     std::thread::sleep(Duration::from_secs(2));
     let (ok, failed) = hammer.stop();
@@ -237,12 +259,8 @@ fn watchdog(readiness: &[&str], say: &str) {
     for pid in &others {
         assert!(s.pids("ready").contains(pid), "{pid} was touched\n{log}");
     }
-    assert!(log.contains(&format!(
-        "pid {hung}, generation 1) missed its watchdog ping"
-    )));
-    assert!(log.contains("sent KILL"), "{log}");
     assert_eq!(log.matches("missed its watchdog ping").count(), 1, "{log}");
-    assert_eq!(s.num("recycled_watchdog"), 1);
+    assert_eq!(s.num("recycled_watchdog"), 1, "{log}");
 }
 
 #[test]
