@@ -539,6 +539,8 @@ fn bad_usage_exits_100() {
         vec!["-m", "sideways", "true"],
         vec!["-a", "5000", "-t", "1000", "true"],
         vec!["-d", "5", "--notify", "true"],
+        vec!["--check-timeout", "99", "true"],
+        vec!["--check-timeout", "x", "true"],
         vec![],
     ] {
         let mut c = cmd("forkpool");

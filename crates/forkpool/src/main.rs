@@ -174,6 +174,7 @@ fn parse_options() -> (Config, Settings, usize) {
         control,
         prepare_timeout,
         handoff,
+        check_timeout: common.check_timeout,
     };
     (cfg, settings, workers)
 }

@@ -43,6 +43,8 @@ pub struct Config {
     pub prepare_timeout: Duration,
     /// `--handoff`: kept connections handed to the accepting generation.
     pub handoff: bool,
+    /// `--check-timeout`: the bound of an in-place upgrade's check.
+    pub check_timeout: Duration,
 }
 
 pub struct Pool {
@@ -101,9 +103,10 @@ impl Pool {
         policy: Policy,
         notify: Option<NotifySocket>,
         procs: Processes,
-        upgrade: Upgrade,
+        mut upgrade: Upgrade,
     ) -> Pool {
         let status = cfg.status.clone().map(StatusFile::new);
+        upgrade.check_timeout = cfg.check_timeout;
         Pool {
             cfg,
             notify,

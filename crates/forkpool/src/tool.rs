@@ -5,7 +5,7 @@ use unixtool::Tool;
 
 pub const TOOL: Tool = Tool {
     name: "forkpool",
-    usage: "forkpool [-v] [-n workers] [-s sig] [-k ms] [-d fd | --notify] [-a ms] [-t ms] [-p symlink] [-S statusfile] [-m rolling|all-at-once|cutover] [-b ms] [--surge k] [--max-age s [--jitter pct]] [--max-rss mib [--rss-samples k]] [--watchdog ms] [-C fifo [--prepare-timeout ms] [--confirm-timeout ms]] [--handoff] prog...",
+    usage: "forkpool [-v] [-n workers] [-s sig] [-k ms] [-d fd | --notify] [-a ms] [-t ms] [-p symlink] [-S statusfile] [-m rolling|all-at-once|cutover] [-b ms] [--surge k] [--max-age s [--jitter pct]] [--max-rss mib [--rss-samples k]] [--watchdog ms] [-C fifo [--prepare-timeout ms] [--confirm-timeout ms]] [--handoff] [--check-timeout ms] prog...",
     help: "
   -n, --workers N           keep N workers running (default 4)
   -s, --stop-signal SIG     the signal that tells a worker to finish and exit
@@ -41,6 +41,8 @@ pub const TOOL: Tool = Tool {
       --confirm-timeout MS  (-m cutover -C) park the old generation at each switch
                             (SIGSTOP, warm) until confirm or revert on FIFO; no
                             confirm in MS ms reverts to it
+      --check-timeout MS    an in-place upgrade's check (USR2) must end within MS ms
+                            (default 30000)
   -v, --verbose             one info line per transition
   -h, --help                this text
   -V, --version             the version

@@ -28,7 +28,7 @@ use unixtool::Tool;
 
 const TOOL: Tool = Tool {
     name: "loop-forever",
-    usage: "loop-forever [-v] [-b ms] [-d fd | --notify] [-a ms] [-t ms] [-k ms] [-S statusfile] prog...",
+    usage: "loop-forever [-v] [-b ms] [-d fd | --notify] [-a ms] [-t ms] [-k ms] [-S statusfile] [--check-timeout ms] prog...",
     help: "
   -b, --backoff-max MS      let the wait after failures in a row double from 1 s up
                             to MS milliseconds (default 1000: the one-second rule)
@@ -39,6 +39,8 @@ const TOOL: Tool = Tool {
                             and counts as a failure (default: no deadline)
   -k, --drain MS            after that TERM, wait MS milliseconds, then KILL (default 10000)
   -S, --status FILE         keep FILE up to date with the child's state (key=value)
+      --check-timeout MS    an in-place upgrade's check (USR2) must end within MS ms
+                            (default 30000)
   -v, --verbose             one info line per start, readiness and clean exit
   -h, --help                this text
   -V, --version             the version
@@ -124,7 +126,8 @@ fn main() {
 }
 
 impl Loop {
-    fn new(opts: Options, notify: Option<NotifySocket>, up: unixtool::reexec::Upgrade) -> Loop {
+    fn new(opts: Options, notify: Option<NotifySocket>, mut up: unixtool::reexec::Upgrade) -> Loop {
+        up.check_timeout = opts.common.check_timeout;
         let name = opts.prog[0].to_string_lossy().into_owned();
         let tracked = opts.common.ready.tracked();
         Loop {

@@ -316,9 +316,15 @@ impl Check {
             if now < self.deadline {
                 return None;
             }
+            // `30s` (whole seconds), `1500ms`
+            let t = self.timeout;
+            let bound = if t.subsec_millis() == 0 {
+                format!("{}s", t.as_secs())
+            } else {
+                format!("{}ms", t.as_millis())
+            };
             return Some(Err(format!(
-                "{exe} in check mode did not exit within {}s",
-                self.timeout.as_secs()
+                "{exe} in check mode did not exit within {bound}"
             )));
         };
         use nix::sys::wait::WaitStatus;
@@ -452,7 +458,8 @@ pub struct Names {
     pub failed: &'static str,
 }
 
-/// How long the check may take.
+/// How long the check may take, unless `--check-timeout` says
+/// ([`Upgrade::check_timeout`]).
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a supervisor's in-place upgrade stands (`upgrade=`).
@@ -485,6 +492,8 @@ pub struct Upgrade {
     pub check: Option<Check>,
     /// The check passed; the exec waits for the supervisor to be free.
     pub passed: bool,
+    /// How long the check may take (`--check-timeout`; [`CHECK_TIMEOUT`]).
+    pub check_timeout: Duration,
 }
 
 impl Upgrade {
@@ -507,6 +516,7 @@ impl Upgrade {
             argv,
             check: None,
             passed: false,
+            check_timeout: CHECK_TIMEOUT,
         }
     }
 
@@ -629,9 +639,10 @@ pub fn turn<S>(
     let path = exe.clone().unwrap_or_default();
     if u.asked {
         u.asked = false;
+        let timeout = u.check_timeout;
         let started = exe.and_then(|exe| {
             let (text, _) = state(sup, false, &path)?;
-            Check::start(&exe, &argv, &text, names, CHECK_TIMEOUT)
+            Check::start(&exe, &argv, &text, names, timeout)
         });
         match started {
             Ok(c) => upgrade(sup).check = Some(c),
@@ -1129,5 +1140,38 @@ mod tests {
         let fd = memfd("t", "hello\n").unwrap();
         assert_eq!(read_fd(fd.as_raw_fd()).unwrap(), "hello\n");
         assert_eq!(read_fd(fd.as_raw_fd()).unwrap(), "hello\n");
+    }
+
+    const TEST_NAMES: Names = Names {
+        memfd: "test-state",
+        state: "TEST_STATE_FD",
+        check: "TEST_UPGRADE_CHECK",
+        pause: "TEST_UPGRADE_PAUSE_MS",
+        fallback: "TEST_UPGRADE_FALLBACK",
+        failed: "TEST_UPGRADE_FAILED",
+    };
+
+    /// The check's bound: 30 s unless `--check-timeout` says, and the
+    /// refusal names it (a program that never exits, `sleep 60`).
+    #[test]
+    fn a_check_that_does_not_exit_is_refused_at_its_bound() {
+        assert_eq!(Upgrade::new("t").check_timeout, Duration::from_secs(30));
+        assert_eq!(
+            crate::supervise::SupervisorOptions::default().check_timeout,
+            Duration::from_secs(30)
+        );
+        let argv = [OsString::from("sleep"), OsString::from("60")];
+        for (timeout, says) in [
+            (CHECK_TIMEOUT, "within 30s"),
+            (Duration::from_millis(1500), "within 1500ms"),
+        ] {
+            let t0 = Instant::now();
+            let mut c =
+                Check::start(Path::new("/bin/sleep"), &argv, "x\n", &TEST_NAMES, timeout).unwrap();
+            assert!(c.deadline() >= t0 + timeout);
+            assert_eq!(c.result(c.deadline() - Duration::from_millis(1)), None);
+            let why = c.result(c.deadline()).unwrap().unwrap_err();
+            assert!(why.contains(&format!("did not exit {says}")), "{why}");
+        }
     }
 }

@@ -203,6 +203,9 @@ pub struct SupervisorOptions {
     pub backoff_max: Duration,
     /// `-v`, `--verbose`.
     pub verbose: bool,
+    /// `--check-timeout ms`: the bound of an in-place upgrade's check (100
+    /// ms to a day; default [`crate::reexec::CHECK_TIMEOUT`], 30 s).
+    pub check_timeout: Duration,
 }
 
 impl Default for SupervisorOptions {
@@ -212,6 +215,7 @@ impl Default for SupervisorOptions {
             drain: Duration::from_secs(10),
             backoff_max: crate::backoff::ONE_SECOND,
             verbose: false,
+            check_timeout: crate::reexec::CHECK_TIMEOUT,
         }
     }
 }
@@ -222,7 +226,7 @@ impl SupervisorOptions {
     pub fn is_option(opt: &str) -> bool {
         matches!(
             opt,
-            "-k" | "--drain" | "-b" | "--backoff-max" | "-v" | "--verbose"
+            "-k" | "--drain" | "-b" | "--backoff-max" | "-v" | "--verbose" | "--check-timeout"
         ) || readiness::Options::is_option(opt)
     }
 
@@ -269,6 +273,11 @@ impl SupervisorOptions {
                 self.backoff_max = Duration::from_millis(tool.number("-b", &v, 1000, 86_400_000));
             }
             "-v" | "--verbose" => self.verbose = true,
+            "--check-timeout" => {
+                let v = tool.value(parser);
+                let ms = tool.number("--check-timeout", &v, 100, 86_400_000);
+                self.check_timeout = Duration::from_millis(ms);
+            }
             _ => self.ready.take(opt, parser, tool),
         }
     }
