@@ -379,8 +379,11 @@ fn quit_is_a_fast_stop() {
 
 #[test]
 fn kill_on_forkpool_leaves_no_worker_alive() {
+    // The workers ignore the TERM their parent's death sends them: the guard
+    // KILLs them once -k has passed (1 s here; 10 s by default, which this
+    // test waited out before: the same proof).
     let pool = Pool::start(
-        &["-n", "3", "-d", "5"],
+        &["-n", "3", "-d", "5", "-k", "1000"],
         &["--notify-fd", "5", "--ignore-term"],
     );
     let pids = pool.serving(1, 3).pids("ready");

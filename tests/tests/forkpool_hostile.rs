@@ -661,10 +661,14 @@ const GEN_CONF: &str = r#"
 import os, socket, time
 NOTIFY = os.environ.pop('NOTIFY_SOCKET', None)
 def post_worker_init(worker):
-    # slot 1 comes up a second after slot 0: slot 0's server waits, held,
-    # for its generation to be whole
+    # slot 1 comes up only when the test says (it writes go-GENERATION once
+    # it has asked its questions; it was a fixed 3 s): slot 0's server
+    # waits, held, for its generation to be whole
     if os.environ.get('FORKPOOL_WORKER') == '1':
-        time.sleep(3.0)
+        go = 'go-' + os.environ.get('FORKPOOL_GENERATION', '-')
+        end = time.time() + 60
+        while not os.path.exists(go) and time.time() < end:
+            time.sleep(0.01)
     if NOTIFY:
         addr = '\0' + NOTIFY[1:] if NOTIFY.startswith('@') else NOTIFY
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
@@ -681,6 +685,7 @@ fn a_prefork_server_is_held_and_stopped_as_one() {
     let dir = TempDir::new("hostile-gunicorn");
     std::fs::write(dir.join("genapp.py"), GEN_APP).unwrap();
     std::fs::write(dir.join("gunicorn.conf.py"), GEN_CONF).unwrap();
+    std::fs::write(dir.join("go-1"), "").unwrap();
     let st = dir.join("status");
     let (sock, port) = listener();
     let mut c = cmd("forkpool");
@@ -732,7 +737,7 @@ fn a_prefork_server_is_held_and_stopped_as_one() {
     let mut early = Vec::new();
     for g in 2..=4u64 {
         p.signal(Signal::SIGHUP);
-        // slot 0's server is held (slot 1 takes 3 s more): it must not answer
+        // slot 0's server is held (slot 1 waits for go-G): it must not answer
         let held = wait_until(Duration::from_secs(60), || {
             status(&st).gen_pids(g, "held").len() == 1
         });
@@ -745,6 +750,7 @@ fn a_prefork_server_is_held_and_stopped_as_one() {
             s.num("serving_generation") < g,
             "the hold window closed too soon: {s:?}"
         );
+        std::fs::write(dir.join(format!("go-{g}")), "").unwrap();
         let ok = wait_until(Duration::from_secs(60), || {
             let s = status(&st);
             s.num("serving_generation") == g && s.get("reload") == "ok"
