@@ -565,12 +565,21 @@ fn the_guard_killed_with_9_is_restarted_and_kill_9_of_forkpool_still_ends_every_
     chain.p.signal(Signal::SIGKILL);
     let _ = chain.p.wait_timeout(LONG);
     let gone = wait_until(LONG, || helpers.iter().all(|&h| !alive(h)));
+    let left: Vec<String> = helpers
+        .iter()
+        .chain(&guard)
+        .map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            format!("{p}: {}", stat.trim())
+        })
+        .collect();
     for &h in &helpers {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(h), Signal::SIGKILL);
     }
     assert!(
         gone,
-        "helpers left after kill -9 of forkpool:\n{}",
+        "helpers left after kill -9 of forkpool (helpers, then the guard):\n{}\n{}",
+        left.join("\n"),
         chain.log()
     );
 }

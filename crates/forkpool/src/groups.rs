@@ -8,7 +8,8 @@
 //!
 //! The guard learns the groups over a pipe: forkpool writes a worker's pid
 //! (= its group) when it starts it and the negated pid when the group is gone
-//! (the leader reaped, what was left of the group killed). The write end is
+//! (the leader reaped, what was left of the group killed); a guard started
+//! again finds every group there in the pipe when it is forked. The write end is
 //! close-on-exec (no worker holds it); an in-place upgrade hands it to the
 //! next image (state.rs's `guard` record), so one guard serves every image.
 //! The guard reads end of file when forkpool's copy of the write end closes
@@ -43,9 +44,24 @@ extern "C" fn on_parent_death(_: libc::c_int) {}
 
 impl Guard {
     /// Fork the guard; `drain`: how long the workers of a dead forkpool may
-    /// take to finish (-k).
-    pub fn start(drain: Duration) -> Result<Guard, Errno> {
+    /// take to finish (-k); `groups`: the workers' groups there already (a
+    /// guard started again after its predecessor was killed). They are in
+    /// the pipe before the fork: a forkpool killed right after the fork
+    /// leaves a guard that knows them all (the test that found it: a
+    /// forkpool killed -9 just after it started a new guard left every
+    /// helper alive, that guard having read no group).
+    pub fn start(drain: Duration, groups: &[Pid]) -> Result<Guard, Errno> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut early = Guard {
+            write: Some(write),
+            pid: Pid::from_raw(0),
+        };
+        for &g in groups {
+            early.watch(g);
+        }
+        let Some(write) = early.write.take() else {
+            return Err(Errno::EPIPE);
+        };
         let parent = getpid();
         let old = signals::block_all();
         // SAFETY: forkpool is single-threaded, so the child may run any code

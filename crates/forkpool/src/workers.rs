@@ -66,11 +66,6 @@ impl Processes {
         self.guard = None;
         self.guard_tried = false;
         self.start_guard(drain);
-        if let Some(g) = self.guard.as_mut() {
-            for p in &self.list {
-                g.watch(p.child.pid);
-            }
-        }
         true
     }
 }
@@ -197,7 +192,8 @@ impl Processes {
         if std::mem::replace(&mut self.guard_tried, true) {
             return;
         }
-        match Guard::start(drain) {
+        let groups: Vec<Pid> = self.list.iter().map(|p| p.child.pid).collect();
+        match Guard::start(drain, &groups) {
             Ok(g) => self.guard = Some(g),
             Err(e) => TOOL.warn(format_args!(
                 "unable to start the guard: {}: helpers of the workers may outlive a killed forkpool",
