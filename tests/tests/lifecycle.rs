@@ -225,9 +225,11 @@ fn watchdog(readiness: &[&str], say: &str) {
             .any(|&p| p != hung && s.pids("ready").contains(&p))
     });
     assert!(replaced_first, "no replacement\n{}", pool.log());
-    // Then KILL after -k.
+    // Then KILL after -k: forkpool's line (written just after the KILL is
+    // sent: the test waits for it, not for the process's end alone).
+    let kill_line = format!("pid {hung}, generation 1) did not stop in");
     assert!(
-        wait_until(LONG, || !alive(hung)),
+        wait_until(LONG, || pool.log().contains(&kill_line) && !alive(hung)),
         "{hung} never killed\n{}",
         pool.log()
     );
@@ -245,7 +247,7 @@ fn watchdog(readiness: &[&str], say: &str) {
             .find("worker 1 (generation 1) started as pid ")
             .map(|i| m + i)
     });
-    let killed = at(&format!("pid {hung}, generation 1) did not stop in"));
+    let killed = at(&kill_line);
     assert!(
         missed.is_some() && started.is_some() && killed.is_some() && started < killed,
         "the replacement came only after the KILL\n{log}"

@@ -308,6 +308,17 @@ fn main() {
         // valid for the call and the old action is not wanted (null).
         unsafe { libc::sigaction(libc::SIGCONT, &sa, std::ptr::null_mut()) };
     }
+    // --abrt-log: caught before saying ready (a worker slow to reach its
+    // first ping on a busy machine may get the watchdog's ABRT early).
+    if let Some(path) = &o.abrt_log {
+        let _ = ABRT_LOG.set(std::ffi::CString::new(path.as_str()).unwrap_or_default());
+        // SAFETY: struct sigaction is plain data; all zeroes is a valid value
+        // (no flags, an empty mask), the handler is set below.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = on_abrt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: on_abrt uses async-signal-safe calls only; `sa` is valid.
+        unsafe { libc::sigaction(libc::SIGABRT, &sa, std::ptr::null_mut()) };
+    }
     let t_ready = std::time::Instant::now();
     let mut chan = None;
     if let Some(fd) = o.notify_fd {
@@ -396,15 +407,6 @@ impl Life {
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|_| mine);
-        if let Some(path) = &o.abrt_log {
-            let _ = ABRT_LOG.set(std::ffi::CString::new(path.as_str()).unwrap_or_default());
-            // SAFETY: struct sigaction is plain data; all zeroes is a valid value
-            // (no flags, an empty mask), the handler is set below.
-            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-            sa.sa_sigaction = on_abrt as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            // SAFETY: on_abrt uses async-signal-safe calls only; `sa` is valid.
-            unsafe { libc::sigaction(libc::SIGABRT, &sa, std::ptr::null_mut()) };
-        }
         let mut l = Life {
             chan,
             datagrams: o.notify,
