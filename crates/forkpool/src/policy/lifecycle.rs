@@ -41,7 +41,9 @@ impl Policy {
     }
 
     /// Step 2b: a marked worker goes once a ready worker of the target
-    /// generation stands in its slot.
+    /// generation stands in its slot: one not marked, or a newer one marked
+    /// too (a replacement that asked as soon as it was ready: else, every
+    /// live worker marked and the surge full, nothing could start or go).
     pub(crate) fn retire_recycled(&mut self, now: Instant) {
         let due: Vec<(WorkerId, Recycle)> = self
             .workers
@@ -55,7 +57,7 @@ impl Policy {
                         && u.generation == self.target.id
                         && u.phase == WorkerPhase::Ready
                         && !u.held
-                        && u.life.recycle.is_none()
+                        && (u.life.recycle.is_none() || u.started > w.started)
                 })
             })
             .map(|(w, r)| (w.id, r))

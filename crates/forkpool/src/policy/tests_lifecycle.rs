@@ -336,6 +336,51 @@ fn stopping_counts_only_once_the_worker_is_retired() {
 /// Issue 24, item 4: a worker asking young waits for its slot's back-off
 /// (with a warning), and its replacement is bounded by the surge (1 when
 /// none is given): asking in a loop never grows the pool past N + 1.
+/// Found under load (lifecycle.rs a_worker_that_asks_is_recycled_replacement_first,
+/// 1 in 12 side by side): a replacement whose readiness and `recycle` came in
+/// one read was marked before its predecessor went; with every live worker
+/// marked and the surge (N + 1) full, nothing could start and nothing could
+/// go. A marked worker goes once a newer ready worker stands in its slot,
+/// marked or not.
+#[test]
+fn a_replacement_that_asks_as_it_becomes_ready_still_lets_its_predecessor_go() {
+    let mut s = Sim::new(Mode::Rolling, Lifecycle::default());
+    let ids = s.of(1, WorkerPhase::Ready);
+    s.at(200);
+    for &id in &ids {
+        let a = s.p.handle(s.now, Event::AskedRecycle(id));
+        s.feed(a);
+    }
+    s.at(1300);
+    let a = s.step();
+    assert_eq!(starts(&a).len(), 1, "{a:?}");
+    let new = s.of(1, WorkerPhase::Starting)[0];
+    // Ready and asking in the same turn (one read of its pipe).
+    let mut a = s.p.handle(s.now, Event::Time { ready: &[new] });
+    a.extend(s.p.handle(s.now, Event::AskedRecycle(new)));
+    let a = s.with_step(a);
+    let old = ids
+        .iter()
+        .copied()
+        .find(|&i| s.slot_of(i) == s.slot_of(new))
+        .expect("its predecessor");
+    assert_eq!(retired(&a), vec![(old, Signal::SIGTERM)], "{a:?}");
+    // The freed room lets the next slot's replacement start (after the
+    // back-off), within N + 1.
+    let old_gone = s.p.handle(
+        s.now,
+        Event::Ended {
+            worker: old,
+            how: Ended::Exited(0),
+        },
+    );
+    s.feed(old_gone);
+    s.at(2400);
+    let a = s.step();
+    assert_eq!(starts(&a).len(), 1, "{a:?}");
+    assert!(s.p.workers.len() <= N + 1);
+}
+
 #[test]
 fn a_worker_asking_young_gets_the_back_off_and_the_surge_bound_of_1() {
     let mut s = Sim::new(Mode::Rolling, Lifecycle::default());
