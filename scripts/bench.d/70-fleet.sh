@@ -5,9 +5,11 @@
 # everywhere, commit at one agreed instant), uptime-probe through HAProxy the
 # whole time ($CONCURRENCY clients, keep-alive). Per row: the deploy's wall time
 # (ansible-playbook included; median), the commit skew (for each deploy, the
-# time from the first host answering its new release to the last one doing so,
-# seen by a sampler asking every host's /release in a loop on fresh
-# connections; median and max), the fleet flapping (responses older than one
+# time from the first host switching to its new release to the last one doing
+# so, seen by a sampler asking every host's /release in a loop on fresh
+# connections; median and max), beside it the sampler's resolution (per host
+# and deploy, the bracket in which the switch was seen: from the last old
+# answer's request to the first new answer; median and max), the fleet flapping (responses older than one
 # the same client had seen), failed and mixed. Then where each two-phase
 # deploy's time went, per step (examples/fleet/steps: ansible-playbook's
 # start, the prepare, the decision, the wait for the instant, the skew of
@@ -57,14 +59,20 @@ BIN=$tmp/bin
 export BIN FLEET_WORKERS=2
 
 # The sampler: a thread per host asking GET /release on a fresh connection in
-# a loop; a line "HOST MS RELEASE" (wall clock, ms) each time the answer changes.
+# a loop. When a host first answers a release it had not answered before, a
+# line "HOST LO HI RELEASE" (wall clock, ms): LO, when the request before it
+# (answered by the old release) was sent; HI, when this answer came back. The
+# host's switch lies between the two: the bracket HI - LO is the sampler's
+# resolution for that host (its loop period there, the GIL and the load
+# included). An older release seen again afterwards (flapping) makes no line.
 cat >"$tmp/sampler.py" <<'EOF'
 import http.client, sys, threading, time
 out = open(sys.argv[1], "a", buffering=1)
 lock = threading.Lock()
 def watch(host, port):
-    last = None
+    seen, prev_sent = set(), None
     while True:
+        sent = time.time()
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             c.request("GET", "/release", headers={"Connection": "close"})
@@ -72,10 +80,13 @@ def watch(host, port):
             c.close()
         except Exception:
             continue
-        if got != last:
-            with lock:
-                out.write("%s %.1f %s\n" % (host, time.time() * 1000, got))
-            last = got
+        came = time.time()
+        if got not in seen:
+            if seen:
+                with lock:
+                    out.write("%s %.1f %.1f %s\n" % (host, prev_sent * 1000, came * 1000, got))
+            seen.add(got)
+        prev_sent = sent
 for a in sys.argv[2:]:
     h, p = a.split("=")
     threading.Thread(target=watch, args=(h, int(p)), daemon=True).start()
@@ -83,17 +94,20 @@ while True:
     time.sleep(3600)
 EOF
 
-# skew FILE N: for each deploy k (1..N), the spread of the hosts' k-th change
-# (their first answer of the new release): "median max" in ms.
+# skew FILE N: for each deploy k (1..N), the spread of the hosts' k-th new
+# release, each host's switch taken at the middle of its bracket; then the
+# brackets (the sampler's resolution): "skew-median skew-max bracket-median
+# bracket-max" in ms. The true spread is within a bracket-max of the figure.
 skew() {
     awk -v n="$2" '
-        { c[$1]++; if (c[$1] > 1) { k = c[$1] - 1; t = $2
-            if (!(k in lo) || t < lo[k]) lo[k] = t
-            if (!(k in hi) || t > hi[k]) hi[k] = t } }
+        { c[$1]++; k = c[$1]; t = ($2 + $3) / 2; b[++nb] = $3 - $2
+          if (!(k in lo) || t < lo[k]) lo[k] = t
+          if (!(k in hi) || t > hi[k]) hi[k] = t }
+        function sort(a, m,   i, j, x) { for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] < a[i]) { x = a[i]; a[i] = a[j]; a[j] = x } }
         END { m = 0; for (k = 1; k <= n; k++) if (k in lo) { s[++m] = hi[k] - lo[k] }
-              if (m == 0) { print "- -"; exit }
-              for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (s[j] < s[i]) { x = s[i]; s[i] = s[j]; s[j] = x }
-              printf "%.0f %.0f\n", s[int((m + 1) / 2)], s[m] }' "$1"
+              if (m == 0) { print "- - - -"; exit }
+              sort(s, m); sort(b, nb)
+              printf "%.0f %.0f %.0f %.0f\n", s[int((m + 1) / 2)], s[m], b[int((nb + 1) / 2)], b[nb] }' "$1"
 }
 
 # median of numbers, one a line
@@ -104,14 +118,16 @@ echo
 echo "$DEPLOYS fleet deploys per row, uptime-probe through HAProxy at $CONCURRENCY clients (keep-alive)"
 echo "the whole time; hosts are demo/serve chains with 2 workers on one machine ($(nproc) cores),"
 echo "HAProxy checking each host's pool-health every 200 ms. Deploy time includes ansible-playbook."
-echo "Commit skew: first to last host answering the new release, per deploy (sampler resolution"
-echo "a few ms). Rolling runs demo/deploy per host until deploy-release is built, so each host then"
+echo "Commit skew: first to last host switching to the new release, per deploy, by a sampler asking"
+echo "each host's /release in a loop (a thread per host, fresh connections); each host's switch lies"
+echo "between its last old answer's request and its first new answer: that bracket is the sampler's"
+echo "resolution (median / max printed beside the skew). Rolling runs demo/deploy per host until deploy-release is built, so each host then"
 echo "gets a release id of its own and its flapping also counts clients moving between hosts."
 echo
 echo "Load average (1 min) at the start: $(cut -d' ' -f1 /proc/loadavg)."
 echo
-echo "| hosts | deploy | time per deploy (median) | commit skew median / max | fleet flapping | failed | mixed | requests |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| hosts | deploy | time per deploy (median) | commit skew median / max | sampler resolution median / max | fleet flapping | failed | mixed | requests |"
+echo "|---|---|---|---|---|---|---|---|---|"
 skipped=""
 for n in $HOSTS; do
     rm -rf "$FLEET_DIR"
@@ -154,8 +170,8 @@ for n in $HOSTS; do
         stop_pid "$sampler_pid"
         sampler_pid=
         set -- $(skew "$tmp/samples" "$DEPLOYS")
-        printf '| %s | %s | %.1f s | %s / %s ms | %s | %s | %s | %s |\n' "$n" "$kind" \
-            "$(median <"$tmp/times" | awk '{ print $1 / 1000 }')" "$1" "$2" \
+        printf '| %s | %s | %.1f s | %s / %s ms | %s / %s ms | %s | %s | %s | %s |\n' "$n" "$kind" \
+            "$(median <"$tmp/times" | awk '{ print $1 / 1000 }')" "$1" "$2" "$3" "$4" \
             "$(json flapping "$tmp/probe.json")" "$(json failed "$tmp/probe.json")" \
             "$(json mixed "$tmp/probe.json")" "$(json requests "$tmp/probe.json")"
     done
