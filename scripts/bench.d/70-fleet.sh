@@ -201,7 +201,7 @@ if ls "$tmp"/steps.* >/dev/null 2>&1; then
     echo "host prepared (one command a host: record, stage, point current, poolctl prepare); decision:"
     echo "the instant chosen; wait: the margin, twice the prepare's reach (how long that task took"
     echo "to reach every host) plus the lag (Ansible's step from one task to the next); skew: first to last host released, by the forkpools' clocks; after:"
-    echo "the last release until ansible-playbook exited (the answer, the history, the result, its exit)."
+    echo "the last release until ansible-playbook exited (each host's check, the decision, then confirm, the history, the answer and the result in one command a host, and its exit)."
     echo
     echo "| hosts | total | start | prepare | decision | wait | release skew | after | late hosts |"
     echo "|---|---|---|---|---|---|---|---|---|"
