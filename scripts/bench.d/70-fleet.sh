@@ -40,7 +40,7 @@ probe_pid= sampler_pid=
 export FLEET_DIR="$tmp/fleet"
 cleanup() {
     stop_pid "$probe_pid"
-    stop_pid "$sampler_pid"
+    for p in $sampler_pid; do stop_pid "$p"; done
     "$top/examples/fleet/down" >/dev/null 2>&1 || true
     rm -rf "$tmp"
 }
@@ -58,40 +58,47 @@ done
 BIN=$tmp/bin
 export BIN FLEET_WORKERS=2
 
-# The sampler: a thread per host asking GET /release on a fresh connection in
-# a loop. When a host first answers a release it had not answered before, a
-# line "HOST LO HI RELEASE" (wall clock, ms): LO, when the request before it
-# (answered by the old release) was sent; HI, when this answer came back. The
-# host's switch lies between the two: the bracket HI - LO is the sampler's
-# resolution for that host (its loop period there, the GIL and the load
-# included). An older release seen again afterwards (flapping) makes no line.
+# The sampler: a process per host (no lock shared between hosts), asking
+# GET /release on a fresh connection, every 20 ms, and back to back from 30
+# ms before a commit's instant (the host's status file says `phase=committing`
+# and `commit_at=`) until the host answers its new release: fine where the
+# switch is, cheap elsewhere (ten hosts sampled back to back all the time
+# would take the CPU the hosts switch with). When a host first answers a
+# release it had not answered before, a line "HOST LO HI RELEASE" (wall
+# clock, ms): LO, when the request before it (answered by the old release)
+# was sent; HI, when this answer came back. The host's switch lies between
+# the two: the bracket HI - LO is the sampler's resolution for that host (its
+# loop there, the load included). An older release seen again afterwards
+# (flapping) makes no line.
 cat >"$tmp/sampler.py" <<'EOF'
-import http.client, sys, threading, time
-out = open(sys.argv[1], "a", buffering=1)
-lock = threading.Lock()
-def watch(host, port):
-    seen, prev_sent = set(), None
-    while True:
-        sent = time.time()
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/release", headers={"Connection": "close"})
-            got = c.getresponse().read().decode().strip()
-            c.close()
-        except Exception:
-            continue
-        came = time.time()
-        if got not in seen:
-            if seen:
-                with lock:
-                    out.write("%s %.1f %.1f %s\n" % (host, prev_sent * 1000, came * 1000, got))
-            seen.add(got)
-        prev_sent = sent
-for a in sys.argv[2:]:
-    h, p = a.split("=")
-    threading.Thread(target=watch, args=(h, int(p)), daemon=True).start()
+import http.client, sys, time
+out, host, port, status = open(sys.argv[1], "a", buffering=1), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def instant():
+    try:
+        kv = dict(l.split("=", 1) for l in open(status).read().splitlines() if "=" in l)
+        return float(kv["commit_at"]) if kv.get("phase") == "committing" and kv.get("commit_at") else None
+    except (OSError, ValueError):
+        return None
+seen, prev_sent, at = set(), None, None
 while True:
-    time.sleep(3600)
+    if at is None or time.time() < at - 0.03:
+        time.sleep(0.02)
+        at = instant()
+    sent = time.time()
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", "/release", headers={"Connection": "close"})
+        got = c.getresponse().read().decode().strip()
+        c.close()
+    except Exception:
+        continue
+    came = time.time()
+    if got not in seen:
+        if seen:
+            out.write("%s %.1f %.1f %s\n" % (host, prev_sent * 1000, came * 1000, got))
+            at = None
+        seen.add(got)
+    prev_sent = sent
 EOF
 
 # skew FILE N: for each deploy k (1..N), the spread of the hosts' k-th new
@@ -119,10 +126,10 @@ echo "$DEPLOYS fleet deploys per row, uptime-probe through HAProxy at $CONCURREN
 echo "the whole time; hosts are demo/serve chains with 2 workers on one machine ($(nproc) cores),"
 echo "HAProxy checking each host's pool-health every 200 ms. Deploy time includes ansible-playbook."
 echo "Commit skew: first to last host switching to the new release, per deploy, by a sampler asking"
-echo "each host's /release in a loop (a thread per host, fresh connections); each host's switch lies"
-echo "between its last old answer's request and its first new answer: that bracket is the sampler's"
-echo "resolution (median / max printed beside the skew). Rolling runs demo/deploy per host until deploy-release is built, so each host then"
-echo "gets a release id of its own and its flapping also counts clients moving between hosts."
+echo "each host's /release (a process per host, fresh connections, every 20 ms, back to back from 30 ms"
+echo "before a commit's instant until the new release answers); each host's switch lies between its"
+echo "last old answer's request and its first new answer: that bracket is the sampler's resolution"
+echo "(median / max printed beside the skew; rolling has no instant: 20 ms and more)."
 echo
 echo "Load average (1 min) at the start: $(cut -d' ' -f1 /proc/loadavg)."
 echo
@@ -141,9 +148,11 @@ for n in $HOSTS; do
         fi
         : >"$tmp/samples"
         set --
-        for h in $(cat "$FLEET_DIR/hosts"); do set -- "$@" "$h=$(cat "$FLEET_DIR/$h/port")"; done
-        python3 "$tmp/sampler.py" "$tmp/samples" "$@" &
-        sampler_pid=$!
+        sampler_pid=
+        for h in $(cat "$FLEET_DIR/hosts"); do
+            python3 "$tmp/sampler.py" "$tmp/samples" "$h" "$(cat "$FLEET_DIR/$h/port")" "$FLEET_DIR/$h/status" &
+            sampler_pid="$sampler_pid $!"
+        done
         uptime-probe --json -q -c "$CONCURRENCY" -t 30000 "$url" >"$tmp/probe.json" &
         probe_pid=$!
         sleep 1
@@ -167,7 +176,7 @@ for n in $HOSTS; do
         kill -INT "$probe_pid" 2>/dev/null || true
         wait "$probe_pid" 2>/dev/null || true
         probe_pid=
-        stop_pid "$sampler_pid"
+        for p in $sampler_pid; do stop_pid "$p"; done
         sampler_pid=
         set -- $(skew "$tmp/samples" "$DEPLOYS")
         printf '| %s | %s | %.1f s | %s / %s ms | %s / %s ms | %s | %s | %s | %s |\n' "$n" "$kind" \
