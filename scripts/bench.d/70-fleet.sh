@@ -69,7 +69,9 @@ export BIN FLEET_WORKERS=2
 # was sent; HI, when this answer came back. The host's switch lies between
 # the two: the bracket HI - LO is the sampler's resolution for that host (its
 # loop there, the load included). An older release seen again afterwards
-# (flapping) makes no line.
+# (flapping) makes no line. Near the instant a request without an answer
+# within 50 ms is dropped and counted (a line in FILE.stalls): a connection an
+# old worker accepted as it was parked waits, frozen, until the confirm.
 cat >"$tmp/sampler.py" <<'EOF'
 import http.client, sys, time
 out, host, port, status = open(sys.argv[1], "a", buffering=1), sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -79,19 +81,26 @@ def instant():
         return float(kv["commit_at"]) if kv.get("phase") == "committing" and kv.get("commit_at") else None
     except (OSError, ValueError):
         return None
+stalls = open(sys.argv[1] + ".stalls", "a", buffering=1)
 seen, prev_sent, at = set(), None, None
 while True:
     if at is None or time.time() < at - 0.03:
         time.sleep(0.02)
         at = instant()
+    dense = at is not None
     sent = time.time()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=0.05 if dense else 5)
     try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         c.request("GET", "/release", headers={"Connection": "close"})
         got = c.getresponse().read().decode().strip()
-        c.close()
     except Exception:
+        # at the switch: no answer within 50 ms (taken by an old worker as
+        # it was parked: see the page); the next connection goes on
+        if dense:
+            stalls.write("%s %.1f\n" % (host, sent * 1000))
         continue
+    finally:
+        c.close()
     came = time.time()
     if got not in seen:
         if seen:
@@ -129,12 +138,13 @@ echo "Commit skew: first to last host switching to the new release, per deploy, 
 echo "each host's /release (a process per host, fresh connections, every 20 ms, back to back from 30 ms"
 echo "before a commit's instant until the new release answers); each host's switch lies between its"
 echo "last old answer's request and its first new answer: that bracket is the sampler's resolution"
-echo "(median / max printed beside the skew; rolling has no instant: 20 ms and more)."
+echo "(median / max printed beside the skew; rolling has no instant: 20 ms and more). Sampler stalls:"
+echo "its requests near an instant that had no answer within 50 ms, dropped (the next one goes on)."
 echo
 echo "Load average (1 min) at the start: $(cut -d' ' -f1 /proc/loadavg)."
 echo
-echo "| hosts | deploy | time per deploy (median) | commit skew median / max | sampler resolution median / max | fleet flapping | failed | mixed | requests |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| hosts | deploy | time per deploy (median) | commit skew median / max | sampler resolution median / max | sampler stalls | fleet flapping | failed | mixed | requests |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 skipped=""
 for n in $HOSTS; do
     rm -rf "$FLEET_DIR"
@@ -147,6 +157,7 @@ for n in $HOSTS; do
             continue
         fi
         : >"$tmp/samples"
+        : >"$tmp/samples.stalls"
         set --
         sampler_pid=
         for h in $(cat "$FLEET_DIR/hosts"); do
@@ -179,8 +190,8 @@ for n in $HOSTS; do
         for p in $sampler_pid; do stop_pid "$p"; done
         sampler_pid=
         set -- $(skew "$tmp/samples" "$DEPLOYS")
-        printf '| %s | %s | %.1f s | %s / %s ms | %s / %s ms | %s | %s | %s | %s |\n' "$n" "$kind" \
-            "$(median <"$tmp/times" | awk '{ print $1 / 1000 }')" "$1" "$2" "$3" "$4" \
+        printf '| %s | %s | %.1f s | %s / %s ms | %s / %s ms | %s | %s | %s | %s | %s |\n' "$n" "$kind" \
+            "$(median <"$tmp/times" | awk '{ print $1 / 1000 }')" "$1" "$2" "$3" "$4" "$(wc -l <"$tmp/samples.stalls")" \
             "$(json flapping "$tmp/probe.json")" "$(json failed "$tmp/probe.json")" \
             "$(json mixed "$tmp/probe.json")" "$(json requests "$tmp/probe.json")"
     done
