@@ -5,9 +5,8 @@
 //! last was accepted; `phase=` says where the deploy stands, `verify=` where
 //! the verified switch does (`--confirm-timeout`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use unixtool::statusfile::{self, Answer, Status, WaitError};
+use unixtool::wall_now;
 
 use crate::{not_running, quoted, Args, EXIT_NO, TOOL};
 
@@ -129,14 +128,6 @@ pub fn commit(args: &Args) -> i32 {
         }
         msg
     })
-}
-
-/// The wall clock now, in seconds since the epoch.
-fn wall_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// How the commit sent at `sent` came against its instant `at` (seconds
