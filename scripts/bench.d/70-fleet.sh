@@ -5,9 +5,11 @@
 # everywhere, commit at one agreed instant), uptime-probe through HAProxy the
 # whole time ($CONCURRENCY clients, keep-alive). Per row: the deploy's wall time
 # (ansible-playbook included; median), the commit skew (for each deploy, the
-# time from the first host answering its new release to the last one doing so,
-# seen by a sampler asking every host's /release in a loop on fresh
-# connections; median and max), the fleet flapping (responses older than one
+# time from the first host switching to its new release to the last one doing
+# so, seen by a sampler asking every host's /release in a loop on fresh
+# connections; median and max), beside it the sampler's resolution (per host
+# and deploy, the bracket in which the switch was seen: from the last old
+# answer's request to the first new answer; median and max), the fleet flapping (responses older than one
 # the same client had seen), failed and mixed. Then where each two-phase
 # deploy's time went, per step (examples/fleet/steps: ansible-playbook's
 # start, the prepare, the decision, the wait for the instant, the skew of
@@ -38,7 +40,7 @@ probe_pid= sampler_pid=
 export FLEET_DIR="$tmp/fleet"
 cleanup() {
     stop_pid "$probe_pid"
-    stop_pid "$sampler_pid"
+    for p in $sampler_pid; do stop_pid "$p"; done
     "$top/examples/fleet/down" >/dev/null 2>&1 || true
     rm -rf "$tmp"
 }
@@ -56,44 +58,72 @@ done
 BIN=$tmp/bin
 export BIN FLEET_WORKERS=2
 
-# The sampler: a thread per host asking GET /release on a fresh connection in
-# a loop; a line "HOST MS RELEASE" (wall clock, ms) each time the answer changes.
+# The sampler: a process per host (no lock shared between hosts), asking
+# GET /release on a fresh connection, every 20 ms, and back to back from 30
+# ms before a commit's instant (the host's status file says `phase=committing`
+# and `commit_at=`) until the host answers its new release: fine where the
+# switch is, cheap elsewhere (ten hosts sampled back to back all the time
+# would take the CPU the hosts switch with). When a host first answers a
+# release it had not answered before, a line "HOST LO HI RELEASE" (wall
+# clock, ms): LO, when the request before it (answered by the old release)
+# was sent; HI, when this answer came back. The host's switch lies between
+# the two: the bracket HI - LO is the sampler's resolution for that host (its
+# loop there, the load included). An older release seen again afterwards
+# (flapping) makes no line. Near the instant a request without an answer
+# within 50 ms is dropped and counted (a line in FILE.stalls): a connection an
+# old worker accepted as it was parked waits, frozen, until the confirm.
 cat >"$tmp/sampler.py" <<'EOF'
-import http.client, sys, threading, time
-out = open(sys.argv[1], "a", buffering=1)
-lock = threading.Lock()
-def watch(host, port):
-    last = None
-    while True:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/release", headers={"Connection": "close"})
-            got = c.getresponse().read().decode().strip()
-            c.close()
-        except Exception:
-            continue
-        if got != last:
-            with lock:
-                out.write("%s %.1f %s\n" % (host, time.time() * 1000, got))
-            last = got
-for a in sys.argv[2:]:
-    h, p = a.split("=")
-    threading.Thread(target=watch, args=(h, int(p)), daemon=True).start()
+import http.client, sys, time
+out, host, port, status = open(sys.argv[1], "a", buffering=1), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def instant():
+    try:
+        kv = dict(l.split("=", 1) for l in open(status).read().splitlines() if "=" in l)
+        return float(kv["commit_at"]) if kv.get("phase") == "committing" and kv.get("commit_at") else None
+    except (OSError, ValueError):
+        return None
+stalls = open(sys.argv[1] + ".stalls", "a", buffering=1)
+seen, prev_sent, at = set(), None, None
 while True:
-    time.sleep(3600)
+    if at is None or time.time() < at - 0.03:
+        time.sleep(0.02)
+        at = instant()
+    dense = at is not None
+    sent = time.time()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=0.05 if dense else 5)
+    try:
+        c.request("GET", "/release", headers={"Connection": "close"})
+        got = c.getresponse().read().decode().strip()
+    except Exception:
+        # at the switch: no answer within 50 ms (taken by an old worker as
+        # it was parked: see the page); the next connection goes on
+        if dense:
+            stalls.write("%s %.1f\n" % (host, sent * 1000))
+        continue
+    finally:
+        c.close()
+    came = time.time()
+    if got not in seen:
+        if seen:
+            out.write("%s %.1f %.1f %s\n" % (host, prev_sent * 1000, came * 1000, got))
+            at = None
+        seen.add(got)
+    prev_sent = sent
 EOF
 
-# skew FILE N: for each deploy k (1..N), the spread of the hosts' k-th change
-# (their first answer of the new release): "median max" in ms.
+# skew FILE N: for each deploy k (1..N), the spread of the hosts' k-th new
+# release, each host's switch taken at the middle of its bracket; then the
+# brackets (the sampler's resolution): "skew-median skew-max bracket-median
+# bracket-max" in ms. The true spread is within a bracket-max of the figure.
 skew() {
     awk -v n="$2" '
-        { c[$1]++; if (c[$1] > 1) { k = c[$1] - 1; t = $2
-            if (!(k in lo) || t < lo[k]) lo[k] = t
-            if (!(k in hi) || t > hi[k]) hi[k] = t } }
+        { c[$1]++; k = c[$1]; t = ($2 + $3) / 2; b[++nb] = $3 - $2
+          if (!(k in lo) || t < lo[k]) lo[k] = t
+          if (!(k in hi) || t > hi[k]) hi[k] = t }
+        function sort(a, m,   i, j, x) { for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] < a[i]) { x = a[i]; a[i] = a[j]; a[j] = x } }
         END { m = 0; for (k = 1; k <= n; k++) if (k in lo) { s[++m] = hi[k] - lo[k] }
-              if (m == 0) { print "- -"; exit }
-              for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (s[j] < s[i]) { x = s[i]; s[i] = s[j]; s[j] = x }
-              printf "%.0f %.0f\n", s[int((m + 1) / 2)], s[m] }' "$1"
+              if (m == 0) { print "- - - -"; exit }
+              sort(s, m); sort(b, nb)
+              printf "%.0f %.0f %.0f %.0f\n", s[int((m + 1) / 2)], s[m], b[int((nb + 1) / 2)], b[nb] }' "$1"
 }
 
 # median of numbers, one a line
@@ -104,14 +134,17 @@ echo
 echo "$DEPLOYS fleet deploys per row, uptime-probe through HAProxy at $CONCURRENCY clients (keep-alive)"
 echo "the whole time; hosts are demo/serve chains with 2 workers on one machine ($(nproc) cores),"
 echo "HAProxy checking each host's pool-health every 200 ms. Deploy time includes ansible-playbook."
-echo "Commit skew: first to last host answering the new release, per deploy (sampler resolution"
-echo "a few ms). Rolling runs demo/deploy per host until deploy-release is built, so each host then"
-echo "gets a release id of its own and its flapping also counts clients moving between hosts."
+echo "Commit skew: first to last host switching to the new release, per deploy, by a sampler asking"
+echo "each host's /release (a process per host, fresh connections, every 20 ms, back to back from 30 ms"
+echo "before a commit's instant until the new release answers); each host's switch lies between its"
+echo "last old answer's request and its first new answer: that bracket is the sampler's resolution"
+echo "(median / max printed beside the skew; rolling has no instant: 20 ms and more). Sampler stalls:"
+echo "its requests near an instant that had no answer within 50 ms, dropped (the next one goes on)."
 echo
 echo "Load average (1 min) at the start: $(cut -d' ' -f1 /proc/loadavg)."
 echo
-echo "| hosts | deploy | time per deploy (median) | commit skew median / max | fleet flapping | failed | mixed | requests |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| hosts | deploy | time per deploy (median) | commit skew median / max | sampler resolution median / max | sampler stalls | fleet flapping | failed | mixed | requests |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 skipped=""
 for n in $HOSTS; do
     rm -rf "$FLEET_DIR"
@@ -124,10 +157,13 @@ for n in $HOSTS; do
             continue
         fi
         : >"$tmp/samples"
+        : >"$tmp/samples.stalls"
         set --
-        for h in $(cat "$FLEET_DIR/hosts"); do set -- "$@" "$h=$(cat "$FLEET_DIR/$h/port")"; done
-        python3 "$tmp/sampler.py" "$tmp/samples" "$@" &
-        sampler_pid=$!
+        sampler_pid=
+        for h in $(cat "$FLEET_DIR/hosts"); do
+            python3 "$tmp/sampler.py" "$tmp/samples" "$h" "$(cat "$FLEET_DIR/$h/port")" "$FLEET_DIR/$h/status" &
+            sampler_pid="$sampler_pid $!"
+        done
         uptime-probe --json -q -c "$CONCURRENCY" -t 30000 "$url" >"$tmp/probe.json" &
         probe_pid=$!
         sleep 1
@@ -151,11 +187,11 @@ for n in $HOSTS; do
         kill -INT "$probe_pid" 2>/dev/null || true
         wait "$probe_pid" 2>/dev/null || true
         probe_pid=
-        stop_pid "$sampler_pid"
+        for p in $sampler_pid; do stop_pid "$p"; done
         sampler_pid=
         set -- $(skew "$tmp/samples" "$DEPLOYS")
-        printf '| %s | %s | %.1f s | %s / %s ms | %s | %s | %s | %s |\n' "$n" "$kind" \
-            "$(median <"$tmp/times" | awk '{ print $1 / 1000 }')" "$1" "$2" \
+        printf '| %s | %s | %.1f s | %s / %s ms | %s / %s ms | %s | %s | %s | %s | %s |\n' "$n" "$kind" \
+            "$(median <"$tmp/times" | awk '{ print $1 / 1000 }')" "$1" "$2" "$3" "$4" "$(wc -l <"$tmp/samples.stalls")" \
             "$(json flapping "$tmp/probe.json")" "$(json failed "$tmp/probe.json")" \
             "$(json mixed "$tmp/probe.json")" "$(json requests "$tmp/probe.json")"
     done
@@ -185,7 +221,7 @@ if ls "$tmp"/steps.* >/dev/null 2>&1; then
     echo "host prepared (one command a host: record, stage, point current, poolctl prepare); decision:"
     echo "the instant chosen; wait: the margin, twice the prepare's reach (how long that task took"
     echo "to reach every host) plus the lag (Ansible's step from one task to the next); skew: first to last host released, by the forkpools' clocks; after:"
-    echo "the last release until ansible-playbook exited (the answer, the history, the result, its exit)."
+    echo "the last release until ansible-playbook exited (each host's check, the decision, then confirm, the history, the answer and the result in one command a host, and its exit)."
     echo
     echo "| hosts | total | start | prepare | decision | wait | release skew | after | late hosts |"
     echo "|---|---|---|---|---|---|---|---|---|"

@@ -348,6 +348,9 @@ fn commit_at_an_instant_switches_at_that_instant_not_before() {
         "released at {released} before the instant {at}"
     );
     assert!(done >= at, "poolctl returned before the instant");
+    // its answer says how early the commit came: at most the 2 s it was given
+    let early = came(&out, "early").unwrap_or_else(|| panic!("no `came N ms early` in {out}"));
+    assert!(early <= 2001, "{out}");
     let first_new = first_new.expect("the watcher saw r2");
     assert!(
         first_new >= at - 0.001,
@@ -359,6 +362,44 @@ fn commit_at_an_instant_switches_at_that_instant_not_before() {
         (last_old - at) * 1000.0,
         (first_new - at) * 1000.0
     );
+}
+
+/// N from poolctl commit's `; came N ms WORD)` (WORD: early or late).
+fn came(out: &str, word: &str) -> Option<u64> {
+    let rest = out.split("; came ").nth(1)?;
+    let (n, tail) = rest.split_once(" ms ")?;
+    tail.starts_with(&format!("{word})")).then_some(())?;
+    n.parse().ok()
+}
+
+#[test]
+fn a_commit_whose_instant_is_past_switches_at_once_and_poolctl_says_how_late() {
+    let s = Site::start("control-late", false, &[]);
+    let (code, out, err) = s.prepare();
+    assert_eq!(code, 0, "prepare: {out}{err}\n{}", s.log());
+    // The controller's margin was too short: the instant passed half a second ago.
+    let at = format!("{:.3}", wall() - 0.5);
+    let (code, out, err) = s.poolctl(&["commit", "--at", &at, "-t", "60"]);
+    assert_eq!(
+        code,
+        0,
+        "a late commit still commits: {out}{err}\n{}",
+        s.log()
+    );
+    let late = came(&out, "late").unwrap_or_else(|| panic!("no `came N ms late` in {out}"));
+    assert!(late >= 500, "{out}");
+    assert!(
+        out.contains(&format!("(commit at {at}")),
+        "the instant as asked: {out}"
+    );
+    assert!(
+        s.log()
+            .contains("ms past when the commit came: switching now"),
+        "forkpool warns too: {}",
+        s.log()
+    );
+    assert_eq!(release_of(s.port).as_deref(), Some("r2"));
+    eprintln!("{}", out.trim());
 }
 
 #[test]

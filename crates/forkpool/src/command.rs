@@ -10,7 +10,7 @@
 //! - `confirm`, `revert` (`--confirm-timeout`): retire the parked generation,
 //!   or bring it back at once and stop the new one (policy/verify.rs).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// One control command.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,12 +65,7 @@ fn unix_time(t: &str) -> Option<f64> {
 }
 
 /// The wall clock now, in seconds since the epoch.
-pub fn wall_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+pub use unixtool::wall_now;
 
 /// The monotonic instant at which the wall clock reads `at`, given that it
 /// reads `wall` at `now` (a time already past: `now`).

@@ -225,7 +225,7 @@ fn main() {
         for sig in arrived {
             pool.signal(sig, now);
         }
-        pool.read_control(now);
+        pool.read_control();
         pool.reap(now);
         upgrade::if_asked(&mut pool, &sigs, upstream.as_mut());
     }

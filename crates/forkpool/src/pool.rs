@@ -489,14 +489,19 @@ impl Pool {
         self.policy.two_phase.timeout = self.cfg.prepare_timeout;
     }
 
-    /// Read and carry out the commands written to the FIFO, in order.
-    pub fn read_control(&mut self, now: Instant) {
+    /// Read and carry out the commands written to the FIFO, in order (each
+    /// at the time it is read).
+    pub fn read_control(&mut self) {
         let Some(c) = self.control.as_mut() else {
             return;
         };
         let pin = self.cfg.pin.clone();
         for line in c.lines() {
-            let wall = wall_now();
+            // The two clocks read together: `now` is the turn's, taken before
+            // the workers' messages, the signals and this read, so a pool
+            // busy (or preempted) meanwhile would map the commit's wall-clock
+            // instant that much too early and switch before the others.
+            let (now, wall) = (Instant::now(), wall_now());
             let mut resolve = || resolve_pin(&pin);
             let event = match line.and_then(|l| parse(&l)) {
                 Ok(None) => continue,

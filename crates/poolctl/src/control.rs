@@ -6,6 +6,7 @@
 //! the verified switch does (`--confirm-timeout`).
 
 use unixtool::statusfile::{self, Answer, Status, WaitError};
+use unixtool::wall_now;
 
 use crate::{not_running, quoted, Args, EXIT_NO, TOOL};
 
@@ -18,7 +19,7 @@ pub fn valid_time(t: &str) -> bool {
 
 /// The answer as one line and the exit code: 0 (`ok`: `message` of the
 /// status), 1 refused, failed or timed out, 3 no pool runs there.
-fn answer(word: &str, answer: Answer, message: fn(&Status) -> String) -> i32 {
+fn answer(word: &str, answer: Answer, message: &dyn Fn(&Status) -> String) -> i32 {
     match answer {
         Ok(st) => {
             TOOL.print(format_args!(
@@ -41,7 +42,7 @@ fn run(
     word: &str,
     line: &str,
     done: statusfile::Done,
-    message: fn(&Status) -> String,
+    message: &dyn Fn(&Status) -> String,
 ) -> i32 {
     let a = statusfile::control(&args.statusfile, line, args.timeout, &mut || false, done);
     answer(word, a, message)
@@ -79,7 +80,7 @@ pub fn prepare(args: &Args) -> i32 {
         "prepared" => Some(Ok(())),
         _ => phase_failed(st),
     };
-    run(args, "prepare", "prepare", done, |st| {
+    run(args, "prepare", "prepare", done, &|st| {
         let g = st.num("phase_generation");
         format!(
             "generation {g} ready and held ({} workers), generation {} serving",
@@ -104,9 +105,18 @@ pub fn commit(args: &Args) -> i32 {
         }
         _ => phase_failed(st),
     };
-    run(args, "commit", &line, done, |st| {
+    // When the commit reached this host (the line is written right after):
+    // how early or late against its instant.
+    let sent = wall_now();
+    let came = args
+        .at
+        .as_deref()
+        .and_then(|t| t.parse::<f64>().ok())
+        .map(|at| lateness(at, sent))
+        .unwrap_or_default();
+    run(args, "commit", &line, done, &|st| {
         let mut msg = format!(
-            "generation {} serving, {} of {} ready, released at {} (commit at {})",
+            "generation {} serving, {} of {} ready, released at {} (commit at {}{came})",
             st.num("phase_generation"),
             st.num("ready"),
             st.num("workers"),
@@ -120,6 +130,17 @@ pub fn commit(args: &Args) -> i32 {
     })
 }
 
+/// How the commit sent at `sent` came against its instant `at` (seconds
+/// since the epoch): `; came N ms early` (the pool waits for the instant) or
+/// `; came N ms late` (the pool switched at once, that late).
+fn lateness(at: f64, sent: f64) -> String {
+    if sent <= at {
+        format!("; came {:.0} ms early", ((at - sent) * 1000.0).round())
+    } else {
+        format!("; came {:.0} ms late", ((sent - at) * 1000.0).ceil())
+    }
+}
+
 /// `abort`: 0 once nothing prepared is left (its workers gone) and the old
 /// generation serves; 1 when it was too late (committed, switching).
 pub fn abort(args: &Args) -> i32 {
@@ -130,7 +151,7 @@ pub fn abort(args: &Args) -> i32 {
             _ => None,
         }
     };
-    run(args, "abort", "abort", done, |st| {
+    run(args, "abort", "abort", done, &|st| {
         format!(
             "nothing of generation {} runs, generation {} serving",
             st.num("phase_generation"),
@@ -151,7 +172,7 @@ fn verify_pending(st: &Status) -> String {
 /// `confirm`: 0 once the parked generation is retired (`verify=confirmed`).
 pub fn confirm(args: &Args) -> i32 {
     let a = statusfile::confirm(&args.statusfile, args.timeout, &mut || false);
-    answer("confirm", a, |st| {
+    answer("confirm", a, &|st| {
         format!(
             "generation {} confirmed, {} of {} ready; the parked workers are retired",
             st.num("verify_generation"),
@@ -164,7 +185,7 @@ pub fn confirm(args: &Args) -> i32 {
 /// `revert`: 0 once the parked generation serves again, whole.
 pub fn revert(args: &Args) -> i32 {
     let a = statusfile::revert(&args.statusfile, args.timeout, &mut || false);
-    answer("revert", a, |st| {
+    answer("revert", a, &|st| {
         format!(
             "generation {} serving again, {} of {} ready; generation {} retired",
             st.num("serving_generation"),
@@ -186,6 +207,11 @@ mod tests {
         for bad in ["", "-1", "1e9", "12.", ".5", "soon", "1764245000.25.1"] {
             assert!(!valid_time(bad), "{bad}");
         }
+        assert_eq!(lateness(100.5, 100.0), "; came 500 ms early");
+        assert_eq!(lateness(100.0, 100.0), "; came 0 ms early");
+        assert_eq!(lateness(100.0, 100.0301), "; came 31 ms late");
+        // late by less than a millisecond is late all the same
+        assert_eq!(lateness(100.0, 100.0002), "; came 1 ms late");
         let st = Status::parse("worker=0 2 10 ready\nworker=1 3 11 held\nworker=2 3 12 held\n");
         assert_eq!(workers_of(&st, 3), 2);
         assert_eq!(workers_of(&st, 4), 0);

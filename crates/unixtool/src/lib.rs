@@ -145,6 +145,14 @@ impl Tool {
     }
 }
 
+/// The wall clock now, in seconds since the epoch (0 before 1970).
+pub fn wall_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 /// `name: what` and a newline on stderr in one write(2) (see [`Tool::info`] and
 /// the others; also for a forked child that reports before its exec). What
 /// the line carries is quoted ([`quote::line`]: no control byte reaches the

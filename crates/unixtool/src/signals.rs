@@ -212,14 +212,29 @@ pub fn poll_readable(fds: &[RawFd], timeout: Option<std::time::Duration>) -> Vec
             revents: 0,
         })
         .collect();
-    let ms = match timeout {
-        None => -1,
-        // Round up, so a deadline is never polled for as 0 ms again and again.
-        Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
-    };
+    // ppoll(2), not poll(2): poll's timeout is whole milliseconds, rounded up
+    // (so a deadline is never polled for as 0 ms again and again), and a
+    // deadline such as a two-phase commit's instant came up to 1 ms late.
+    // The kernel's timer ends this wait at the deadline or after it, never
+    // before, to the nanosecond (plus the timer slack, 50 us).
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: the pointer and length are those of `pfds`, alive and
-    // exclusively borrowed for the call.
-    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    // exclusively borrowed for the call; `tsp` is null or points to `ts`,
+    // alive until the call returns; a null signal mask leaves the mask as it is.
+    let n = unsafe {
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            tsp,
+            std::ptr::null(),
+        )
+    };
     if n <= 0 {
         return vec![false; fds.len()];
     }
