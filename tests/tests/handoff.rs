@@ -95,7 +95,7 @@ impl Site {
 }
 
 /// 5 deploys under 16 keep-alive clients: the probe's JSON.
-fn deploys_under_probe(tag: &str, wrap: &[&str]) -> String {
+fn deploys_under_probe(tag: &str, wrap: &[&str]) -> (String, String) {
     let dir = TempDir::new(tag);
     let d = dir.path();
     for g in 1..=6 {
@@ -125,20 +125,26 @@ fn deploys_under_probe(tag: &str, wrap: &[&str]) -> String {
     assert_eq!(json_count(&json, "failed"), 0, "{json}\n{}", site.log());
     assert_eq!(json_count(&json, "mixed"), 0, "{json}");
     assert_eq!(json_count(&json, "flapping"), 0, "{json}");
-    json
+    (json, site.log())
 }
 
+/// Issue 30's flake (5 retried, 21 connects): under load (a CPU hog, load
+/// 10 to 30) it failed 5 runs in 15, 4 connections lost a time. A new worker
+/// released and passed its share of connections, then told to stop (the next
+/// deploy) before it had read them (off the CPU; or still in its hold wait),
+/// exited with them on its end, which closed them. The app now sends back
+/// what waits on its end when it stops: 0 in 40 runs under the same load.
 #[test]
 fn deploys_hand_every_kept_connection_over_nothing_retried() {
-    let json = deploys_under_probe("handoff", &[]);
-    assert_eq!(json_count(&json, "retried"), 0, "{json}");
+    let (json, log) = deploys_under_probe("handoff", &[]);
+    assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
     // The 16 clients' first connections served every request of 5 deploys.
-    assert_eq!(json_count(&json, "connects"), 16, "{json}");
+    assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");
 }
 
 #[test]
 fn an_app_that_does_not_take_part_deploys_as_without_the_option() {
-    let json = deploys_under_probe("handoff-no", &["env", "-u", "FORKPOOL_HANDOFF_FD"]);
+    let (json, _) = deploys_under_probe("handoff-no", &["env", "-u", "FORKPOOL_HANDOFF_FD"]);
     // Its kept connections are closed at each stop, as without --handoff.
     assert!(json_count(&json, "connects") > 16, "{json}");
 }
@@ -152,8 +158,11 @@ fn get(path: &str) -> String {
 fn kept_connection(tag: &str) -> (TempDir, Site, std::net::TcpStream) {
     let dir = TempDir::new(tag);
     let d = dir.path();
-    make_release(d, "r1", "");
-    make_release(d, "r2", "");
+    // The test keeps the connection idle while it upgrades or deploys: longer
+    // than the app's 5 s idle timeout on a busy machine (seen: closed idle
+    // after 5.9 s under a load of 34, no hand-over at fault).
+    make_release(d, "r1", "--idle-timeout 60000");
+    make_release(d, "r2", "--idle-timeout 60000");
     switch(d, "r1");
     let site = Site::start(d, &[]);
     let mut s = connect(site.port);

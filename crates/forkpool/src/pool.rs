@@ -577,7 +577,9 @@ impl Pool {
             .filter_map(|w| Some((w.id, self.procs.get(w.id)?.handoff.as_ref()?.as_fd())))
             .collect();
         let (passed, expired) = (self.handoff.passed, self.handoff.expired);
-        self.handoff.pass_on(&takers, now);
+        // None accepts: a cutover's switch under way, unless the pool stops.
+        let switching = newest.is_none() && self.policy.stop == Stop::No;
+        self.handoff.pass_on(&takers, now, switching);
         if self.cfg.verbose && self.handoff.expired > expired {
             TOOL.info(format_args!(
                 "closed {} handed-over connections no worker took within {}ms",
