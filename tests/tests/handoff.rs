@@ -233,12 +233,15 @@ fn the_hand_over_works_on_after_an_in_place_upgrade() {
     assert_eq!(r.header("x-release").as_deref(), Some("r2"));
 }
 
+/// What a client saw: each answer (arrival, release, status).
+type Answers = Vec<(Instant, String, u16)>;
+
 /// One keep-alive client of the test's own (beside the probe): GET / one
 /// after another on one connection, a fresh one only when it is closed;
 /// each answer's release, status and arrival time; its connects.
 struct Client {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<(Vec<(Instant, String, u16)>, usize)>>,
+    seen: Arc<Mutex<(Answers, usize)>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -281,7 +284,7 @@ impl Client {
     }
 
     /// Stop it: (answers, connects).
-    fn stop(mut self) -> (Vec<(Instant, String, u16)>, usize) {
+    fn stop(mut self) -> (Answers, usize) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             t.join().expect("client thread");
@@ -303,12 +306,7 @@ fn verified_deploy(
     r2_flags: &str,
     verdict: &str,
     after: &str,
-) -> (
-    String,
-    Vec<(Vec<(Instant, String, u16)>, usize)>,
-    Instant,
-    String,
-) {
+) -> (String, Vec<(Answers, usize)>, Instant, String) {
     let dir = TempDir::new(tag);
     let d = dir.path();
     make_release(d, "r1", "");
