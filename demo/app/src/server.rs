@@ -92,6 +92,8 @@ pub struct Server<'a> {
     accepting: bool,
     paused_until: Option<Instant>,
     stop_at: Option<Instant>,
+    /// QUIT taken between two accepts: the loop ends at once.
+    quit: bool,
     served: u64,
 }
 
@@ -137,6 +139,7 @@ impl<'a> Server<'a> {
             accepting: false,
             paused_until: None,
             stop_at: None,
+            quit: false,
             served: 0,
         };
         s.listen(true)?;
@@ -177,7 +180,12 @@ impl<'a> Server<'a> {
             }
             for ev in &events[..n] {
                 match ev.data() {
-                    LISTENER => self.accept_all(),
+                    LISTENER => {
+                        self.accept_all();
+                        if self.quit {
+                            return End::Quit;
+                        }
+                    }
                     HANDOFF => self.take_handed(),
                     SIGNALS => {}
                     slot => {
@@ -260,6 +268,20 @@ impl<'a> Server<'a> {
 
     fn accept_all(&mut self) {
         while self.accepting {
+            // A stop signal that came since the last accept is taken before
+            // the next one. It matters most for a worker stopped (SIGSTOP)
+            // anywhere in this loop and given its stop signal with SIGCONT:
+            // forkpool's verified switch parks the old generation so, and
+            // holds the new one so at a revert, while the other generation
+            // accepts; without this look it would go on accepting from the
+            // backlog, answering with its release after the other's.
+            if let Some(order) = self.signals.take() {
+                match order {
+                    Order::Quit => self.quit = true,
+                    Order::Stop => self.stop(),
+                }
+                return;
+            }
             match sys::accept(self.listener.as_fd()) {
                 Ok(fd) => self.add(fd, Phase::Request),
                 Err(Errno::EAGAIN) => return,
