@@ -306,6 +306,7 @@ fn verified_deploy(
     r2_flags: &str,
     verdict: &str,
     after: &str,
+    handed: (u64, u64),
 ) -> (String, Vec<(Answers, usize)>, Instant, String) {
     let dir = TempDir::new(tag);
     let d = dir.path();
@@ -350,6 +351,11 @@ fn verified_deploy(
     });
     assert!(on, "a client hangs after {verdict}\n{}", site.log());
     probe.wait_seen(after);
+    // forkpool handed `handed.1` connections to generation `handed.0` (the
+    // parked ones at a confirm, the new generation's at a revert).
+    let (g, count) = handed;
+    let all = wait_until(LONG, || handed_to(&site.log(), g) >= count);
+    assert!(all, "not {count} handed to {g}\n{}", site.log());
     let seen: Vec<_> = clients.into_iter().map(Client::stop).collect();
     let (_, json) = probe.stop();
     eprintln!("{tag}: {json}");
@@ -360,7 +366,7 @@ fn verified_deploy(
 fn a_revert_hands_the_new_generations_connections_back_and_the_parked_ones_serve_on() {
     // r2 answers 500 to everything: a release that fails verification.
     let (json, seen, t_revert, log) =
-        verified_deploy("handoff-revert", "--fail-requests", "revert", "r1");
+        verified_deploy("handoff-revert", "--fail-requests", "revert", "r1", (1, 4));
     // The probe's 16 clients, parked on r1's workers for the window, are
     // answered by r1 again on the same connections: nothing failed,
     // nothing retried, 16 connections in all.
@@ -392,7 +398,8 @@ fn a_revert_hands_the_new_generations_connections_back_and_the_parked_ones_serve
 
 #[test]
 fn a_confirm_hands_the_parked_generations_connections_to_the_new_one() {
-    let (json, seen, t_confirm, log) = verified_deploy("handoff-confirm", "", "confirm", "r2");
+    let (json, seen, t_confirm, log) =
+        verified_deploy("handoff-confirm", "", "confirm", "r2", (2, 16));
     // The 16 parked connections were handed to r2 at the confirm: the same
     // connections served by r2 now, none closed.
     assert_eq!(json_count(&json, "failed"), 0, "{json}\n{log}");

@@ -588,7 +588,11 @@ impl Pool {
         // Those that accept; of them, the newest generation's (in a
         // cutover, none until the release).
         let workers = &self.policy.workers;
-        let newest = workers.iter().filter(|w| accepts(w)).map(|w| w.generation).max();
+        let newest = workers
+            .iter()
+            .filter(|w| accepts(w))
+            .map(|w| w.generation)
+            .max();
         let takers: Vec<_> = workers
             .iter()
             .filter(|w| accepts(w))
