@@ -6,7 +6,10 @@
 //! connections closed as without the option; a connection handed over in the
 //! middle of a pipeline is answered in order, each request once, the one in
 //! hand by the old release and the rest by the new; a kept connection is
-//! still handed over after an in-place upgrade (USR2) of forkpool.
+//! still handed over after an in-place upgrade (USR2) of forkpool; with the
+//! verified switch (--confirm-timeout), a revert hands the connections the
+//! new generation took back to the old one and a confirm hands the parked
+//! generation's to the new one, none closed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
