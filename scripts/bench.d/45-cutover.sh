@@ -126,7 +126,16 @@ deploy() {
     wait_release "$port" "$rel" || fail "release $rel never answered on port $port"
 }
 
+# med_max: "median / max ms" of the numbers on stdin, one a line ("-" if none).
+med_max() {
+    sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%.1f / %.1f ms", v[int((NR + 1) / 2)], v[NR]; else print "-" }'
+}
+
+# load1: the 1-minute load average (what else the machine ran).
+load1() { cut -d ' ' -f 1 /proc/loadavg; }
+
 row() {
+    load0=$(load1)
     start "$1"
     url=http://127.0.0.1:$port/
     "$BIN/uptime-probe" --json -q -c "$CONCURRENCY" -d "$DURATION" "$url" >"$work/steady.json" 2>>"$work/probe.err" || true
@@ -154,18 +163,20 @@ row() {
         failed="$failed ($(failed_why "$dj"))"
     fi
     # the switch: "the old workers were gone after 3.2ms" per cutover (forkpool -v)
-    sw=$(sed -n 's/.*the old workers were gone after \([0-9.]*\)ms.*/\1/p' "$STATE/log" | sort -n |
-        awk '{ v[NR] = $1 } END { if (NR) printf "%.1f / %.1f ms", v[int((NR + 1) / 2)], v[NR]; else print "-" }')
+    sw=$(sed -n 's/.*the old workers were gone after \([0-9.]*\)ms.*/\1/p' "$STATE/log" | med_max)
+    # where it goes: each old worker's stopping notice, as forkpool heard it,
+    # after the stop signals (the signal's way in and the notice's way back)
+    heard=$(sed -n 's/.*stopped accepting \([0-9.]*\)ms after the switch began.*/\1/p' "$STATE/log" | med_max)
     case $1 in
     gunicorn) label="gunicorn, HUP" ;;
     cutover-stop) label="forkpool -m cutover, SIGSTOP only (app ignores the hold fd)" ;;
     cutover-handoff) label="forkpool -m cutover --handoff (kept connections handed over)" ;;
     *) label="forkpool -m $1" ;;
     esac
-    printf '| %s | %s | %.2f s | %s | %s | %s | %s | %s | %s ms | %s ms | %s | %s ms | %s |\n' \
+    printf '| %s | %s | %.2f s | %s | %s | %s | %s | %s | %s ms | %s ms | %s | %s ms | %s | %s | %s |\n' \
         "$label" "$n" "$(awk -v t=$((t1 - t0)) -v n="$n" 'BEGIN { print t / n / 1000 }')" \
         "$(json requests "$dj")" "$failed" "$(json retried "$dj")" "$(json mixed "$dj")" \
-        "$(json flapping "$dj")" "$p99s" "$p99d" "$ratio" "$(json max "$dj")" "$sw"
+        "$(json flapping "$dj")" "$p99s" "$p99d" "$ratio" "$(json max "$dj")" "$sw" "$heard" "$load0 - $(load1)"
 }
 
 gver=
@@ -183,11 +194,15 @@ echo "counts are from that run). A deploy: new release, atomic-symlink, HUP, unt
 echo "answers it (forkpool: and its status says the reload is over). flapping: responses"
 echo "older than a release the same client had already seen. switch: cutover only, from the"
 echo "old generation's stop signal to the new one's release, median / max (the queueing"
-echo "delay of a deploy). $(nproc) cores, shared by server, probe and deploys."
+echo "delay of a deploy). heard: each old worker's stopping notice as forkpool heard it, after"
+echo "the stop signals, median / max (the signal's way into the worker and the notice's way back:"
+echo "the switch is the slowest worker's, plus forkpool's turn). load: the 1-minute load average"
+echo "at the row's start and end. $(nproc) cores, shared by server, probe, deploys and whatever"
+echo "else the machine runs."
 [ -n "$gver" ] || echo "gunicorn not found: its row is left out."
 echo
-echo "| server | deploys | s/deploy | requests | failed | retried | mixed | flapping | p99 steady | p99 deploys | ratio | max | switch |"
-echo "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| server | deploys | s/deploy | requests | failed | retried | mixed | flapping | p99 steady | p99 deploys | ratio | max | switch | heard | load |"
+echo "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for r in $ROWS; do
     row "$r"
 done

@@ -6,12 +6,17 @@
 //! connections closed as without the option; a connection handed over in the
 //! middle of a pipeline is answered in order, each request once, the one in
 //! hand by the old release and the rest by the new; a kept connection is
-//! still handed over after an in-place upgrade (USR2) of forkpool.
+//! still handed over after an in-place upgrade (USR2) of forkpool; with the
+//! verified switch (--confirm-timeout), a revert hands the connections the
+//! new generation took back to the old one and a confirm hands the parked
+//! generation's to the new one, none closed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use integration_tests::*;
 use nix::sys::signal::Signal;
@@ -37,10 +42,15 @@ struct Site {
 
 impl Site {
     fn start(dir: &Path, wrap: &[&str]) -> Site {
+        Site::start_with(dir, wrap, &[])
+    }
+
+    /// As start, with more forkpool options (`extra`).
+    fn start_with(dir: &Path, wrap: &[&str], extra: &[&str]) -> Site {
         let st = dir.join("status");
         let mut c = cmd("tcplisten");
         c.args(["-1", "127.0.0.1", "0"]).arg(bin("forkpool"));
-        c.args(["-v", "-S"]).arg(&st);
+        c.args(["-v", "-S"]).arg(&st).args(extra);
         c.args([
             "-n",
             "4",
@@ -95,7 +105,7 @@ impl Site {
 }
 
 /// 5 deploys under 16 keep-alive clients: the probe's JSON.
-fn deploys_under_probe(tag: &str, wrap: &[&str]) -> String {
+fn deploys_under_probe(tag: &str, wrap: &[&str]) -> (String, String) {
     let dir = TempDir::new(tag);
     let d = dir.path();
     for g in 1..=6 {
@@ -125,20 +135,26 @@ fn deploys_under_probe(tag: &str, wrap: &[&str]) -> String {
     assert_eq!(json_count(&json, "failed"), 0, "{json}\n{}", site.log());
     assert_eq!(json_count(&json, "mixed"), 0, "{json}");
     assert_eq!(json_count(&json, "flapping"), 0, "{json}");
-    json
+    (json, site.log())
 }
 
+/// Issue 30's flake (5 retried, 21 connects): under load (a CPU hog, load
+/// 10 to 30) it failed 5 runs in 15, 4 connections lost a time. A new worker
+/// released and passed its share of connections, then told to stop (the next
+/// deploy) before it had read them (off the CPU; or still in its hold wait),
+/// exited with them on its end, which closed them. The app now sends back
+/// what waits on its end when it stops: 0 in 35 runs under a load of 14 to 21.
 #[test]
 fn deploys_hand_every_kept_connection_over_nothing_retried() {
-    let json = deploys_under_probe("handoff", &[]);
-    assert_eq!(json_count(&json, "retried"), 0, "{json}");
+    let (json, log) = deploys_under_probe("handoff", &[]);
+    assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
     // The 16 clients' first connections served every request of 5 deploys.
-    assert_eq!(json_count(&json, "connects"), 16, "{json}");
+    assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");
 }
 
 #[test]
 fn an_app_that_does_not_take_part_deploys_as_without_the_option() {
-    let json = deploys_under_probe("handoff-no", &["env", "-u", "FORKPOOL_HANDOFF_FD"]);
+    let (json, _) = deploys_under_probe("handoff-no", &["env", "-u", "FORKPOOL_HANDOFF_FD"]);
     // Its kept connections are closed at each stop, as without --handoff.
     assert!(json_count(&json, "connects") > 16, "{json}");
 }
@@ -152,8 +168,11 @@ fn get(path: &str) -> String {
 fn kept_connection(tag: &str) -> (TempDir, Site, std::net::TcpStream) {
     let dir = TempDir::new(tag);
     let d = dir.path();
-    make_release(d, "r1", "");
-    make_release(d, "r2", "");
+    // The test keeps the connection idle while it upgrades or deploys: longer
+    // than the app's 5 s idle timeout on a busy machine (seen: closed idle
+    // after 5.9 s under a load of 34, no hand-over at fault).
+    make_release(d, "r1", "--idle-timeout 60000");
+    make_release(d, "r2", "--idle-timeout 60000");
     switch(d, "r1");
     let site = Site::start(d, &[]);
     let mut s = connect(site.port);
@@ -215,4 +234,202 @@ fn the_hand_over_works_on_after_an_in_place_upgrade() {
     let r = read_response(&mut s)
         .unwrap_or_else(|| panic!("the kept connection was closed\n{}", site.log()));
     assert_eq!(r.header("x-release").as_deref(), Some("r2"));
+}
+
+/// What a client saw: each answer (arrival, release, status).
+type Answers = Vec<(Instant, String, u16)>;
+
+/// One keep-alive client of the test's own (beside the probe): GET / one
+/// after another on one connection, a fresh one only when it is closed;
+/// each answer's release, status and arrival time; its connects.
+struct Client {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<(Answers, usize)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Client {
+    fn spawn(port: u16) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new((Vec::new(), 0)));
+        let (st, se) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let mut conn: Option<std::net::TcpStream> = None;
+            while !st.load(Ordering::Relaxed) {
+                let s = conn.get_or_insert_with(|| {
+                    se.lock().unwrap().1 += 1;
+                    connect(port)
+                });
+                let r = s
+                    .write_all(get("/").as_bytes())
+                    .ok()
+                    .and_then(|()| read_response(s));
+                match r {
+                    Some(r) => {
+                        let id = r.header("x-release").unwrap_or_default();
+                        se.lock().unwrap().0.push((Instant::now(), id, r.status));
+                    }
+                    None => conn = None,
+                }
+            }
+        });
+        Client {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether it got an answer of `release` after `since`.
+    fn answered(&self, release: &str, since: Instant) -> bool {
+        let seen = self.seen.lock().unwrap();
+        seen.0.iter().any(|(t, id, _)| *t > since && id == release)
+    }
+
+    /// Stop it: (answers, connects).
+    fn stop(mut self) -> (Answers, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("client thread");
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// The verified switch with --handoff: tcplisten + forkpool -m cutover
+/// --handoff -C control --confirm-timeout 20000, r1 serving under the probe's
+/// 16 keep-alive clients, r2 (`r2_flags`) deployed by a HUP: pending, r1's
+/// workers parked with the 16 connections. 4 clients of the test's own
+/// connect during the window (the new generation takes them) and get r2's
+/// answer. Then `verdict` (poolctl confirm or revert). Returns the probe's
+/// JSON, the 4 clients' answers and connects, the instant the verdict was
+/// given, the log.
+fn verified_deploy(
+    tag: &str,
+    r2_flags: &str,
+    verdict: &str,
+    after: &str,
+    handed: (u64, u64),
+) -> (String, Vec<(Answers, usize)>, Instant, String) {
+    let dir = TempDir::new(tag);
+    let d = dir.path();
+    make_release(d, "r1", "");
+    make_release(d, "r2", r2_flags);
+    switch(d, "r1");
+    let control = d.join("control");
+    let control = control.to_str().expect("path");
+    let site = Site::start_with(d, &[], &["-C", control, "--confirm-timeout", "20000"]);
+    let probe = Probe::spawn(
+        site.port,
+        &["-c", "16", "--json", "-t", "30000"],
+        true,
+        d.join("probe.err"),
+        LONG,
+    );
+    probe.wait_seen("r1");
+    switch(d, "r2");
+    site.p.signal(Signal::SIGHUP);
+    let pending = wait_until(LONG, || {
+        let s = PoolStatus::read(&site.st);
+        s.get("verify") == "pending" && s.num("serving_generation") == 2
+    });
+    assert!(pending, "no pending switch\n{}", site.log());
+    let t_switch = Instant::now();
+    let clients: Vec<Client> = (0..4).map(|_| Client::spawn(site.port)).collect();
+    let took = wait_until(LONG, || clients.iter().all(|c| c.answered("r2", t_switch)));
+    assert!(
+        took,
+        "the new generation answered no new client\n{}",
+        site.log()
+    );
+    let t_verdict = Instant::now();
+    let mut c = cmd("poolctl");
+    c.args([verdict, "-t", "30"]).arg(&site.st);
+    let (code, out, err) = run(c, LONG);
+    assert_eq!(code, 0, "{verdict}: {out}{err}\n{}", site.log());
+    // Every client of the test answered by `after` once more, on whatever
+    // connection it has; the probe's clients too (they waited, parked).
+    let on = wait_until(LONG, || {
+        clients.iter().all(|c| c.answered(after, t_verdict))
+    });
+    assert!(on, "a client hangs after {verdict}\n{}", site.log());
+    probe.wait_seen(after);
+    // forkpool handed `handed.1` connections to generation `handed.0` (the
+    // parked ones at a confirm, the new generation's at a revert).
+    let (g, count) = handed;
+    let all = wait_until(LONG, || handed_to(&site.log(), g) >= count);
+    assert!(all, "not {count} handed to {g}\n{}", site.log());
+    let seen: Vec<_> = clients.into_iter().map(Client::stop).collect();
+    let (_, json) = probe.stop();
+    eprintln!("{tag}: {json}");
+    (json, seen, t_verdict, site.log())
+}
+
+#[test]
+fn a_revert_hands_the_new_generations_connections_back_and_the_parked_ones_serve_on() {
+    // r2 answers 500 to everything: a release that fails verification.
+    let (json, seen, t_revert, log) =
+        verified_deploy("handoff-revert", "--fail-requests", "revert", "r1", (1, 4));
+    // The probe's 16 clients, parked on r1's workers for the window, are
+    // answered by r1 again on the same connections: nothing failed,
+    // nothing retried, 16 connections in all.
+    assert_eq!(json_count(&json, "failed"), 0, "{json}\n{log}");
+    assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
+    assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");
+    assert_eq!(json_count(&json, "mixed"), 0, "{json}");
+    for (answers, connects) in &seen {
+        // The connection r2 took went back to r1: the same one.
+        assert_eq!(*connects, 1, "{answers:?}\n{log}");
+        // After r1 answered it again, never r2 (nor a failure) again: the
+        // 500s are all before, in the window.
+        let back = answers
+            .iter()
+            .position(|(t, id, _)| *t > t_revert && id == "r1")
+            .expect("answered by r1 after the revert");
+        let after: Vec<_> = answers[back..]
+            .iter()
+            .filter(|(_, id, status)| id != "r1" || *status != 200)
+            .collect();
+        assert!(after.is_empty(), "{after:?}\n{log}");
+        assert!(answers[..back]
+            .iter()
+            .any(|(_, id, st)| id == "r2" && *st == 500));
+    }
+    // The 4 the new generation held, handed back to the old one.
+    assert_eq!(handed_to(&log, 1), 4, "{log}");
+}
+
+#[test]
+fn a_confirm_hands_the_parked_generations_connections_to_the_new_one() {
+    let (json, seen, t_confirm, log) =
+        verified_deploy("handoff-confirm", "", "confirm", "r2", (2, 16));
+    // The 16 parked connections were handed to r2 at the confirm: the same
+    // connections served by r2 now, none closed.
+    assert_eq!(json_count(&json, "failed"), 0, "{json}\n{log}");
+    assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
+    assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");
+    assert_eq!(json_count(&json, "flapping"), 0, "{json}");
+    for (answers, connects) in &seen {
+        assert_eq!(*connects, 1, "{answers:?}\n{log}");
+        assert!(
+            answers.iter().all(|(_, id, st)| id == "r2" && *st == 200),
+            "{answers:?}"
+        );
+        assert!(answers.iter().any(|(t, _, _)| *t > t_confirm));
+    }
+    assert_eq!(handed_to(&log, 2), 16, "{log}");
+}
+
+/// The connections forkpool's log says it handed to generation `g`.
+fn handed_to(log: &str, g: u64) -> u64 {
+    let tail = format!(" connections to generation {g}");
+    log.lines()
+        .filter_map(|l| {
+            l.split_once("handed ")?
+                .1
+                .strip_suffix(&tail)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }

@@ -4,8 +4,11 @@
 //! its process (workers.rs), the worker's end is `FORKPOOL_HANDOFF_FD`. What
 //! a worker sends on it is taken in and waits here until a worker of the
 //! accepting generation is there to take it (round robin over those the hub
-//! names), at most [`BOUND`]; then it is closed, as a stop closes it without
-//! the hand-over.
+//! names), at most [`BOUND`] from the moment one is there (while none is, in
+//! a cutover until the release, it waits: the switch itself is bounded by
+//! the drain deadline); then it is closed, as a stop closes it without the
+//! hand-over. While the pool stops, no worker will take it: closed
+//! [`BOUND`] after it came.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -45,8 +48,18 @@ impl Handoff {
 
     /// Pass what waits on to `takers` (their ids and forkpool's ends), round
     /// robin; a taker whose end fails or is full is skipped. Then close what
-    /// waited longer than [`BOUND`].
-    pub fn pass_on(&mut self, takers: &[(WorkerId, BorrowedFd)], now: Instant) {
+    /// waited longer than [`BOUND`] since a worker accepts. `switching`: no
+    /// worker accepts now and one will (a cutover before its release; not
+    /// while the pool stops): what waits keeps waiting, its bound not begun.
+    pub fn pass_on(&mut self, takers: &[(WorkerId, BorrowedFd)], now: Instant, switching: bool) {
+        if switching {
+            // The bound is for a worker that does not take, so it starts
+            // when one accepts: the switch itself is bounded by the drain.
+            for (_, since) in &mut self.waiting {
+                *since = now;
+            }
+            return;
+        }
         let mut full = vec![false; takers.len()];
         'conns: while let Some((conn, since)) = self.waiting.pop_front() {
             for _ in 0..takers.len() {
@@ -114,7 +127,7 @@ mod tests {
         assert!(h.take_in(old_ours.as_fd(), t0));
         assert_eq!(h.next_deadline(), Some(t0 + BOUND));
         let takers = [(WorkerId(1), a_ours.as_fd()), (WorkerId(2), b_ours.as_fd())];
-        h.pass_on(&takers, t0);
+        h.pass_on(&takers, t0, false);
         assert_eq!((h.passed, h.expired, h.next_deadline()), (4, 0, None));
         // Each taker got two; what a client sends arrives on what it got.
         for (i, client) in clients.iter_mut().enumerate() {
@@ -129,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_no_worker_takes_is_closed_after_the_bound() {
+    fn a_connection_waits_for_the_switch_then_is_closed_a_bound_after_takers_came() {
         let t0 = Instant::now();
         let (ours, theirs) = pair();
         let (mut client, server) = UnixStream::pair().unwrap();
@@ -137,13 +150,37 @@ mod tests {
         drop(server);
         let mut h = Handoff::default();
         assert!(h.take_in(ours.as_fd(), t0));
-        h.pass_on(&[], t0 + BOUND - Duration::from_millis(1));
+        // The switch under way (a slow old worker holds it): it waits on,
+        // whatever the time.
+        let t1 = t0 + BOUND * 3;
+        h.pass_on(&[], t1, true);
+        assert_eq!((h.expired, h.next_deadline()), (0, Some(t1 + BOUND)));
+        // A taker that cannot take (its worker closed its end): the bound runs.
+        let (closed_ours, closed_theirs) = pair();
+        drop(closed_theirs);
+        let takers = [(WorkerId(1), closed_ours.as_fd())];
+        h.pass_on(&takers, t1 + BOUND - Duration::from_millis(1), false);
         assert_eq!(h.expired, 0);
-        h.pass_on(&[], t0 + BOUND);
+        h.pass_on(&takers, t1 + BOUND, false);
         assert_eq!((h.expired, h.next_deadline()), (1, None));
         // The last copy closed: the client reads end of file.
         let mut rest = Vec::new();
         assert_eq!(client.read_to_end(&mut rest).unwrap(), 0);
+    }
+
+    #[test]
+    fn with_no_switch_under_way_a_connection_is_closed_a_bound_after_it_came() {
+        let t0 = Instant::now();
+        let (ours, theirs) = pair();
+        let (_client, server) = UnixStream::pair().unwrap();
+        handoff::send(theirs.as_fd(), server.as_fd()).unwrap();
+        let mut h = Handoff::default();
+        assert!(h.take_in(ours.as_fd(), t0));
+        // The pool stops (or nothing accepts for good): no taker will come.
+        h.pass_on(&[], t0 + BOUND - Duration::from_millis(1), false);
+        assert_eq!(h.expired, 0);
+        h.pass_on(&[], t0 + BOUND, false);
+        assert_eq!((h.expired, h.next_deadline()), (1, None));
     }
 
     #[test]
@@ -158,7 +195,7 @@ mod tests {
         let (_client, server) = UnixStream::pair().unwrap();
         handoff::send(old_theirs.as_fd(), server.as_fd()).unwrap();
         assert!(h.take_in(old_ours.as_fd(), t0));
-        h.pass_on(&[(WorkerId(1), ours.as_fd())], t0);
+        h.pass_on(&[(WorkerId(1), ours.as_fd())], t0, false);
         assert_eq!((h.passed, h.next_deadline()), (0, Some(t0 + BOUND)));
     }
 }

@@ -210,6 +210,12 @@ impl Pool {
     }
 }
 
+/// `--handoff`: whether `w` accepts (ready, released, not retired): a
+/// taker of handed-over connections if of the newest such generation.
+fn accepts(w: &Worker) -> bool {
+    w.phase == WorkerPhase::Ready && !w.held && w.retired.is_none()
+}
+
 /// A fresh start's upgrade bookkeeping.
 pub fn fresh_upgrade() -> Upgrade {
     Upgrade::new(TOOL.name)
@@ -328,14 +334,28 @@ impl Pool {
         fds.extend(self.procs.list.iter().filter_map(|p| p.child.pipe_fd()));
         fds.extend(self.control.as_ref().map(|c| c.fd()));
         fds.extend(reexec::check_wait(&self.upgrade).0);
-        fds.extend(
-            self.procs
-                .list
-                .iter()
-                .filter_map(|p| p.handoff.as_ref())
-                .map(|h| h.as_raw_fd()),
-        );
+        // --handoff: not during a cutover's switch, when nothing could be
+        // passed on yet: each connection an old worker hands over would wake
+        // forkpool and take a turn of the CPU the other old workers need to
+        // see their stop signal. What they send waits on forkpool's ends;
+        // the first turn after the release takes it in (hand_over runs every
+        // turn), as does the reaping of a worker that ends meanwhile.
+        if !self.switching() {
+            fds.extend(
+                self.procs
+                    .list
+                    .iter()
+                    .filter_map(|p| p.handoff.as_ref())
+                    .map(|h| h.as_raw_fd()),
+            );
+        }
         fds
+    }
+
+    /// `--handoff`: no worker accepts and one will (a cutover's switch under
+    /// way; not while the pool stops).
+    fn switching(&self) -> bool {
+        self.policy.stop == Stop::No && !self.policy.workers.iter().any(accepts)
     }
 
     /// The next moment something is due.
@@ -573,19 +593,23 @@ impl Pool {
                 p.handoff = None;
             }
         }
-        // Those that accept: ready, released, not retired; of them, the
-        // newest generation's (in a cutover, none until the release).
-        let accepts = |w: &&Worker| w.phase == WorkerPhase::Ready && !w.held && w.retired.is_none();
+        // Those that accept; of them, the newest generation's (in a
+        // cutover, none until the release).
         let workers = &self.policy.workers;
-        let newest = workers.iter().filter(accepts).map(|w| w.generation).max();
+        let newest = workers
+            .iter()
+            .filter(|w| accepts(w))
+            .map(|w| w.generation)
+            .max();
         let takers: Vec<_> = workers
             .iter()
-            .filter(accepts)
+            .filter(|w| accepts(w))
             .filter(|w| Some(w.generation) == newest)
             .filter_map(|w| Some((w.id, self.procs.get(w.id)?.handoff.as_ref()?.as_fd())))
             .collect();
         let (passed, expired) = (self.handoff.passed, self.handoff.expired);
-        self.handoff.pass_on(&takers, now);
+        let switching = self.switching();
+        self.handoff.pass_on(&takers, now, switching);
         if self.cfg.verbose && self.handoff.expired > expired {
             TOOL.info(format_args!(
                 "closed {} handed-over connections no worker took within {}ms",

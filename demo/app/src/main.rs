@@ -106,6 +106,11 @@ fn main() {
     // Held: a cutover keeps the new generation from accepting until it lets go.
     if let Some(hold) = hold {
         if !wait_for_release_of_hold(hold, &mut signals, &mut life) {
+            // Released and stopped before it ran (a busy machine): what
+            // forkpool passed meanwhile goes back, not closed at exit.
+            if let Some(h) = &handoff {
+                server::hand_back_waiting(h.as_fd());
+            }
             std::process::exit(0);
         }
     }

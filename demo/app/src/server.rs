@@ -20,7 +20,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -92,6 +92,8 @@ pub struct Server<'a> {
     accepting: bool,
     paused_until: Option<Instant>,
     stop_at: Option<Instant>,
+    /// QUIT taken between two accepts: the loop ends at once.
+    quit: bool,
     served: u64,
 }
 
@@ -137,6 +139,7 @@ impl<'a> Server<'a> {
             accepting: false,
             paused_until: None,
             stop_at: None,
+            quit: false,
             served: 0,
         };
         s.listen(true)?;
@@ -148,6 +151,11 @@ impl<'a> Server<'a> {
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
             if self.stop_at.is_some() && self.open == 0 {
+                // What forkpool passed before the stop and this loop has not
+                // read yet would close with our end: back to forkpool.
+                if let Some(h) = self.handoff {
+                    hand_back_waiting(h.as_fd());
+                }
                 return End::Stopped;
             }
             let timeout = sys::poll_timeout(
@@ -172,7 +180,12 @@ impl<'a> Server<'a> {
             }
             for ev in &events[..n] {
                 match ev.data() {
-                    LISTENER => self.accept_all(),
+                    LISTENER => {
+                        self.accept_all();
+                        if self.quit {
+                            return End::Quit;
+                        }
+                    }
                     HANDOFF => self.take_handed(),
                     SIGNALS => {}
                     slot => {
@@ -255,6 +268,20 @@ impl<'a> Server<'a> {
 
     fn accept_all(&mut self) {
         while self.accepting {
+            // A stop signal that came since the last accept is taken before
+            // the next one. It matters most for a worker stopped (SIGSTOP)
+            // anywhere in this loop and given its stop signal with SIGCONT:
+            // forkpool's verified switch parks the old generation so, and
+            // holds the new one so at a revert, while the other generation
+            // accepts; without this look it would go on accepting from the
+            // backlog, answering with its release after the other's.
+            if let Some(order) = self.signals.take() {
+                match order {
+                    Order::Quit => self.quit = true,
+                    Order::Stop => self.stop(),
+                }
+                return;
+            }
             match sys::accept(self.listener.as_fd()) {
                 Ok(fd) => self.add(fd, Phase::Request),
                 Err(Errno::EAGAIN) => return,
@@ -360,6 +387,13 @@ impl<'a> Server<'a> {
                 self.set_deadline(slot, self.limits.stop);
             }
         }
+        // Connections forkpool passed to us before it sent the stop signal
+        // (it passes none to a retired worker) are all on our end now, even
+        // those of no wake-up yet (this wake-up's events may predate them):
+        // back to forkpool at once, not closed with our end at exit.
+        if let Some(h) = self.handoff {
+            hand_back_waiting(h.as_fd());
+        }
     }
 
     /// A connection between requests, while stopping: to forkpool if the
@@ -396,7 +430,7 @@ impl<'a> Server<'a> {
             match unixtool::handoff::recv(h.as_fd()) {
                 unixtool::handoff::Received::Conn(fd) => {
                     if self.stop_at.is_some() {
-                        let _ = unixtool::handoff::send(h.as_fd(), fd.as_fd());
+                        hand_back(h.as_fd(), fd);
                     } else if sys::set_nonblocking(fd.as_fd()).is_ok() {
                         self.add(fd, Phase::Idle);
                     }
@@ -584,6 +618,24 @@ impl<'a> Server<'a> {
         }
         self.remove(slot);
         false
+    }
+}
+
+/// A connection forkpool passed to a worker that is stopping: back to
+/// forkpool, which passes it to the accepting generation.
+fn hand_back(h: BorrowedFd, conn: OwnedFd) {
+    let _ = unixtool::handoff::send(h, conn.as_fd());
+}
+
+/// Every connection waiting on the hand-over end, back to forkpool: a
+/// stopping worker's (also one stopped while held, before its loop ran).
+pub fn hand_back_waiting(h: BorrowedFd) {
+    loop {
+        match unixtool::handoff::recv(h) {
+            unixtool::handoff::Received::Conn(fd) => hand_back(h, fd),
+            unixtool::handoff::Received::Nothing => {}
+            unixtool::handoff::Received::Empty | unixtool::handoff::Received::Closed => return,
+        }
     }
 }
 

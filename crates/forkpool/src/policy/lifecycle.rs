@@ -179,14 +179,21 @@ impl Policy {
     }
 
     /// The worker stopped accepting (`stopping` on `-d`, `STOPPING=1`): a
-    /// retired one counts as gone for a cutover's switch.
-    pub(super) fn stopped_accepting(&mut self, id: WorkerId) -> Then {
+    /// retired one counts as gone for a cutover's switch. During a switch the
+    /// line says how long after its start (the old workers' stop signal)
+    /// forkpool heard it: the stop signal's way into the worker and the
+    /// notice's way back, the switch's time but forkpool's own turn.
+    pub(super) fn stopped_accepting(&mut self, id: WorkerId, now: Instant) -> Then {
         if let Some(i) = self.index(id) {
             let w = &mut self.workers[i];
             if !w.life.stopped_accepting {
                 w.life.stopped_accepting = true;
                 let name = w.name();
-                self.info(format!("{name} stopped accepting"));
+                let after = match (self.switch_since, &w.retired) {
+                    (Some(t), Some(_)) => format!(" {} after the switch began", millis(now - t)),
+                    _ => String::new(),
+                };
+                self.info(format!("{name} stopped accepting{after}"));
                 return Then::Converge;
             }
         }

@@ -310,7 +310,7 @@ impl Policy {
             // A worker marked for recycling gets its replacement at once; one
             // that stopped accepting may let a cutover's switch end.
             Event::AskedRecycle(worker) => self.asked_recycle(worker, now),
-            Event::StoppedAccepting(worker) => self.stopped_accepting(worker),
+            Event::StoppedAccepting(worker) => self.stopped_accepting(worker, now),
             Event::Memory { worker, pss_kib } => self.memory(worker, pss_kib),
             Event::BadCommand(why) => {
                 self.bad_command(why);

@@ -309,9 +309,18 @@ fn a_cutover_switches_when_the_old_workers_stopped_accepting() {
         let a = s.p.handle(s.now, Event::StoppedAccepting(id));
         assert!(!a.iter().any(|a| matches!(a, Action::Release { .. })));
     }
-    // The last one too: the switch, while all three are still alive.
-    let a = s.p.handle(s.now, Event::StoppedAccepting(old[2]));
+    // The last one too, 3 ms into the switch: the switch, while all three
+    // are still alive; the line says when forkpool heard it.
+    let a = s.p.handle(
+        s.now + Duration::from_millis(3),
+        Event::StoppedAccepting(old[2]),
+    );
     assert!(a.iter().any(|a| matches!(a, Action::Release { .. })));
+    assert!(
+        a.iter().any(|a| matches!(a, Action::Info(m)
+            if m.ends_with("stopped accepting 3.0ms after the switch began"))),
+        "{a:?}"
+    );
     assert_eq!(s.p.workers.len(), 2 * N);
     assert_eq!(s.p.reload, Reload::Ok);
 }
