@@ -541,3 +541,34 @@ fn puma_verified_switch_confirms_and_reverts_a_500_release_warm() {
 fn node_verified_switch_confirms_and_reverts_a_500_release_warm() {
     verified_switch(&NODE, false);
 }
+
+/// puma as examples/puma runs it (queue_requests false: every answer closes
+/// its connection) under more keep-alive clients (8) than it has threads (5):
+/// every deploy exits 0, nothing failed, mixed or flapping, and each old puma
+/// stopped by itself (no KILL at forkpool's drain deadline). With puma's
+/// keep-alive (queue_requests true) this fails: puma 5.6's accept loop waits
+/// for a free thread and never reads its stop command, so each of the 3
+/// deploys waited for the KILL at -k 30 s (examples/puma/puma.rb).
+#[test]
+fn puma_keepalive_clients_more_than_threads_stop_by_themselves() {
+    if !require_peer(PUMA.peer) {
+        return;
+    }
+    let tmp = TempDir::new("ds-puma-busy");
+    let chain = Chain::start(&PUMA, tmp.path(), &bin_dir(), false);
+    let probe = chain.probe_with(true, "r1", &["-c", "8"]);
+    for id in ["r2", "r3", "r4"] {
+        let dir = release(tmp.path(), &PUMA, id, false);
+        let (code, err) = chain.deploy(&dir);
+        assert_eq!(code, 0, "puma deploy {id}: {err}\n{}", chain.log());
+        assert_eq!(http_release(chain.port).as_deref(), Some(id));
+    }
+    let (code, json) = probe.stop();
+    assert_clean(code, &json, "puma, 8 keep-alive clients");
+    assert_no_flapping(&json, "puma, 8 keep-alive clients");
+    assert!(
+        !chain.log().contains("did not stop in"),
+        "an old puma waited for the drain deadline: {}",
+        chain.log()
+    );
+}
