@@ -293,7 +293,7 @@ bad_scenario() {
     n500=$(grep -o "{\"id\":\"$bad\",\"responses\":[0-9]*" "$d" | sed 's/.*://')
     first=$(grep -o "{\"id\":\"$bad\",\"responses\":[0-9]*,\"first_seen_s\":[0-9.]*" "$d" | sed 's/.*://')
     case $1 in
-    *-verified) how="exit $verdict: $(sed -n 's/.*not verified: \(.*\); served \([0-9]* ms\).*/served \2/p' "$st/bad.log" | head -n 1)" ;;
+    *-verified) how="exit $verdict: $(sed -n 's/.*not verified: \(.*\); served \([0-9]* ms\).*/served \2 (\1)/p' "$st/bad.log" | sed 's|http://127.0.0.1:[0-9]*||' | head -n 1)" ;;
     *) how="done (exit $verdict), served until the next deploy ($HOLD s later)" ;;
     esac
     failed=$(json failed "$d")
