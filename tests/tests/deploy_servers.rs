@@ -403,7 +403,10 @@ fn upgrade_under_load(s: &Server) {
 }
 
 /// The verified switch (the run script's --confirm-timeout and -C): good
-/// releases confirmed under the probe: 0 failed, 0 mixed, 0 flapping; then a
+/// releases confirmed under the probe: 0 failed, 0 mixed (flapping is
+/// printed, not asserted: right after a confirm a single-process server may
+/// accept once more before it takes its stop signal, examples/README.md;
+/// so the test asks for the release once the parked processes are gone); then a
 /// release answering 500 to everything (a file BROKEN): exit 1, reverted to
 /// the parked generation, whose processes (a master's workers too) serve
 /// again, the same pids: no cold start. In the probe's picture every failure
@@ -422,17 +425,17 @@ fn verified_switch(s: &Server, keepalive: bool) {
         let (code, err) = chain.deploy(&dir);
         assert_eq!(code, 0, "{what} deploy {id}: {err}\n{}", chain.log());
         assert!(err.contains("confirmed generation"), "{what}: {err}");
+        let gen = chain.status().num("serving_generation");
+        assert!(
+            wait_until(LONG, || chain.status().workers.iter().all(|w| w.1 == gen)),
+            "{what}: the confirmed generation lingers"
+        );
         assert_eq!(http_release(chain.port).as_deref(), Some(id));
     }
     let (code, json) = probe.stop();
     assert_clean(code, &json, &format!("{what}, confirmed deploys"));
 
     let gen = chain.status().num("serving_generation");
-    assert!(
-        wait_until(LONG, || chain.status().workers.iter().all(|w| w.1 == gen)),
-        "{what}: the confirmed generations linger: {}",
-        std::fs::read_to_string(tmp.join("status")).unwrap_or_default()
-    );
     let procs = chain.processes();
     assert!(procs.len() >= 2, "{what}: {procs:?}");
     let svg = tmp.join("bad.svg");
