@@ -27,12 +27,21 @@
 # connection with Connection: close, exits).
 #
 # queue_requests false: no keep-alive (every answer says Connection: close,
-# as unicorn's do). With puma's keep-alive, its stop could hang: threads that
-# each serve a busy keep-alive client never let go of it, the accept loop waits
-# for a free thread and never reads the stop command; under 4 keep-alive
-# clients 1 deploy in 4 to 6 waited for forkpool's drain deadline (-k 30 s,
-# then KILL), and a request queued that long timed out (force_shutdown_after
-# did not help: the stop never began).
+# as unicorn's do). With puma's keep-alive (queue_requests true, its default)
+# the stop can hang: the accept loop waits in ThreadPool#wait_until_not_full
+# while every thread is busy, a thread serving a busy keep-alive client serves
+# it on inline while nothing is queued, so the loop never reads the stop
+# command. Measured (tests/tests/deploy_servers.rs,
+# puma_keepalive_clients_more_than_threads_stop_by_themselves, and the
+# 4-client deploys): 8 keep-alive clients, 5 threads: each of 3 deploys waited
+# for forkpool's drain deadline (-k 30 s, then KILL); 4 clients: 2 of 8
+# deploys, and 2 requests timed out (force_shutdown_after does not help: the
+# stop never begins). Tried: a patch here that wakes that wait at the stop
+# (from a thread: the TERM trap cannot take the mutex) and refuses accepts
+# after it: 8 + 8 deploys clean in one run, but in the next runs an old puma
+# still waited for the drain deadline (1 run of 2, 8 clients) and a verified
+# switch's revert reset a connection (a fresh connection in puma's reactor
+# when it shut down): not 0, so keep-alive stays off.
 require 'socket'
 
 environment 'production'

@@ -18,7 +18,16 @@
 # Run by scripts/bench ($BIN = target/release). Environment: DEPLOYS (10),
 # CONCURRENCY (16), DURATION (5 s), GAP (1 s), WORKERS (4), DEPLOY_TIMEOUT (40 s),
 # SERVERS (any of unicorn-chain unicorn-usr2 puma-chain puma-phased node-chain
-# node-pm2; default all), BENCH_QUICK=1 (2 deploys, 4 clients, 2 s).
+# node-pm2; default all; empty: none), BAD (the second table's: unicorn-verified
+# unicorn-usr2 puma-verified puma-phased node-verified node-pm2; default all;
+# empty: none),
+# HOLD (5 s: how long the 500 release is left before a good deploy),
+# BENCH_QUICK=1 (2 deploys, 4 clients, 2 s).
+#
+# The second table: a release that boots and answers 500 to everything,
+# behind the chain with the verified switch (the run script's default;
+# deploy-release reverts it at its first answer) beside each native reload
+# (no check: it serves until the next deploy, $HOLD s later), keep-alive off.
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BIN:-$top/target/release}
@@ -28,6 +37,7 @@ else
     DEPLOYS=${DEPLOYS:-10} CONCURRENCY=${CONCURRENCY:-16} DURATION=${DURATION:-5}
 fi
 GAP=${GAP:-1}
+HOLD=${HOLD:-5}
 WORKERS=${WORKERS:-4}
 DEPLOY_TIMEOUT=${DEPLOY_TIMEOUT:-40}
 PM2_BENCH_DIR=${PM2_BENCH_DIR:-/tmp/pm2-bench}
@@ -89,8 +99,10 @@ start() {
     new_release
     ln -s "releases/$rel" "$st/current"
     case $1 in
-    *-chain)
-        SITE=$st PORT=0 WORKERS=$WORKERS BIN=$BIN "$top/examples/$ex/run" </dev/null >"$st/log" 2>&1 &
+    *-chain | *-verified)
+        # -chain: the plain cutover; -verified: the run script's verified switch
+        case $1 in *-chain) confirm=off ;; *) confirm=${CONFIRM_TIMEOUT:-10000} ;; esac
+        CONFIRM_TIMEOUT=$confirm SITE=$st PORT=0 WORKERS=$WORKERS BIN=$BIN "$top/examples/$ex/run" </dev/null >"$st/log" 2>&1 &
         srv_pid=$!
         wait_file "$st/port"
         port=$(cat "$st/port")
@@ -178,7 +190,7 @@ deploy() {
     new_release
     mark "$st/marks" "$rel"
     case $1 in
-    *-chain)
+    *-chain | *-verified)
         deploy-release -t "$DEPLOY_TIMEOUT" -c "http://127.0.0.1:$port/release" \
             "$st/releases/$rel" "$st/current" "$st/status" >/dev/null 2>>"$st/deploys.log"
         ;;
@@ -230,6 +242,69 @@ scenario() {
         "$(json mixed "$d")" "$(json flapping "$d")" "$(json p99 "$s")" "$(json p99 "$d")" "$(json max "$d")"
 }
 
+# deploy_bad KIND: a release with BROKEN (it boots, then answers 500 to
+# everything), deployed as KIND deploys; the chain's deploy-release exits 1
+# (reverted), the native reloads are done when their own condition holds.
+deploy_bad() {
+    new_release
+    : >"$st/releases/$rel/BROKEN"
+    bad=$rel verdict=0
+    mark "$st/marks" "$rel (500)"
+    case $1 in
+    *-verified)
+        deploy-release -t "$DEPLOY_TIMEOUT" -c "http://127.0.0.1:$port/release" \
+            "$st/releases/$rel" "$st/current" "$st/status" >/dev/null 2>"$st/bad.log" || verdict=$?
+        ;;
+    unicorn-usr2)
+        old=$(cat "$st/unicorn.pid")
+        atomic-symlink "releases/$rel" "$st/current"
+        kill -USR2 "$old"
+        until_done "$DEPLOY_TIMEOUT" gone "$old" || verdict=$?
+        ;;
+    puma-phased)
+        atomic-symlink "releases/$rel" "$st/current"
+        kill -USR1 "$srv_pid"
+        until_done "$DEPLOY_TIMEOUT" phase_booted $((gen - 1)) || verdict=$?
+        ;;
+    node-pm2)
+        atomic-symlink "releases/$rel" "$st/current"
+        timeout "$DEPLOY_TIMEOUT" "$pm2" reload bench >/dev/null 2>&1 || verdict=$?
+        ;;
+    esac
+}
+
+# bad_scenario KIND LABEL: under the probe (no keep-alive), the 500 release,
+# then $HOLD s later (someone noticed) a good release; one row: the failed
+# requests, the 500 release's answers and for how long it answered.
+bad_scenario() {
+    url=http://127.0.0.1:$port/
+    # shellcheck disable=SC2046
+    uptime-probe --json -q -c "$C" -t 30000 --no-keepalive $(picture "servers-$1-500" "$st/marks") "$url" >"$tmp/bad.json" 2>>"$tmp/probe.err" &
+    probe_pid=$!
+    sleep 0.5
+    t=$(now_ms)
+    deploy_bad "$1"
+    took=$(($(now_ms) - t))
+    sleep "$HOLD"
+    deploy "$1" || true
+    stop_pid "$probe_pid"
+    probe_pid=
+    d=$tmp/bad.json
+    n500=$(grep -o "{\"id\":\"$bad\",\"responses\":[0-9]*" "$d" | sed 's/.*://')
+    first=$(grep -o "{\"id\":\"$bad\",\"responses\":[0-9]*,\"first_seen_s\":[0-9.]*" "$d" | sed 's/.*://')
+    case $1 in
+    *-verified) how="exit $verdict: $(sed -n 's/.*not verified: \(.*\); served \([0-9]* ms\).*/served \2 (\1)/p' "$st/bad.log" | sed 's|http://127.0.0.1:[0-9]*||' | head -n 1)" ;;
+    *) how="done (exit $verdict), served until the next deploy ($HOLD s later)" ;;
+    esac
+    failed=$(json failed "$d")
+    if [ "${failed:-0}" != 0 ]; then
+        failed="$failed ($(failed_why "$d"))"
+    fi
+    printf '| %s | %s | %.2f s | %s | %s | %s | %s |\n' \
+        "$2" "$how" "$(awk -v t="$took" 'BEGIN { print t / 1000 }')" "$(json requests "$d")" "$failed" \
+        "${n500:-0}${first:+ (first at $first s)}" "$(json mixed "$d")"
+}
+
 # pm2, from npm into a scratch directory (not part of the repository). Every
 # pm2 command, `--version` included, starts pm2's daemon in PM2_HOME when none
 # runs there: so pm2 runs only with PM2_HOME in $tmp, and `pm2 kill` ends it.
@@ -243,7 +318,7 @@ fi
 
 kinds="unicorn-chain unicorn-usr2 puma-chain puma-phased node-chain"
 [ -z "$pm2" ] || kinds="$kinds node-pm2"
-kinds=${SERVERS:-$kinds}
+kinds=${SERVERS-$kinds}
 
 echo "## The seeds' servers: behind the chain and their own reloads"
 echo
@@ -276,6 +351,37 @@ for k in $kinds; do
     for kav in on off; do
         scenario "$k" "$label" "$kav"
     done
+    stop_native
+    stop_pid "$srv_pid"
+    srv_pid=
+done
+echo
+
+bads="unicorn-verified unicorn-usr2 puma-verified puma-phased node-verified"
+[ -z "$pm2" ] || bads="$bads node-pm2"
+bads=${BAD-$bads}
+echo "## A release that answers 500: the verified switch beside the native reloads"
+echo
+echo "uptime-probe, $C clients, no keep-alive: a release that boots and answers 500 to"
+echo "everything is deployed; $HOLD s later, a good one. *verified*: examples/<server>/run"
+echo "with its verified switch (forkpool --confirm-timeout): deploy-release sees the 500 and"
+echo "reverts to the parked generation (exit 1, the verdict's served time). The native"
+echo "reloads have no check: the 500 release serves until the next deploy. s: the bad"
+echo "deploy's own time. One run, as above."
+echo
+echo "| server | the 500 release | s | requests | failed | its answers | mixed |"
+echo "|---|---|---:|---:|---|---|---:|"
+for k in $bads; do
+    case $k in
+    unicorn-verified) label="unicorn, chain + verified switch" ;;
+    unicorn-usr2) label="unicorn, USR2 + QUIT" ;;
+    puma-verified) label="puma, chain + verified switch" ;;
+    puma-phased) label="puma, phased restart" ;;
+    node-verified) label="node, chain + verified switch" ;;
+    node-pm2) label="node, pm2 reload" ;;
+    esac
+    start "$k"
+    bad_scenario "$k" "$label"
     stop_native
     stop_pid "$srv_pid"
     srv_pid=

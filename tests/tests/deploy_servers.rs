@@ -1,12 +1,19 @@
 //! examples/unicorn, examples/puma and examples/node: each real server run as
 //! given (its `run` script, behind tcplisten + forkpool -m cutover), deployed
-//! with deploy-release --check under uptime-probe with keep-alive on and off:
-//! every deploy verified, nothing failed, mixed or flapping; a release that
-//! fails at start rolled back with the old one serving; one that answers 500
-//! (a file BROKEN) rolled back by the check's deadline; and an in-place
-//! upgrade of forkpool (poolctl upgrade) under load that the server never
-//! notices (same processes, nothing failed). The short form (3 deploys each
-//! way); scripts/bench.d/75-servers.sh runs 10 and the servers' own reloads.
+//! with deploy-release --check under uptime-probe.
+//! - The plain cutover (CONFIRM_TIMEOUT=off), keep-alive on and off: every
+//!   deploy verified, nothing failed, mixed or flapping; a release that fails
+//!   at start rolled back with the old one serving; one that answers 500 (a
+//!   file BROKEN) rolled back (cold) at its first answer; an in-place upgrade
+//!   of forkpool (poolctl upgrade) under load that the server never notices
+//!   (same processes, nothing failed).
+//! - The verified switch (the run script's default, --confirm-timeout): good
+//!   releases confirmed with nothing failed or mixed; a release answering 500
+//!   reverted to the parked generation, the same processes (no cold start),
+//!   its 500s the only failures and all inside the time it served.
+//!
+//! The short form (3 deploys each way); scripts/bench.d/75-servers.sh runs 10
+//! and the servers' own reloads.
 
 mod common;
 
@@ -15,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{assert_clean, http_release, lock_is_free, LONG};
+use common::{assert_clean, http_release, lock_is_free, responses_of, LONG};
 use integration_tests::*;
 
 /// One example: its directory, the program it needs, the files of a
@@ -76,7 +83,9 @@ struct Chain {
 }
 
 impl Chain {
-    fn start(s: &Server, site: &Path, bin: &Path) -> Chain {
+    /// `verified`: the run script's verified switch (CONFIRM_TIMEOUT unset:
+    /// its default); else CONFIRM_TIMEOUT=off, the plain cutover.
+    fn start(s: &Server, site: &Path, bin: &Path, verified: bool) -> Chain {
         release(site, s, "r1", false);
         std::os::unix::fs::symlink("releases/r1", site.join("current")).expect("current");
         let mut c = Command::new(repo().join("examples").join(s.example).join("run"));
@@ -86,6 +95,11 @@ impl Chain {
             .env("BIN", bin)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(site.join("log")).expect("log"));
+        if verified {
+            c.env_remove("CONFIRM_TIMEOUT");
+        } else {
+            c.env("CONFIRM_TIMEOUT", "off");
+        }
         let chain = Chain {
             _proc: Proc::spawn(c),
             site: site.to_path_buf(),
@@ -145,14 +159,15 @@ impl Chain {
 
     /// uptime-probe with 4 clients, once it has seen `seen`.
     fn probe(&self, keepalive: bool, seen: &str) -> Probe {
-        let err = self.site.join(format!("probe-{keepalive}.err"));
-        let p = Probe::spawn(
-            self.port,
-            &["--json", "-c", "4", "-t", "30000"],
-            keepalive,
-            err,
-            LONG,
-        );
+        self.probe_with(keepalive, seen, &[])
+    }
+
+    /// The same with more options (`--svg FILE`, `-c 8`: the last -c counts).
+    fn probe_with(&self, keepalive: bool, seen: &str, more: &[&str]) -> Probe {
+        let err = self.site.join(format!("probe-{keepalive}-{seen}.err"));
+        let mut args = vec!["--json", "-c", "4", "-t", "30000"];
+        args.extend_from_slice(more);
+        let p = Probe::spawn(self.port, &args, keepalive, err, LONG);
         p.wait_seen(seen);
         p
     }
@@ -176,6 +191,74 @@ impl Chain {
     }
 }
 
+/// Where release `id` comes in the probe's list (its index in the picture's
+/// `data-releases`): the order of first appearance.
+fn release_index(json: &str, id: &str) -> Option<usize> {
+    let list = &json[json.find("\"releases\":[")?..];
+    let list = &list[..list.find(']')?];
+    list.split("{\"id\":\"")
+        .skip(1)
+        .position(|r| r.starts_with(&format!("{id}\"")))
+}
+
+/// One 100 ms bin of uptime-probe's picture: (its number, failed requests by
+/// kind but bad status, bad-status answers, mixed, responses of release index
+/// `rel`).
+struct Bin {
+    n: u64,
+    other_failed: u64,
+    bad_status: u64,
+    mixed: u64,
+    of_rel: u64,
+}
+
+/// The bins of the picture `svg` (its `<g class="bin" data-...>` lines).
+fn bins(svg: &str, rel: Option<usize>) -> Vec<Bin> {
+    let attr = |line: &str, k: &str| -> String {
+        let k = format!(" data-{k}=\"");
+        line.find(&k)
+            .map(|at| {
+                line[at + k.len()..]
+                    .chars()
+                    .take_while(|c| *c != '"')
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let num = |line: &str, k: &str| -> u64 { attr(line, k).parse().unwrap_or(0) };
+    svg.lines()
+        .filter(|l| l.trim_start().starts_with("<g class=\"bin\" "))
+        .map(|l| Bin {
+            n: num(l, "bin"),
+            other_failed: ["refused", "reset", "timeout", "too-large", "eof", "error"]
+                .iter()
+                .map(|k| num(l, k))
+                .sum(),
+            bad_status: num(l, "bad-status"),
+            mixed: num(l, "mixed"),
+            of_rel: rel.map_or(0, |r| {
+                attr(l, "releases")
+                    .split_whitespace()
+                    .filter_map(|p| p.split_once(':'))
+                    .filter(|(i, _)| i.parse() == Ok(r))
+                    .filter_map(|(_, n)| n.parse::<u64>().ok())
+                    .sum()
+            }),
+        })
+        .collect()
+}
+
+/// `served N ms` of deploy-release's verdict line.
+fn served_ms(err: &str) -> u64 {
+    let at = err.find("; served ").expect("served") + "; served ".len();
+    err[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("served N ms")
+}
+
 fn assert_no_flapping(json: &str, what: &str) {
     assert_eq!(json_count(json, "flapping"), 0, "{what}: flapping: {json}");
 }
@@ -188,7 +271,7 @@ fn deploys_under_the_probe(s: &Server, n: usize) {
         return;
     }
     let tmp = TempDir::new(&format!("ds-{}", s.example));
-    let chain = Chain::start(s, tmp.path(), &bin_dir());
+    let chain = Chain::start(s, tmp.path(), &bin_dir(), false);
     let mut id = 1;
     let mut times = Vec::new();
     for keepalive in [true, false] {
@@ -266,7 +349,7 @@ fn upgrade_under_load(s: &Server) {
     }
     let site = tmp.join("site");
     std::fs::create_dir(&site).expect("site");
-    let chain = Chain::start(s, &site, &bin);
+    let chain = Chain::start(s, &site, &bin, false);
     let before = chain.status();
     let procs = chain.processes();
     assert!(procs.len() >= 2, "{}: {procs:?}", s.example);
@@ -319,6 +402,104 @@ fn upgrade_under_load(s: &Server) {
     assert_no_flapping(&json, &what);
 }
 
+/// The verified switch (the run script's --confirm-timeout and -C): good
+/// releases confirmed under the probe: 0 failed, 0 mixed (flapping is
+/// printed, not asserted: right after a confirm a single-process server may
+/// accept once more before it takes its stop signal, examples/README.md;
+/// so the test asks for the release once the parked processes are gone); then a
+/// release answering 500 to everything (a file BROKEN): exit 1, reverted to
+/// the parked generation, whose processes (a master's workers too) serve
+/// again, the same pids: no cold start. In the probe's picture every failure
+/// is a 500 of that release, in the bins where it answered, all within the
+/// time the deploy says it served (a bin of 100 ms either side); 0 mixed.
+fn verified_switch(s: &Server, keepalive: bool) {
+    if !require_peer(s.peer) {
+        return;
+    }
+    let tmp = TempDir::new(&format!("dv-{}", s.example));
+    let chain = Chain::start(s, tmp.path(), &bin_dir(), true);
+    let what = format!("{} keep-alive {keepalive}", s.example);
+    let probe = chain.probe(keepalive, "r1");
+    for id in ["r2", "r3", "r4"] {
+        let dir = release(tmp.path(), s, id, false);
+        let (code, err) = chain.deploy(&dir);
+        assert_eq!(code, 0, "{what} deploy {id}: {err}\n{}", chain.log());
+        assert!(err.contains("confirmed generation"), "{what}: {err}");
+        let gen = chain.status().num("serving_generation");
+        assert!(
+            wait_until(LONG, || chain.status().workers.iter().all(|w| w.1 == gen)),
+            "{what}: the confirmed generation lingers"
+        );
+        assert_eq!(http_release(chain.port).as_deref(), Some(id));
+    }
+    let (code, json) = probe.stop();
+    assert_clean(code, &json, &format!("{what}, confirmed deploys"));
+
+    let gen = chain.status().num("serving_generation");
+    let procs = chain.processes();
+    assert!(procs.len() >= 2, "{what}: {procs:?}");
+    let svg = tmp.join("bad.svg");
+    let probe = chain.probe_with(keepalive, "r4", &["--svg", svg.to_str().expect("utf-8")]);
+    let bad = release(tmp.path(), s, "r5", false);
+    std::fs::write(bad.join("BROKEN"), "").expect("BROKEN");
+    let (code, err) = chain.deploy(&bad);
+    assert_eq!(code, 1, "{what}: {err}\n{}", chain.log());
+    assert!(err.contains("answered 500; served "), "{what}: {err}");
+    assert!(
+        err.contains(&format!("reverted to releases/r4 (warm generation {gen})")),
+        "{what}: {err}"
+    );
+    assert!(err.contains("no new process started"), "{what}: {err}");
+    let st = chain.status();
+    assert_eq!(st.get("verify"), "reverted", "{what}: {:?}", st.kv);
+    assert_eq!(st.num("serving_generation"), gen, "{what}");
+    assert_eq!(
+        chain.processes(),
+        procs,
+        "{what}: the same processes serve again"
+    );
+    assert_eq!(http_release(chain.port).as_deref(), Some("r4"));
+    assert_eq!(
+        std::fs::read_link(tmp.join("current")).expect("current"),
+        Path::new("releases/r4")
+    );
+    let (_, json) = probe.stop();
+    eprintln!("{what}, a 500 release: {err}{json}");
+    let failed = json_count(&json, "failed");
+    assert_eq!(
+        failed,
+        json_count(&json, "bad_status"),
+        "{what}: only 500s: {json}"
+    );
+    assert_eq!(
+        failed,
+        responses_of(&json, "r5"),
+        "{what}: the 500s are r5's: {json}"
+    );
+    assert_eq!(json_count(&json, "mixed"), 0, "{what}: {json}");
+    let picture = std::fs::read_to_string(&svg).expect("the probe's picture");
+    let bins = bins(&picture, release_index(&json, "r5"));
+    assert!(!bins.is_empty(), "{what}: no bins in {}", svg.display());
+    for b in &bins {
+        assert_eq!(b.other_failed, 0, "{what}: bin {}: {json}", b.n);
+        assert_eq!(b.mixed, 0, "{what}: bin {}", b.n);
+        assert_eq!(
+            b.bad_status, b.of_rel,
+            "{what}: bin {}: a failure not r5's 500",
+            b.n
+        );
+    }
+    let with_r5: Vec<u64> = bins.iter().filter(|b| b.of_rel > 0).map(|b| b.n).collect();
+    if let (Some(first), Some(last)) = (with_r5.first(), with_r5.last()) {
+        let span = (last - first + 1) * 100;
+        let served = served_ms(&err);
+        assert!(
+            span <= served + 200,
+            "{what}: r5 answered in bins {first}..={last} ({span} ms), it served {served} ms"
+        );
+    }
+}
+
 #[test]
 fn unicorn_deploys_keepalive_on_and_off_and_a_release_failing_at_start() {
     deploys_under_the_probe(&UNICORN, 3);
@@ -347,4 +528,50 @@ fn node_deploys_keepalive_on_and_off_and_a_release_failing_at_start() {
 #[test]
 fn node_forkpool_upgrade_under_load_changes_nothing_it_sees() {
     upgrade_under_load(&NODE);
+}
+
+#[test]
+fn unicorn_verified_switch_confirms_and_reverts_a_500_release_warm() {
+    verified_switch(&UNICORN, false);
+}
+
+#[test]
+fn puma_verified_switch_confirms_and_reverts_a_500_release_warm() {
+    verified_switch(&PUMA, false);
+}
+
+#[test]
+fn node_verified_switch_confirms_and_reverts_a_500_release_warm() {
+    verified_switch(&NODE, false);
+}
+
+/// puma as examples/puma runs it (queue_requests false: every answer closes
+/// its connection) under more keep-alive clients (8) than it has threads (5):
+/// every deploy exits 0, nothing failed, mixed or flapping, and each old puma
+/// stopped by itself (no KILL at forkpool's drain deadline). With puma's
+/// keep-alive (queue_requests true) this fails: puma 5.6's accept loop waits
+/// for a free thread and never reads its stop command, so each of the 3
+/// deploys waited for the KILL at -k 30 s (examples/puma/puma.rb).
+#[test]
+fn puma_keepalive_clients_more_than_threads_stop_by_themselves() {
+    if !require_peer(PUMA.peer) {
+        return;
+    }
+    let tmp = TempDir::new("ds-puma-busy");
+    let chain = Chain::start(&PUMA, tmp.path(), &bin_dir(), false);
+    let probe = chain.probe_with(true, "r1", &["-c", "8"]);
+    for id in ["r2", "r3", "r4"] {
+        let dir = release(tmp.path(), &PUMA, id, false);
+        let (code, err) = chain.deploy(&dir);
+        assert_eq!(code, 0, "puma deploy {id}: {err}\n{}", chain.log());
+        assert_eq!(http_release(chain.port).as_deref(), Some(id));
+    }
+    let (code, json) = probe.stop();
+    assert_clean(code, &json, "puma, 8 keep-alive clients");
+    assert_no_flapping(&json, "puma, 8 keep-alive clients");
+    assert!(
+        !chain.log().contains("did not stop in"),
+        "an old puma waited for the drain deadline: {}",
+        chain.log()
+    );
 }

@@ -439,19 +439,6 @@ impl Gunicorn {
     }
 }
 
-/// The responses uptime-probe counted for release `id` (0: none).
-fn responses_of(json: &str, id: &str) -> u64 {
-    let k = format!("{{\"id\":\"{id}\",\"responses\":");
-    json.find(&k).map_or(0, |at| {
-        json[at + k.len()..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap_or(0)
-    })
-}
-
 /// examples/gunicorn's recipe: good releases confirmed under 8 clients (0
 /// failed, 0 mixed, 0 flapping); then a release answering 500 to everything:
 /// exit 1, the very same old workers serve again, and the only failed

@@ -275,9 +275,17 @@ impl Pool {
                     signal,
                     cont,
                 } => {
-                    self.procs.signal(worker, signal);
                     if cont {
+                        // A stopped group (held or parked): the stop signal
+                        // to every process of it before the CONT, so each
+                        // wakes with it pending and acts on it before it runs
+                        // on; a master's worker woken by the CONT alone
+                        // would accept again until its master told it
+                        // (conventions.md, Signals).
+                        self.procs.signal_group(worker, signal);
                         self.procs.signal_group(worker, Signal::SIGCONT);
+                    } else {
+                        self.procs.signal(worker, signal);
                     }
                 }
                 Action::Hold { worker } => self.procs.signal_group(worker, Signal::SIGSTOP),

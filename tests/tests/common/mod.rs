@@ -244,6 +244,19 @@ pub fn assert_clean(code: i32, json: &str, what: &str) {
     assert_eq!(code, 0, "{what}: the probe's exit status: {json}");
 }
 
+/// The responses uptime-probe (--json) counted for release `id` (0: none).
+pub fn responses_of(json: &str, id: &str) -> u64 {
+    let k = format!("{{\"id\":\"{id}\",\"responses\":");
+    json.find(&k).map_or(0, |at| {
+        json[at + k.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0)
+    })
+}
+
 /// Mount a small tmpfs at `dir`; false (and a message) when that is not possible here.
 pub fn mount_tmpfs(dir: &std::path::Path, size: &str) -> bool {
     std::fs::create_dir_all(dir).expect("mkdir");

@@ -93,8 +93,9 @@ pub enum Action {
         generation: Generation,
         hold: bool,
     },
-    /// Send `signal` (the stop signal; TERM/INT/QUIT at a pool stop), then
-    /// SIGCONT if `cont` (it was held: it gets the stop, never the release).
+    /// Send `signal` (the stop signal; TERM/INT/QUIT at a pool stop) to the
+    /// worker; if `cont` (its group was stopped: held or parked, it gets the
+    /// stop, never the release) to its whole group, then SIGCONT.
     Retire {
         worker: WorkerId,
         signal: Signal,
