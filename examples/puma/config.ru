@@ -21,7 +21,3 @@ run(lambda do |env|
     [200, { 'Content-Type' => 'text/html', 'X-Release' => release }, [page]]
   end
 end)
-
-# Behind forkpool (puma.rb): the app is loaded; say so, and wait for the
-# cutover's hold before puma accepts.
-Forkpool.ready_and_hold if defined?(Forkpool)

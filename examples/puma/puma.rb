@@ -13,12 +13,13 @@
 # took 1.9 to 13 s to exit, its worker 0.2 to 7.7 s; a single-mode puma 1.2 to
 # 1.8 s. A cutover waits for the old servers to be gone.)
 #
-# Readiness and the hold: config.ru ends with Forkpool.ready_and_hold, run once
-# the app is loaded, right before puma starts accepting (single mode loads the
-# app, takes the socket, then accepts): READY=1 to forkpool's NOTIFY_SOCKET,
-# then a wait on FORKPOOL_HOLD_FD (a byte, or end of file), so the new server
-# never accepts before the old generation is gone (forkpool -m cutover). A
-# release that fails to load makes puma exit: the reload fails at once.
+# Readiness and the hold: puma's accept thread itself, right before its accept
+# loop (Forkpool::ReadyWhenAccepting, below: single mode loads the app, takes
+# the socket, starts that thread, then accepts): READY=1 to forkpool's
+# NOTIFY_SOCKET, then a wait on FORKPOOL_HOLD_FD (a byte, or end of file), so
+# the new server never accepts before the old generation is gone (forkpool -m
+# cutover), and accepts at once when released. A release that fails to load
+# makes puma exit before it is ready: the reload fails at once.
 # NOTIFY_SOCKET is taken out of puma's environment here (puma would try its
 # own systemd integration).
 #
@@ -49,10 +50,16 @@ threads 1, 5
 queue_requests false
 bind "tcp://#{ENV.fetch('TCPLOCALIP', '127.0.0.1')}:#{ENV.fetch('TCPLOCALPORT', '8000')}"
 
+require 'puma/server'
+
 module ::Forkpool
   NOTIFY = ENV.delete('NOTIFY_SOCKET')
 
-  def self.ready_and_hold
+  # READY=1, then the hold: called by puma's accept thread itself, right
+  # before its accept loop (ReadyWhenAccepting). `check` is puma's own wake-up
+  # pipe: a stop that comes while held ends the wait, and the loop then reads
+  # the stop before any listener (it looks at that pipe first).
+  def self.ready_and_hold(check = nil)
     if NOTIFY
       addr = NOTIFY.start_with?('@') ? "\0#{NOTIFY[1..]}" : NOTIFY
       s = Socket.new(:UNIX, :DGRAM)
@@ -64,9 +71,25 @@ module ::Forkpool
     end
     fd = ENV['FORKPOOL_HOLD_FD'] or return
     begin
-      IO.for_fd(fd.to_i, autoclose: false).read(1)
-    rescue SystemCallError
+      hold = IO.for_fd(fd.to_i, autoclose: false)
+      ready, = IO.select([hold, check].compact)
+      hold.read_nonblock(1, exception: false) if ready.include?(hold)
+    rescue SystemCallError, IOError
       nil
     end
   end
+
+  # Readiness from the thread that accepts, when it is about to: puma 5.6
+  # single mode loads the app, binds, starts this thread, and only then
+  # accepts; said at load (config.ru), READY=1 came before the bind and the
+  # thread, and a released server could take a second or more on a busy
+  # machine to accept its first connection (a verified switch's check then
+  # got no answer within its window and reverted a good release).
+  module ReadyWhenAccepting
+    def handle_servers
+      ::Forkpool.ready_and_hold(@check)
+      super
+    end
+  end
 end
+Puma::Server.prepend(::Forkpool::ReadyWhenAccepting)
