@@ -103,9 +103,13 @@ impl Site {
             mode,
         };
         assert!(
-            wait_until(LONG, || site.answer().as_deref() == Some("r1")
-                && PoolStatus::read(&site.status).get("ready")
-                    == PoolStatus::read(&site.status).get("workers")),
+            wait_until(LONG, || site.answer().as_deref() == Some("r1") && {
+                // One read: the whole generation serves (two reads of a file
+                // rewritten between them, or a file not there yet, could
+                // agree on ready and workers while a worker still started).
+                let st = PoolStatus::read(&site.status);
+                st.num("serving_generation") >= 1 && st.get("ready") == st.get("workers")
+            }),
             "the site never served r1: {}",
             site.log()
         );
