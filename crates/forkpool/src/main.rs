@@ -221,6 +221,7 @@ fn main() {
         let arrived = sigs.drain();
         warn_kernel_hups();
         pool.hear_workers(now);
+        pool.watch_park(now);
         pool.lifecycle(now);
         for sig in arrived {
             pool.signal(sig, now);

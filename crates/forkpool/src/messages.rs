@@ -11,6 +11,9 @@ pub enum Said {
     Recycle,
     /// I stopped accepting: `stopping`, `STOPPING=1`.
     Stopping,
+    /// Parked (after TSTP): I accept nothing and hold no request: `parked`,
+    /// `PARKED=1`.
+    Parked,
 }
 
 impl Said {
@@ -20,6 +23,7 @@ impl Said {
             "" => Some(Said::Ping),
             "recycle" => Some(Said::Recycle),
             "stopping" => Some(Said::Stopping),
+            "parked" => Some(Said::Parked),
             _ => None,
         }
     }
@@ -30,6 +34,7 @@ impl Said {
             "WATCHDOG=1" => Some(Said::Ping),
             "RECYCLE=1" => Some(Said::Recycle),
             "STOPPING=1" => Some(Said::Stopping),
+            "PARKED=1" => Some(Said::Parked),
             _ => None,
         }
     }

@@ -31,6 +31,9 @@ use crate::tool::TOOL;
 use crate::worker::{Worker, WorkerId, WorkerPhase};
 use crate::workers::{Launch, Process, Processes};
 
+/// While a park is under way: how often /proc is looked at.
+const PARK_LOOK: Duration = Duration::from_millis(1);
+
 pub struct Config {
     pub prog: Vec<OsString>,
     /// `-d`, `--notify`, `-a`, `-t`.
@@ -289,6 +292,7 @@ impl Pool {
                     }
                 }
                 Action::Hold { worker } => self.procs.signal_group(worker, Signal::SIGSTOP),
+                Action::Park { worker } => self.procs.signal_group(worker, Signal::SIGTSTP),
                 Action::Release { workers, held, .. } => self.procs.release(&workers, &held),
                 Action::Kill { worker } => self.procs.signal_group(worker, Signal::SIGKILL),
                 Action::Info(msg) => {
@@ -374,6 +378,12 @@ impl Pool {
             reexec::check_wait(&self.upgrade).1,
             self.status.as_ref().and_then(|s| s.next_heartbeat()),
             self.handoff.next_deadline(),
+            // A park under way: /proc is looked at again in a millisecond.
+            self.policy
+                .verify
+                .parking
+                .as_ref()
+                .map(|_| Instant::now() + PARK_LOOK),
         ])
     }
 
@@ -428,8 +438,21 @@ impl Pool {
                 Said::Ping => Event::Ping(id),
                 Said::Recycle => Event::AskedRecycle(id),
                 Said::Stopping => Event::StoppedAccepting(id),
+                Said::Parked => Event::Parked(id),
             };
             self.handle(now, event);
+        }
+    }
+
+    /// A park under way (`--confirm-timeout`): the parked workers whose whole
+    /// group is stopped now (TSTP's default action, or the STOP after the
+    /// bound), one look at /proc a turn.
+    pub fn watch_park(&mut self, now: Instant) {
+        let Some(p) = &self.policy.verify.parking else {
+            return;
+        };
+        for id in self.procs.stopped_groups(&p.waiting) {
+            self.handle(now, Event::GroupStopped(id));
         }
     }
 

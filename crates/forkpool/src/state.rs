@@ -235,6 +235,9 @@ pub fn write(snapshot: &Snapshot, now: Instant) -> Result<String, String> {
         generation: verify_generation,
         parked,
         deadline: verify_deadline,
+        // Never under way at an upgrade: it lies inside a cutover's reload,
+        // which USR2 waits out (verify.rs).
+        parking: _,
     } = verify;
     let PoolLife {
         rng,
@@ -637,6 +640,7 @@ fn read_records(
             generation: verify_generation,
             parked,
             deadline: verify_deadline,
+            parking: None,
         },
         reloads,
     };
@@ -852,6 +856,7 @@ mod tests {
                 release: Some(PathBuf::from("/srv/releases/r 1=x")),
             }),
             deadline: Some(now + Duration::from_millis(2500)),
+            parking: None,
         };
         p.two_phase.stage = crate::two_phase::Stage::Committed;
         p.two_phase.commands = 4;

@@ -244,6 +244,7 @@ fn verify_lines(s: &mut String, p: &Policy) {
         generation,
         parked,
         deadline,
+        parking,
     } = &p.verify;
     let pending = p.verify.pending();
     let parked = parked
@@ -264,4 +265,6 @@ fn verify_lines(s: &mut String, p: &Policy) {
     let _ = writeln!(s, "parked_generation={parked}");
     let _ = writeln!(s, "verify_deadline={deadline}");
     let _ = writeln!(s, "parked={}", p.parked_count());
+    let waiting = parking.as_ref().map_or(0, |w| w.waiting.len());
+    let _ = writeln!(s, "parking={waiting}");
 }

@@ -3,9 +3,15 @@
 //! of retired, until `confirm`, `revert` or the deadline. Plain data at the
 //! bottom of forkpool's layers; the rule's part is policy/verify.rs.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::generation::Generation;
+use crate::worker::WorkerId;
+
+/// How long a parked worker has to stop accepting after the park signal
+/// (TSTP) before it gets STOP; as long again after that, and the new
+/// generation is released whatever the old one does.
+pub const PARK_BOUND: Duration = Duration::from_secs(1);
 
 /// Where the verified switch stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +47,22 @@ pub struct Verify {
     pub parked: Option<Generation>,
     /// While pending: when it reverts by itself.
     pub deadline: Option<Instant>,
+    /// From the park signal until every parked worker is known not to
+    /// accept: the new generation is released only then.
+    pub parking: Option<Parking>,
+}
+
+/// The park under way: the old generation was sent TSTP at `since`; each
+/// worker in `waiting` has neither said `parked` nor been seen stopped as a
+/// whole group yet. Never handed over by an in-place upgrade: it lies
+/// inside a cutover's reload (before the release), and USR2 waits until
+/// the reload ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parking {
+    pub since: Instant,
+    /// STOP was sent to the ones still waiting at `since` + [`PARK_BOUND`].
+    pub forced: bool,
+    pub waiting: Vec<WorkerId>,
 }
 
 impl Default for Verify {
@@ -50,6 +72,7 @@ impl Default for Verify {
             generation: 0,
             parked: None,
             deadline: None,
+            parking: None,
         }
     }
 }

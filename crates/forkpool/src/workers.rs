@@ -218,6 +218,44 @@ impl Processes {
         }
     }
 
+    /// Of `ids`, the workers each of whose groups is wholly stopped (every
+    /// process of it stopped or dead; none left: gone): one pass over /proc.
+    pub fn stopped_groups(&self, ids: &[WorkerId]) -> Vec<WorkerId> {
+        let groups: Vec<(WorkerId, i32)> = ids
+            .iter()
+            .filter_map(|&id| self.get(id).map(|p| (id, p.child.pid.as_raw())))
+            .collect();
+        let mut running = vec![false; groups.len()];
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                let name = e.file_name();
+                let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                    continue;
+                };
+                let Some((state, pgrp)) = proc_state_group(pid) else {
+                    continue;
+                };
+                if matches!(state, 'T' | 't' | 'Z' | 'X') {
+                    continue;
+                }
+                for (i, (_, pgid)) in groups.iter().enumerate() {
+                    if *pgid == pgrp {
+                        running[i] = true;
+                    }
+                }
+            }
+        } else {
+            // No /proc: nothing can be seen; the park's bound decides.
+            return Vec::new();
+        }
+        groups
+            .iter()
+            .zip(running)
+            .filter(|(_, r)| !r)
+            .map(|((id, _), _)| *id)
+            .collect()
+    }
+
     /// Cutover: a byte to and close each hold descriptor of `workers`, then
     /// SIGCONT to each of `held`.
     pub fn release(&mut self, workers: &[WorkerId], held: &[WorkerId]) {
@@ -243,4 +281,15 @@ impl Processes {
             g.forget(p.child.pid);
         }
     }
+}
+
+/// /proc/PID/stat's state letter and process group; None when gone.
+fn proc_state_group(pid: i32) -> Option<(char, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (comm) S PPID PGRP ...": comm may hold spaces and parentheses
+    let mut rest = s.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let _ppid = rest.next()?;
+    let pgrp = rest.next()?.parse().ok()?;
+    Some((state, pgrp))
 }

@@ -20,7 +20,7 @@ pub(super) enum Next {
 type Step = fn(&mut Policy, Instant) -> Next;
 
 /// The steps, in order.
-const STEPS: [Step; 8] = [
+const STEPS: [Step; 9] = [
     // 0. The two-phase gate: a prepare expires, or is whole (prepare.rs).
     |p, now| {
         p.prepare_due(now);
@@ -28,6 +28,8 @@ const STEPS: [Step; 8] = [
     },
     // 0. The verified switch's deadline: revert (verify.rs).
     Policy::verify_due,
+    // 0. A park under way: its bounds (verify.rs).
+    Policy::park_due,
     Policy::fill_slots,
     Policy::retire_idle,
     Policy::retire_replaced,
@@ -152,7 +154,7 @@ impl Policy {
             self.serving = Some(self.target.clone());
             if self.verifying() {
                 // Parked, not retired: gone for the switch (4.), warm for a revert.
-                self.park_old();
+                self.park_old(now);
             }
             return Next::Again;
         }
@@ -174,10 +176,15 @@ impl Policy {
     }
 
     /// Step 4 (cutover): the serving generation is released once nothing older is
-    /// left (an old worker that said it stopped accepting counts as gone).
+    /// left (an old worker that said it stopped accepting counts as gone, a
+    /// parked one once it is known not to accept).
     pub(super) fn release_after_switch(&mut self, now: Instant) -> Next {
         if let Some(s) = self.serving.clone() {
-            let gone = |w: &Worker| w.generation >= s.id || w.parked || Policy::gone_for_switch(w);
+            let gone = |w: &Worker| {
+                w.generation >= s.id
+                    || (w.parked && !self.parking_waits_for(w))
+                    || Policy::gone_for_switch(w)
+            };
             if s.id > self.accepting.id && self.workers.iter().all(gone) {
                 self.release(s, now);
             }

@@ -101,8 +101,14 @@ pub enum Action {
         signal: Signal,
         cont: bool,
     },
-    /// Cutover: the worker just became ready and accepts nothing yet: SIGSTOP.
+    /// Cutover: the worker just became ready and accepts nothing yet: SIGSTOP
+    /// (its group). Also a parked worker that said `parked`, or one the
+    /// park's bound passed.
     Hold { worker: WorkerId },
+    /// `--confirm-timeout`, at the switch: the park signal (TSTP) to the
+    /// worker's group; then tell [`Event::GroupStopped`] once every process
+    /// of the group is seen stopped.
+    Park { worker: WorkerId },
     /// Cutover: write a byte to and close the hold descriptor of each of
     /// `workers`, then SIGCONT each of `held`, in one go.
     Release {
@@ -152,6 +158,11 @@ pub enum Event<'a> {
     AskedRecycle(WorkerId),
     /// `stopping` on `-d`, `STOPPING=1`.
     StoppedAccepting(WorkerId),
+    /// `parked` on `-d`, `PARKED=1`: after the park signal, nothing accepted
+    /// and nothing in hand.
+    Parked(WorkerId),
+    /// Every process of a parked worker's group was seen stopped.
+    GroupStopped(WorkerId),
     /// One memory sample: `worker`'s Pss in KiB (`--max-rss`).
     Memory { worker: WorkerId, pss_kib: u64 },
     /// A line of the control FIFO that is not a command.
@@ -312,6 +323,9 @@ impl Policy {
             // that stopped accepting may let a cutover's switch end.
             Event::AskedRecycle(worker) => self.asked_recycle(worker, now),
             Event::StoppedAccepting(worker) => self.stopped_accepting(worker, now),
+            // A parked worker known not to accept may let the switch end.
+            Event::Parked(worker) => self.said_parked(worker, now),
+            Event::GroupStopped(worker) => self.group_stopped(worker, now),
             Event::Memory { worker, pss_kib } => self.memory(worker, pss_kib),
             Event::BadCommand(why) => {
                 self.bad_command(why);
@@ -421,7 +435,12 @@ impl Policy {
         earliest(
             starts
                 .chain(workers)
-                .chain([reload, self.life_deadline(), self.verify_deadline()])
+                .chain([
+                    reload,
+                    self.life_deadline(),
+                    self.verify_deadline(),
+                    self.park_deadline(),
+                ])
                 .chain(self.prepare_deadlines()),
         )
     }

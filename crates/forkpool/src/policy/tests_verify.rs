@@ -20,6 +20,7 @@ trait Verified {
         Self: Sized;
     fn stage(&self) -> VerifyStage;
     fn parked(&self) -> Vec<WorkerId>;
+    fn parked_all(&mut self) -> Vec<Action>;
     fn status(&self, key: &str) -> String;
 }
 
@@ -56,7 +57,23 @@ impl Verified for Sim {
         s.at(1200);
         s.all_ready(2);
         assert_eq!(s.stage(), VerifyStage::Pending);
+        let a = s.parked_all();
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::Release { generation: 2, .. })),
+            "{a:?}"
+        );
         s
+    }
+
+    /// Every parked worker's group seen stopped (TSTP's default action).
+    fn parked_all(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        for id in self.parked() {
+            let a = self.p.handle(self.now, Event::GroupStopped(id));
+            out.extend(self.with_step(a));
+        }
+        out
     }
 
     fn command(&mut self, e: fn(f64) -> Event<'static>) -> Vec<Action> {
@@ -92,7 +109,8 @@ impl Verified for Sim {
         let a = s.hup_then_step(release("r2"));
         s.feed(a);
         s.at(1200);
-        let a = s.all_ready(2);
+        let mut a = s.all_ready(2);
+        a.extend(s.parked_all());
         assert!(
             !a.iter().any(|a| matches!(a, Action::Release { .. })),
             "{a:?}"
@@ -140,8 +158,21 @@ fn starts(a: &[Action]) -> Vec<u64> {
         .collect()
 }
 
+fn parks(a: &[Action]) -> Vec<WorkerId> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Park { worker } => Some(*worker),
+            _ => None,
+        })
+        .collect()
+}
+
+fn released(a: &[Action]) -> bool {
+    a.iter().any(|a| matches!(a, Action::Release { .. }))
+}
+
 #[test]
-fn the_switch_parks_the_old_generation_and_releases_the_new_one_at_once() {
+fn the_switch_parks_the_old_generation_and_releases_the_new_one_once_none_accepts() {
     let mut s = Sim::verified();
     let old = s.of(1, WorkerPhase::Ready);
     s.at(1000);
@@ -149,12 +180,33 @@ fn the_switch_parks_the_old_generation_and_releases_the_new_one_at_once() {
     s.feed(a);
     s.at(1200);
     let a = s.all_ready(2);
-    // Parked (STOP), never told to stop; the new generation released in the same step.
-    assert_eq!(holds(&a)[holds(&a).len() - N..], old[..]);
-    assert!(retired(&a).is_empty(), "{a:?}");
+    // The park signal (TSTP) to each old group, never the stop signal; no
+    // release yet: a process sent a signal stops when it next runs.
+    assert_eq!(parks(&a), old);
+    assert!(retired(&a).is_empty() && !released(&a), "{a:?}");
+    assert_eq!(s.parked(), old);
+    assert_eq!(s.status("parking"), "3");
+    assert_eq!(s.p.shown_serving().map(|g| g.id), Some(1));
+    assert_eq!(s.p.next_deadline(), Some(s.now + crate::verify::PARK_BOUND));
+    // Two seen stopped as whole groups, the third says `parked` (it
+    // cooperates: nothing accepted, nothing in hand): STOP for it, release.
+    s.at(1201);
+    for &id in &old[..2] {
+        let a = s.p.handle(s.now, Event::GroupStopped(id));
+        let a = s.with_step(a);
+        assert!(!released(&a) && holds(&a).is_empty(), "{a:?}");
+    }
+    assert_eq!(s.status("parking"), "1");
+    s.at(1202);
+    let a = s.p.handle(s.now, Event::Parked(old[2]));
+    let a = s.with_step(a);
+    assert_eq!(holds(&a), vec![old[2]]);
     let release = a.iter().position(|a| matches!(a, Action::Release { .. }));
-    let last_hold = a.iter().rposition(|a| matches!(a, Action::Hold { .. }));
-    assert!(last_hold < release, "{a:?}");
+    let hold = a.iter().position(|a| matches!(a, Action::Hold { .. }));
+    assert!(hold < release, "{a:?}");
+    // Said again, or by a worker not parked: nothing.
+    let a = s.p.handle(s.now, Event::Parked(old[2]));
+    assert!(holds(&a).is_empty(), "{a:?}");
     assert_eq!(s.parked(), old);
     assert_eq!(s.p.reload, Reload::Ok);
     assert_eq!(s.p.shown_serving().map(|g| g.id), Some(2));
@@ -166,6 +218,7 @@ fn the_switch_parks_the_old_generation_and_releases_the_new_one_at_once() {
         ("verify_generation", "2"),
         ("parked_generation", "1"),
         ("parked", "3"),
+        ("parking", "0"),
         ("held", "0"),
         ("serving_generation", "2"),
         ("reload", "ok"),
@@ -176,6 +229,105 @@ fn the_switch_parks_the_old_generation_and_releases_the_new_one_at_once() {
     assert!(deadline > WALL, "{deadline}");
     let text = crate::status::text(&s.p);
     assert_eq!(text.matches(" parked age=").count(), N, "{text}");
+}
+
+#[test]
+fn a_parked_worker_not_stopped_gets_stop_at_the_bound_and_the_release_comes_at_twice_it() {
+    let mut s = Sim::verified();
+    let old = s.of(1, WorkerPhase::Ready);
+    s.at(1000);
+    let a = s.hup_then_step(release("r2"));
+    s.feed(a);
+    s.at(1200);
+    s.all_ready(2);
+    for &id in &old[1..] {
+        let a = s.p.handle(s.now, Event::GroupStopped(id));
+        s.with_step(a);
+    }
+    // One worker catches TSTP and goes on: STOP at 1 s, then still waited for.
+    s.at(2199);
+    let a = s.tick();
+    assert!(holds(&a).is_empty() && !released(&a), "{a:?}");
+    s.at(2200);
+    let a = s.tick();
+    assert_eq!(holds(&a), vec![old[0]]);
+    assert!(!released(&a), "{a:?}");
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Warn(m) if m.contains("not stopped within 1.00s of TSTP: sent STOP"))),
+        "{a:?}"
+    );
+    assert_eq!(s.p.next_deadline(), Some(s.now + crate::verify::PARK_BOUND));
+    // Seen stopped after the STOP: released.
+    s.at(2201);
+    let a = s.p.handle(s.now, Event::GroupStopped(old[0]));
+    let a = s.with_step(a);
+    assert!(released(&a), "{a:?}");
+    // Never seen stopped (uninterruptible sleep): released at 2 s anyway.
+    let mut s = Sim::verified();
+    s.at(1000);
+    let a = s.hup_then_step(release("r2"));
+    s.feed(a);
+    s.at(1200);
+    s.all_ready(2);
+    s.at(2200);
+    let a = s.tick();
+    assert_eq!(holds(&a).len(), N, "{a:?}");
+    s.at(3199);
+    assert!(!released(&s.tick()));
+    s.at(3200);
+    let a = s.tick();
+    assert!(released(&a), "{a:?}");
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Warn(m) if m.contains("released anyway"))),
+        "{a:?}"
+    );
+    assert_eq!(s.p.shown_serving().map(|g| g.id), Some(2));
+}
+
+#[test]
+fn a_parked_worker_that_dies_while_parking_is_not_waited_for() {
+    let mut s = Sim::verified();
+    let old = s.of(1, WorkerPhase::Ready);
+    s.at(1000);
+    let a = s.hup_then_step(release("r2"));
+    s.feed(a);
+    s.at(1200);
+    s.all_ready(2);
+    for &id in &old[1..] {
+        let a = s.p.handle(s.now, Event::GroupStopped(id));
+        s.with_step(a);
+    }
+    s.at(1210);
+    let a = s.end(old[0], Ended::Killed(Signal::SIGKILL));
+    assert!(released(&a), "{a:?}");
+    assert_eq!(s.status("parking"), "0");
+}
+
+#[test]
+fn a_revert_while_parking_sends_cont_to_the_parked_and_ends_the_park() {
+    let mut s = Sim::verified();
+    let old = s.of(1, WorkerPhase::Ready);
+    s.at(1000);
+    let a = s.hup_then_step(release("r2"));
+    s.feed(a);
+    s.at(1200);
+    s.all_ready(2);
+    s.at(1205);
+    let a = s.command(revert);
+    // CONT for every parked one (a cooperating one accepts again on it),
+    // whether it was seen stopped or not.
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Release { generation: 1, held, .. } if *held == old)),
+        "{a:?}"
+    );
+    assert_eq!(s.p.verify.parking, None);
+    assert_eq!(s.p.shown_serving().map(|g| g.id), Some(1));
+    // A `parked` said late changes nothing.
+    let a = s.p.handle(s.now, Event::Parked(old[0]));
+    assert!(holds(&a).is_empty(), "{a:?}");
 }
 
 #[test]
@@ -404,6 +556,7 @@ fn a_two_phase_commit_parks_too() {
     );
     let a = s.with_step(a);
     assert!(retired(&a).is_empty(), "{a:?}");
+    s.parked_all();
     assert_eq!(s.p.two_phase.stage, Stage::Committed);
     assert_eq!(s.stage(), VerifyStage::Pending);
     assert_eq!(s.parked().len(), N);

@@ -1,9 +1,18 @@
 //! The verified switch (`--confirm-timeout`, README.md "Verified switch"),
 //! as more of the pure rule. At a cutover's switch (step 3) the old
-//! generation is *parked* instead of retired: each of its ready workers is
-//! stopped (SIGSTOP of its group, [`Action::Hold`]) and stays warm; a parked
-//! worker counts as gone for the switch, so the new generation is released
-//! at once (step 4) and `verify=pending` begins, with its deadline. Then:
+//! generation is *parked* instead of retired: each of its ready workers' groups
+//! gets the park signal (TSTP, [`Action::Park`]) and stays warm;
+//! `verify=pending` begins. A parked worker counts as gone for the switch
+//! once it is known not to accept: it said `parked` (a cooperating app
+//! stops accepting, finishes what it holds, says so; then it gets STOP), or
+//! forkpool saw every process of its group stopped (TSTP's default action:
+//! [`Event::GroupStopped`]). Not before: a process that is sent a signal
+//! stops when it next runs, and one that had not run since could still
+//! take a connection after the new generation answered (an old answer
+//! after a new one). Within [`PARK_BOUND`] of the park signal the ones not
+//! known stopped get STOP, within twice that the new generation is released
+//! anyway (a process in uninterruptible sleep). Then (step 4) the new
+//! generation is released and the deadline runs. Then:
 //!
 //! - `confirm`: the parked workers are retired as a cutover retires the old
 //!   generation (the stop signal and SIGCONT, KILL at the drain deadline);
@@ -20,7 +29,7 @@
 use super::*;
 
 use super::converge::Next;
-use crate::verify::VerifyStage;
+use crate::verify::{Parking, VerifyStage, PARK_BOUND};
 
 impl Policy {
     /// Whether the verified switch is on (`--confirm-timeout`).
@@ -29,30 +38,137 @@ impl Policy {
     }
 
     /// Step 3, at a cutover's switch with `--confirm-timeout`: park every
-    /// ready worker older than the target generation; verify is pending
-    /// (its deadline starts at the release, 4.).
-    pub(super) fn park_old(&mut self) {
+    /// ready worker older than the target generation (the park signal);
+    /// verify is pending (its deadline starts at the release, 4.).
+    pub(super) fn park_old(&mut self, now: Instant) {
         let target = self.target.id;
-        let mut parked = 0;
+        let mut waiting = Vec::new();
         for w in self.workers.iter_mut().filter(|w| {
             w.live() && w.phase == WorkerPhase::Ready && w.generation != target && !w.held
         }) {
             w.parked = true;
             w.held = true;
-            parked += 1;
-            self.queued.push(Action::Hold { worker: w.id });
+            waiting.push(w.id);
+            self.queued.push(Action::Park { worker: w.id });
         }
         let old = self.accepting.clone();
         self.info(format!(
-            "generation {}: parked {parked} workers (sent STOP) until confirm or revert",
-            old.id
+            "generation {}: parking {} workers (sent TSTP) until confirm or revert",
+            old.id,
+            waiting.len()
         ));
+        let parking = (!waiting.is_empty()).then_some(Parking {
+            since: now,
+            forced: false,
+            waiting,
+        });
         self.verify = Verify {
             stage: VerifyStage::Pending,
             generation: target,
             parked: Some(old),
             deadline: None,
+            parking,
         };
+    }
+
+    /// Whether parked worker `w` may still accept (the park is under way
+    /// and it is not known stopped): the release waits for it.
+    pub(super) fn parking_waits_for(&self, w: &Worker) -> bool {
+        self.verify
+            .parking
+            .as_ref()
+            .is_some_and(|p| p.waiting.contains(&w.id))
+    }
+
+    /// `worker` said `parked` (it stopped accepting and holds nothing): STOP
+    /// for its group, and the release no longer waits for it.
+    pub(super) fn said_parked(&mut self, worker: WorkerId, now: Instant) -> Then {
+        if !self.park_seen(worker, now) {
+            return Then::NextTurn;
+        }
+        self.queued.push(Action::Hold { worker });
+        Then::Converge
+    }
+
+    /// Every process of `worker`'s group was seen stopped.
+    pub(super) fn group_stopped(&mut self, worker: WorkerId, now: Instant) -> Then {
+        if self.park_seen(worker, now) {
+            Then::Converge
+        } else {
+            Then::NextTurn
+        }
+    }
+
+    /// `worker` no longer accepts: out of the park's waiting list (false:
+    /// it was not in it). The last one ends the park.
+    fn park_seen(&mut self, worker: WorkerId, now: Instant) -> bool {
+        let Some(p) = self.verify.parking.as_mut() else {
+            return false;
+        };
+        let before = p.waiting.len();
+        p.waiting.retain(|&id| id != worker);
+        if p.waiting.len() == before {
+            return false;
+        }
+        if p.waiting.is_empty() {
+            let took = now.saturating_duration_since(p.since);
+            self.verify.parking = None;
+            self.info(format!(
+                "generation {}: every parked worker stopped accepting {} after TSTP",
+                self.verify.generation,
+                super::millis(took)
+            ));
+        }
+        true
+    }
+
+    /// Step 0: the park's bounds. Workers gone meanwhile are waited for no
+    /// more; at [`PARK_BOUND`] the rest get STOP; at twice that the switch
+    /// goes on without them.
+    pub(super) fn park_due(&mut self, now: Instant) -> Next {
+        let Some(mut p) = self.verify.parking.take() else {
+            return Next::On;
+        };
+        p.waiting
+            .retain(|&id| self.worker(id).is_some_and(|w| w.live() && w.parked));
+        if !p.forced && now >= p.since + PARK_BOUND {
+            p.forced = true;
+            let names: Vec<String> = p
+                .waiting
+                .iter()
+                .filter_map(|&id| self.worker(id).map(Worker::name))
+                .collect();
+            self.warn(format!(
+                "{} not stopped within {} of TSTP: sent STOP",
+                names.join(", "),
+                secs(PARK_BOUND)
+            ));
+            for &worker in &p.waiting {
+                self.queued.push(Action::Hold { worker });
+            }
+        }
+        if !p.waiting.is_empty() && now >= p.since + 2 * PARK_BOUND {
+            self.warn(format!(
+                "{} parked workers still not seen stopped {} after TSTP: the new generation is released anyway",
+                p.waiting.len(),
+                secs(2 * PARK_BOUND)
+            ));
+            p.waiting.clear();
+        }
+        if !p.waiting.is_empty() {
+            self.verify.parking = Some(p);
+        }
+        Next::On
+    }
+
+    /// The park's next bound, while it is under way.
+    pub(super) fn park_deadline(&self) -> Option<Instant> {
+        let p = self.verify.parking.as_ref()?;
+        Some(if p.forced {
+            p.since + 2 * PARK_BOUND
+        } else {
+            p.since + PARK_BOUND
+        })
     }
 
     /// At the release of generation `id` (4.): a pending verify of it
@@ -131,6 +247,7 @@ impl Policy {
         self.verify.stage = VerifyStage::Confirmed;
         self.verify.parked = None;
         self.verify.deadline = None;
+        self.verify.parking = None;
         Then::NextTurn
     }
 
@@ -151,6 +268,9 @@ impl Policy {
         let Some(old) = self.verify.parked.take() else {
             return;
         };
+        // A park under way ends: the CONT below tells a cooperating worker
+        // to accept again, whether or not it said `parked` yet.
+        self.verify.parking = None;
         let new = self.verify.generation;
         for w in self
             .workers
@@ -211,6 +331,7 @@ impl Policy {
             self.verify.stage = VerifyStage::None;
             self.verify.parked = None;
             self.verify.deadline = None;
+            self.verify.parking = None;
         }
     }
 
