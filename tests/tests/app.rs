@@ -684,3 +684,88 @@ fn listen_and_workers_for_benchmarks() {
         "every worker is gone"
     );
 }
+
+/// Each line the app writes on `r`, as it comes.
+fn lines_of(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(r).lines() {
+            let Ok(l) = l else { return };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// TSTP, forkpool's park: the app stops accepting and says `stopping`,
+/// closes its idle connection, says `parked` once nothing is in hand and
+/// waits, running (the kernel did not stop it); a connection made meanwhile
+/// waits in the backlog; CONT and it accepts again and answers it; parked
+/// again, its stop signal ends it with exit 0.
+#[test]
+fn tstp_parks_the_app_cont_brings_it_back_and_a_stop_ends_it() {
+    let t = TempDir::new("app-park");
+    release(&t.join("r1"), "r1");
+    let (l, port) = listener();
+    let mut c = cmd("app");
+    c.arg("--root")
+        .arg(t.join("r1"))
+        .args(["--ready-fd", "1", "--read-timeout", "60000"]);
+    c.stdin(Stdio::from(OwnedFd::from(l)))
+        .stdout(Stdio::piped());
+    let mut p = Proc::spawn(c);
+    let said = lines_of(p.stdout());
+    let next = || {
+        said.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default()
+    };
+    assert_eq!(next(), "", "the readiness newline");
+    let mut idle = connect(port);
+    idle.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut idle).unwrap().status, 200);
+    p.signal(Signal::SIGTSTP);
+    assert_eq!(next(), "stopping");
+    assert_eq!(next(), "parked");
+    assert!(closed(&mut idle), "the idle connection stays open");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid())).unwrap();
+    let state = stat.rsplit_once(") ").unwrap().1.chars().next();
+    assert!(
+        matches!(state, Some('S' | 'R')),
+        "stopped by the kernel: {stat}"
+    );
+    let mut waiting = connect(port);
+    waiting
+        .write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // Nothing accepted while parked (the read times out, not answered).
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let e = waiting.read(&mut b).expect_err("answered while parked");
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{e}"
+    );
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    p.signal(Signal::SIGCONT);
+    let r = read_response(&mut waiting).expect("answered after CONT");
+    assert_eq!((r.status, r.body().trim()), (200, "r1"));
+    p.signal(Signal::SIGTSTP);
+    assert_eq!(next(), "stopping");
+    assert_eq!(next(), "parked");
+    p.signal(Signal::SIGTERM);
+    let st = p
+        .wait_timeout(Duration::from_secs(5))
+        .expect("exits when told to stop while parked");
+    assert_eq!(st.code(), Some(0));
+}

@@ -7,9 +7,10 @@
 //! middle of a pipeline is answered in order, each request once, the one in
 //! hand by the old release and the rest by the new; a kept connection is
 //! still handed over after an in-place upgrade (USR2) of forkpool; with the
-//! verified switch (--confirm-timeout), a revert hands the connections the
-//! new generation took back to the old one and a confirm hands the parked
-//! generation's to the new one, none closed.
+//! verified switch (--confirm-timeout), the parked generation hands its kept
+//! connections to the new one at the park (TSTP: the app stops accepting,
+//! finishes what it holds, hands over, says `parked`), and a revert hands
+//! them all back, none closed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -299,9 +300,9 @@ impl Client {
 /// The verified switch with --handoff: tcplisten + forkpool -m cutover
 /// --handoff -C control --confirm-timeout 20000, r1 serving under the probe's
 /// 16 keep-alive clients, r2 (`r2_flags`) deployed by a HUP: pending, r1's
-/// workers parked with the 16 connections. 4 clients of the test's own
-/// connect during the window (the new generation takes them) and get r2's
-/// answer. Then `verdict` (poolctl confirm or revert). Returns the probe's
+/// workers parked, their 16 connections handed to r2 at the park. 4 clients
+/// of the test's own connect during the window (the new generation takes
+/// them) and get r2's answer. Then `verdict` (poolctl confirm or revert). Returns the probe's
 /// JSON, the 4 clients' answers and connects, the instant the verdict was
 /// given, the log.
 fn verified_deploy(
@@ -348,14 +349,14 @@ fn verified_deploy(
     let (code, out, err) = run(c, LONG);
     assert_eq!(code, 0, "{verdict}: {out}{err}\n{}", site.log());
     // Every client of the test answered by `after` once more, on whatever
-    // connection it has; the probe's clients too (they waited, parked).
+    // connection it has; the probe's clients too.
     let on = wait_until(LONG, || {
         clients.iter().all(|c| c.answered(after, t_verdict))
     });
     assert!(on, "a client hangs after {verdict}\n{}", site.log());
     probe.wait_seen(after);
     // forkpool handed `handed.1` connections to generation `handed.0` (the
-    // parked ones at a confirm, the new generation's at a revert).
+    // parked ones' at the park, all of them back at a revert).
     let (g, count) = handed;
     let all = wait_until(LONG, || handed_to(&site.log(), g) >= count);
     assert!(all, "not {count} handed to {g}\n{}", site.log());
@@ -369,11 +370,16 @@ fn verified_deploy(
 fn a_revert_hands_the_new_generations_connections_back_and_the_parked_ones_serve_on() {
     // r2 answers 500 to everything: a release that fails verification.
     let (json, seen, t_revert, log) =
-        verified_deploy("handoff-revert", "--fail-requests", "revert", "r1", (1, 4));
-    // The probe's 16 clients, parked on r1's workers for the window, are
-    // answered by r1 again on the same connections: nothing failed,
-    // nothing retried, 16 connections in all.
-    assert_eq!(json_count(&json, "failed"), 0, "{json}\n{log}");
+        verified_deploy("handoff-revert", "--fail-requests", "revert", "r1", (1, 20));
+    // The probe's 16 clients, handed to r2 at the park, got its 500s in the
+    // window, like every new client, and are answered by r1 again on the
+    // same connections after the revert: the only failures are r2's
+    // answers, nothing retried, 16 connections in all.
+    assert_eq!(
+        json_count(&json, "failed"),
+        common::responses_of(&json, "r2"),
+        "{json}\n{log}"
+    );
     assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
     assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");
     assert_eq!(json_count(&json, "mixed"), 0, "{json}");
@@ -395,16 +401,18 @@ fn a_revert_hands_the_new_generations_connections_back_and_the_parked_ones_serve
             .iter()
             .any(|(_, id, st)| id == "r2" && *st == 500));
     }
-    // The 4 the new generation held, handed back to the old one.
-    assert_eq!(handed_to(&log, 1), 4, "{log}");
+    // The probe's 16 went to r2 at the park; those and the 4 the new
+    // generation took came back to the old one.
+    assert_eq!(handed_to(&log, 2), 16, "{log}");
+    assert_eq!(handed_to(&log, 1), 20, "{log}");
 }
 
 #[test]
 fn a_confirm_hands_the_parked_generations_connections_to_the_new_one() {
     let (json, seen, t_confirm, log) =
         verified_deploy("handoff-confirm", "", "confirm", "r2", (2, 16));
-    // The 16 parked connections were handed to r2 at the confirm: the same
-    // connections served by r2 now, none closed.
+    // The 16 connections of the parked workers were handed to r2 at the
+    // park: the same connections served by r2 now, none closed.
     assert_eq!(json_count(&json, "failed"), 0, "{json}\n{log}");
     assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
     assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");

@@ -559,3 +559,66 @@ fn a_confirm_stops_the_parked_helpers_before_they_wake() {
         "the waiting connection: {answer:?} (generation 1's helper took it after the confirm)"
     );
 }
+
+/// The demo app takes part in the park (TSTP): at the switch it stops
+/// accepting and says `stopping`, so the new generation is released
+/// without waiting for the request it has in hand; it finishes that request
+/// from its own release (before, the park stopped it with the request in
+/// hand, frozen until the confirm or revert), says `parked`, and only then
+/// is it stopped (state T), warm; a revert brings the same processes back.
+#[test]
+fn the_demo_app_parks_itself_a_request_in_hand_is_answered_not_frozen() {
+    use common::{make_release, Mode, Site};
+    use std::io::Write;
+    let dir = TempDir::new("verified-app-park");
+    for r in ["r1", "r2"] {
+        make_release(dir.path(), r, "--stop-timeout 20000 --read-timeout 30000");
+    }
+    let site = Site::start_with(
+        dir,
+        Mode::Forkpool,
+        None,
+        &["-v", "-C", "control", "--confirm-timeout", "60000"],
+    );
+    let old = PoolStatus::read(&site.status).gen_pids(1, "ready");
+    assert_eq!(old.len(), 2);
+    // A kept connection of an r1 worker, a second request begun on it.
+    let mut conn = connect(site.port);
+    conn.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    let r = read_response(&mut conn).expect("first answer");
+    assert_eq!(r.body().trim(), "r1");
+    conn.write_all(b"GET /release HTTP/1.1\r\n").expect("send");
+    switch_current(site.dir.path(), "r2", LONG);
+    site.chain.signal(Signal::SIGHUP);
+    // Released while that request is still unfinished: the switch did not
+    // wait for it.
+    let released = wait_until(LONG, || {
+        let s = PoolStatus::read(&site.status);
+        s.get("verify") == "pending" && s.num("serving_generation") == 2 && s.num("held") == 0
+    });
+    assert!(released, "not released: {}", site.log());
+    conn.write_all(b"Host: t\r\n\r\n").expect("send the rest");
+    let r = read_response(&mut conn);
+    let r = r.unwrap_or_else(|| panic!("the request in hand was not answered\n{}", site.log()));
+    assert_eq!((r.status, r.body().trim()), (200, "r1"), "{}", r.head);
+    // Nothing in hand any more: it said `parked` and forkpool stopped it.
+    assert!(
+        wait_until(LONG, || old.iter().all(|&p| proc_state(p) == 'T')),
+        "not stopped after `parked`: {:?}\n{}",
+        old.iter().map(|&p| proc_state(p)).collect::<Vec<_>>(),
+        site.log()
+    );
+    let log = site.log();
+    assert!(!log.contains("not stopped within"), "{log}");
+    assert_eq!(site.answer().as_deref(), Some("r2"));
+    // A revert: the same two processes serve r1 again.
+    let mut c = cmd("poolctl");
+    c.args(["revert", "-t", "30"]).arg(&site.status);
+    let (code, out, err) = run(c, LONG);
+    assert_eq!(code, 0, "{out}{err}\n{}", site.log());
+    assert!(wait_until(LONG, || site.answer().as_deref() == Some("r1")));
+    let s = PoolStatus::read(&site.status);
+    assert_eq!(s.gen_pids(1, "ready"), old, "{:?}", s.workers);
+    assert!(old.iter().all(|&p| proc_state(p) != 'T'));
+}

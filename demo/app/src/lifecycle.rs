@@ -76,6 +76,11 @@ impl Lifecycle {
         self.tell(b"stopping\n", b"STOPPING=1");
     }
 
+    /// Parked (TSTP): nothing accepted, nothing in hand.
+    pub fn parked(&mut self) {
+        self.tell(b"parked\n", b"PARKED=1");
+    }
+
     /// `--retire-after` reached: ask once to be replaced.
     pub fn recycle(&mut self) {
         if !self.recycle_asked {

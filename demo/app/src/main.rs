@@ -319,6 +319,8 @@ fn wait_for_release_of_hold(hold: OwnedFd, signals: &mut Signals, life: &mut Lif
     loop {
         match sys::wait_for(Some(hold.as_fd()), signals, life.next_ping()) {
             Woke::Signal(Order::Stop | Order::Quit) => return false,
+            // CONT: the release of a hold by SIGSTOP alone; no park while held.
+            Woke::Signal(Order::Park | Order::Resume) => {}
             Woke::Timeout => life.tick(Instant::now()),
             Woke::Readable => {
                 let mut b = [0u8; 1];

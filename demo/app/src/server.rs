@@ -92,6 +92,9 @@ pub struct Server<'a> {
     accepting: bool,
     paused_until: Option<Instant>,
     stop_at: Option<Instant>,
+    /// TSTP taken and no CONT since: winding down as for a stop (`stop_at`
+    /// is set), to wait parked instead of ending.
+    parking: bool,
     /// QUIT taken between two accepts: the loop ends at once.
     quit: bool,
     served: u64,
@@ -139,6 +142,7 @@ impl<'a> Server<'a> {
             accepting: false,
             paused_until: None,
             stop_at: None,
+            parking: false,
             quit: false,
             served: 0,
         };
@@ -151,6 +155,12 @@ impl<'a> Server<'a> {
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
             if self.stop_at.is_some() && self.open == 0 {
+                if self.parking {
+                    match self.parked() {
+                        Some(end) => return end,
+                        None => continue,
+                    }
+                }
                 // What forkpool passed before the stop and this loop has not
                 // read yet would close with our end: back to forkpool.
                 if let Some(h) = self.handoff {
@@ -172,10 +182,9 @@ impl<'a> Server<'a> {
             // accepted after it.
             if events[..n].iter().any(|ev| ev.data() == SIGNALS) {
                 if let Some(order) = self.signals.take() {
-                    if order == Order::Quit {
-                        return End::Quit;
+                    if let Some(end) = self.obey(order) {
+                        return end;
                     }
-                    self.stop();
                 }
             }
             for ev in &events[..n] {
@@ -193,12 +202,11 @@ impl<'a> Server<'a> {
                         // One that came while this wake-up's work is done
                         // waits for no more of it (one read(2) of the
                         // signalfd, EAGAIN when none).
-                        if self.stop_at.is_none() {
+                        if self.stop_at.is_none() || self.parking {
                             if let Some(order) = self.signals.take() {
-                                if order == Order::Quit {
-                                    return End::Quit;
+                                if let Some(end) = self.obey(order) {
+                                    return end;
                                 }
-                                self.stop();
                             }
                         }
                     }
@@ -276,9 +284,8 @@ impl<'a> Server<'a> {
             // accepts; without this look it would go on accepting from the
             // backlog, answering with its release after the other's.
             if let Some(order) = self.signals.take() {
-                match order {
-                    Order::Quit => self.quit = true,
-                    Order::Stop => self.stop(),
+                if let Some(End::Quit) = self.obey(order) {
+                    self.quit = true;
                 }
                 return;
             }
@@ -367,12 +374,80 @@ impl<'a> Server<'a> {
         }
     }
 
+    /// What a signal asks: Some(end) when the loop ends at once (QUIT).
+    fn obey(&mut self, order: Order) -> Option<End> {
+        match order {
+            Order::Quit => return Some(End::Quit),
+            Order::Stop => self.stop(),
+            Order::Park => self.park(),
+            Order::Resume => self.unpark(),
+        }
+        None
+    }
+
     /// HUP, TERM, INT: stop accepting, tell the supervisor, close idle connections
-    /// and give the others at most --stop-timeout.
+    /// and give the others at most --stop-timeout. A stop while parking is
+    /// one (the connections were dealt with at the park).
     fn stop(&mut self) {
+        if self.parking {
+            self.parking = false;
+            self.life.stopping();
+            return;
+        }
         if self.stop_at.is_some() {
             return;
         }
+        self.wind_down();
+    }
+
+    /// TSTP, forkpool's park (`--confirm-timeout`): as a stop (it stops
+    /// accepting and says `stopping`: the new generation need not wait for
+    /// the requests in hand), but once nothing is in hand the app says
+    /// `parked` and waits for CONT ([`Server::parked`]) instead of ending:
+    /// forkpool then stops it (warm) until a confirm (the stop signal and
+    /// CONT: it ends) or a revert (CONT: it accepts again). Idle connections
+    /// are closed or handed over as at a stop, so that no client waits on a
+    /// parked worker.
+    fn park(&mut self) {
+        if self.stop_at.is_some() {
+            return;
+        }
+        self.parking = true;
+        self.wind_down();
+    }
+
+    /// CONT after a park: accept again (a revert's CONT, or one that came
+    /// before the `parked` was said).
+    fn unpark(&mut self) {
+        if !self.parking {
+            return;
+        }
+        self.parking = false;
+        self.stop_at = None;
+        let _ = self.listen(true);
+    }
+
+    /// Parked, nothing in hand: say so and wait for CONT (None: serve on),
+    /// a stop or QUIT (the end), pinging the watchdog meanwhile.
+    fn parked(&mut self) -> Option<End> {
+        self.life.parked();
+        loop {
+            match sys::wait_for(None, self.signals, self.life.next_ping()) {
+                sys::Woke::Signal(Order::Quit) => return Some(End::Quit),
+                sys::Woke::Signal(Order::Stop) => return Some(End::Stopped),
+                sys::Woke::Signal(Order::Resume) => {
+                    self.unpark();
+                    return None;
+                }
+                sys::Woke::Signal(Order::Park) | sys::Woke::Readable => {}
+                sys::Woke::Timeout => self.life.tick(Instant::now()),
+            }
+        }
+    }
+
+    /// Stop accepting, say `stopping`, close idle connections (or hand them
+    /// over), give the others at most --stop-timeout.
+    fn wind_down(&mut self) {
         let now = Instant::now();
         self.stop_at = Some(now + self.limits.stop);
         let _ = self.listen(false);

@@ -20,11 +20,30 @@ pub enum Order {
     Stop,
     /// QUIT: exit 0 now.
     Quit,
+    /// TSTP, forkpool's park (--confirm-timeout): stop accepting, finish
+    /// what is in hand, say `parked`, wait for CONT.
+    Park,
+    /// CONT: go on (accept again after a park).
+    Resume,
 }
 
-/// HUP, TERM, INT and QUIT, blocked and read from a descriptor, so that every
-/// wait (poll, epoll) sees them with no race; PIPE is ignored (a write to a client
-/// that left fails with EPIPE).
+impl Order {
+    /// Of two orders taken together, the one that counts: QUIT over a stop
+    /// over CONT over TSTP (a park and its CONT in one read is no park).
+    fn rank(self) -> u8 {
+        match self {
+            Order::Quit => 3,
+            Order::Stop => 2,
+            Order::Resume => 1,
+            Order::Park => 0,
+        }
+    }
+}
+
+/// HUP, TERM, INT, QUIT, TSTP and CONT, blocked and read from a descriptor,
+/// so that every wait (poll, epoll) sees them with no race (CONT still
+/// continues a stopped process; blocked, it is also read); PIPE is ignored
+/// (a write to a client that left fails with EPIPE).
 pub struct Signals {
     fd: SignalFd,
 }
@@ -37,6 +56,8 @@ impl Signals {
             Signal::SIGTERM,
             Signal::SIGINT,
             Signal::SIGQUIT,
+            Signal::SIGTSTP,
+            Signal::SIGCONT,
         ] {
             set.add(sig);
         }
@@ -48,13 +69,18 @@ impl Signals {
         Ok(Signals { fd })
     }
 
-    /// The strongest order pending, if any (QUIT over a stop).
+    /// The strongest order pending, if any ([`Order::rank`]).
     pub fn take(&mut self) -> Option<Order> {
-        let mut order = None;
+        let mut order: Option<Order> = None;
         while let Ok(Some(info)) = self.fd.read_signal() {
-            let quit = info.ssi_signo == Signal::SIGQUIT as u32;
-            if quit || order.is_none() {
-                order = Some(if quit { Order::Quit } else { Order::Stop });
+            let this = match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGQUIT) => Order::Quit,
+                Ok(Signal::SIGTSTP) => Order::Park,
+                Ok(Signal::SIGCONT) => Order::Resume,
+                _ => Order::Stop,
+            };
+            if order.is_none_or(|o| this.rank() > o.rank()) {
+                order = Some(this);
             }
         }
         order
@@ -251,8 +277,12 @@ pub fn sleep_unless_stopped(signals: &mut Signals, d: Duration) -> bool {
     if d.is_zero() {
         return true;
     }
-    !matches!(
-        wait_for(None, signals, Some(Instant::now() + d)),
-        Woke::Signal(_)
-    )
+    let until = Instant::now() + d;
+    loop {
+        match wait_for(None, signals, Some(until)) {
+            Woke::Signal(Order::Stop | Order::Quit) => return false,
+            Woke::Signal(Order::Park | Order::Resume) => {}
+            _ => return true,
+        }
+    }
 }

@@ -204,8 +204,9 @@ fn the_switch_parks_the_old_generation_and_releases_the_new_one_once_none_accept
     let release = a.iter().position(|a| matches!(a, Action::Release { .. }));
     let hold = a.iter().position(|a| matches!(a, Action::Hold { .. }));
     assert!(hold < release, "{a:?}");
-    // Said again, or by a worker not parked: nothing.
-    let a = s.p.handle(s.now, Event::Parked(old[2]));
+    // Said by a worker not parked: nothing.
+    let new = s.of(2, WorkerPhase::Ready);
+    let a = s.p.handle(s.now, Event::Parked(new[0]));
     assert!(holds(&a).is_empty(), "{a:?}");
     assert_eq!(s.parked(), old);
     assert_eq!(s.p.reload, Reload::Ok);
@@ -284,6 +285,57 @@ fn a_parked_worker_not_stopped_gets_stop_at_the_bound_and_the_release_comes_at_t
         "{a:?}"
     );
     assert_eq!(s.p.shown_serving().map(|g| g.id), Some(2));
+}
+
+#[test]
+fn a_parked_worker_that_says_stopping_is_not_waited_for_and_gets_stop_only_once_parked() {
+    let mut s = Sim::verified();
+    let old = s.of(1, WorkerPhase::Ready);
+    s.at(1000);
+    let a = s.hup_then_step(release("r2"));
+    s.feed(a);
+    s.at(1200);
+    s.all_ready(2);
+    for &id in &old[1..] {
+        let a = s.p.handle(s.now, Event::GroupStopped(id));
+        s.with_step(a);
+    }
+    // old[0] cooperates and still finishes a request: it stopped accepting
+    // (`stopping`): the new generation is released, and no STOP for it.
+    s.at(1203);
+    let a = s.p.handle(s.now, Event::StoppedAccepting(old[0]));
+    let a = s.with_step(a);
+    assert!(released(&a), "{a:?}");
+    assert!(holds(&a).is_empty(), "{a:?}");
+    assert_eq!(s.status("parking"), "0");
+    // The park's bound passes: still no STOP (it would freeze the request).
+    s.at(2300);
+    let a = s.tick();
+    assert!(holds(&a).is_empty(), "{a:?}");
+    // Its request answered, it says `parked`: STOP now.
+    s.at(2400);
+    let a = s.p.handle(s.now, Event::Parked(old[0]));
+    assert_eq!(holds(&s.with_step(a)), vec![old[0]]);
+    // A revert continues it with the rest: it serves again, and the next
+    // switch waits for it again.
+    s.at(2500);
+    let a = s.command(revert);
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Release { generation: 1, held, .. } if *held == old)),
+        "{a:?}"
+    );
+    for id in s.of(2, WorkerPhase::Stopping) {
+        s.end(id, Ended::Exited(0));
+    }
+    s.at(3000);
+    let a = s.hup_then_step(release("r3"));
+    s.feed(a);
+    s.at(3200);
+    let a = s.all_ready(3);
+    assert_eq!(parks(&a), old);
+    assert!(!released(&a), "{a:?}");
+    assert_eq!(s.status("parking"), "3");
 }
 
 #[test]

@@ -81,13 +81,32 @@ impl Policy {
     }
 
     /// `worker` said `parked` (it stopped accepting and holds nothing): STOP
-    /// for its group, and the release no longer waits for it.
+    /// for its group, and the release no longer waits for it. Also after it
+    /// said `stopping` at the park (it finished its requests since): STOP
+    /// only now, so that nothing it had in hand was frozen. Not once the
+    /// park is over (a revert or a confirm came first: the CONT or the stop
+    /// signal it got since is what counts).
     pub(super) fn said_parked(&mut self, worker: WorkerId, now: Instant) -> Then {
-        if !self.park_seen(worker, now) {
+        let parked =
+            self.verify.pending() && self.worker(worker).is_some_and(|w| w.live() && w.parked);
+        if !parked {
             return Then::NextTurn;
         }
+        self.park_seen(worker, now);
         self.queued.push(Action::Hold { worker });
         Then::Converge
+    }
+
+    /// `worker` said `stopping` while parked (a cooperating app at TSTP: it
+    /// accepts nothing more and finishes what it holds, then says
+    /// `parked`): the release no longer waits for it, and it gets no STOP
+    /// until it says `parked`, whatever the park's bound.
+    pub(super) fn parked_stopped_accepting(&mut self, worker: WorkerId, now: Instant) -> Then {
+        if self.park_seen(worker, now) {
+            Then::Converge
+        } else {
+            Then::NextTurn
+        }
     }
 
     /// Every process of `worker`'s group was seen stopped.
