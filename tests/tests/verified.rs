@@ -32,9 +32,14 @@ struct Pool {
 
 impl Pool {
     fn start(tag: &str, confirm_ms: &str, extra: &[&str]) -> Pool {
+        Pool::start_in(cmd("forkpool"), tag, confirm_ms, extra)
+    }
+
+    /// As start, forkpool run by `c` (forkpool itself, or a wrapper that
+    /// execs it with the arguments that follow).
+    fn start_in(mut c: Command, tag: &str, confirm_ms: &str, extra: &[&str]) -> Pool {
         let dir = TempDir::new(tag);
         let (sock, port) = listener();
-        let mut c = cmd("forkpool");
         c.args([
             "-v", "-S", "status", "-C", "control", "-m", "cutover", "-d", "3",
         ]);
@@ -621,4 +626,24 @@ fn the_demo_app_parks_itself_a_request_in_hand_is_answered_not_frozen() {
     let s = PoolStatus::read(&site.status);
     assert_eq!(s.gen_pids(1, "ready"), old, "{:?}", s.workers);
     assert!(old.iter().all(|&p| proc_state(p) != 'T'));
+}
+
+/// A forkpool started with TSTP ignored (a parent's `trap '' TSTP`, which
+/// exec keeps): its workers get TSTP's default action back, so the park
+/// stops them at once. Before, they inherited the ignore, the park's TSTP
+/// did nothing, and every verified switch waited for the 1 s bound and its
+/// STOP (the warning `not stopped within 1.00s of TSTP`).
+#[test]
+fn workers_of_a_forkpool_started_with_tstp_ignored_are_parked_at_once() {
+    let mut c = Command::new("sh");
+    c.args(["-c", "trap '' TSTP; exec \"$@\"", "sh"])
+        .arg(bin("forkpool"));
+    let pool = Pool::start_in(c, "verified-tstp-ignored", "60000", &[]);
+    pool.switch();
+    let log = pool.log();
+    assert!(!log.contains("not stopped within"), "{log}");
+    assert!(
+        log.contains("every parked worker stopped accepting"),
+        "{log}"
+    );
 }

@@ -36,7 +36,9 @@ pub struct Spawn<'a> {
     pub fds: Vec<(RawFd, RawFd)>,
     /// Put the child in a process group of its own (its pid), set in the
     /// child before exec and in the parent after fork, so that neither side
-    /// can signal the group before it exists.
+    /// can signal the group before it exists. Its SIGTSTP is then back to
+    /// the default action even when inherited ignored: the group's owner
+    /// stops it with TSTP (forkpool's park).
     pub process_group: bool,
     /// Variables set to the child's own pid (`WATCHDOG_PID`).
     pub own_pid_env: Vec<&'static str>,
@@ -94,6 +96,7 @@ impl<'a> Spawn<'a> {
             if let Err(e) = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)) {
                 self.die(format_args!("unable to make a process group"), e);
             }
+            signals::default_action(Signal::SIGTSTP);
         }
         if let Some(sig) = self.parent_death {
             let _ = nix::sys::prctl::set_pdeathsig(sig);

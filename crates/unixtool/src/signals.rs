@@ -174,6 +174,14 @@ pub fn reset_for_child() {
     WRITE_FD.store(-1, Ordering::SeqCst);
 }
 
+/// `sig` back to its default action (in a child before exec, where an
+/// ignored disposition would be inherited).
+pub fn default_action(sig: Signal) {
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_DFL installs no handler of ours.
+    let _ = unsafe { sigaction(sig, &dfl) };
+}
+
 /// An empty signal mask (the child's, right before exec).
 pub fn unblock_all() {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
