@@ -196,14 +196,15 @@ echo "Load average (1 min) at the end: $(cut -d' ' -f1 /proc/loadavg)."
 # medians of each step over the deploys of one fleet size (steps' summary lines)
 steps_row() {
     awk -v n="$1" '
-        { for (i = 1; i <= NF; i++) { w = $i; gsub(/[,;]/, "", w)
+        { for (i = 1; i <= NF; i++) { w = $i; gsub(/[,;)]/, "", w)
             if (w ~ /^[0-9-]+$/ && (i + 0) > 1) { k = $(i - 1); gsub(/[(),;:]/, "", k); if (k == "of") continue; a[k, ++c[k]] = w } } }
         function med(k,   m, i, j, x) { m = c[k]; if (!m) return "-"
             for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[k, j] + 0 < a[k, i] + 0) { x = a[k, i]; a[k, i] = a[k, j]; a[k, j] = x }
             return a[k, int((m + 1) / 2)] }
         END { if (!NR) exit
-            printf "| %s | %s | %s | %s | %s | %s (reach %s) | %s | %s | %s of %s |\n", n, med("total"), med("start"),
-                med("prepare"), med("decision"), med("wait"), med("reach"), med("skew"), med("after"), med("hosts"), n }' "$2"
+            printf "| %s | %s | %s | %s | %s | %s (reach %s) | %s | %s (check %s, verdict %s, finish %s, exit %s) | %s of %s |\n", n, med("total"), med("start"),
+                med("prepare"), med("decision"), med("wait"), med("reach"), med("skew"), med("after"),
+                med("check"), med("verdict"), med("finish"), med("exit"), med("hosts"), n }' "$2"
 }
 if ls "$tmp"/steps.* >/dev/null 2>&1; then
     echo
@@ -213,7 +214,10 @@ if ls "$tmp"/steps.* >/dev/null 2>&1; then
     echo "host prepared (one command a host: record, stage, point current, poolctl prepare); decision:"
     echo "the instant chosen; wait: the margin, twice the prepare's reach (how long that task took"
     echo "to reach every host) plus the lag (Ansible's step from one task to the next); skew: first to last host released, by the forkpools' clocks; after:"
-    echo "the last release until ansible-playbook exited (each host's check, the decision, then confirm, the history, the answer and the result in one command a host, and its exit)."
+    echo "the last release until ansible-playbook exited: check, until the last host's check after its commit was done;"
+    echo "verdict, until the first host began its confirm (Ansible's step: the fleet's decision and the next task);"
+    echo "finish, until the last host finished (confirm, the history, the answer, the result: one command a host);"
+    echo "exit, until ansible-playbook exited."
     echo
     echo "| hosts | total | start | prepare | decision | wait | release skew | after | late hosts |"
     echo "|---|---|---|---|---|---|---|---|---|"
