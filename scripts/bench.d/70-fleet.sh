@@ -5,23 +5,27 @@
 # everywhere, commit at one agreed instant), uptime-probe through HAProxy the
 # whole time ($CONCURRENCY clients, keep-alive). Per row: the deploy's wall time
 # (ansible-playbook included; median), the commit skew (for each deploy, the
-# time from the first host switching to its new release to the last one doing
-# so, seen by a sampler asking every host's /release in a loop on fresh
-# connections; median and max), beside it the sampler's resolution (per host
-# and deploy, the bracket in which the switch was seen: from the last old
-# answer's request to the first new answer; median and max), the fleet flapping (responses older than one
+# time from the first host answering its new release to the last one doing
+# so, seen by a sampler asking every host's /release on fresh connections,
+# scripts/fleet-sampler.py; median and max), beside it the sampler's
+# resolution (per host and deploy, the bracket in which the switch was seen:
+# from the last old answer's request to the first new answer; median and
+# max), the fleet flapping (responses older than one
 # the same client had seen), failed and mixed. Then where each two-phase
 # deploy's time went, per step (examples/fleet/steps: ansible-playbook's
 # start, the prepare, the decision, the wait for the instant, the skew of
 # the hosts' releases by their forkpools' clocks, what follows the commit),
 # medians over the deploys, the margin and the prepare's spread (reach) it was
 # derived from, and the hosts whose commit came late; and per host, the last
-# deploy at the largest fleet. The machine's load average is printed (other
+# deploy at the largest fleet. The sampler is checked against the hosts' own
+# clocks: how many forkpools' release instants (status key released_at) lay
+# inside its brackets, and how long after them the first new answer came. The machine's load average is printed (other
 # work on it stretches every step).
 #
 # Run by scripts/bench ($BIN = target/release; .venv/bin on PATH).
 # Environment: DEPLOYS (default 5), CONCURRENCY (8), HOSTS (default "3 10"),
-# BENCH_QUICK=1 (1 deploy, 3 hosts).
+# BENCH_QUICK=1 (1 deploy, 3 hosts), BENCH70_KEEP=DIR (keep the sampler's
+# answers and the hosts' release instants there, a directory a row).
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BIN:-$top/target/release}
@@ -71,12 +75,16 @@ export BIN FLEET_WORKERS=2
 # switch lies between the two, HI - LO is the sampler's resolution there.
 
 # skew FILE N: for each deploy k (1..N), the spread of the hosts' k-th new
-# release, each host's switch taken at the middle of its bracket; then the
-# brackets (the sampler's resolution): "skew-median skew-max bracket-median
-# bracket-max" in ms. The true spread is within a bracket-max of the figure.
+# release, each host taken when its first new answer came (HI: the kernel's
+# receive time, i.e. when the host wrote it); then the brackets (the
+# sampler's resolution): "skew-median skew-max bracket-median bracket-max"
+# in ms. Not the middle of each bracket: at a two-phase commit every host's
+# old workers park at the instant, so the last old answers (LO) line up, and
+# a host whose park took longer releases later: the middles would show half
+# its delay (they did: 8/16 ms where the first new answers spread 17/31 ms).
 skew() {
     awk -v n="$2" '
-        { c[$1]++; k = c[$1]; t = ($2 + $3) / 2; b[++nb] = $3 - $2
+        { c[$1]++; k = c[$1]; t = $3; b[++nb] = $3 - $2
           if (!(k in lo) || t < lo[k]) lo[k] = t
           if (!(k in hi) || t > hi[k]) hi[k] = t }
         function sort(a, m,   i, j, x) { for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] < a[i]) { x = a[i]; a[i] = a[j]; a[j] = x } }
@@ -106,12 +114,14 @@ echo
 echo "$DEPLOYS fleet deploys per row, uptime-probe through HAProxy at $CONCURRENCY clients (keep-alive)"
 echo "the whole time; hosts are demo/serve chains with 2 workers on one machine ($(nproc) cores),"
 echo "HAProxy checking each host's pool-health every 200 ms. Deploy time includes ansible-playbook."
-echo "Commit skew: first to last host switching to the new release, per deploy, by a sampler asking"
-echo "each host's /release (a process per host, fresh connections, every 20 ms, back to back from 30 ms"
-echo "before a commit's instant until the new release answers); each host's switch lies between its"
-echo "last old answer's request and its first new answer: that bracket is the sampler's resolution"
-echo "(median / max printed beside the skew; rolling has no instant: 20 ms and more). Sampler stalls:"
-echo "its requests near an instant that had no answer within 50 ms, dropped (the next one goes on)."
+echo "Commit skew: first to last host answering the new release, per deploy, by a sampler asking"
+echo "each host's /release (scripts/fleet-sampler.py: one process, fresh connections, every 20 ms and every"
+echo "2 ms from 30 ms before a commit's instant until the new release answers, not waiting for an answer"
+echo "before asking again; answers timed by the kernel's receive time); a host is taken at its first new"
+echo "answer. Its switch lies between the send of its last request the old release answered and that"
+echo "answer: the bracket (median / max beside the skew; rolling has no instant: 20 ms and more). Sampler"
+echo "stalls: its requests near an instant answered after more than 50 ms or never (an old worker took"
+echo "the connection as it was parked: it waits, frozen, until the confirm; the sampler goes on meanwhile)."
 echo
 echo "Load average (1 min) at the start: $(cut -d' ' -f1 /proc/loadavg)."
 echo
