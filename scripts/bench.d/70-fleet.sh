@@ -19,8 +19,9 @@
 # derived from, and the hosts whose commit came late; and per host, the last
 # deploy at the largest fleet. The sampler is checked against the hosts' own
 # clocks: how many forkpools' release instants (status key released_at) lay
-# inside its brackets, and how long after them the first new answer came. The machine's load average is printed (other
-# work on it stretches every step).
+# inside its brackets, and how long after them the first new answer came.
+# The machine's load average is printed (other work on it stretches every
+# step).
 #
 # Run by scripts/bench ($BIN = target/release; .venv/bin on PATH).
 # Environment: DEPLOYS (default 5), CONCURRENCY (8), HOSTS (default "3 10"),
