@@ -18,7 +18,9 @@
 # Run by scripts/bench ($BIN = target/release). Environment: DEPLOYS (10),
 # CONCURRENCY (16), DURATION (5 s), GAP (1 s), WORKERS (4), DEPLOY_TIMEOUT (40 s),
 # SERVERS (any of unicorn-chain unicorn-usr2 puma-chain puma-phased node-chain
-# node-pm2; default all; empty: none), BAD (the second table's: unicorn-verified
+# node-pm2, and unicorn-verified puma-verified node-verified: the chain with its
+# verified switch, each deploy confirmed; default: all but the -verified ones;
+# empty: none), BAD (the second table's: unicorn-verified
 # unicorn-usr2 puma-verified puma-phased node-verified node-pm2; default all;
 # empty: none),
 # HOLD (5 s: how long the 500 release is left before a good deploy),
@@ -89,6 +91,8 @@ new_release() {
 # start KIND: the server, serving r1; sets $port.
 start() {
     st=$tmp/$1
+    # a kind run in both tables starts afresh (its port, releases, current)
+    rm -rf "$st"
     mkdir -p "$st"
     gen=0
     case $1 in
@@ -341,10 +345,13 @@ echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
 for k in $kinds; do
     case $k in
     unicorn-chain) label="unicorn, chain" ;;
+    unicorn-verified) label="unicorn, chain + verified switch" ;;
     unicorn-usr2) label="unicorn, USR2 + QUIT" ;;
     puma-chain) label="puma, chain" ;;
+    puma-verified) label="puma, chain + verified switch" ;;
     puma-phased) label="puma, phased restart" ;;
     node-chain) label="node, chain" ;;
+    node-verified) label="node, chain + verified switch" ;;
     node-pm2) label="node, pm2 reload" ;;
     esac
     start "$k"
