@@ -27,6 +27,11 @@
 # finishes the requests in hand, answers the next request of each keep-alive
 # connection with Connection: close, exits).
 #
+# The verified switch's park (forkpool --confirm-timeout sends TSTP): puma
+# parks itself (Forkpool.park, below): it stops accepting, finishes what it
+# serves, says PARKED=1; a revert's CONT makes it accept again, a confirm's
+# TERM stops it without one more accept.
+#
 # queue_requests false: no keep-alive (every answer says Connection: close,
 # as unicorn's do). With puma's keep-alive (queue_requests true, its default)
 # the stop can hang: the accept loop waits in ThreadPool#wait_until_not_full
