@@ -136,7 +136,9 @@ module ::Forkpool
     attr_reader :park_asked
   end
 
+  # Only under forkpool (NOTIFY_SOCKET given): run by hand, Ctrl-Z stops puma.
   def self.park_traps(server)
+    return unless NOTIFY
     Signal.trap('TSTP') do
       @park_asked = @conts
       server.send(:notify_safely, PARK)
