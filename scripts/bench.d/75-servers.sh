@@ -8,7 +8,10 @@
 #  - puma: phased restart (USR1; cluster of 4, no preload, directory = current);
 #  - Node: pm2 reload in cluster mode (-i 4), pm2 from npm into a scratch
 #    directory under /tmp (PM2_BENCH_DIR), never committed; its rows are left
-#    out when npm cannot install it.
+#    out when npm cannot install it. node-pm2ready: the same with pm2's
+#    graceful start and stop recipe (--wait-ready: the app sends 'ready' once
+#    it listens; SIGINT, pm2's stop signal, as the app's graceful TERM;
+#    --kill-timeout 30000).
 # uptime-probe at $CONCURRENCY clients, keep-alive on and off: $DURATION s
 # steady, then $DEPLOYS deploys $GAP s apart. A deploy is done when the new
 # release answers and the old processes are gone (unicorn: the old master;
@@ -18,7 +21,9 @@
 # Run by scripts/bench ($BIN = target/release). Environment: DEPLOYS (10),
 # CONCURRENCY (16), DURATION (5 s), GAP (1 s), WORKERS (4), DEPLOY_TIMEOUT (40 s),
 # SERVERS (any of unicorn-chain unicorn-usr2 puma-chain puma-phased node-chain
-# node-pm2; default all; empty: none), BAD (the second table's: unicorn-verified
+# node-pm2 node-pm2ready, and unicorn-verified puma-verified node-verified: the chain with its
+# verified switch, each deploy confirmed; default: all but the -verified ones;
+# empty: none), BAD (the second table's: unicorn-verified
 # unicorn-usr2 puma-verified puma-phased node-verified node-pm2; default all;
 # empty: none),
 # HOLD (5 s: how long the 500 release is left before a good deploy),
@@ -89,6 +94,8 @@ new_release() {
 # start KIND: the server, serving r1; sets $port.
 start() {
     st=$tmp/$1
+    # a kind run in both tables starts afresh (its port, releases, current)
+    rm -rf "$st"
     mkdir -p "$st"
     gen=0
     case $1 in
@@ -146,10 +153,30 @@ EOF
         wait_file "$st/out"
         port=$(head -n 1 "$st/out")
         ;;
-    node-pm2)
+    node-pm2 | node-pm2ready)
         export PM2_HOME="$st/pm2home"
-        (cd "$st" && PORT=0 "$pm2" start "$st/current/app.js" --cwd "$st/current" -i "$WORKERS" --name bench) >"$st/log" 2>&1 ||
-            die "pm2 start: $(tail -n 3 "$st/log")"
+        if [ "$1" = node-pm2 ]; then
+            (cd "$st" && PORT=0 "$pm2" start "$st/current/app.js" --cwd "$st/current" -i "$WORKERS" --name bench) >"$st/log" 2>&1 ||
+                die "pm2 start: $(tail -n 3 "$st/log")"
+        else
+            # pm2's graceful start and stop recipe around the example's app:
+            # 'ready' to pm2 once the server listens (--wait-ready), and pm2's
+            # stop signal (SIGINT) handled as the app's graceful TERM
+            # (--kill-timeout: how long pm2 lets it finish)
+            cat >"$st/ready.js" <<'EOF'
+const http = require('http');
+const listen = http.Server.prototype.listen;
+http.Server.prototype.listen = function (...args) {
+  this.once('listening', () => { if (process.send) process.send('ready'); });
+  return listen.apply(this, args);
+};
+process.on('SIGINT', () => process.emit('SIGTERM'));
+require(process.env.APP);
+EOF
+            (cd "$st" && PORT=0 APP="$st/current/app.js" "$pm2" start "$st/ready.js" --cwd "$st/current" -i "$WORKERS" --name bench \
+                --wait-ready --listen-timeout 10000 --kill-timeout 30000) >"$st/log" 2>&1 ||
+                die "pm2 start: $(tail -n 3 "$st/log")"
+        fi
         i=0 port=
         while [ -z "$port" ]; do
             i=$((i + 1))
@@ -205,7 +232,7 @@ deploy() {
         kill -USR1 "$srv_pid"
         until_done "$DEPLOY_TIMEOUT" phase_booted $((gen - 1)) && wait_release "$port" "$rel"
         ;;
-    node-pm2)
+    node-pm2 | node-pm2ready)
         atomic-symlink "releases/$rel" "$st/current"
         timeout "$DEPLOY_TIMEOUT" "$pm2" reload bench >/dev/null 2>&1 && wait_release "$port" "$rel"
         ;;
@@ -266,7 +293,7 @@ deploy_bad() {
         kill -USR1 "$srv_pid"
         until_done "$DEPLOY_TIMEOUT" phase_booted $((gen - 1)) || verdict=$?
         ;;
-    node-pm2)
+    node-pm2 | node-pm2ready)
         atomic-symlink "releases/$rel" "$st/current"
         timeout "$DEPLOY_TIMEOUT" "$pm2" reload bench >/dev/null 2>&1 || verdict=$?
         ;;
@@ -317,7 +344,7 @@ if command -v npm >/dev/null 2>&1; then
 fi
 
 kinds="unicorn-chain unicorn-usr2 puma-chain puma-phased node-chain"
-[ -z "$pm2" ] || kinds="$kinds node-pm2"
+[ -z "$pm2" ] || kinds="$kinds node-pm2 node-pm2ready"
 kinds=${SERVERS-$kinds}
 
 echo "## The seeds' servers: behind the chain and their own reloads"
@@ -341,11 +368,15 @@ echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
 for k in $kinds; do
     case $k in
     unicorn-chain) label="unicorn, chain" ;;
+    unicorn-verified) label="unicorn, chain + verified switch" ;;
     unicorn-usr2) label="unicorn, USR2 + QUIT" ;;
     puma-chain) label="puma, chain" ;;
+    puma-verified) label="puma, chain + verified switch" ;;
     puma-phased) label="puma, phased restart" ;;
     node-chain) label="node, chain" ;;
+    node-verified) label="node, chain + verified switch" ;;
     node-pm2) label="node, pm2 reload" ;;
+    node-pm2ready) label="node, pm2 reload + wait-ready" ;;
     esac
     start "$k"
     for kav in on off; do
