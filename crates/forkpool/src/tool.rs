@@ -39,7 +39,7 @@ pub const TOOL: Tool = Tool {
       --handoff             a retiring worker may hand its kept connections to the new
                             generation on $FORKPOOL_HANDOFF_FD (SCM_RIGHTS, one a message)
       --confirm-timeout MS  (-m cutover -C) park the old generation at each switch
-                            (SIGSTOP, warm) until confirm or revert on FIFO; no
+                            (TSTP, warm) until confirm or revert on FIFO; no
                             confirm in MS ms reverts to it
       --check-timeout MS    an in-place upgrade's check (USR2) must end within MS ms
                             (default 30000)
