@@ -496,6 +496,82 @@ fn the_readiness_pipe_gets_watchdog_recycle_and_stopping_lines() {
     assert_eq!(lines, vec!["stopping".to_string()]);
 }
 
+/// Issue 30: a client that never pauses (requests pipelined faster than the
+/// app answers them, as a client on the same CPU is, woken by each response)
+/// kept the app answering it, one request after another, without a look at
+/// its signals: the stop (and its `stopping`, which a cutover's switch waits
+/// for) came only when the client paused: 5-16 ms in bench 45, here never
+/// while it goes on. Now a stop signal is taken before each further request.
+#[test]
+fn a_client_that_never_pauses_does_not_hold_up_the_stop() {
+    let t = TempDir::new("app-flood-stop");
+    release(&t.join("r1"), "r1");
+    let (p, port, out) = start(&t.join("r1"), &[], |_| {});
+    let s = connect(port);
+    let mut reader = s.try_clone().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    // The writer: pipelined requests until told, the connection ends, or
+    // 20 s (then it says it gave up: the stop never came meanwhile).
+    let writer = {
+        let done = done.clone();
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let chunk = b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n".repeat(2000);
+            let end = Instant::now() + Duration::from_secs(20);
+            while !done.load(Ordering::Relaxed) {
+                if Instant::now() > end {
+                    return true;
+                }
+                if s.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            false
+        })
+    };
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let drainer = {
+        let answered = answered.clone();
+        std::thread::spawn(move || {
+            let mut b = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = reader.read(&mut b) {
+                answered.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    assert!(
+        wait_until(LONG, || answered.load(Ordering::Relaxed) > 100_000),
+        "the app never answered the pipelined requests"
+    );
+    p.signal(Signal::SIGTERM);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let end = Instant::now() + LONG;
+    let mut said = false;
+    while let Ok(l) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        if l == "stopping" {
+            said = true;
+            break;
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let gave_up = writer.join().unwrap();
+    drainer.join().unwrap();
+    assert!(said, "no `stopping` after TERM");
+    assert!(
+        !gave_up,
+        "`stopping` came only when the client paused (20 s of requests)"
+    );
+}
+
 #[test]
 fn notify_socket_gets_ready_watchdog_recycle_and_stopping_datagrams() {
     use std::os::unix::net::UnixDatagram;
