@@ -92,8 +92,11 @@ pub struct Server<'a> {
     accepting: bool,
     paused_until: Option<Instant>,
     stop_at: Option<Instant>,
-    /// QUIT taken between two accepts or two requests: the loop ends at once.
+    /// QUIT taken between two accepts: the loop ends at once.
     quit: bool,
+    /// Connections that answered a request and stay open: their next one is
+    /// read in the next round, after the others' (one request each a round).
+    again: Vec<usize>,
     served: u64,
 }
 
@@ -140,6 +143,7 @@ impl<'a> Server<'a> {
             paused_until: None,
             stop_at: None,
             quit: false,
+            again: Vec::new(),
             served: 0,
         };
         s.listen(true)?;
@@ -158,15 +162,24 @@ impl<'a> Server<'a> {
                 }
                 return End::Stopped;
             }
-            let timeout = sys::poll_timeout(
+            let timeout = sys::poll_timeout(if self.again.is_empty() {
                 self.next_wake()
-                    .map(|t| t.saturating_duration_since(Instant::now())),
-            );
-            let n = match self.epoll.wait(&mut events, timeout) {
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            });
+            let mut n = match self.epoll.wait(&mut events[..256], timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
                 Err(e) => TOOL.fatal_errno(unixtool::EXIT_TEMPORARY, "wait in epoll", e),
             };
+            // The connections of the last round that may have a next request,
+            // after this wake-up's: driven as if their event had come.
+            events.truncate(n);
+            for slot in self.again.drain(..) {
+                events.push(EpollEvent::new(EpollFlags::EPOLLIN, slot as u64));
+            }
+            n = events.len();
             // A stop signal first, before the connections of the same wake-up:
             // the switch waits for it (the `stopping` notice), and nothing is
             // accepted after it.
@@ -190,9 +203,6 @@ impl<'a> Server<'a> {
                     SIGNALS => {}
                     slot => {
                         self.drive(slot as usize);
-                        if self.quit {
-                            return End::Quit;
-                        }
                         // One that came while this wake-up's work is done
                         // waits for no more of it (one read(2) of the
                         // signalfd, EAGAIN when none).
@@ -208,6 +218,7 @@ impl<'a> Server<'a> {
                 }
             }
             self.expire(Instant::now());
+            events.resize(events.len().max(256), EpollEvent::empty());
         }
     }
 
@@ -479,13 +490,20 @@ impl<'a> Server<'a> {
         }
     }
 
-    /// Move a connection on as far as it goes without waiting.
+    /// Move a connection on as far as it goes without waiting, up to the end
+    /// of one response: a connection that stays open reads its next request
+    /// in the next round, after the other connections' events ([`Server::run`]).
+    /// Driven on, a client as quick as this loop (on the same CPU each
+    /// response wakes it and it sends the next request at once) kept the
+    /// worker answering it for as long as it went on: the worker's other
+    /// connections waited (10-30 ms, the requests handed over at a cutover
+    /// among them), and so did a stop signal (5-16 ms: the switch) (issue 30).
     fn drive(&mut self, slot: usize) {
-        let mut answered = 0u32;
         loop {
             let Some(Some(c)) = self.slots.get_mut(slot) else {
                 return;
             };
+            let answering = c.phase == Phase::Response;
             let step = match c.phase {
                 Phase::Request | Phase::Idle => self.read_request(slot),
                 Phase::Response => self.write_response(slot),
@@ -494,24 +512,10 @@ impl<'a> Server<'a> {
             if !step {
                 return;
             }
-            // A second request whole in this call: a stop signal that came
-            // meanwhile is taken before it is answered. The run loop looks
-            // between connections only, and a client as quick as this loop
-            // (on the same CPU each response wakes it and it sends the next
-            // request at once) kept it here, serving, for as long as the
-            // client went on: the stop signal waited 5-16 ms (issue 30).
-            // The request in hand is answered after it, as at any stop.
-            let whole = self.slots.get(slot).and_then(Option::as_ref);
-            if whole.is_some_and(|c| c.phase == Phase::Response) {
-                answered += 1;
-                if answered > 1 && self.stop_at.is_none() {
-                    if let Some(order) = self.signals.take() {
-                        match order {
-                            Order::Quit => self.quit = true,
-                            Order::Stop => self.stop(),
-                        }
-                    }
-                    if self.quit {
+            if answering {
+                if let Some(Some(c)) = self.slots.get(slot) {
+                    if matches!(c.phase, Phase::Idle | Phase::Request) {
+                        self.again.push(slot);
                         return;
                     }
                 }
