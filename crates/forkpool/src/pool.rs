@@ -293,7 +293,15 @@ impl Pool {
                 }
                 Action::Hold { worker } => self.procs.signal_group(worker, Signal::SIGSTOP),
                 Action::Park { worker } => self.procs.signal_group(worker, Signal::SIGTSTP),
-                Action::Release { workers, held, .. } => self.procs.release(&workers, &held),
+                Action::Release { workers, held, .. } => {
+                    // --handoff: what the older workers handed over goes to
+                    // the released ones before they run (the rule counts
+                    // them as accepting already): each one passed to a
+                    // running worker woke it, and it took the CPU from
+                    // forkpool before the next was passed (issue 30).
+                    self.hand_over(now);
+                    self.procs.release(&workers, &held)
+                }
                 Action::Kill { worker } => self.procs.signal_group(worker, Signal::SIGKILL),
                 Action::Info(msg) => {
                     if self.cfg.verbose {

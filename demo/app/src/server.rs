@@ -97,6 +97,9 @@ pub struct Server<'a> {
     parking: bool,
     /// QUIT taken between two accepts: the loop ends at once.
     quit: bool,
+    /// Connections that answered a request and stay open: their next one is
+    /// read in the next round, after the others' (one request each a round).
+    again: Vec<usize>,
     served: u64,
 }
 
@@ -144,6 +147,7 @@ impl<'a> Server<'a> {
             stop_at: None,
             parking: false,
             quit: false,
+            again: Vec::new(),
             served: 0,
         };
         s.listen(true)?;
@@ -168,15 +172,24 @@ impl<'a> Server<'a> {
                 }
                 return End::Stopped;
             }
-            let timeout = sys::poll_timeout(
+            let timeout = sys::poll_timeout(if self.again.is_empty() {
                 self.next_wake()
-                    .map(|t| t.saturating_duration_since(Instant::now())),
-            );
-            let n = match self.epoll.wait(&mut events, timeout) {
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            });
+            let mut n = match self.epoll.wait(&mut events[..256], timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
                 Err(e) => TOOL.fatal_errno(unixtool::EXIT_TEMPORARY, "wait in epoll", e),
             };
+            // The connections of the last round that may have a next request,
+            // after this wake-up's: driven as if their event had come.
+            events.truncate(n);
+            for slot in self.again.drain(..) {
+                events.push(EpollEvent::new(EpollFlags::EPOLLIN, slot as u64));
+            }
+            n = events.len();
             // A stop signal first, before the connections of the same wake-up:
             // the switch waits for it (the `stopping` notice), and nothing is
             // accepted after it.
@@ -213,6 +226,7 @@ impl<'a> Server<'a> {
                 }
             }
             self.expire(Instant::now());
+            events.resize(events.len().max(256), EpollEvent::empty());
         }
     }
 
@@ -385,9 +399,10 @@ impl<'a> Server<'a> {
         None
     }
 
-    /// HUP, TERM, INT: stop accepting, tell the supervisor, close idle connections
-    /// and give the others at most --stop-timeout. A stop while parking is
-    /// one (the connections were dealt with at the park).
+    /// HUP, TERM, INT: stop accepting, close idle connections (or hand them
+    /// over), give the others at most --stop-timeout, tell the supervisor.
+    /// A stop while parking is one (the connections were dealt with at the
+    /// park).
     fn stop(&mut self) {
         if self.parking {
             self.parking = false;
@@ -451,7 +466,6 @@ impl<'a> Server<'a> {
         let now = Instant::now();
         self.stop_at = Some(now + self.limits.stop);
         let _ = self.listen(false);
-        self.life.stopping();
         for slot in 0..self.slots.len() {
             let Some(c) = &self.slots[slot] else { continue };
             if self.handoff.is_some() && between_requests(c) {
@@ -469,6 +483,13 @@ impl<'a> Server<'a> {
         if let Some(h) = self.handoff {
             hand_back_waiting(h.as_fd());
         }
+        // `stopping` last: the switch ends at it, and forkpool, woken by it,
+        // takes the CPU; what this worker handed over (or closed) before it
+        // reaches the new generation in forkpool's turn of the release. Said
+        // first, a worker preempted right after it handed over its idle
+        // connections one turn of the CPU later: 10-50 ms on a busy
+        // machine, all of them requests waiting (issue 30).
+        self.life.stopping();
     }
 
     /// A connection between requests, while stopping: to forkpool if the
@@ -545,12 +566,20 @@ impl<'a> Server<'a> {
         }
     }
 
-    /// Move a connection on as far as it goes without waiting.
+    /// Move a connection on as far as it goes without waiting, up to the end
+    /// of one response: a connection that stays open reads its next request
+    /// in the next round, after the other connections' events ([`Server::run`]).
+    /// Driven on, a client as quick as this loop (on the same CPU each
+    /// response wakes it and it sends the next request at once) kept the
+    /// worker answering it for as long as it went on: the worker's other
+    /// connections waited (10-30 ms, the requests handed over at a cutover
+    /// among them), and so did a stop signal (5-16 ms: the switch) (issue 30).
     fn drive(&mut self, slot: usize) {
         loop {
             let Some(Some(c)) = self.slots.get_mut(slot) else {
                 return;
             };
+            let answering = c.phase == Phase::Response;
             let step = match c.phase {
                 Phase::Request | Phase::Idle => self.read_request(slot),
                 Phase::Response => self.write_response(slot),
@@ -558,6 +587,14 @@ impl<'a> Server<'a> {
             };
             if !step {
                 return;
+            }
+            if answering {
+                if let Some(Some(c)) = self.slots.get(slot) {
+                    if matches!(c.phase, Phase::Idle | Phase::Request) {
+                        self.again.push(slot);
+                        return;
+                    }
+                }
             }
         }
     }
