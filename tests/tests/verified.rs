@@ -647,3 +647,71 @@ fn workers_of_a_forkpool_started_with_tstp_ignored_are_parked_at_once() {
         "{log}"
     );
 }
+
+/// kill -9 of forkpool while the demo app is parked, one worker still
+/// finishing a request (it said `stopping`, not yet `parked`: running), the
+/// other parked and stopped: that request is answered, and every worker of
+/// both generations ends (the parent-death stop signal, the guard's CONT),
+/// none is left stopped or waiting for a CONT that never comes.
+#[test]
+fn kill_9_of_forkpool_while_the_demo_app_parks_leaves_no_worker() {
+    use common::{make_release, Mode, Site};
+    use std::io::Write;
+    let dir = TempDir::new("verified-app-kill9");
+    for r in ["r1", "r2"] {
+        make_release(dir.path(), r, "--stop-timeout 20000 --read-timeout 30000");
+    }
+    let mut site = Site::start_with(
+        dir,
+        Mode::Forkpool,
+        None,
+        &["-v", "-C", "control", "--confirm-timeout", "60000"],
+    );
+    let old = PoolStatus::read(&site.status).gen_pids(1, "ready");
+    let mut conn = connect(site.port);
+    conn.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    assert!(read_response(&mut conn).is_some());
+    conn.write_all(b"GET /release HTTP/1.1\r\n").expect("send");
+    switch_current(site.dir.path(), "r2", LONG);
+    site.chain.signal(Signal::SIGHUP);
+    let released = wait_until(LONG, || {
+        let s = PoolStatus::read(&site.status);
+        s.get("verify") == "pending" && s.num("serving_generation") == 2 && s.num("held") == 0
+    });
+    assert!(released, "not released: {}", site.log());
+    // One old worker holds the begun request (running), the other is parked
+    // and stopped.
+    assert!(
+        wait_until(LONG, || old
+            .iter()
+            .filter(|&&p| proc_state(p) == 'T')
+            .count()
+            == 1),
+        "{:?}\n{}",
+        old.iter().map(|&p| proc_state(p)).collect::<Vec<_>>(),
+        site.log()
+    );
+    let all: Vec<i32> = PoolStatus::read(&site.status)
+        .workers
+        .iter()
+        .map(|w| w.2)
+        .collect();
+    assert_eq!(all.len(), 4);
+    site.chain.signal(Signal::SIGKILL);
+    site.chain.wait_timeout(LONG).expect("forkpool dies");
+    // The request in hand is still answered, by its own release.
+    conn.write_all(b"Host: t\r\n\r\n").expect("send the rest");
+    let r = read_response(&mut conn).expect("the request in hand answered");
+    assert_eq!((r.status, r.body().trim()), (200, "r1"));
+    assert!(
+        wait_until(LONG, || all
+            .iter()
+            .all(|&p| matches!(proc_state(p), '?' | 'Z'))),
+        "left: {:?}",
+        all.iter()
+            .map(|&p| (p, proc_state(p)))
+            .filter(|&(_, s)| !matches!(s, '?' | 'Z'))
+            .collect::<Vec<_>>()
+    );
+}
