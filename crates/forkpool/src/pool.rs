@@ -215,6 +215,11 @@ impl Pool {
 
 /// `--handoff`: whether `w` accepts (ready, released, not retired): a
 /// taker of handed-over connections if of the newest such generation.
+/// The slot of worker `id` (0 if the rule no longer has it).
+fn slot_of(workers: &[Worker], id: WorkerId) -> usize {
+    workers.iter().find(|w| w.id == id).map_or(0, |w| w.slot)
+}
+
 fn accepts(w: &Worker) -> bool {
     w.phase == WorkerPhase::Ready && !w.held && w.retired.is_none()
 }
@@ -602,7 +607,8 @@ impl Pool {
             // What it handed over before it ended is taken in before its
             // end closes (--handoff).
             if let Some(h) = self.procs.get(id).and_then(|p| p.handoff.as_ref()) {
-                self.handoff.take_in(h.as_fd(), now);
+                self.handoff
+                    .take_in(h.as_fd(), slot_of(&self.policy.workers, id), now);
             }
             // Gone first: no signal of the actions below reaches its pid.
             self.procs.remove(id);
@@ -624,10 +630,11 @@ impl Pool {
             return;
         }
         for p in &mut self.procs.list {
+            let slot = slot_of(&self.policy.workers, p.id);
             let open = p
                 .handoff
                 .as_ref()
-                .map(|h| self.handoff.take_in(h.as_fd(), now));
+                .map(|h| self.handoff.take_in(h.as_fd(), slot, now));
             if open == Some(false) {
                 p.handoff = None;
             }
@@ -644,7 +651,7 @@ impl Pool {
             .iter()
             .filter(|w| accepts(w))
             .filter(|w| Some(w.generation) == newest)
-            .filter_map(|w| Some((w.id, self.procs.get(w.id)?.handoff.as_ref()?.as_fd())))
+            .filter_map(|w| Some((w.slot, self.procs.get(w.id)?.handoff.as_ref()?.as_fd())))
             .collect();
         let (passed, expired) = (self.handoff.passed, self.handoff.expired);
         let switching = self.switching();
