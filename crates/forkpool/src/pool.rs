@@ -213,13 +213,13 @@ impl Pool {
     }
 }
 
-/// `--handoff`: whether `w` accepts (ready, released, not retired): a
-/// taker of handed-over connections if of the newest such generation.
 /// The slot of worker `id` (0 if the rule no longer has it).
 fn slot_of(workers: &[Worker], id: WorkerId) -> usize {
     workers.iter().find(|w| w.id == id).map_or(0, |w| w.slot)
 }
 
+/// `--handoff`: whether `w` accepts (ready, released, not retired): a
+/// taker of handed-over connections if of the newest such generation.
 fn accepts(w: &Worker) -> bool {
     w.phase == WorkerPhase::Ready && !w.held && w.retired.is_none()
 }
