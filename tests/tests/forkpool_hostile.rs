@@ -499,11 +499,12 @@ fn running_out_of_descriptors_fails_the_reload_with_the_reason() {
     );
 }
 
-/// How many processes run as nobody (RLIMIT_NPROC counts them all).
-fn nobodys_processes() -> usize {
+/// How many processes run as `uid` (RLIMIT_NPROC counts them all).
+fn processes_of(uid: u32) -> usize {
     let Ok(d) = std::fs::read_dir("/proc") else {
         return 0;
     };
+    let uid = uid.to_string();
     d.filter_map(|e| e.ok())
         .filter(|e| {
             e.file_name()
@@ -515,30 +516,44 @@ fn nobodys_processes() -> usize {
             std::fs::read_to_string(e.path().join("status"))
                 .unwrap_or_default()
                 .lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("65534"))
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid))
         })
         .count()
+}
+
+/// A user id of no account and no process, of this test run's own (from
+/// its pid): a second suite on the machine runs its own pool under another.
+fn a_uid_of_our_own() -> u32 {
+    let base = 40_000 + std::process::id() % 20_000;
+    (base..base + 1000)
+        .find(|&u| processes_of(u) == 0)
+        .unwrap_or(base)
 }
 
 #[test]
 fn a_fork_that_fails_fails_the_reload_with_the_reason() {
     // RLIMIT_NPROC binds only a user without CAP_SYS_RESOURCE: run the
     // chain as nobody
+    // (A user of its own, not nobody: a second suite's pool ran as nobody
+    // too, and a limit counted from nobody's processes at the start let the
+    // reload through when that pool ended meanwhile: reload=ok after 30 s.)
+    let uid = a_uid_of_our_own().to_string();
+    let ids = [
+        "--reuid",
+        uid.as_str(),
+        "--regid",
+        uid.as_str(),
+        "--clear-groups",
+    ];
     let as_nobody = nix::unistd::getuid().is_root()
         && Command::new("setpriv")
-            .args([
-                "--reuid",
-                "nobody",
-                "--regid",
-                "nogroup",
-                "--clear-groups",
-                "true",
-            ])
+            .args(ids)
+            .arg("true")
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
         && Command::new("setpriv")
-            .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+            .args(ids)
             .arg(bin("forkpool"))
             .arg("-V")
             .stdout(Stdio::null())
@@ -546,7 +561,7 @@ fn a_fork_that_fails_fails_the_reload_with_the_reason() {
             .map(|s| s.success())
             .unwrap_or(false);
     if !as_nobody {
-        eprintln!("skipping: needs root, setpriv and binaries nobody can run");
+        eprintln!("skipping: needs root, setpriv and binaries any user can run");
         return;
     }
     let dir = TempDir::new("hostile-nproc");
@@ -557,28 +572,21 @@ fn a_fork_that_fails_fails_the_reload_with_the_reason() {
     .unwrap();
     let st = dir.join("status");
     let (sock, _port) = listener();
-    // nobody's processes now, plus the pool: forkpool, its guard, 3 workers;
-    // the new generation's forks fail (EAGAIN).
-    let limit = nobodys_processes() + 5;
+    // The pool: forkpool, its guard, 3 workers (the user has no other
+    // process); the new generation's forks fail (EAGAIN).
+    let limit = processes_of(uid.parse().expect("uid")) + 5;
     let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid",
-        "nobody",
-        "--regid",
-        "nogroup",
-        "--clear-groups",
-        "bash",
-        "-c",
-    ])
-    .arg(format!("ulimit -u {limit} && exec \"$@\""))
-    .arg("limited")
-    .arg(bin("forkpool"))
-    .args(["-n", "3", "-d", "3", "-S"])
-    .arg(&st)
-    .args([tw().as_str(), "--notify-fd", "3"])
-    .stdin(sock)
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(dir.join("err")).unwrap());
+    c.args(ids)
+        .args(["bash", "-c"])
+        .arg(format!("ulimit -u {limit} && exec \"$@\""))
+        .arg("limited")
+        .arg(bin("forkpool"))
+        .args(["-n", "3", "-d", "3", "-S"])
+        .arg(&st)
+        .args([tw().as_str(), "--notify-fd", "3"])
+        .stdin(sock)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("err")).unwrap());
     let p = Proc::spawn(c);
     wait_status(&st, "serving_generation", "1", &dir.join("err"));
     p.signal(Signal::SIGHUP);

@@ -247,14 +247,17 @@ fn a_failed_request_and_a_mixed_response_show() {
 
 #[test]
 fn flapping_shows_as_speckle_and_each_release_has_a_mark() {
-    // r1 for the first 100 responses, then r2 and r1 alternate: every client
-    // that saw r2 flaps back to r1.
+    // r1 for the first 100 responses, then r2 and r1 alternate: the client
+    // that saw r2 flaps back to r1. One client: with two, the server's
+    // count alternating between their connections in step gave one only r1
+    // and the other only r2 after the first 100, and no flapping at all
+    // (failed once in a suite run on a loaded machine).
     let port = server(|n| {
         let r = if n < 100 || n % 2 == 0 { "r1" } else { "r2" };
         Some((200, r, r))
     });
     let t = TempDir::new("probe-svg-flap");
-    let (code, json, svg) = probe_svg(&t, &["-c", "2", "-n", "500"], port);
+    let (code, json, svg) = probe_svg(&t, &["-c", "1", "-n", "500"], port);
     assert_eq!(code, 0, "flapping alone does not fail: {json}");
     assert_bins_add_up(&json, &svg);
     assert!(json_count(&json, "flapping") > 0, "{json}");
