@@ -239,9 +239,12 @@ impl Load {
         self.finish_allowing_resets(seen, 0)
     }
 
-    /// As finish, but up to `resets` connections may be reset (and nothing
-    /// else fail): uvicorn's own shutdown resets a connection it accepted but
-    /// had not read yet (Kludex/uvicorn#2757), whatever runs it.
+    /// As finish, but up to `resets` connections may be closed unanswered
+    /// (and nothing else fail): uvicorn's own shutdown closes a connection it
+    /// accepted but had not read yet (Kludex/uvicorn#2757), whatever runs
+    /// it: a reset when the request had reached it, an end of file when not
+    /// yet (both seen; an end of file failed a clean-clone suite run with two
+    /// suites side by side, as deploy_python's uvicorn test once did).
     fn finish_allowing_resets(mut self, seen: &[&str], resets: u64) -> String {
         std::thread::sleep(Duration::from_millis(300));
         self.0.signal(Signal::SIGINT);
@@ -249,7 +252,7 @@ impl Load {
         let json = read_all_timeout(out, T).expect("probe output");
         let st = self.0.wait_timeout(T).expect("probe exits");
         eprintln!("uptime-probe: {json}");
-        let reset = json_count(&json, "reset");
+        let reset = json_count(&json, "reset") + json_count(&json, "eof");
         assert!(reset <= resets, "{json}");
         assert_eq!(json_count(&json, "failed"), reset, "{json}");
         assert!(json_count(&json, "ok") > 0, "{json}");
