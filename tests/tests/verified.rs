@@ -565,17 +565,17 @@ fn a_confirm_stops_the_parked_helpers_before_they_wake() {
     );
 }
 
-/// The demo app takes part in the park (TSTP): at the switch it stops
-/// accepting and says `stopping`, so the new generation is released
-/// without waiting for the request it has in hand; it finishes that request
-/// from its own release (before, the park stopped it with the request in
-/// hand, frozen until the confirm or revert), says `parked`, and only then
-/// is it stopped (state T), warm; a revert brings the same processes back.
-#[test]
-fn the_demo_app_parks_itself_a_request_in_hand_is_answered_not_frozen() {
+/// The demo app (r1, 2 workers, long stop and read timeouts) under
+/// forkpool -C --confirm-timeout 60000; a kept connection of an r1 worker
+/// with a second request begun on it; then r2 deployed by a HUP and
+/// released while that request is still unfinished (the switch did not
+/// wait for it). The site, generation 1's pids, the connection.
+fn demo_app_switched_with_a_request_in_hand(
+    tag: &str,
+) -> (common::Site, Vec<i32>, std::net::TcpStream) {
     use common::{make_release, Mode, Site};
     use std::io::Write;
-    let dir = TempDir::new("verified-app-park");
+    let dir = TempDir::new(tag);
     for r in ["r1", "r2"] {
         make_release(dir.path(), r, "--stop-timeout 20000 --read-timeout 30000");
     }
@@ -587,7 +587,6 @@ fn the_demo_app_parks_itself_a_request_in_hand_is_answered_not_frozen() {
     );
     let old = PoolStatus::read(&site.status).gen_pids(1, "ready");
     assert_eq!(old.len(), 2);
-    // A kept connection of an r1 worker, a second request begun on it.
     let mut conn = connect(site.port);
     conn.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
         .expect("send");
@@ -596,13 +595,24 @@ fn the_demo_app_parks_itself_a_request_in_hand_is_answered_not_frozen() {
     conn.write_all(b"GET /release HTTP/1.1\r\n").expect("send");
     switch_current(site.dir.path(), "r2", LONG);
     site.chain.signal(Signal::SIGHUP);
-    // Released while that request is still unfinished: the switch did not
-    // wait for it.
     let released = wait_until(LONG, || {
         let s = PoolStatus::read(&site.status);
         s.get("verify") == "pending" && s.num("serving_generation") == 2 && s.num("held") == 0
     });
     assert!(released, "not released: {}", site.log());
+    (site, old, conn)
+}
+
+/// The demo app takes part in the park (TSTP): at the switch it stops
+/// accepting and says `stopping`, so the new generation is released
+/// without waiting for the request it has in hand; it finishes that request
+/// from its own release (before, the park stopped it with the request in
+/// hand, frozen until the confirm or revert), says `parked`, and only then
+/// is it stopped (state T), warm; a revert brings the same processes back.
+#[test]
+fn the_demo_app_parks_itself_a_request_in_hand_is_answered_not_frozen() {
+    use std::io::Write;
+    let (site, old, mut conn) = demo_app_switched_with_a_request_in_hand("verified-app-park");
     conn.write_all(b"Host: t\r\n\r\n").expect("send the rest");
     let r = read_response(&mut conn);
     let r = r.unwrap_or_else(|| panic!("the request in hand was not answered\n{}", site.log()));
@@ -655,31 +665,8 @@ fn workers_of_a_forkpool_started_with_tstp_ignored_are_parked_at_once() {
 /// none is left stopped or waiting for a CONT that never comes.
 #[test]
 fn kill_9_of_forkpool_while_the_demo_app_parks_leaves_no_worker() {
-    use common::{make_release, Mode, Site};
     use std::io::Write;
-    let dir = TempDir::new("verified-app-kill9");
-    for r in ["r1", "r2"] {
-        make_release(dir.path(), r, "--stop-timeout 20000 --read-timeout 30000");
-    }
-    let mut site = Site::start_with(
-        dir,
-        Mode::Forkpool,
-        None,
-        &["-v", "-C", "control", "--confirm-timeout", "60000"],
-    );
-    let old = PoolStatus::read(&site.status).gen_pids(1, "ready");
-    let mut conn = connect(site.port);
-    conn.write_all(b"GET /release HTTP/1.1\r\nHost: t\r\n\r\n")
-        .expect("send");
-    assert!(read_response(&mut conn).is_some());
-    conn.write_all(b"GET /release HTTP/1.1\r\n").expect("send");
-    switch_current(site.dir.path(), "r2", LONG);
-    site.chain.signal(Signal::SIGHUP);
-    let released = wait_until(LONG, || {
-        let s = PoolStatus::read(&site.status);
-        s.get("verify") == "pending" && s.num("serving_generation") == 2 && s.num("held") == 0
-    });
-    assert!(released, "not released: {}", site.log());
+    let (mut site, old, mut conn) = demo_app_switched_with_a_request_in_hand("verified-app-kill9");
     // One old worker holds the begun request (running), the other is parked
     // and stopped.
     assert!(

@@ -72,8 +72,9 @@ impl Handoff {
                 .iter()
                 .position(|(s, _)| *s == slot)
                 .unwrap_or_else(|| {
-                    self.turn = self.turn.wrapping_add(1);
-                    self.turn.wrapping_sub(1)
+                    let turn = self.turn;
+                    self.turn = turn.wrapping_add(1);
+                    turn
                 });
             for k in 0..takers.len() {
                 let i = start.wrapping_add(k) % takers.len();

@@ -213,11 +213,6 @@ impl Pool {
     }
 }
 
-/// The slot of worker `id` (0 if the rule no longer has it).
-fn slot_of(workers: &[Worker], id: WorkerId) -> usize {
-    workers.iter().find(|w| w.id == id).map_or(0, |w| w.slot)
-}
-
 /// `--handoff`: whether `w` accepts (ready, released, not retired): a
 /// taker of handed-over connections if of the newest such generation.
 fn accepts(w: &Worker) -> bool {
@@ -608,7 +603,7 @@ impl Pool {
             // end closes (--handoff).
             if let Some(h) = self.procs.get(id).and_then(|p| p.handoff.as_ref()) {
                 self.handoff
-                    .take_in(h.as_fd(), slot_of(&self.policy.workers, id), now);
+                    .take_in(h.as_fd(), self.policy.worker(id).map_or(0, |w| w.slot), now);
             }
             // Gone first: no signal of the actions below reaches its pid.
             self.procs.remove(id);
@@ -630,7 +625,7 @@ impl Pool {
             return;
         }
         for p in &mut self.procs.list {
-            let slot = slot_of(&self.policy.workers, p.id);
+            let slot = self.policy.worker(p.id).map_or(0, |w| w.slot);
             let open = p
                 .handoff
                 .as_ref()

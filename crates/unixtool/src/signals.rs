@@ -163,11 +163,9 @@ pub fn restore_mask(old: &SigSet) {
 /// default action. The mask is left blocked; [`unblock_all`] right before exec.
 pub fn reset_for_child() {
     let handled = HANDLED.load(Ordering::SeqCst);
-    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for sig in Signal::iterator() {
         if sig == Signal::SIGPIPE || handled & (1u64 << (sig as i32 as u32)) != 0 {
-            // SAFETY: SIG_DFL installs no handler of ours.
-            let _ = unsafe { sigaction(sig, &dfl) };
+            default_action(sig);
         }
     }
     // The handler, should one still run, must not write into the parent's pipe.

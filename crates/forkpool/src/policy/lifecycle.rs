@@ -185,7 +185,7 @@ impl Policy {
     /// notice's way back, the switch's time but forkpool's own turn.
     pub(super) fn stopped_accepting(&mut self, id: WorkerId, now: Instant) -> Then {
         if self.worker(id).is_some_and(|w| w.parked) {
-            return self.parked_stopped_accepting(id, now);
+            return self.no_longer_accepts(id, now);
         }
         if let Some(i) = self.index(id) {
             let w = &mut self.workers[i];

@@ -325,7 +325,7 @@ impl Policy {
             Event::StoppedAccepting(worker) => self.stopped_accepting(worker, now),
             // A parked worker known not to accept may let the switch end.
             Event::Parked(worker) => self.said_parked(worker, now),
-            Event::GroupStopped(worker) => self.group_stopped(worker, now),
+            Event::GroupStopped(worker) => self.no_longer_accepts(worker, now),
             Event::Memory { worker, pss_kib } => self.memory(worker, pss_kib),
             Event::BadCommand(why) => {
                 self.bad_command(why);

@@ -97,20 +97,12 @@ impl Policy {
         Then::Converge
     }
 
-    /// `worker` said `stopping` while parked (a cooperating app at TSTP: it
-    /// accepts nothing more and finishes what it holds, then says
-    /// `parked`): the release no longer waits for it, and it gets no STOP
-    /// until it says `parked`, whatever the park's bound.
-    pub(super) fn parked_stopped_accepting(&mut self, worker: WorkerId, now: Instant) -> Then {
-        if self.park_seen(worker, now) {
-            Then::Converge
-        } else {
-            Then::NextTurn
-        }
-    }
-
-    /// Every process of `worker`'s group was seen stopped.
-    pub(super) fn group_stopped(&mut self, worker: WorkerId, now: Instant) -> Then {
+    /// Every process of `worker`'s group was seen stopped, or it said
+    /// `stopping` while parked (a cooperating app at TSTP: it accepts
+    /// nothing more and finishes what it holds, then says `parked`; no STOP
+    /// for it until then, whatever the park's bound): the release no longer
+    /// waits for it.
+    pub(super) fn no_longer_accepts(&mut self, worker: WorkerId, now: Instant) -> Then {
         if self.park_seen(worker, now) {
             Then::Converge
         } else {
