@@ -28,6 +28,17 @@ p99_ratio() {
     awk -v a="$(json p99 "$2")" -v b="$(json p99 "$1")" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "-" }'
 }
 
+# split PART KEY FILE: KEY of the probe's latency before or after its split
+# (PART: before or after; the run split by SIGUSR1), e.g. split after p99 f.json.
+split() {
+    sed -n "s/.*\"split\":{.*\"$1\":{\([^}]*\)}.*/\1/p" "$3" | grep -o "\"$2\":[0-9.]*" | cut -d: -f2
+}
+
+# split_ratio FILE: p99 after the probe's split over p99 before it, e.g. 1.1x.
+split_ratio() {
+    awk -v a="$(split after p99 "$1")" -v b="$(split before p99 "$1")" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "-" }'
+}
+
 # failed_why FILE: the outcomes that make up the probe's failed count, e.g.
 # "refused 12, reset 3"; empty when nothing failed.
 failed_why() {
@@ -49,4 +60,4 @@ picture() {
 }
 
 # mark FILE LABEL: one `unix-time label` line for the picture's marks.
-mark() { echo "$(date +%s.%N | cut -c1-14) $2" >>"$1"; }
+mark() { echo "$(date +%s.%N) $2" >>"$1"; }

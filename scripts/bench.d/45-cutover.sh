@@ -1,24 +1,27 @@
 #!/bin/sh
 # forkpool's reload modes beside gunicorn's HUP, in one run (issue 9): the demo app
-# (4 workers) under uptime-probe at $CONCURRENCY keep-alive clients, first $DURATION s
-# without deploys (steady), then while $DEPLOYS deploys run back to back. A deploy:
-# a new release directory (demo/lib.sh's build_release; for gunicorn the same files),
-# atomic-symlink `current`, HUP, wait until /release answers the new release (and,
-# for forkpool, until its status file says the reload is over). Failed, mixed,
-# flapping, p99 steady against p99 during the deploys, max; for the cutover rows,
+# (4 workers) under one uptime-probe run at $CONCURRENCY keep-alive clients, first
+# $DURATION s without deploys (steady), then (split there with SIGUSR1) while $DEPLOYS
+# deploys run back to back. A deploy: a new release directory (demo/lib.sh's
+# build_release; for gunicorn the same files), atomic-symlink `current`, HUP (forkpool:
+# poolctl reload, which waits until the new generation serves), wait until /release
+# answers the new release. Failed, mixed, flapping, p99 steady against p99 during the
+# deploys, max; for the cutover rows,
 # the switch (from the old generation's stop signal to the release of the new one).
 #
 # Rows: forkpool -m rolling, -m all-at-once, -m cutover (the app reads the hold
 # descriptor), -m cutover --handoff (the app hands its kept connections to the
-# new generation: retried should be 0), -m cutover with the app not reading it (SIGSTOP alone holds it), and
-# gunicorn (sync workers) reloaded with HUP.
+# new generation: retried should be 0), a control (that server and probe, no
+# deploys: the ratio's noise), -m cutover with the app not reading it (SIGSTOP
+# alone holds it), and gunicorn (sync workers) reloaded with HUP.
 #
 # Run by scripts/bench ($BIN = target/release on PATH, .venv/bin on PATH).
 # Environment: DEPLOYS (default 50), CONCURRENCY (32), DURATION (10 s), WORKERS (4),
-# ROWS (any of rolling all-at-once cutover cutover-handoff cutover-stop gunicorn;
+# ROWS (any of rolling all-at-once cutover cutover-handoff control cutover-stop gunicorn;
 # default all),
 # GUNICORN (default: gunicorn on PATH, else .venv/bin/gunicorn; its row is left out
-# without it), BENCH_QUICK=1 (a smoke run: 5 deploys, 8 clients, 2 s).
+# without it), PACE_MS (a deploy every PACE_MS ms; default 0, back to back),
+# BENCH_QUICK=1 (a smoke run: 5 deploys, 8 clients, 2 s).
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BIN:-$top/target/release}
@@ -30,8 +33,9 @@ else
     DEPLOYS=${DEPLOYS:-50} CONCURRENCY=${CONCURRENCY:-32} DURATION=${DURATION:-10}
 fi
 WORKERS=${WORKERS:-4}
+PACE_MS=${PACE_MS:-0}
 GUNICORN=${GUNICORN:-$(command -v gunicorn || echo "$top/.venv/bin/gunicorn")}
-ROWS=${ROWS:-"rolling all-at-once cutover cutover-handoff cutover-stop gunicorn"}
+ROWS=${ROWS:-"rolling all-at-once cutover cutover-handoff control cutover-stop gunicorn"}
 
 # shellcheck source=../bench-lib.sh
 . "$top/scripts/bench-lib.sh"
@@ -59,11 +63,23 @@ st_get() { sed -n "s/^$1=//p" "$STATE/status" 2>/dev/null | head -n 1; }
 
 
 n_rel=0
-new_release() { # a fresh release in $STATE, switched to; its id in $rel
+new_release() { # the next release in $STATE (built unless it is), switched to; its id in $rel
     n_rel=$((n_rel + 1))
     rel=b$n_rel-$$
-    build_release "$rel" >/dev/null 2>&1
+    [ -d "$STATE/releases/$rel" ] || build_release "$rel" >/dev/null 2>&1
     "$BIN/atomic-symlink" "releases/$rel" "$STATE/current"
+}
+
+# build_ahead N: the next N releases built now, before the probe runs: a deploy
+# here is the switch, not the copying of its files (a release is unpacked before
+# it is deployed; 50 of them built inside the deploys' window would take the
+# server's CPU there and nowhere else).
+build_ahead() {
+    k=$n_rel
+    while [ $k -lt $((n_rel + $1)) ]; do
+        k=$((k + 1))
+        build_release "b$k-$$" >/dev/null 2>&1
+    done
 }
 
 # start ROW: the server for ROW on a free port ($srv_pid, $port).
@@ -87,9 +103,10 @@ start() {
         ;;
     *)
         mode=${1%-stop} mode=${mode%-handoff}
+        [ "$1" = control ] && mode=cutover
         hold= handoff=
         [ "$1" = cutover-stop ] && hold="env -u FORKPOOL_HOLD_FD"
-        [ "$1" = cutover-handoff ] && handoff=--handoff
+        case $1 in cutover-handoff | control) handoff=--handoff ;; esac
         # shellcheck disable=SC2086
         "$BIN/tcplisten" -1 127.0.0.1 0 "$BIN/forkpool" -v -n "$WORKERS" -m "$mode" -d 3 \
             -t 10000 -k 10000 -p "$STATE/current" -S "$STATE/status" $handoff \
@@ -107,23 +124,26 @@ start() {
     wait_release "$port" "$rel" || fail "release $rel never answered on port $port"
 }
 
-# deploy ROW: one deploy, over when the new release answers (and forkpool's reload is).
+# deploy ROW: one deploy, over when the new release answers. forkpool: poolctl
+# reload, which waits until the new generation serves, reading the status file in
+# one process (the probe's count of releases says afterwards that each one
+# answered); the earlier loop of sed and sleep forked about 2,000 processes a
+# second beside the server and a curl a deploy took 4 ms of CPU, which the p99
+# during the deploys paid for. gunicorn: HUP, then GET /release until it answers.
 deploy() {
-    [ "$1" = gunicorn ] || g0=$(st_get generation)
+    if [ "$1" = control ]; then
+        mark "$STATE/logs/marks" "no deploy"
+        sleep 0.05
+        return
+    fi
     new_release
     mark "$STATE/logs/marks" "$rel"
-    kill -HUP "$srv_pid"
-    if [ "$1" != gunicorn ]; then
-        end=$(($(now_ms) + 30000))
-        while :; do
-            g=$(st_get generation) r=$(st_get reload)
-            [ "$g" -gt "$g0" ] && [ "$r" = ok ] && [ "$(st_get serving_generation)" = "$g" ] && break
-            [ "$r" = failed ] && fail "reload failed: $(st_get reason)"
-            [ "$(now_ms)" -lt "$end" ] || fail "reload $g not over in 30 s"
-            sleep 0.005
-        done
+    if [ "$1" = gunicorn ]; then
+        kill -HUP "$srv_pid"
+        wait_release "$port" "$rel" || fail "release $rel never answered on port $port"
+    else
+        "$BIN/poolctl" reload -t 30 "$STATE/status" >/dev/null || fail "reload failed: $(st_get reason)"
     fi
-    wait_release "$port" "$rel" || fail "release $rel never answered on port $port"
 }
 
 # med_max: "median / max ms" of the numbers on stdin, one a line ("-" if none).
@@ -138,26 +158,39 @@ row() {
     load0=$(load1)
     start "$1"
     url=http://127.0.0.1:$port/
-    "$BIN/uptime-probe" --json -q -c "$CONCURRENCY" -d "$DURATION" "$url" >"$work/steady.json" 2>>"$work/probe.err" || true
+    [ "$1" = control ] || build_ahead "$DEPLOYS"
+    # One probe for the row, its clients' connections the same throughout: the
+    # first DURATION s are steady, a USR1 splits the run as the deploys begin
+    # and TERM ends it as the last is over (two probes, one for each part,
+    # each spread its 32 connections over the workers its own way, and the
+    # steady p99 moved with the spread: 0.6x between two runs without deploys).
     # shellcheck disable=SC2046
-    "$BIN/uptime-probe" --json -q -c "$CONCURRENCY" $(picture "cutover-$1" "$STATE/logs/marks") "$url" >"$work/during.json" 2>>"$work/probe.err" &
+    "$BIN/uptime-probe" --json -q -c "$CONCURRENCY" $(picture "cutover-$1" "$STATE/logs/marks") "$url" >"$work/run.json" 2>>"$work/probe.err" &
     probe_pid=$!
-    sleep 0.5
+    sleep "$DURATION"
+    kill -USR1 "$probe_pid"
     n=0
     t0=$(now_ms)
     while [ $n -lt "$DEPLOYS" ]; do
         deploy "$1"
         n=$((n + 1))
+        if [ "$PACE_MS" -gt 0 ]; then
+            left=$((t0 + n * PACE_MS - $(now_ms)))
+            [ "$left" -le 0 ] || sleep "$(awk -v m="$left" 'BEGIN { print m / 1000 }')"
+        fi
     done
     t1=$(now_ms)
-    sleep 0.5
     stop_pid "$probe_pid"
     probe_pid=
     stop_pid "$srv_pid"
     srv_pid=
-    sj=$work/steady.json dj=$work/during.json
-    p99s=$(json p99 "$sj") p99d=$(json p99 "$dj")
-    ratio=$(p99_ratio "$sj" "$dj")
+    dj=$work/run.json
+    seen=$(grep -o '"first_seen_s"' "$dj" | wc -l)
+    want=$((n + 1))
+    [ "$1" != control ] || want=1
+    [ "$seen" -eq "$want" ] || fail "the probe saw $seen releases, not $want"
+    p99s=$(split before p99 "$dj") p99d=$(split after p99 "$dj")
+    ratio=$(split_ratio "$dj")
     failed=$(json failed "$dj")
     if [ "${failed:-0}" != 0 ]; then
         failed="$failed ($(failed_why "$dj"))"
@@ -171,12 +204,13 @@ row() {
     gunicorn) label="gunicorn, HUP" ;;
     cutover-stop) label="forkpool -m cutover, SIGSTOP only (app ignores the hold fd)" ;;
     cutover-handoff) label="forkpool -m cutover --handoff (kept connections handed over)" ;;
+    control) label="control: cutover --handoff, no deploys (50 ms waits instead)" ;;
     *) label="forkpool -m $1" ;;
     esac
     printf '| %s | %s | %.2f s | %s | %s | %s | %s | %s | %s ms | %s ms | %s | %s ms | %s | %s | %s |\n' \
         "$label" "$n" "$(awk -v t=$((t1 - t0)) -v n="$n" 'BEGIN { print t / n / 1000 }')" \
-        "$(json requests "$dj")" "$failed" "$(json retried "$dj")" "$(json mixed "$dj")" \
-        "$(json flapping "$dj")" "$p99s" "$p99d" "$ratio" "$(json max "$dj")" "$sw" "$heard" "$load0 - $(load1)"
+        "$(split after answered "$dj")" "$failed" "$(json retried "$dj")" "$(json mixed "$dj")" \
+        "$(json flapping "$dj")" "$p99s" "$p99d" "$ratio" "$(split after max "$dj")" "$sw" "$heard" "$load0 - $(load1)"
 }
 
 gver=
@@ -188,17 +222,21 @@ fi
 
 echo "## Cutover: no client sees the old release after the new one"
 echo
-echo "The demo app with $WORKERS workers, uptime-probe with $CONCURRENCY keep-alive clients. *steady*:"
-echo "$DURATION s without deploys; then $DEPLOYS deploys back to back while the probe runs (the"
-echo "counts are from that run). A deploy: new release, atomic-symlink, HUP, until /release"
-echo "answers it (forkpool: and its status says the reload is over). flapping: responses"
+echo "The demo app with $WORKERS workers, uptime-probe with $CONCURRENCY keep-alive clients, one probe"
+echo "run a row: *steady* its first $DURATION s, without deploys; then $DEPLOYS deploys back to back,"
+echo "the run split at the first (SIGUSR1) and ended at the last. requests, p99 deploys and max:"
+echo "the deploys' part; failed, retried, mixed, flapping: the whole run. A deploy: new release,"
+echo "atomic-symlink, HUP (forkpool: poolctl reload, which waits until the new generation"
+echo "serves), until /release answers it. flapping: responses"
 echo "older than a release the same client had already seen. switch: cutover only, from the"
 echo "old generation's stop signal to the new one's release, median / max (the queueing"
 echo "delay of a deploy). heard: each old worker's stopping notice as forkpool heard it, after"
 echo "the stop signals, median / max (the signal's way into the worker and the notice's way back:"
 echo "the switch is the slowest worker's, plus forkpool's turn). load: the 1-minute load average"
 echo "at the row's start and end. $(nproc) cores, shared by server, probe, deploys and whatever"
-echo "else the machine runs."
+echo "else the machine runs. control: the cutover --handoff row's run with no deploys, its second"
+echo "part $DEPLOYS waits of 50 ms: the ratio that two parts of one run show by chance on this machine."
+[ "$PACE_MS" = 0 ] || echo "Deploys paced: one every $PACE_MS ms."
 [ -n "$gver" ] || echo "gunicorn not found: its row is left out."
 echo
 echo "| server | deploys | s/deploy | requests | failed | retried | mixed | flapping | p99 steady | p99 deploys | ratio | max | switch | heard | load |"

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use integration_tests::{cmd, json_count, run, wait_until, Proc, TempDir};
+use integration_tests::{cmd, json_count, json_number, run, wait_until, Proc, TempDir};
 use nix::sys::signal::Signal;
 
 /// What a test server's connection handler gets: the stream, the connection's
@@ -482,4 +482,76 @@ fn usage_errors_exit_100() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("uptime-probe: usage: "), "{err}");
     }
+}
+
+/// Set by the test: `slow_after_split` answers 20 ms late while it is.
+static SLOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A keep-alive server of release r1 that is slow while SLOW is set.
+fn slow_after_split(mut s: TcpStream, _: u64, c: &Counters) {
+    while read_request(&mut s, c) {
+        if SLOW.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !respond(&mut s, c, 200, Some("r1"), Some("r1"), false) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn usr1_splits_the_run_and_each_part_has_its_latency() {
+    // Fast before the split, 20 ms a request after it: the whole run's p99
+    // mixes the two; each part's is its own.
+    let srv = server(slow_after_split);
+    let t = TempDir::new("probe-split");
+    let err = t.join("err");
+    let mut c = cmd("uptime-probe");
+    c.args(["--json", "-c", "2"])
+        .arg(format!("http://127.0.0.1:{}/", srv.port))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&err).unwrap());
+    let mut p = Proc::spawn(c);
+    let out = p.stdout();
+    let served = || srv.c.served.load(Ordering::SeqCst);
+    assert!(wait_until(Duration::from_secs(20), || served() >= 2000));
+    p.signal(Signal::SIGUSR1);
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&err)
+            .unwrap_or_default()
+            .contains("split at ")),
+        "the probe says when it split"
+    );
+    SLOW.store(true, Ordering::SeqCst);
+    let n = served();
+    assert!(wait_until(Duration::from_secs(20), || served() >= n + 100));
+    // A second USR1 moves nothing.
+    p.signal(Signal::SIGUSR1);
+    p.signal(Signal::SIGTERM);
+    let st = p
+        .wait_timeout(Duration::from_secs(10))
+        .expect("stops on TERM");
+    assert_eq!(st.code(), Some(0));
+    let text = integration_tests::read_all_timeout(out, Duration::from_secs(5)).unwrap();
+    let split = &text[text.find("\"split\":{").expect("a split")..];
+    let before = &split[split.find("\"before\":").unwrap()..split.find("\"after\":").unwrap()];
+    let after = &split[split.find("\"after\":").unwrap()..];
+    let (b99, a99) = (json_number(before, "p99"), json_number(after, "p99"));
+    assert!(b99 < 20.0, "before the split nothing was slow: {text}");
+    assert!(a99 >= 20.0, "after it, about all was: {text}");
+    assert!(json_number(after, "max") >= 20.0, "{text}");
+    let answered = json_count(before, "answered") + json_count(after, "answered");
+    assert_eq!(answered, json_count(&text, "requests"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&err)
+            .unwrap()
+            .matches("split at ")
+            .count(),
+        1,
+        "one split"
+    );
+    // Without a USR1 there is none.
+    let (code, json, _) = probe(&["-n", "50"], srv.port);
+    assert_eq!(code, 0);
+    assert!(json.contains("\"split\":null,"), "{json}");
 }

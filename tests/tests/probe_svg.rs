@@ -34,7 +34,7 @@ for g in root.iter(NS + 'g'):
     if 'bin' in cls:
         bins += 1
         for k, v in g.attrib.items():
-            if k.startswith('data-') and k not in ('data-releases', 'data-t', 'data-bin'):
+            if k.startswith('data-') and k not in ('data-releases', 'data-t', 'data-bin', 'data-p50-ms', 'data-p99-ms'):
                 sums[k[5:]] = sums.get(k[5:], 0) + int(v)
         for pair in g.get('data-releases').split():
             r, n = pair.split(':')
@@ -44,6 +44,12 @@ for g in root.iter(NS + 'g'):
         with_mixed += int(g.get('data-mixed')) > 0
         with_retried += int(g.get('data-retried')) > 0
         with_flap += int(g.get('data-flapping')) > 0
+        # the latency line's values: both there when the bin answered anything
+        p50, p99 = g.get('data-p50-ms'), g.get('data-p99-ms')
+        if int(g.get('data-ok')) + int(g.get('data-bad-status')) > 0:
+            assert 0 < float(p50) <= float(p99), (p50, p99)
+        else:
+            assert p50 == '' and p99 == '', (p50, p99)
         for r in g.iter(NS + 'rect'):
             c = r.get('class', '').split()
             for k in drawn:

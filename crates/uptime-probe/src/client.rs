@@ -51,6 +51,19 @@ pub struct Shared {
     pub releases: Mutex<Vec<(Vec<u8>, Duration)>>,
     /// The run's timeline in 100 ms bins, kept only for --svg.
     pub bins: Option<Mutex<Vec<Bin>>>,
+    /// When the run was split (SIGUSR1), in microseconds since `start`;
+    /// `u64::MAX` until then.
+    pub split_us: AtomicU64,
+}
+
+impl Shared {
+    /// When the run was split, if it was.
+    pub fn split(&self) -> Option<Duration> {
+        match self.split_us.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
 }
 
 /// The releases tracked by name, by order of first appearance: a server
@@ -184,11 +197,12 @@ impl Client<'_> {
         }
         let done = Instant::now();
         let at = done.duration_since(self.shared.start);
+        let split = self.shared.split();
         match r {
             Attempt::Abandoned => return false,
             Attempt::Failed { outcome, .. } => {
                 self.conn = None;
-                self.stats.count(outcome, at, done - t0, false);
+                self.stats.count(outcome, at, done - t0, false, split);
                 if let Some(bin) = self.bin_at(at) {
                     bin.count(outcome, done - t0, false, retried);
                 }
@@ -202,7 +216,7 @@ impl Client<'_> {
                 } else {
                     Outcome::BadStatus
                 };
-                self.stats.count(outcome, at, done - t0, true);
+                self.stats.count(outcome, at, done - t0, true, split);
                 if let Some(bin) = self.bin_at(at) {
                     bin.count(outcome, done - t0, true, retried);
                 }

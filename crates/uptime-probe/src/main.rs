@@ -40,6 +40,7 @@ const TOOL: Tool = Tool {
                          deploy-release deploys.jsonl line (with --svg)
   -h, --help             this text
   -V, --version          the version
+SIGINT or SIGTERM ends the run; SIGUSR1 splits it (latency before and after).
 Exit: 0 nothing failed and nothing mixed; 1 some request failed or was mixed (or
 flapped, with --flapping-fails), or none finished; 100 usage; 111 could not start.
 ",
@@ -59,6 +60,8 @@ pub struct Run {
     /// Releases in order of first appearance, with when they were first seen.
     pub releases: Vec<(Vec<u8>, Duration)>,
     pub flapping_fails: bool,
+    /// When SIGUSR1 split the run (its latency is reported on each side), if it did.
+    pub split: Option<Duration>,
 }
 
 impl Run {
@@ -108,10 +111,10 @@ struct Clients {
 fn main() {
     let opts = parse_options();
     let target = Arc::new(target(&opts));
-    let stop_signals = block_stop_signals();
+    let signals = block_signals();
     let start_unix = unix_now();
     let clients = start_clients(&opts, target);
-    let stopped_by = wait_for_the_end(&opts, &clients, &stop_signals);
+    let stopped_by = wait_for_the_end(&opts, &clients, &signals);
     clients.shared.stop.store(true, Ordering::Relaxed);
     if let (Some(sig), false) = (stopped_by, opts.quiet) {
         TOOL.info(format_args!("stopped by signal {sig}"));
@@ -229,15 +232,16 @@ fn target(opts: &Options) -> Target {
     }
 }
 
-/// SIGINT and SIGTERM end the run (and the results are printed): blocked in
-/// every thread (the clients inherit the mask), taken by the main one with
-/// sigtimedwait.
-fn block_stop_signals() -> SigSet {
+/// SIGINT and SIGTERM end the run (and the results are printed), SIGUSR1
+/// splits it: blocked in every thread (the clients inherit the mask), taken
+/// by the main one with sigtimedwait.
+fn block_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
+    set.add(Signal::SIGUSR1);
     if let Err(e) = set.thread_block() {
-        TOOL.fatal_errno(EXIT_TEMPORARY, "block INT and TERM", e);
+        TOOL.fatal_errno(EXIT_TEMPORARY, "block INT, TERM and USR1", e);
     }
     set
 }
@@ -250,6 +254,7 @@ fn start_clients(opts: &Options, target: Arc<Target>) -> Clients {
         start: Instant::now(),
         releases: Mutex::new(Vec::new()),
         bins: opts.svg.as_ref().map(|_| Mutex::new(Vec::new())),
+        split_us: AtomicU64::new(u64::MAX),
     });
     let n = opts.concurrency;
     let live: Arc<Vec<Live>> = Arc::new((0..n).map(|_| Live::default()).collect());
@@ -294,7 +299,7 @@ fn start_clients(opts: &Options, target: Arc<Target>) -> Clients {
 
 /// Wait for the duration, the count, or a signal (its name); progress on
 /// stderr meanwhile.
-fn wait_for_the_end(opts: &Options, c: &Clients, stop_signals: &SigSet) -> Option<&'static str> {
+fn wait_for_the_end(opts: &Options, c: &Clients, signals: &SigSet) -> Option<&'static str> {
     let every = if std::io::stderr().is_terminal() {
         1
     } else {
@@ -311,8 +316,11 @@ fn wait_for_the_end(opts: &Options, c: &Clients, stop_signals: &SigSet) -> Optio
         }
         // Never past the duration's end: -d ends the run on time.
         let slice = end.map_or(TICK, |d| (d - t).min(TICK));
-        if let Some(sig) = wait_signal(stop_signals, slice) {
-            return Some(sig);
+        match wait_signal(signals, slice) {
+            Some(Signal::SIGUSR1) => split(&c.shared, opts.quiet),
+            Some(Signal::SIGINT) => return Some("INT"),
+            Some(_) => return Some("TERM"),
+            None => {}
         }
         if opts.quiet {
             continue;
@@ -334,6 +342,27 @@ fn wait_for_the_end(opts: &Options, c: &Clients, stop_signals: &SigSet) -> Optio
         }
     }
     None
+}
+
+/// SIGUSR1: the requests that finish from now on are the run's second part
+/// (a second USR1 changes nothing).
+fn split(shared: &Shared, quiet: bool) {
+    let us = shared
+        .start
+        .elapsed()
+        .as_micros()
+        .min(u128::from(u64::MAX - 1)) as u64;
+    if shared
+        .split_us
+        .compare_exchange(u64::MAX, us, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+        && !quiet
+    {
+        TOOL.info(format_args!(
+            "split at {:.3} s",
+            Duration::from_micros(us).as_secs_f64()
+        ));
+    }
 }
 
 fn progress(live: &[Live], t: Duration) {
@@ -377,6 +406,7 @@ fn collect(opts: &Options, c: Clients) -> (Run, Vec<Bin>) {
         stats,
         releases,
         flapping_fails: opts.flapping_fails,
+        split: c.shared.split(),
     };
     (run, bins)
 }
@@ -462,8 +492,8 @@ fn parse_url(url: &str) -> Option<(String, u16, String)> {
     Some((host, port, path))
 }
 
-/// The name of a blocked stop signal that came within `d`, if one did.
-fn wait_signal(set: &SigSet, d: Duration) -> Option<&'static str> {
+/// The blocked signal of `set` that came within `d`, if one did.
+fn wait_signal(set: &SigSet, d: Duration) -> Option<Signal> {
     let ts = libc::timespec {
         tv_sec: d.as_secs() as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -472,8 +502,9 @@ fn wait_signal(set: &SigSet, d: Duration) -> Option<&'static str> {
     // timespec, both alive for the call; the siginfo pointer may be null.
     let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
     match sig {
-        libc::SIGINT => Some("INT"),
-        libc::SIGTERM => Some("TERM"),
+        libc::SIGINT => Some(Signal::SIGINT),
+        libc::SIGTERM => Some(Signal::SIGTERM),
+        libc::SIGUSR1 => Some(Signal::SIGUSR1),
         _ => None,
     }
 }

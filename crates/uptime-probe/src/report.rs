@@ -153,6 +153,25 @@ pub fn table(run: &Run) -> String {
             ms(h.max_us)
         ),
     );
+    if let Some(t) = run.split {
+        let halves = s.halves();
+        for (name, h) in [
+            ("before USR1", &halves.before),
+            ("after USR1", &halves.after),
+        ] {
+            line(
+                name,
+                format!(
+                    "{} answered, p50 {}, p99 {}, max {}",
+                    h.n,
+                    ms(h.quantile(0.50)),
+                    ms(h.quantile(0.99)),
+                    ms(h.max_us)
+                ),
+            );
+        }
+        line("split at", format!("{:.3} s", t.as_secs_f64()));
+    }
     if let Some((i, w)) = worst_second(run) {
         line(
             "worst second",
@@ -209,6 +228,27 @@ pub fn json(run: &Run) -> String {
         Some((i, f)) => format!("{{\"at_s\":{i},\"requests\":{}}}", f.requests),
         None => "null".to_string(),
     };
+    let split = match run.split {
+        Some(t) => {
+            let halves = s.halves();
+            let half = |h: &crate::stats::Histogram| {
+                format!(
+                    "{{\"answered\":{},\"p50\":{},\"p99\":{},\"max\":{}}}",
+                    h.n,
+                    jms(h.quantile(0.50)),
+                    jms(h.quantile(0.99)),
+                    jms(h.max_us)
+                )
+            };
+            format!(
+                "{{\"at_s\":{:.3},\"before\":{},\"after\":{}}}",
+                t.as_secs_f64(),
+                half(&halves.before),
+                half(&halves.after)
+            )
+        }
+        None => "null".to_string(),
+    };
     let failure = run.failure();
     format!(
         concat!(
@@ -218,7 +258,7 @@ pub fn json(run: &Run) -> String {
             "\"retried\":{},\"connects\":{},\"mixed\":{},\"flapping\":{},\"no_x_release\":{},\"no_data_release\":{},",
             "\"releases\":[{}],\"untracked\":{},",
             "\"latency_ms\":{{\"p50\":{},\"p99\":{},\"p99_9\":{},\"max\":{}}},",
-            "\"worst_second\":{},\"fewest_second\":{},\"ok_verdict\":{},\"reason\":{}}}\n"
+            "\"split\":{},\"worst_second\":{},\"fewest_second\":{},\"ok_verdict\":{},\"reason\":{}}}\n"
         ),
         jstr(&run.url),
         run.elapsed.as_secs_f64(),
@@ -247,6 +287,7 @@ pub fn json(run: &Run) -> String {
         jms(h.quantile(0.99)),
         jms(h.quantile(0.999)),
         jms(h.max_us),
+        split,
         worst,
         fewest,
         failure.is_none(),

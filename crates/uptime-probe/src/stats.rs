@@ -21,6 +21,7 @@ pub enum Outcome {
 const SUB: u64 = 64;
 const BUCKETS: usize = 128 + 64 * 58;
 
+#[derive(Clone)]
 pub struct Histogram {
     counts: Vec<u64>,
     pub max_us: u64,
@@ -68,6 +69,18 @@ impl Histogram {
         }
         self.n += o.n;
         self.max_us = self.max_us.max(o.max_us);
+    }
+
+    /// What is left of `self` without `part`, a histogram of some of the same
+    /// values; the max (which counts cannot give back) is `max_us`.
+    pub fn without(&self, part: &Histogram, max_us: u64) -> Histogram {
+        let mut h = Histogram::new();
+        for ((c, a), b) in h.counts.iter_mut().zip(&self.counts).zip(&part.counts) {
+            *c = a.saturating_sub(*b);
+        }
+        h.n = self.n.saturating_sub(part.n);
+        h.max_us = max_us;
+        h
     }
 
     /// The latency below which `q` (0..1) of the requests fall, in microseconds.
@@ -118,10 +131,31 @@ pub struct Stats {
     /// Responses of releases past the tracked ones.
     pub untracked: u64,
     pub latency: Histogram,
+    /// The latency of the requests that finished after the split (SIGUSR1),
+    /// kept once there is one; those before it are `latency` without these.
+    pub after_split: Option<Histogram>,
+    /// The max latency of the requests that finished before the split.
+    pub before_split_max_us: u64,
     pub seconds: Vec<Second>,
 }
 
+/// The latency before and after the split, for a run that was split.
+pub struct Halves {
+    pub before: Histogram,
+    pub after: Histogram,
+}
+
 impl Stats {
+    /// The latency before and after the split (an empty `after` when no
+    /// request finished after it).
+    pub fn halves(&self) -> Halves {
+        let after = self.after_split.clone().unwrap_or_else(Histogram::new);
+        Halves {
+            before: self.latency.without(&after, self.before_split_max_us),
+            after,
+        }
+    }
+
     pub fn new() -> Stats {
         Stats {
             ok: 0,
@@ -141,6 +175,8 @@ impl Stats {
             releases: HashMap::new(),
             untracked: 0,
             latency: Histogram::new(),
+            after_split: None,
+            before_split_max_us: 0,
             seconds: Vec::new(),
         }
     }
@@ -159,8 +195,16 @@ impl Stats {
         self.ok + self.failed()
     }
 
-    /// Count one finished request: its outcome, at `at` since the start, taking `took`.
-    pub fn count(&mut self, outcome: Outcome, at: Duration, took: Duration, answered: bool) {
+    /// Count one finished request: its outcome, at `at` since the start, taking
+    /// `took`; `split`: when the run was split, if it was.
+    pub fn count(
+        &mut self,
+        outcome: Outcome,
+        at: Duration,
+        took: Duration,
+        answered: bool,
+        split: Option<Duration>,
+    ) {
         match outcome {
             Outcome::Ok => self.ok += 1,
             Outcome::Refused => self.refused += 1,
@@ -174,6 +218,13 @@ impl Stats {
         let us = took.as_micros().min(u64::MAX as u128) as u64;
         if answered {
             self.latency.record(us);
+            match split {
+                Some(t) if at >= t => self
+                    .after_split
+                    .get_or_insert_with(Histogram::new)
+                    .record(us),
+                _ => self.before_split_max_us = self.before_split_max_us.max(us),
+            }
         }
         let s = at.as_secs() as usize;
         if self.seconds.len() <= s {
@@ -207,6 +258,10 @@ impl Stats {
         }
         self.untracked += o.untracked;
         self.latency.merge(&o.latency);
+        if let Some(h) = &o.after_split {
+            self.after_split.get_or_insert_with(Histogram::new).merge(h);
+        }
+        self.before_split_max_us = self.before_split_max_us.max(o.before_split_max_us);
         if self.seconds.len() < o.seconds.len() {
             self.seconds.resize(o.seconds.len(), Second::default());
         }
@@ -374,5 +429,35 @@ mod tests {
         assert!((50.0..=50.0 * 1.19).contains(&p50), "{p50}");
         assert!((99.0..=99.0 * 1.19).contains(&p99), "{p99}");
         assert_eq!(Bin::default().quantile_ms(0.5), None);
+    }
+
+    #[test]
+    fn a_split_run_has_each_halfs_latency() {
+        let ms = Duration::from_millis;
+        let mut a = Stats::new();
+        let mut b = Stats::new();
+        // Before the split (at 10 s, or no split yet): 1 ms; after: 9 ms.
+        for i in 0..100 {
+            a.count(Outcome::Ok, ms(i), ms(1), true, None);
+            b.count(Outcome::Ok, ms(9_000 + i), ms(1), true, Some(ms(10_000)));
+            a.count(Outcome::Ok, ms(10_000 + i), ms(9), true, Some(ms(10_000)));
+        }
+        b.count(
+            Outcome::Timeout,
+            ms(12_000),
+            ms(5_000),
+            false,
+            Some(ms(10_000)),
+        );
+        a.merge(&b);
+        let h = a.halves();
+        assert_eq!((h.before.n, h.after.n, a.latency.n), (200, 100, 300));
+        assert!((1000..=1016).contains(&h.before.quantile(0.99)));
+        assert_eq!(h.before.max_us, 1000);
+        assert!((9000..=9141).contains(&h.after.quantile(0.5)));
+        assert_eq!(h.after.max_us, 9000);
+        // Never split: everything is before.
+        let h = b.halves();
+        assert_eq!((h.before.n, h.after.n), (100, 0));
     }
 }

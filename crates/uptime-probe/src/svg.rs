@@ -304,13 +304,19 @@ fn bin(o: &mut String, i: usize, b: &Bin, x: f64, w: f64, max_requests: u64) {
     for ((_, name), n) in FAILED_KINDS.iter().zip(&b.failed) {
         let _ = write!(o, " data-{}=\"{n}\"", name.replace('_', "-"));
     }
+    let q = |q| {
+        b.quantile_ms(q)
+            .map_or(String::new(), |v| format!("{v:.3}"))
+    };
     let _ = writeln!(
         o,
-        " data-retried=\"{}\" data-mixed=\"{}\" data-flapping=\"{}\" data-releases=\"{}\">",
+        " data-retried=\"{}\" data-mixed=\"{}\" data-flapping=\"{}\" data-releases=\"{}\" data-p50-ms=\"{}\" data-p99-ms=\"{}\">",
         b.retried,
         b.mixed,
         b.flapping,
-        releases.join(" ")
+        releases.join(" "),
+        q(0.5),
+        q(0.99)
     );
     let rect = |o: &mut String, class: &str, y: f64, h: f64, fill: &str| {
         let _ = writeln!(
