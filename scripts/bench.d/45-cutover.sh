@@ -40,7 +40,15 @@ ROWS=${ROWS:-"rolling all-at-once cutover cutover-handoff control cutover-stop g
 # shellcheck source=../bench-lib.sh
 . "$top/scripts/bench-lib.sh"
 
-work=$(mktemp -d)
+# The state in a tmpfs where there is one: with it on this machine's disk, the
+# first deploy after the releases were written took 0.6 to 20.9 s in its
+# atomic-symlink (6 runs of 6; once 21 requests timed out meanwhile), time of the
+# machine, not of the switch (BENCHMARKS.md, 2026-12-07).
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    work=$(mktemp -d -p /dev/shm)
+else
+    work=$(mktemp -d)
+fi
 srv_pid= probe_pid=
 cleanup() {
     stop_pid "$probe_pid"
@@ -188,6 +196,8 @@ row() {
     seen=$(grep -o '"first_seen_s"' "$dj" | wc -l)
     want=$((n + 1))
     [ "$1" != control ] || want=1
+    # (the probe names the first 64 releases; later ones it counts as untracked)
+    [ "$want" -le 64 ] || { [ "$(json untracked "$dj")" -gt 0 ] && want=64; }
     [ "$seen" -eq "$want" ] || fail "the probe saw $seen releases, not $want"
     p99s=$(split before p99 "$dj") p99d=$(split after p99 "$dj")
     ratio=$(split_ratio "$dj")
