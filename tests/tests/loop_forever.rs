@@ -181,22 +181,30 @@ fn hup_during_a_back_off_restarts_at_once() {
     let mut c = cmd("loop-forever");
     // Growing back-off: starts at 0 s, 1 s, 3 s, then the next would be at 7 s.
     c.args([
+        "-v",
         "-b",
         "60000",
         "sh",
         "-c",
         &format!("echo x >> {}; exit 1", log.display()),
     ]);
-    c.stderr(Stdio::null());
-    let p = Proc::spawn(c);
+    c.stderr(Stdio::piped());
+    let mut p = Proc::spawn(c);
     assert!(wait_until(LONG, || lines(&log) >= 3));
-    let t0 = Instant::now();
     p.signal(Signal::SIGHUP);
+    // The start at once, told on stderr, not timed: this machine has stalled
+    // process creation for 6 s, longer than the 4 s back-off left here
+    // (BENCHMARKS.md, 2026-12-07).
     assert!(
-        wait_until(Duration::from_millis(2500), || lines(&log) >= 4),
-        "HUP did not start prog at once"
+        wait_until(LONG, || lines(&log) >= 4),
+        "HUP did not start prog"
     );
-    assert!(t0.elapsed() < Duration::from_secs(3));
+    p.signal(Signal::SIGTERM);
+    let err = stderr_of(&mut p);
+    assert!(
+        err.contains("got HUP while waiting: starting sh now"),
+        "HUP did not start prog at once: {err}"
+    );
 }
 
 #[test]
