@@ -219,6 +219,53 @@ fn no_path_escapes_htdocs() {
 }
 
 #[test]
+fn files_reached_with_and_without_symlinks_are_served_alike() {
+    // A path without symlinks is opened beneath htdocs in one call, any other
+    // is resolved to its canonical path: both answer the same, and neither
+    // waits on a FIFO (opened for reading, it would block until a writer came).
+    let t = TempDir::new("app-paths");
+    let r1 = t.join("r1");
+    release(&r1, "r1");
+    std::fs::create_dir_all(r1.join("htdocs/empty")).unwrap();
+    std::os::unix::fs::symlink("sub", r1.join("htdocs/alias")).unwrap();
+    std::os::unix::fs::symlink("..", r1.join("htdocs/up")).unwrap();
+    std::os::unix::fs::symlink(r1.join("htdocs/hello.txt"), r1.join("htdocs/abs")).unwrap();
+    nix::unistd::mkfifo(
+        &r1.join("htdocs/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let app = start(&r1, &[]);
+    for (path, status, body, ctype) in [
+        ("/hello.txt", 200, "hello\n", "text/plain; charset=utf-8"),
+        ("/in", 200, "hello\n", "text/plain; charset=utf-8"),
+        ("/abs", 200, "hello\n", "text/plain; charset=utf-8"),
+        ("/sub/", 200, "sub\n", "text/html; charset=utf-8"),
+        ("/sub/index.html", 200, "sub\n", "text/html; charset=utf-8"),
+        ("/alias/", 200, "sub\n", "text/html; charset=utf-8"),
+        (
+            "/alias/index.html",
+            200,
+            "sub\n",
+            "text/html; charset=utf-8",
+        ),
+        ("/empty/", 404, "", ""),
+        ("/up/secret", 404, "", ""),
+        ("/fifo", 404, "", ""),
+    ] {
+        let r = get(app.port, path);
+        assert_eq!(r.status, status, "{path}");
+        if status == 200 {
+            assert_eq!(r.body(), body, "{path}");
+            assert_eq!(r.header("content-type").as_deref(), Some(ctype), "{path}");
+        } else {
+            assert!(!r.body().contains("SECRET"), "{path} escaped htdocs");
+        }
+    }
+    assert_eq!(get(app.port, "/release").body(), "r1\n");
+}
+
+#[test]
 fn malformed_and_refused_requests_get_their_status() {
     let t = TempDir::new("app-malformed");
     release(&t.join("r1"), "r1");

@@ -52,6 +52,9 @@ pub struct Site {
     pub release: String,
     /// The canonical DIR/htdocs, computed once; no file outside it is ever served.
     pub htdocs: PathBuf,
+    /// That directory, open (O_PATH): a path without symlinks is opened
+    /// beneath it in one call (http.rs, serve_file); None if it would not open.
+    pub htdocs_dir: Option<std::os::fd::OwnedFd>,
     pub verbose: bool,
     /// --fail-requests: every answer is a 500 (still naming the release).
     pub fail_requests: bool,
@@ -259,8 +262,16 @@ fn pin_release(root: &Path, verbose: bool) -> (Site, PathBuf) {
         &root.join("htdocs"),
         &format_args!("{}/htdocs", root.display()),
     );
+    let htdocs_dir = std::os::unix::fs::OpenOptionsExt::custom_flags(
+        std::fs::OpenOptions::new().read(true),
+        libc::O_PATH | libc::O_DIRECTORY,
+    )
+    .open(&htdocs)
+    .ok()
+    .map(std::os::fd::OwnedFd::from);
     let site = Site {
         release,
+        htdocs_dir,
         htdocs,
         verbose,
         fail_requests: false,
