@@ -15,7 +15,8 @@
 # its failures are plain after a few), MODES (forkpool -m modes, default "cutover rolling all-at-once"), TP_SECS (seconds per wrk
 # run, 3), TP_ROUNDS (wrk runs per row and server, the median is shown, 5; 0: none),
 # BENCH_QUICK=1 (a smoke run: 3 deploys, 8 clients, 2 s, one 2 s wrk run), SERVERS
-# (which rows: any of forkpool-MODE loop gunicorn-hup gunicorn-restart; default all),
+# (which rows: any of forkpool-MODE loop gunicorn-hup gunicorn-restart; default all;
+# " " for none, the throughput alone),
 # GUNICORN (default: gunicorn on PATH, else .venv/bin/gunicorn; its rows are left out
 # without it).
 set -eu
@@ -53,7 +54,7 @@ trap 'exit 130' INT TERM
 # changes them halfway, and demo/serve, given a BIN of its own, only checks it
 # (with target/release it would run cargo at every start).
 mkdir "$tmp/bin"
-for b in tcplisten forkpool loop-forever setlock atomic-symlink app uptime-probe; do
+for b in tcplisten forkpool loop-forever setlock atomic-symlink deploy-release poolctl app uptime-probe; do
     cp "$BIN/$b" "$tmp/bin/$b" || { echo "60-deploys: fatal: $BIN/$b is missing (cargo build --release)" >&2; exit 111; }
 done
 BIN=$tmp/bin
@@ -216,6 +217,10 @@ for k in $kinds; do
     loop) label="loop-forever" ;;
     gunicorn-hup) label="gunicorn, HUP" ;;
     gunicorn-restart) label="gunicorn, stop/start" ;;
+    *)
+        echo "60-deploys: fatal: unknown server $k in SERVERS (forkpool-MODE loop gunicorn-hup gunicorn-restart)" >&2
+        exit 100
+        ;;
     esac
     start_server "$k"
     for kav in on off; do
