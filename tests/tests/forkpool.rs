@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use integration_tests::*;
 use nix::sys::signal::Signal;
 
-const LONG: Duration = Duration::from_secs(15);
+const LONG: Duration = Duration::from_secs(30);
 
 /// A running pool on a fresh socket, with its status file and stderr.
 struct Pool {

@@ -517,7 +517,7 @@ fn usr1_splits_the_run_and_each_part_has_its_latency() {
     assert!(wait_until(Duration::from_secs(20), || served() >= 2000));
     p.signal(Signal::SIGUSR1);
     assert!(
-        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&err)
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&err)
             .unwrap_or_default()
             .contains("split at ")),
         "the probe says when it split"
