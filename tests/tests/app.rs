@@ -235,6 +235,12 @@ fn files_reached_with_and_without_symlinks_are_served_alike() {
         nix::sys::stat::Mode::from_bits_truncate(0o644),
     )
     .unwrap();
+    // A writer waits in open(2) until a reader opens the FIFO: serving must
+    // not be that reader (before, a request let it through).
+    let mut w = Command::new("sh");
+    w.arg("-c")
+        .arg(format!("echo x > {}", r1.join("htdocs/fifo").display()));
+    let mut writer = Proc::spawn(w);
     let app = start(&r1, &[]);
     for (path, status, body, ctype) in [
         ("/hello.txt", 200, "hello\n", "text/plain; charset=utf-8"),
@@ -263,6 +269,10 @@ fn files_reached_with_and_without_symlinks_are_served_alike() {
         }
     }
     assert_eq!(get(app.port, "/release").body(), "r1\n");
+    assert!(
+        writer.wait_timeout(Duration::from_millis(500)).is_none(),
+        "GET /fifo opened the FIFO: its writer got through"
+    );
 }
 
 #[test]

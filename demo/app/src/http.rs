@@ -360,32 +360,40 @@ fn serve_file(site: &Site, rel: PathBuf) -> Response {
     r
 }
 
-/// The short way to a file: opened beneath htdocs with no symlink on the
-/// way (crate::sys::open_beneath), so its canonical path is htdocs/rel by
-/// construction; a directory's index.html the same way. None when this way
-/// cannot tell (a symlink, an error, not a regular file): the canonical way
-/// then answers, as before. A request cost the app 36 us of CPU, a fifth of it
-/// realpath(3)'s walk (a readlink(2) a component, twice for a directory).
+/// The short way to a file: named beneath htdocs with no symlink on the way
+/// (sys::open_beneath), so its canonical path is htdocs/rel by construction; a
+/// directory's index.html the same way. Only a regular file is then opened for
+/// reading (the same walk again, and the same inode, or the long way): a FIFO
+/// or a device planted in htdocs is never opened. None when this way cannot
+/// tell (a symlink, an error, not a regular file): the canonical way then
+/// answers, as before. A request cost the app 36 us of CPU, a fifth of it and
+/// more realpath(3)'s walk (a readlink(2) a component, twice for a directory).
 fn serve_plain_file(site: &Site, rel: &Path) -> Option<Response> {
-    use std::os::fd::AsFd;
+    use crate::sys::{open_beneath, Beneath};
+    use std::os::fd::{AsFd, AsRawFd};
+    let stat = |fd: &std::os::fd::OwnedFd| nix::sys::stat::fstat(fd.as_raw_fd()).ok();
+    let is = |st: &libc::stat, kind| st.st_mode & libc::S_IFMT == kind;
     let dir = site.htdocs_dir.as_ref()?;
-    let name = if rel.as_os_str().is_empty() {
-        std::ffi::CString::new(".").ok()?
-    } else {
-        std::ffi::CString::new(rel.as_os_str().as_encoded_bytes()).ok()?
-    };
-    let mut fd = crate::sys::open_beneath(dir.as_fd(), &name).ok()?;
-    let mut st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)).ok()?;
     let mut served = rel.to_path_buf();
-    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        fd = crate::sys::open_beneath(fd.as_fd(), c"index.html").ok()?;
-        st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)).ok()?;
+    let name = |p: &Path| {
+        let b = p.as_os_str().as_encoded_bytes();
+        std::ffi::CString::new(if b.is_empty() { &b"."[..] } else { b }).ok()
+    };
+    let named = open_beneath(dir.as_fd(), &name(&served)?, Beneath::Path).ok()?;
+    let mut st = stat(&named)?;
+    if is(&st, libc::S_IFDIR) {
         served.push("index.html");
+        st = stat(&open_beneath(named.as_fd(), c"index.html", Beneath::Path).ok()?)?;
     }
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    if !is(&st, libc::S_IFREG) {
         return None;
     }
-    let len = st.st_size as u64;
+    let fd = open_beneath(dir.as_fd(), &name(&served)?, Beneath::Read).ok()?;
+    let now = stat(&fd)?;
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) || !is(&now, libc::S_IFREG) {
+        return None;
+    }
+    let len = now.st_size as u64;
     let mut file = std::fs::File::from(fd);
     let mut r = Response::error(200);
     r.content_type = content_type(&served);

@@ -287,15 +287,30 @@ pub fn sleep_unless_stopped(signals: &mut Signals, d: Duration) -> bool {
     }
 }
 
-/// `openat2(2)` of `rel` under `dir`, for reading (non-blocking, so that a FIFO
-/// is not waited on), refusing to leave `dir` and to follow any symlink: the
-/// walk that realpath(3) makes with a readlink(2) per component, in one call.
-/// Any error (a symlink on the way: ELOOP; no openat2: ENOSYS) is the caller's
-/// to take the long way.
-pub fn open_beneath(dir: BorrowedFd, rel: &std::ffi::CStr) -> Result<OwnedFd, Errno> {
+/// How `open_beneath` opens: `Path` only names the file (O_PATH: nothing of
+/// the file's own is run, a FIFO or a device is not opened), `Read` opens it
+/// for reading.
+#[derive(Clone, Copy)]
+pub enum Beneath {
+    Path,
+    Read,
+}
+
+/// `openat2(2)` of `rel` under `dir`, refusing to leave `dir` and to follow
+/// any symlink: the walk that realpath(3) makes with a readlink(2) per
+/// component, in one call. Any error (a symlink on the way: ELOOP; no
+/// openat2: ENOSYS) is the caller's to take the long way.
+pub fn open_beneath(
+    dir: BorrowedFd,
+    rel: &std::ffi::CStr,
+    how_: Beneath,
+) -> Result<OwnedFd, Errno> {
     // SAFETY: open_how is plain integers: all zeros is a valid value of it.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+    how.flags = match how_ {
+        Beneath::Path => libc::O_PATH | libc::O_CLOEXEC,
+        Beneath::Read => libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+    } as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
     // SAFETY: openat2 reads `rel` (a NUL-terminated string alive for the
     // call) and `how` (an initialised open_how whose size is passed); it
