@@ -45,6 +45,7 @@ fn interrupt(site: &Site, step: &str, sig: Signal) {
     let id = next_id();
     let dir = site.release(&id, flags);
     let errfile = site.dir.join(format!("{step}-{sig:?}.err"));
+    let gen0 = PoolStatus::read(&site.status).num("generation");
     let mut c = site.deploy_cmd(&[dir.to_str().expect("utf-8")]);
     c.env("DEPLOY_RELEASE_PAUSE", step)
         .stdin(Stdio::null())
@@ -74,6 +75,19 @@ fn interrupt(site: &Site, step: &str, sig: Signal) {
     }
     drop(d);
 
+    // At "hup" and "wait" the deploy had sent its HUP: the reload it asked
+    // for comes, killed or not. Until the supervisor has taken the HUP its
+    // status file still shows the old generation settled, and the site
+    // answers it (seen once: 'current' named the new release, the old one
+    // looked settled, and the reload came after the test had judged that a
+    // repair was due): so first the new generation, then the agreement.
+    if step == "hup" || step == "wait" {
+        assert!(
+            wait_until(LONG, || PoolStatus::read(&site.status).num("generation")
+                > gen0),
+            "{what}: the HUP sent before the interruption never started a generation: {err}"
+        );
+    }
     // what serves: the status file and the site agree. A HUP sent just
     // before the kill may not have reached the supervisor yet when the
     // status first looks settled: wait until both say the same release.
