@@ -219,7 +219,10 @@ fn stamp(o: &Opts, what: &str) {
             .append(true)
             .open(path)
         {
-            let _ = writeln!(f, "{what} {} {ns}", std::process::id());
+            // One write(2): writeln! on a File writes each piece apart
+            // ("start", " ", the pid, ...), and lines of processes
+            // appending at once would mix.
+            let _ = f.write_all(format!("{what} {} {ns}\n", std::process::id()).as_bytes());
         }
     }
 }
@@ -239,12 +242,17 @@ fn main() {
             .append(true)
             .open(path)
         {
-            let _ = writeln!(
-                f,
-                "{} {} {}",
-                std::process::id(),
-                env("FORKPOOL_GENERATION"),
-                env("FORKPOOL_WORKER")
+            // One write(2), as for --stamp: a helper's line written
+            // between the pieces of a worker's was two lines no test could
+            // read (forkpool_hostile kill_9_...: "no helpers" after 30 s, once).
+            let _ = f.write_all(
+                format!(
+                    "{} {} {}\n",
+                    std::process::id(),
+                    env("FORKPOOL_GENERATION"),
+                    env("FORKPOOL_WORKER")
+                )
+                .as_bytes(),
             );
         }
     }
