@@ -186,11 +186,21 @@ fn hup_during_a_back_off_restarts_at_once() {
         "60000",
         "sh",
         "-c",
-        &format!("echo x >> {}; exit 1", log.display()),
+        &format!("echo $$ >> {}; exit 1", log.display()),
     ]);
     c.stderr(Stdio::piped());
     let mut p = Proc::spawn(c);
     assert!(wait_until(LONG, || lines(&log) >= 3));
+    // The third sh gone (reaped): loop-forever is in its back-off. (A HUP
+    // while that sh still ran took the other way, a restart at its end.)
+    let third: i32 = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait_until(LONG, || !alive(third)), "sh {third} did not end");
     p.signal(Signal::SIGHUP);
     // The start at once, told on stderr, not timed: this machine has stalled
     // process creation for 6 s, longer than the 4 s back-off left here
