@@ -191,8 +191,9 @@ fn hup_during_a_back_off_restarts_at_once() {
     c.stderr(Stdio::piped());
     let mut p = Proc::spawn(c);
     assert!(wait_until(LONG, || lines(&log) >= 3));
-    // The third sh gone (reaped): loop-forever is in its back-off. (A HUP
-    // while that sh still ran took the other way, a restart at its end.)
+    // The third sh reaped (not only a zombie: its /proc entry gone), so
+    // loop-forever has taken its end and is in its back-off. (A HUP before
+    // that took the other way, a restart at its end: seen twice.)
     let third: i32 = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
@@ -200,7 +201,11 @@ fn hup_during_a_back_off_restarts_at_once() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(wait_until(LONG, || !alive(third)), "sh {third} did not end");
+    assert!(
+        wait_until(LONG, || !std::path::Path::new(&format!("/proc/{third}"))
+            .exists()),
+        "sh {third} was not reaped"
+    );
     p.signal(Signal::SIGHUP);
     // The start at once, told on stderr, not timed: this machine has stalled
     // process creation for 6 s, longer than the 4 s back-off left here
