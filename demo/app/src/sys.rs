@@ -303,11 +303,11 @@ pub enum Beneath {
 pub fn open_beneath(
     dir: BorrowedFd,
     rel: &std::ffi::CStr,
-    how_: Beneath,
+    mode: Beneath,
 ) -> Result<OwnedFd, Errno> {
     // SAFETY: open_how is plain integers: all zeros is a valid value of it.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = match how_ {
+    how.flags = match mode {
         Beneath::Path => libc::O_PATH | libc::O_CLOEXEC,
         Beneath::Read => libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
     } as u64;

@@ -214,16 +214,7 @@ fn stamp(o: &Opts, what: &str) {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            // One write(2): writeln! on a File writes each piece apart
-            // ("start", " ", the pid, ...), and lines of processes
-            // appending at once would mix.
-            let _ = f.write_all(format!("{what} {} {ns}\n", std::process::id()).as_bytes());
-        }
+        append_line(path, &format!("{what} {} {ns}", std::process::id()));
     }
 }
 
@@ -237,24 +228,7 @@ fn main() {
         std::process::exit(0);
     }
     if let Some(path) = &o.start_log {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            // One write(2), as for --stamp: a helper's line written
-            // between the pieces of a worker's was two lines no test could
-            // read (forkpool_hostile kill_9_...: "no helpers" after 30 s, once).
-            let _ = f.write_all(
-                format!(
-                    "{} {} {}\n",
-                    std::process::id(),
-                    env("FORKPOOL_GENERATION"),
-                    env("FORKPOOL_WORKER")
-                )
-                .as_bytes(),
-            );
-        }
+        append_line(path, &start_line(""));
     }
     if let Some(code) = o.exit {
         stamp(&o, "exit");
@@ -522,21 +496,7 @@ fn helper(o: &Opts) {
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         if let Some(path) = &o.start_log {
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                let _ = f.write_all(
-                    format!(
-                        "{} {} {} helper\n",
-                        std::process::id(),
-                        env("FORKPOOL_GENERATION"),
-                        env("FORKPOOL_WORKER")
-                    )
-                    .as_bytes(),
-                );
-            }
+            append_line(path, &start_line(" helper"));
         }
     } else if pid < 0 {
         die("unable to fork a helper");
@@ -567,15 +527,33 @@ fn window(t_ready: std::time::Instant, path: &str) {
             break None;
         }
     };
+    let ns = got.map_or("none".to_string(), |u| u.to_string());
+    append_line(path, &format!("window {} {ns}", std::process::id()));
+}
+
+/// `line` and a newline appended to the file at `path` (created if need
+/// be) in one write(2): lines of processes appending at once never mix.
+/// (writeln! on a File writes each piece apart: "start", " ", the pid, ...;
+/// a helper's line inside a worker's was two lines no test could read,
+/// forkpool_hostile kill_9_...: "no helpers" after 30 s, once.)
+fn append_line(path: &str, line: &str) {
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
     {
-        // One write(2), so that lines of workers writing at once do not mix.
-        let ns = got.map_or("none".to_string(), |u| u.to_string());
-        let _ = f.write_all(format!("window {} {ns}\n", std::process::id()).as_bytes());
+        let _ = f.write_all(format!("{line}\n").as_bytes());
     }
+}
+
+/// A --start-log line: "PID GEN WORKER", then `suffix`.
+fn start_line(suffix: &str) -> String {
+    format!(
+        "{} {} {}{suffix}",
+        std::process::id(),
+        env("FORKPOOL_GENERATION"),
+        env("FORKPOOL_WORKER")
+    )
 }
 
 fn notify() {
@@ -648,13 +626,7 @@ fn serve(o: &Opts, life: &mut Life) {
         // else owns it.
         let mut conn = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         if let Some(path) = &o.accept_log {
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                let _ = f.write_all(format!("accept {}\n", std::process::id()).as_bytes());
-            }
+            append_line(path, &format!("accept {}", std::process::id()));
         }
         // The connection inherits nothing from the listener on Linux, but be sure.
         // SAFETY: fcntl(2) on a descriptor we own, with integer arguments only.
