@@ -60,9 +60,12 @@ ensure_built() {
     [ -z "$missing" ] || die 111 "missing in $BIN:$missing (cargo build --workspace?)"
 }
 
-# A fresh release id that sorts after every earlier one.
+# A fresh release id that sorts after every earlier one: the clock read once
+# (its seconds and their fraction read apart made an id at a second's end sort
+# before the one made just before it), the nanoseconds cut to microseconds.
 new_release_id() {
-    echo "r$(date +%Y%m%d-%H%M%S)-$(date +%N | cut -c1-6)-$$"
+    now=$(date +%Y%m%d-%H%M%S-%N)
+    echo "r${now%???}-$$"
 }
 
 # build_release ID [KIND]: lays out $STATE/releases/ID (code, static files, the id),

@@ -549,6 +549,49 @@ fn rollback_and_pruning() {
     assert_eq!(history.lines().last(), Some(line.as_str()), "{history}");
 }
 
+/// A release id is read from the clock once: ids made one after another sort
+/// in the order they were made even when the clock crosses a second between
+/// reads (two reads, the second's digits and then its fraction, made an id at
+/// a second's end sort before the one made just before it: seen in a suite run
+/// as rollback_and_pruning's releases out of order). Here `date` is a clock
+/// that moves 0.35 s at every read.
+#[test]
+fn release_ids_sort_in_the_order_they_are_made() {
+    let dir = TempDir::new("demo-ids");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let real_date = ["/usr/bin/date", "/bin/date"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("date(1)");
+    let fake = format!(
+        r#"#!/bin/sh
+n=$(cat "$0.n" 2>/dev/null || echo 0)
+echo $((n + 1)) >"$0.n"
+t=$((176510155990 + n * 35))
+exec {real_date} -d "@$((t / 100)).$(printf %02d $((t % 100)))" "$@"
+"#
+    );
+    script(&bin.join("date"), &fake);
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#". "$1/demo/lib.sh"; for i in 1 2 3 4 5 6 7 8 9 10; do new_release_id; done"#)
+        .arg("sh")
+        .arg(repo())
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        );
+    let (code, out, err) = run(c, Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids.len(), 10, "{out}");
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "ids out of the order they were made in");
+}
+
 /// deploy refuses a site that is not running, a stale pid file, a pid that is
 /// not the chain or serves another state directory (exit 3, nothing changed);
 /// serve refuses to start twice.
