@@ -28,15 +28,16 @@ p99_ratio() {
     awk -v a="$(json p99 "$2")" -v b="$(json p99 "$1")" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "-" }'
 }
 
-# split PART KEY FILE: KEY of the probe's latency before or after its split
-# (PART: before or after; the run split by SIGUSR1), e.g. split after p99 f.json.
-split() {
-    sed -n "s/.*\"split\":{.*\"$1\":{\([^}]*\)}.*/\1/p" "$3" | grep -o "\"$2\":[0-9.]*" | cut -d: -f2
+# part PART KEY FILE: KEY of the probe's latency outside or inside its marked
+# parts (PART: unmarked or marked; each SIGUSR1 starts or ends one), e.g.
+# part marked p99 f.json.
+part() {
+    sed -n "s/.*\"parts\":{.*\"$1\":{\([^}]*\)}.*/\1/p" "$3" | grep -o "\"$2\":[0-9.]*" | cut -d: -f2
 }
 
-# split_ratio FILE: p99 after the probe's split over p99 before it, e.g. 1.1x.
-split_ratio() {
-    awk -v a="$(split after p99 "$1")" -v b="$(split before p99 "$1")" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "-" }'
+# part_ratio FILE: p99 inside the probe's marked parts over p99 outside them, e.g. 1.1x.
+part_ratio() {
+    awk -v a="$(part marked p99 "$1")" -v b="$(part unmarked p99 "$1")" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "-" }'
 }
 
 # failed_why FILE: the outcomes that make up the probe's failed count, e.g.

@@ -1,8 +1,11 @@
 #!/bin/sh
 # forkpool's reload modes beside gunicorn's HUP, in one run (issue 9): the demo app
-# (4 workers) under one uptime-probe run at $CONCURRENCY keep-alive clients, first
-# $DURATION s without deploys (steady), then (split there with SIGUSR1) while $DEPLOYS
-# deploys run back to back. A deploy: a new release directory (demo/lib.sh's
+# (4 workers) under one uptime-probe run at $CONCURRENCY keep-alive clients: $DURATION s
+# without deploys, then $BURSTS bursts of deploys ($DEPLOYS in all, back to back or
+# paced) with $QUIET s without deploys between them; each burst is a marked part of
+# the probe's run (a SIGUSR1 as it begins, another $SETTLE_MS ms after its last deploy),
+# so that steady (unmarked) and during the deploys (marked) alternate and whatever
+# else the machine does falls on both alike. A deploy: a new release directory (demo/lib.sh's
 # build_release; for gunicorn the same files), atomic-symlink `current`, HUP (forkpool:
 # poolctl reload, which waits until the new generation serves), wait until /release
 # answers the new release. Failed, mixed, flapping, p99 steady against p99 during the
@@ -16,7 +19,8 @@
 # alone holds it), and gunicorn (sync workers) reloaded with HUP.
 #
 # Run by scripts/bench ($BIN = target/release on PATH, .venv/bin on PATH).
-# Environment: DEPLOYS (default 50), CONCURRENCY (32), DURATION (10 s), WORKERS (4),
+# Environment: DEPLOYS (default 50), CONCURRENCY (32), DURATION (2 s), BURSTS (10),
+# QUIET (1 s), SETTLE_MS (100), WORKERS (4),
 # ROWS (any of rolling all-at-once cutover cutover-handoff control cutover-stop gunicorn;
 # default all),
 # GUNICORN (default: gunicorn on PATH, else .venv/bin/gunicorn; its row is left out
@@ -28,10 +32,13 @@ BIN=${BIN:-$top/target/release}
 export BIN
 PATH="$BIN:$top/.venv/bin:$PATH"
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
-    DEPLOYS=${DEPLOYS:-5} CONCURRENCY=${CONCURRENCY:-8} DURATION=${DURATION:-2}
+    DEPLOYS=${DEPLOYS:-5} CONCURRENCY=${CONCURRENCY:-8} DURATION=${DURATION:-1} BURSTS=${BURSTS:-2}
 else
-    DEPLOYS=${DEPLOYS:-50} CONCURRENCY=${CONCURRENCY:-32} DURATION=${DURATION:-10}
+    DEPLOYS=${DEPLOYS:-50} CONCURRENCY=${CONCURRENCY:-32} DURATION=${DURATION:-2} BURSTS=${BURSTS:-10}
 fi
+QUIET=${QUIET:-1}
+SETTLE_MS=${SETTLE_MS:-100}
+[ "$BURSTS" -ge 1 ] && [ "$BURSTS" -le "$DEPLOYS" ] || { echo "45-cutover: fatal: BURSTS must be 1 to DEPLOYS ($DEPLOYS)" >&2; exit 100; }
 WORKERS=${WORKERS:-4}
 PACE_MS=${PACE_MS:-0}
 GUNICORN=${GUNICORN:-$(command -v gunicorn || echo "$top/.venv/bin/gunicorn")}
@@ -167,27 +174,37 @@ row() {
     start "$1"
     url=http://127.0.0.1:$port/
     [ "$1" = control ] || build_ahead "$DEPLOYS"
-    # One probe for the row, its clients' connections the same throughout: the
-    # first DURATION s are steady, a USR1 splits the run as the deploys begin
-    # and TERM ends it as the last is over (two probes, one for each part,
-    # each spread its 32 connections over the workers its own way, and the
-    # steady p99 moved with the spread: 0.6x between two runs without deploys).
+    # One probe for the row, its clients' connections the same throughout
+    # (two probes, one for steady and one for the deploys, each spread its 32
+    # connections over the workers its own way, and the steady p99 moved with
+    # the spread: 0.6x between two runs without deploys). Each burst of
+    # deploys is a marked part of the run, the quiet stretches between them
+    # the unmarked: one steady stretch before all the deploys put a
+    # neighbour's busy seconds on one side only (the control alone showed
+    # 0.6x to 1.4x that way). A burst's part ends SETTLE_MS after its last
+    # deploy, so what a deploy leaves behind is counted with the deploys.
     # shellcheck disable=SC2046
     "$BIN/uptime-probe" --json -q -c "$CONCURRENCY" $(picture "cutover-$1" "$STATE/logs/marks") "$url" >"$work/run.json" 2>>"$work/probe.err" &
     probe_pid=$!
     sleep "$DURATION"
-    kill -USR1 "$probe_pid"
-    n=0
-    t0=$(now_ms)
-    while [ $n -lt "$DEPLOYS" ]; do
-        deploy "$1"
-        n=$((n + 1))
-        if [ "$PACE_MS" -gt 0 ]; then
-            left=$((t0 + n * PACE_MS - $(now_ms)))
-            [ "$left" -le 0 ] || sleep "$(awk -v m="$left" 'BEGIN { print m / 1000 }')"
-        fi
+    n=0 b=0 busy=0
+    while [ $b -lt "$BURSTS" ]; do
+        b=$((b + 1))
+        [ $b -eq 1 ] || sleep "$QUIET"
+        kill -USR1 "$probe_pid"
+        t0=$(now_ms) k=0 burst=$((DEPLOYS * b / BURSTS - n))
+        while [ $k -lt $burst ]; do
+            deploy "$1"
+            k=$((k + 1))
+            if [ "$PACE_MS" -gt 0 ]; then
+                left=$((t0 + k * PACE_MS - $(now_ms)))
+                [ "$left" -le 0 ] || sleep "$(awk -v m="$left" 'BEGIN { print m / 1000 }')"
+            fi
+        done
+        n=$((n + k)) busy=$((busy + $(now_ms) - t0))
+        sleep "$(awk -v m="$SETTLE_MS" 'BEGIN { print m / 1000 }')"
+        kill -USR1 "$probe_pid"
     done
-    t1=$(now_ms)
     stop_pid "$probe_pid"
     probe_pid=
     stop_pid "$srv_pid"
@@ -199,8 +216,8 @@ row() {
     # (the probe names the first 64 releases; later ones it counts as untracked)
     [ "$want" -le 64 ] || { [ "$(json untracked "$dj")" -gt 0 ] && want=64; }
     [ "$seen" -eq "$want" ] || fail "the probe saw $seen releases, not $want"
-    p99s=$(split before p99 "$dj") p99d=$(split after p99 "$dj")
-    ratio=$(split_ratio "$dj")
+    p99s=$(part unmarked p99 "$dj") p99d=$(part marked p99 "$dj")
+    ratio=$(part_ratio "$dj")
     failed=$(json failed "$dj")
     if [ "${failed:-0}" != 0 ]; then
         failed="$failed ($(failed_why "$dj"))"
@@ -218,9 +235,9 @@ row() {
     *) label="forkpool -m $1" ;;
     esac
     printf '| %s | %s | %.2f s | %s | %s | %s | %s | %s | %s ms | %s ms | %s | %s ms | %s | %s | %s |\n' \
-        "$label" "$n" "$(awk -v t=$((t1 - t0)) -v n="$n" 'BEGIN { print t / n / 1000 }')" \
-        "$(split after answered "$dj")" "$failed" "$(json retried "$dj")" "$(json mixed "$dj")" \
-        "$(json flapping "$dj")" "$p99s" "$p99d" "$ratio" "$(split after max "$dj")" "$sw" "$heard" "$load0 - $(load1)"
+        "$label" "$n" "$(awk -v t=$busy -v n="$n" 'BEGIN { print t / n / 1000 }')" \
+        "$(part marked answered "$dj")" "$failed" "$(json retried "$dj")" "$(json mixed "$dj")" \
+        "$(json flapping "$dj")" "$p99s" "$p99d" "$ratio" "$(part marked max "$dj")" "$sw" "$heard" "$load0 - $(load1)"
 }
 
 gver=
@@ -233,9 +250,11 @@ fi
 echo "## Cutover: no client sees the old release after the new one"
 echo
 echo "The demo app with $WORKERS workers, uptime-probe with $CONCURRENCY keep-alive clients, one probe"
-echo "run a row: *steady* its first $DURATION s, without deploys; then $DEPLOYS deploys back to back,"
-echo "the run split at the first (SIGUSR1) and ended at the last. requests, p99 deploys and max:"
-echo "the deploys' part; failed, retried, mixed, flapping: the whole run. A deploy: new release,"
+echo "run a row: $DURATION s without deploys, then $DEPLOYS deploys in $BURSTS bursts with $QUIET s"
+echo "without deploys between them. *p99 deploys*: the bursts (each a marked part of the probe's"
+echo "run, from its first deploy to $SETTLE_MS ms after its last); *p99 steady*: the rest, so that"
+echo "the two alternate. requests, p99 deploys and max: the bursts'; failed, retried, mixed,"
+echo "flapping: the whole run. s/deploy: the bursts' time over the deploys. A deploy: new release,"
 echo "atomic-symlink, HUP (forkpool: poolctl reload, which waits until the new generation"
 echo "serves), until /release answers it. flapping: responses"
 echo "older than a release the same client had already seen. switch: cutover only, from the"
@@ -244,8 +263,8 @@ echo "delay of a deploy). heard: each old worker's stopping notice as forkpool h
 echo "the stop signals, median / max (the signal's way into the worker and the notice's way back:"
 echo "the switch is the slowest worker's, plus forkpool's turn). load: the 1-minute load average"
 echo "at the row's start and end. $(nproc) cores, shared by server, probe, deploys and whatever"
-echo "else the machine runs. control: the cutover --handoff row's run with no deploys, its second"
-echo "part $DEPLOYS waits of 50 ms: the ratio that two parts of one run show by chance on this machine."
+echo "else the machine runs. control: the cutover --handoff row's run with no deploys, its bursts"
+echo "waits of 50 ms: the ratio that the two parts of one run show by chance on this machine."
 [ "$PACE_MS" = 0 ] || echo "Deploys paced: one every $PACE_MS ms."
 [ -n "$gver" ] || echo "gunicorn not found: its row is left out."
 echo

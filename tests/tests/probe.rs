@@ -484,11 +484,11 @@ fn usage_errors_exit_100() {
     }
 }
 
-/// Set by the test: `slow_after_split` answers 20 ms late while it is.
+/// Set by the test: `slow_while_marked` answers 20 ms late while it is.
 static SLOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// A keep-alive server of release r1 that is slow while SLOW is set.
-fn slow_after_split(mut s: TcpStream, _: u64, c: &Counters) {
+fn slow_while_marked(mut s: TcpStream, _: u64, c: &Counters) {
     while read_request(&mut s, c) {
         if SLOW.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
@@ -500,11 +500,14 @@ fn slow_after_split(mut s: TcpStream, _: u64, c: &Counters) {
 }
 
 #[test]
-fn usr1_splits_the_run_and_each_part_has_its_latency() {
-    // Fast before the split, 20 ms a request after it: the whole run's p99
-    // mixes the two; each part's is its own.
-    let srv = server(slow_after_split);
-    let t = TempDir::new("probe-split");
+fn each_usr1_starts_or_ends_a_marked_part_and_each_part_has_its_latency() {
+    // Fast, then 20 ms a request while marked, fast again, marked again:
+    // the whole run's latency mixes the two; each part's is its own, the
+    // second marked part with the first, the fast stretch between them
+    // with the unmarked (it is the longest: a marked part that went on to
+    // the end of the run would have a fast median).
+    let srv = server(slow_while_marked);
+    let t = TempDir::new("probe-marks");
     let err = t.join("err");
     let mut c = cmd("uptime-probe");
     c.args(["--json", "-c", "2"])
@@ -514,44 +517,66 @@ fn usr1_splits_the_run_and_each_part_has_its_latency() {
     let mut p = Proc::spawn(c);
     let out = p.stdout();
     let served = || srv.c.served.load(Ordering::SeqCst);
-    assert!(wait_until(Duration::from_secs(20), || served() >= 2000));
-    p.signal(Signal::SIGUSR1);
-    assert!(
-        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&err)
+    let said = |what: &str| {
+        std::fs::read_to_string(&err)
             .unwrap_or_default()
-            .contains("split at ")),
-        "the probe says when it split"
-    );
-    SLOW.store(true, Ordering::SeqCst);
-    let n = served();
-    assert!(wait_until(Duration::from_secs(20), || served() >= n + 100));
-    // A second USR1 moves nothing.
-    p.signal(Signal::SIGUSR1);
+            .matches(what)
+            .count()
+    };
+    let serve = |more: u64| {
+        let n = served();
+        assert!(wait_until(Duration::from_secs(20), || served() >= n + more));
+    };
+    serve(1000);
+    for round in 1..=2 {
+        p.signal(Signal::SIGUSR1);
+        assert!(
+            wait_until(Duration::from_secs(20), || said(
+                "start of a marked part at "
+            ) == round),
+            "the probe says when a marked part starts"
+        );
+        SLOW.store(true, Ordering::SeqCst);
+        serve(100);
+        p.signal(Signal::SIGUSR1);
+        assert!(
+            wait_until(Duration::from_secs(20), || said("end of a marked part at ")
+                == round),
+            "and when it ends"
+        );
+        SLOW.store(false, Ordering::SeqCst);
+        serve(if round == 1 { 3000 } else { 100 });
+    }
     p.signal(Signal::SIGTERM);
     let st = p
         .wait_timeout(Duration::from_secs(10))
         .expect("stops on TERM");
     assert_eq!(st.code(), Some(0));
     let text = integration_tests::read_all_timeout(out, Duration::from_secs(5)).unwrap();
-    let split = &text[text.find("\"split\":{").expect("a split")..];
-    let before = &split[split.find("\"before\":").unwrap()..split.find("\"after\":").unwrap()];
-    let after = &split[split.find("\"after\":").unwrap()..];
-    let (b99, a99) = (json_number(before, "p99"), json_number(after, "p99"));
-    assert!(b99 < 20.0, "before the split nothing was slow: {text}");
-    assert!(a99 >= 20.0, "after it, about all was: {text}");
-    assert!(json_number(after, "max") >= 20.0, "{text}");
-    let answered = json_count(before, "answered") + json_count(after, "answered");
-    assert_eq!(answered, json_count(&text, "requests"), "{text}");
-    assert_eq!(
-        std::fs::read_to_string(&err)
-            .unwrap()
-            .matches("split at ")
-            .count(),
-        1,
-        "one split"
+    let parts = &text[text.find("\"parts\":{").expect("parts")..];
+    let unmarked = &parts[parts.find("\"unmarked\":").unwrap()..parts.find("\"marked\":").unwrap()];
+    let marked = &parts[parts.find("\"marked\":").unwrap()..];
+    assert!(
+        json_number(unmarked, "p99") < 20.0,
+        "nothing unmarked was slow: {text}"
     );
-    // Without a USR1 there is none.
+    assert!(
+        json_number(marked, "p50") >= 20.0,
+        "about all marked was: {text}"
+    );
+    assert!(json_number(marked, "max") >= 20.0, "{text}");
+    let answered = json_count(unmarked, "answered") + json_count(marked, "answered");
+    assert_eq!(answered, json_count(&text, "requests"), "{text}");
+    // The four USR1s, in order.
+    let at = &parts[parts.find("\"usr1_at_s\":[").unwrap() + 13..];
+    let at: Vec<f64> = at[..at.find(']').unwrap()]
+        .split(',')
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(at.len(), 4, "{text}");
+    assert!(at.windows(2).all(|w| w[0] <= w[1]), "{text}");
+    // Without a USR1 there are no parts.
     let (code, json, _) = probe(&["-n", "50"], srv.port);
     assert_eq!(code, 0);
-    assert!(json.contains("\"split\":null,"), "{json}");
+    assert!(json.contains("\"parts\":null,"), "{json}");
 }

@@ -51,19 +51,11 @@ pub struct Shared {
     pub releases: Mutex<Vec<(Vec<u8>, Duration)>>,
     /// The run's timeline in 100 ms bins, kept only for --svg.
     pub bins: Option<Mutex<Vec<Bin>>>,
-    /// When the run was split (SIGUSR1), in microseconds since `start`;
-    /// `u64::MAX` until then.
-    pub split_us: AtomicU64,
-}
-
-impl Shared {
-    /// When the run was split, if it was.
-    pub fn split(&self) -> Option<Duration> {
-        match self.split_us.load(Ordering::Relaxed) {
-            u64::MAX => None,
-            us => Some(Duration::from_micros(us)),
-        }
-    }
+    /// Whether the requests finishing now are in the marked part (each
+    /// SIGUSR1 flips it; unmarked until the first).
+    pub marked: AtomicBool,
+    /// When each SIGUSR1 came, since `start` (written by the main thread).
+    pub marks: Mutex<Vec<Duration>>,
 }
 
 /// The releases tracked by name, by order of first appearance: a server
@@ -197,12 +189,12 @@ impl Client<'_> {
         }
         let done = Instant::now();
         let at = done.duration_since(self.shared.start);
-        let split = self.shared.split();
+        let marked = self.shared.marked.load(Ordering::Relaxed);
         match r {
             Attempt::Abandoned => return false,
             Attempt::Failed { outcome, .. } => {
                 self.conn = None;
-                self.stats.count(outcome, at, done - t0, false, split);
+                self.stats.count(outcome, at, done - t0, false, marked);
                 if let Some(bin) = self.bin_at(at) {
                     bin.count(outcome, done - t0, false, retried);
                 }
@@ -216,7 +208,7 @@ impl Client<'_> {
                 } else {
                     Outcome::BadStatus
                 };
-                self.stats.count(outcome, at, done - t0, true, split);
+                self.stats.count(outcome, at, done - t0, true, marked);
                 if let Some(bin) = self.bin_at(at) {
                     bin.count(outcome, done - t0, true, retried);
                 }

@@ -40,7 +40,8 @@ const TOOL: Tool = Tool {
                          deploy-release deploys.jsonl line (with --svg)
   -h, --help             this text
   -V, --version          the version
-SIGINT or SIGTERM ends the run; SIGUSR1 splits it (latency before and after).
+SIGINT or SIGTERM ends the run; each SIGUSR1 starts or ends a marked part
+(latency inside and outside the marked parts).
 Exit: 0 nothing failed and nothing mixed; 1 some request failed or was mixed (or
 flapped, with --flapping-fails), or none finished; 100 usage; 111 could not start.
 ",
@@ -60,8 +61,9 @@ pub struct Run {
     /// Releases in order of first appearance, with when they were first seen.
     pub releases: Vec<(Vec<u8>, Duration)>,
     pub flapping_fails: bool,
-    /// When SIGUSR1 split the run (its latency is reported on each side), if it did.
-    pub split: Option<Duration>,
+    /// When each SIGUSR1 came (each starts or ends a marked part; the
+    /// latency is reported inside and outside them); empty: none came.
+    pub marks: Vec<Duration>,
 }
 
 impl Run {
@@ -233,7 +235,7 @@ fn target(opts: &Options) -> Target {
 }
 
 /// SIGINT and SIGTERM end the run (and the results are printed), SIGUSR1
-/// splits it: blocked in every thread (the clients inherit the mask), taken
+/// starts or ends a marked part: blocked in every thread (the clients inherit the mask), taken
 /// by the main one with sigtimedwait.
 fn block_signals() -> SigSet {
     let mut set = SigSet::empty();
@@ -254,7 +256,8 @@ fn start_clients(opts: &Options, target: Arc<Target>) -> Clients {
         start: Instant::now(),
         releases: Mutex::new(Vec::new()),
         bins: opts.svg.as_ref().map(|_| Mutex::new(Vec::new())),
-        split_us: AtomicU64::new(u64::MAX),
+        marked: AtomicBool::new(false),
+        marks: Mutex::new(Vec::new()),
     });
     let n = opts.concurrency;
     let live: Arc<Vec<Live>> = Arc::new((0..n).map(|_| Live::default()).collect());
@@ -317,7 +320,7 @@ fn wait_for_the_end(opts: &Options, c: &Clients, signals: &SigSet) -> Option<&'s
         // Never past the duration's end: -d ends the run on time.
         let slice = end.map_or(TICK, |d| (d - t).min(TICK));
         match wait_signal(signals, slice) {
-            Some(Signal::SIGUSR1) => split(&c.shared, opts.quiet),
+            Some(Signal::SIGUSR1) => mark(&c.shared, opts.quiet),
             Some(Signal::SIGINT) => return Some("INT"),
             Some(_) => return Some("TERM"),
             None => {}
@@ -344,23 +347,19 @@ fn wait_for_the_end(opts: &Options, c: &Clients, signals: &SigSet) -> Option<&'s
     None
 }
 
-/// SIGUSR1: the requests that finish from now on are the run's second part
-/// (a second USR1 changes nothing).
-fn split(shared: &Shared, quiet: bool) {
-    let us = shared
-        .start
-        .elapsed()
-        .as_micros()
-        .min(u128::from(u64::MAX - 1)) as u64;
-    if shared
-        .split_us
-        .compare_exchange(u64::MAX, us, Ordering::Relaxed, Ordering::Relaxed)
-        .is_ok()
-        && !quiet
-    {
+/// SIGUSR1: the requests that finish from now on are in the other part
+/// (marked after an odd number of USR1s, unmarked after an even one).
+fn mark(shared: &Shared, quiet: bool) {
+    let at = shared.start.elapsed();
+    let mut marks = shared.marks.lock().unwrap_or_else(|e| e.into_inner());
+    marks.push(at);
+    let marked = marks.len() % 2 == 1;
+    shared.marked.store(marked, Ordering::Relaxed);
+    if !quiet {
         TOOL.info(format_args!(
-            "split at {:.3} s",
-            Duration::from_micros(us).as_secs_f64()
+            "{} a marked part at {:.3} s",
+            if marked { "start of" } else { "end of" },
+            at.as_secs_f64()
         ));
     }
 }
@@ -406,7 +405,12 @@ fn collect(opts: &Options, c: Clients) -> (Run, Vec<Bin>) {
         stats,
         releases,
         flapping_fails: opts.flapping_fails,
-        split: c.shared.split(),
+        marks: c
+            .shared
+            .marks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
     };
     (run, bins)
 }

@@ -1,6 +1,7 @@
 //! The results: a table for a person, or one JSON object for a script.
 
 use std::fmt::Write;
+use std::time::Duration;
 use unixtool::json::string as jstr;
 
 use crate::stats::Second;
@@ -153,12 +154,9 @@ pub fn table(run: &Run) -> String {
             ms(h.max_us)
         ),
     );
-    if let Some(t) = run.split {
-        let halves = s.halves();
-        for (name, h) in [
-            ("before USR1", &halves.before),
-            ("after USR1", &halves.after),
-        ] {
+    if !run.marks.is_empty() {
+        let parts = s.parts();
+        for (name, h) in [("unmarked", &parts.unmarked), ("marked", &parts.marked)] {
             line(
                 name,
                 format!(
@@ -170,7 +168,7 @@ pub fn table(run: &Run) -> String {
                 ),
             );
         }
-        line("split at", format!("{:.3} s", t.as_secs_f64()));
+        line("USR1 at", format!("{} s", marks_s(&run.marks, ", ")));
     }
     if let Some((i, w)) = worst_second(run) {
         line(
@@ -228,26 +226,25 @@ pub fn json(run: &Run) -> String {
         Some((i, f)) => format!("{{\"at_s\":{i},\"requests\":{}}}", f.requests),
         None => "null".to_string(),
     };
-    let split = match run.split {
-        Some(t) => {
-            let halves = s.halves();
-            let half = |h: &crate::stats::Histogram| {
-                format!(
-                    "{{\"answered\":{},\"p50\":{},\"p99\":{},\"max\":{}}}",
-                    h.n,
-                    jms(h.quantile(0.50)),
-                    jms(h.quantile(0.99)),
-                    jms(h.max_us)
-                )
-            };
+    let parts = if run.marks.is_empty() {
+        "null".to_string()
+    } else {
+        let parts = s.parts();
+        let part = |h: &crate::stats::Histogram| {
             format!(
-                "{{\"at_s\":{:.3},\"before\":{},\"after\":{}}}",
-                t.as_secs_f64(),
-                half(&halves.before),
-                half(&halves.after)
+                "{{\"answered\":{},\"p50\":{},\"p99\":{},\"max\":{}}}",
+                h.n,
+                jms(h.quantile(0.50)),
+                jms(h.quantile(0.99)),
+                jms(h.max_us)
             )
-        }
-        None => "null".to_string(),
+        };
+        format!(
+            "{{\"usr1_at_s\":[{}],\"unmarked\":{},\"marked\":{}}}",
+            marks_s(&run.marks, ","),
+            part(&parts.unmarked),
+            part(&parts.marked)
+        )
     };
     let failure = run.failure();
     format!(
@@ -258,7 +255,7 @@ pub fn json(run: &Run) -> String {
             "\"retried\":{},\"connects\":{},\"mixed\":{},\"flapping\":{},\"no_x_release\":{},\"no_data_release\":{},",
             "\"releases\":[{}],\"untracked\":{},",
             "\"latency_ms\":{{\"p50\":{},\"p99\":{},\"p99_9\":{},\"max\":{}}},",
-            "\"split\":{},\"worst_second\":{},\"fewest_second\":{},\"ok_verdict\":{},\"reason\":{}}}\n"
+            "\"parts\":{},\"worst_second\":{},\"fewest_second\":{},\"ok_verdict\":{},\"reason\":{}}}\n"
         ),
         jstr(&run.url),
         run.elapsed.as_secs_f64(),
@@ -287,10 +284,19 @@ pub fn json(run: &Run) -> String {
         jms(h.quantile(0.99)),
         jms(h.quantile(0.999)),
         jms(h.max_us),
-        split,
+        parts,
         worst,
         fewest,
         failure.is_none(),
         failure.as_deref().map_or("null".to_string(), jstr),
     )
+}
+
+/// When each USR1 came, in seconds, joined by `sep`.
+fn marks_s(marks: &[Duration], sep: &str) -> String {
+    let each: Vec<String> = marks
+        .iter()
+        .map(|t| format!("{:.3}", t.as_secs_f64()))
+        .collect();
+    each.join(sep)
 }

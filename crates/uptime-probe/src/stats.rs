@@ -131,28 +131,29 @@ pub struct Stats {
     /// Responses of releases past the tracked ones.
     pub untracked: u64,
     pub latency: Histogram,
-    /// The latency of the requests that finished after the split (SIGUSR1),
-    /// kept once there is one; those before it are `latency` without these.
-    pub after_split: Option<Histogram>,
-    /// The max latency of the requests that finished before the split.
-    pub before_split_max_us: u64,
+    /// The latency of the requests that finished in a marked part (between
+    /// an odd SIGUSR1 and the next), kept once there is one; the unmarked
+    /// ones are `latency` without these.
+    pub marked: Option<Histogram>,
+    /// The max latency of the requests that finished unmarked.
+    pub unmarked_max_us: u64,
     pub seconds: Vec<Second>,
 }
 
-/// The latency before and after the split, for a run that was split.
-pub struct Halves {
-    pub before: Histogram,
-    pub after: Histogram,
+/// The latency outside and inside the marked parts.
+pub struct Parts {
+    pub unmarked: Histogram,
+    pub marked: Histogram,
 }
 
 impl Stats {
-    /// The latency before and after the split (an empty `after` when no
-    /// request finished after it).
-    pub fn halves(&self) -> Halves {
-        let after = self.after_split.clone().unwrap_or_else(Histogram::new);
-        Halves {
-            before: self.latency.without(&after, self.before_split_max_us),
-            after,
+    /// The latency outside and inside the marked parts (an empty `marked`
+    /// when no request finished in one).
+    pub fn parts(&self) -> Parts {
+        let marked = self.marked.clone().unwrap_or_else(Histogram::new);
+        Parts {
+            unmarked: self.latency.without(&marked, self.unmarked_max_us),
+            marked,
         }
     }
 
@@ -175,8 +176,8 @@ impl Stats {
             releases: HashMap::new(),
             untracked: 0,
             latency: Histogram::new(),
-            after_split: None,
-            before_split_max_us: 0,
+            marked: None,
+            unmarked_max_us: 0,
             seconds: Vec::new(),
         }
     }
@@ -196,14 +197,14 @@ impl Stats {
     }
 
     /// Count one finished request: its outcome, at `at` since the start, taking
-    /// `took`; `split`: when the run was split, if it was.
+    /// `took`; `marked`: it finished in a marked part.
     pub fn count(
         &mut self,
         outcome: Outcome,
         at: Duration,
         took: Duration,
         answered: bool,
-        split: Option<Duration>,
+        marked: bool,
     ) {
         match outcome {
             Outcome::Ok => self.ok += 1,
@@ -218,12 +219,10 @@ impl Stats {
         let us = took.as_micros().min(u64::MAX as u128) as u64;
         if answered {
             self.latency.record(us);
-            match split {
-                Some(t) if at >= t => self
-                    .after_split
-                    .get_or_insert_with(Histogram::new)
-                    .record(us),
-                _ => self.before_split_max_us = self.before_split_max_us.max(us),
+            if marked {
+                self.marked.get_or_insert_with(Histogram::new).record(us);
+            } else {
+                self.unmarked_max_us = self.unmarked_max_us.max(us);
             }
         }
         let s = at.as_secs() as usize;
@@ -258,10 +257,10 @@ impl Stats {
         }
         self.untracked += o.untracked;
         self.latency.merge(&o.latency);
-        if let Some(h) = &o.after_split {
-            self.after_split.get_or_insert_with(Histogram::new).merge(h);
+        if let Some(h) = &o.marked {
+            self.marked.get_or_insert_with(Histogram::new).merge(h);
         }
-        self.before_split_max_us = self.before_split_max_us.max(o.before_split_max_us);
+        self.unmarked_max_us = self.unmarked_max_us.max(o.unmarked_max_us);
         if self.seconds.len() < o.seconds.len() {
             self.seconds.resize(o.seconds.len(), Second::default());
         }
@@ -432,32 +431,27 @@ mod tests {
     }
 
     #[test]
-    fn a_split_run_has_each_halfs_latency() {
+    fn a_marked_run_has_each_parts_latency() {
         let ms = Duration::from_millis;
         let mut a = Stats::new();
         let mut b = Stats::new();
-        // Before the split (at 10 s, or no split yet): 1 ms; after: 9 ms.
+        // Unmarked: 1 ms; marked: 9 ms (in two threads' stats, merged).
         for i in 0..100 {
-            a.count(Outcome::Ok, ms(i), ms(1), true, None);
-            b.count(Outcome::Ok, ms(9_000 + i), ms(1), true, Some(ms(10_000)));
-            a.count(Outcome::Ok, ms(10_000 + i), ms(9), true, Some(ms(10_000)));
+            a.count(Outcome::Ok, ms(i), ms(1), true, false);
+            b.count(Outcome::Ok, ms(9_000 + i), ms(1), true, false);
+            a.count(Outcome::Ok, ms(10_000 + i), ms(9), true, true);
         }
-        b.count(
-            Outcome::Timeout,
-            ms(12_000),
-            ms(5_000),
-            false,
-            Some(ms(10_000)),
-        );
+        // Not answered: in neither part's latency.
+        b.count(Outcome::Timeout, ms(12_000), ms(5_000), false, true);
         a.merge(&b);
-        let h = a.halves();
-        assert_eq!((h.before.n, h.after.n, a.latency.n), (200, 100, 300));
-        assert!((1000..=1016).contains(&h.before.quantile(0.99)));
-        assert_eq!(h.before.max_us, 1000);
-        assert!((9000..=9141).contains(&h.after.quantile(0.5)));
-        assert_eq!(h.after.max_us, 9000);
-        // Never split: everything is before.
-        let h = b.halves();
-        assert_eq!((h.before.n, h.after.n), (100, 0));
+        let p = a.parts();
+        assert_eq!((p.unmarked.n, p.marked.n, a.latency.n), (200, 100, 300));
+        assert!((1000..=1016).contains(&p.unmarked.quantile(0.99)));
+        assert_eq!(p.unmarked.max_us, 1000);
+        assert!((9000..=9141).contains(&p.marked.quantile(0.5)));
+        assert_eq!(p.marked.max_us, 9000);
+        // Nothing marked: everything is unmarked.
+        let p = b.parts();
+        assert_eq!((p.unmarked.n, p.marked.n), (100, 0));
     }
 }
