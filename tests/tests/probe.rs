@@ -574,6 +574,7 @@ fn each_usr1_starts_or_ends_a_marked_part_and_each_part_has_its_latency() {
         .map(|t| t.parse().unwrap())
         .collect();
     assert_eq!(at.len(), 4, "{text}");
+    assert!(parts.starts_with("\"parts\":{\"usr1\":4,"), "{text}");
     assert!(at.windows(2).all(|w| w[0] <= w[1]), "{text}");
     // Without a USR1 there are no parts.
     let (code, json, _) = probe(&["-n", "50"], srv.port);

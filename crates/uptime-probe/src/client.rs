@@ -54,8 +54,30 @@ pub struct Shared {
     /// Whether the requests finishing now are in the marked part (each
     /// SIGUSR1 flips it; unmarked until the first).
     pub marked: AtomicBool,
-    /// When each SIGUSR1 came, since `start` (written by the main thread).
-    pub marks: Mutex<Vec<Duration>>,
+    /// The SIGUSR1s so far (written by the main thread).
+    pub usr1: Mutex<Usr1>,
+}
+
+/// The SIGUSR1s of a run: how many came, and when (since the start) the
+/// first [`Usr1::KEPT`] did: a flood of them keeps the results bounded.
+#[derive(Clone, Default)]
+pub struct Usr1 {
+    pub count: u64,
+    pub at: Vec<Duration>,
+}
+
+impl Usr1 {
+    pub const KEPT: usize = 1000;
+
+    /// One more USR1 at `at`; whether the requests finishing from now on
+    /// are in a marked part (after an odd number of them).
+    pub fn add(&mut self, at: Duration) -> bool {
+        self.count += 1;
+        if self.at.len() < Self::KEPT {
+            self.at.push(at);
+        }
+        self.count % 2 == 1
+    }
 }
 
 /// The releases tracked by name, by order of first appearance: a server

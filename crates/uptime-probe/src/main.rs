@@ -19,7 +19,7 @@ use lexopt::prelude::*;
 use nix::sys::signal::{SigSet, Signal};
 use unixtool::{Tool, EXIT_TEMPORARY};
 
-use client::{Live, Shared, Target};
+use client::{Live, Shared, Target, Usr1};
 use stats::{Bin, Stats};
 
 const TOOL: Tool = Tool {
@@ -61,9 +61,9 @@ pub struct Run {
     /// Releases in order of first appearance, with when they were first seen.
     pub releases: Vec<(Vec<u8>, Duration)>,
     pub flapping_fails: bool,
-    /// When each SIGUSR1 came (each starts or ends a marked part; the
-    /// latency is reported inside and outside them); empty: none came.
-    pub marks: Vec<Duration>,
+    /// The SIGUSR1s (each starts or ends a marked part; the latency is
+    /// reported inside and outside them).
+    pub usr1: Usr1,
 }
 
 impl Run {
@@ -235,8 +235,8 @@ fn target(opts: &Options) -> Target {
 }
 
 /// SIGINT and SIGTERM end the run (and the results are printed), SIGUSR1
-/// starts or ends a marked part: blocked in every thread (the clients inherit the mask), taken
-/// by the main one with sigtimedwait.
+/// starts or ends a marked part: blocked in every thread (the clients
+/// inherit the mask), taken by the main one with sigtimedwait.
 fn block_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
@@ -257,7 +257,7 @@ fn start_clients(opts: &Options, target: Arc<Target>) -> Clients {
         releases: Mutex::new(Vec::new()),
         bins: opts.svg.as_ref().map(|_| Mutex::new(Vec::new())),
         marked: AtomicBool::new(false),
-        marks: Mutex::new(Vec::new()),
+        usr1: Mutex::new(Usr1::default()),
     });
     let n = opts.concurrency;
     let live: Arc<Vec<Live>> = Arc::new((0..n).map(|_| Live::default()).collect());
@@ -351,9 +351,11 @@ fn wait_for_the_end(opts: &Options, c: &Clients, signals: &SigSet) -> Option<&'s
 /// (marked after an odd number of USR1s, unmarked after an even one).
 fn mark(shared: &Shared, quiet: bool) {
     let at = shared.start.elapsed();
-    let mut marks = shared.marks.lock().unwrap_or_else(|e| e.into_inner());
-    marks.push(at);
-    let marked = marks.len() % 2 == 1;
+    let marked = shared
+        .usr1
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .add(at);
     shared.marked.store(marked, Ordering::Relaxed);
     if !quiet {
         TOOL.info(format_args!(
@@ -405,9 +407,9 @@ fn collect(opts: &Options, c: Clients) -> (Run, Vec<Bin>) {
         stats,
         releases,
         flapping_fails: opts.flapping_fails,
-        marks: c
+        usr1: c
             .shared
-            .marks
+            .usr1
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone(),

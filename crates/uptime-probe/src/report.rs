@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::time::Duration;
 use unixtool::json::string as jstr;
 
+use crate::client::Usr1;
 use crate::stats::Second;
 use crate::Run;
 
@@ -154,7 +155,7 @@ pub fn table(run: &Run) -> String {
             ms(h.max_us)
         ),
     );
-    if !run.marks.is_empty() {
+    if run.usr1.count > 0 {
         let parts = s.parts();
         for (name, h) in [("unmarked", &parts.unmarked), ("marked", &parts.marked)] {
             line(
@@ -168,7 +169,7 @@ pub fn table(run: &Run) -> String {
                 ),
             );
         }
-        line("USR1 at", format!("{} s", marks_s(&run.marks, ", ")));
+        line("USR1 at", usr1_line(&run.usr1));
     }
     if let Some((i, w)) = worst_second(run) {
         line(
@@ -226,7 +227,7 @@ pub fn json(run: &Run) -> String {
         Some((i, f)) => format!("{{\"at_s\":{i},\"requests\":{}}}", f.requests),
         None => "null".to_string(),
     };
-    let parts = if run.marks.is_empty() {
+    let parts = if run.usr1.count == 0 {
         "null".to_string()
     } else {
         let parts = s.parts();
@@ -240,8 +241,9 @@ pub fn json(run: &Run) -> String {
             )
         };
         format!(
-            "{{\"usr1_at_s\":[{}],\"unmarked\":{},\"marked\":{}}}",
-            marks_s(&run.marks, ","),
+            "{{\"usr1\":{},\"usr1_at_s\":[{}],\"unmarked\":{},\"marked\":{}}}",
+            run.usr1.count,
+            seconds(&run.usr1.at, ","),
             part(&parts.unmarked),
             part(&parts.marked)
         )
@@ -292,11 +294,47 @@ pub fn json(run: &Run) -> String {
     )
 }
 
-/// When each USR1 came, in seconds, joined by `sep`.
-fn marks_s(marks: &[Duration], sep: &str) -> String {
-    let each: Vec<String> = marks
+/// Times in seconds, joined by `sep`.
+fn seconds(at: &[Duration], sep: &str) -> String {
+    let each: Vec<String> = at
         .iter()
         .map(|t| format!("{:.3}", t.as_secs_f64()))
         .collect();
     each.join(sep)
+}
+
+/// The table's `USR1 at` line: the first few times, and how many in all
+/// when there were more.
+fn usr1_line(u: &Usr1) -> String {
+    const SHOWN: usize = 8;
+    let shown = seconds(&u.at[..u.at.len().min(SHOWN)], ", ");
+    if u.count > SHOWN as u64 {
+        format!("{shown} s, ... ({} in all)", u.count)
+    } else {
+        format!("{shown} s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_usr1_keeps_the_results_bounded() {
+        let mut u = Usr1::default();
+        for i in 0..5000u64 {
+            // odd ones start a marked part, even ones end it
+            assert_eq!(u.add(Duration::from_millis(i)), i % 2 == 0);
+        }
+        assert_eq!((u.count, u.at.len()), (5000, Usr1::KEPT));
+        assert_eq!(
+            usr1_line(&u),
+            "0.000, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007 s, ... (5000 in all)"
+        );
+        let mut few = Usr1::default();
+        few.add(Duration::from_millis(1500));
+        few.add(Duration::from_millis(2250));
+        assert_eq!(usr1_line(&few), "1.500, 2.250 s");
+        assert_eq!(seconds(&few.at, ","), "1.500,2.250");
+    }
 }
