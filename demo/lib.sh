@@ -62,10 +62,14 @@ ensure_built() {
 
 # A fresh release id that sorts after every earlier one: the clock read once
 # (its seconds and their fraction read apart made an id at a second's end sort
-# before the one made just before it), the nanoseconds cut to microseconds.
+# before the one made just before it), the nanoseconds cut to microseconds (a
+# date(1) without %N leaves its letter, and the pid tells ids apart).
 new_release_id() {
     now=$(date +%Y%m%d-%H%M%S-%N)
-    echo "r${now%???}-$$"
+    case $now in
+    *-[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]) now=${now%???} ;;
+    esac
+    echo "r$now-$$"
 }
 
 # build_release ID [KIND]: lays out $STATE/releases/ID (code, static files, the id),
