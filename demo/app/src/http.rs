@@ -345,19 +345,23 @@ fn serve_file(site: &Site, rel: PathBuf) -> Response {
         return Response::error(404);
     }
     let opened = std::fs::File::open(&canon).and_then(|f| Ok((f.metadata()?.len(), f)));
-    let (len, mut file) = match opened {
-        Ok(x) => x,
-        Err(e) => return Response::error(io_status(&e)),
-    };
+    opened
+        .and_then(|(len, file)| file_response(file, len, &canon))
+        .unwrap_or_else(|e| Response::error(io_status(&e)))
+}
+
+/// A 200 of `file` (`len` bytes; its type by `path`): read now, or sent
+/// from the file when larger than IN_MEMORY.
+fn file_response(mut file: std::fs::File, len: u64, path: &Path) -> std::io::Result<Response> {
     let mut r = Response::error(200);
-    r.content_type = content_type(&canon);
+    r.content_type = content_type(path);
     r.body.clear();
     if len > IN_MEMORY {
         r.file = Some(FileBody { file, left: len });
-    } else if let Err(e) = std::io::Read::read_to_end(&mut file, &mut r.body) {
-        return Response::error(io_status(&e));
+    } else {
+        std::io::Read::read_to_end(&mut file, &mut r.body)?;
     }
-    r
+    Ok(r)
 }
 
 /// The short way to a file: named beneath htdocs with no symlink on the way
@@ -393,17 +397,7 @@ fn serve_plain_file(site: &Site, rel: &Path) -> Option<Response> {
     if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) || !is(&now, libc::S_IFREG) {
         return None;
     }
-    let len = now.st_size as u64;
-    let mut file = std::fs::File::from(fd);
-    let mut r = Response::error(200);
-    r.content_type = content_type(&served);
-    r.body.clear();
-    if len > IN_MEMORY {
-        r.file = Some(FileBody { file, left: len });
-    } else if std::io::Read::read_to_end(&mut file, &mut r.body).is_err() {
-        return None;
-    }
-    Some(r)
+    file_response(std::fs::File::from(fd), now.st_size as u64, &served).ok()
 }
 
 fn io_status(e: &std::io::Error) -> u16 {
