@@ -14,15 +14,17 @@
 #
 # Rows: forkpool -m rolling, -m all-at-once, -m cutover (the app reads the hold
 # descriptor), -m cutover --handoff (the app hands its kept connections to the
-# new generation: retried should be 0), a control (that server and probe, no
+# new generation: retried should be 0), -m rolling --handoff and -m all-at-once
+# --handoff (the same hand-over, one old worker at a time or all at once, no
+# hold: what the switch's moment costs), a control (that server and probe, no
 # deploys: the ratio's noise), -m cutover with the app not reading it (SIGSTOP
 # alone holds it), and gunicorn (sync workers) reloaded with HUP.
 #
 # Run by scripts/bench ($BIN = target/release on PATH, .venv/bin on PATH).
 # Environment: DEPLOYS (default 50), CONCURRENCY (32), DURATION (2 s), BURSTS (10),
 # QUIET (1 s), SETTLE_MS (100), WORKERS (4),
-# ROWS (any of rolling all-at-once cutover cutover-handoff control cutover-stop gunicorn;
-# default all),
+# ROWS (any of rolling all-at-once cutover cutover-handoff rolling-handoff
+# all-at-once-handoff control cutover-stop gunicorn; default all),
 # GUNICORN (default: gunicorn on PATH, else .venv/bin/gunicorn; its row is left out
 # without it), PACE_MS (a deploy every PACE_MS ms; default 0, back to back),
 # BENCH_QUICK=1 (a smoke run: 5 deploys, 8 clients, 2 s).
@@ -42,7 +44,7 @@ SETTLE_MS=${SETTLE_MS:-100}
 WORKERS=${WORKERS:-4}
 PACE_MS=${PACE_MS:-0}
 GUNICORN=${GUNICORN:-$(command -v gunicorn || echo "$top/.venv/bin/gunicorn")}
-ROWS=${ROWS:-"rolling all-at-once cutover cutover-handoff control cutover-stop gunicorn"}
+ROWS=${ROWS:-"rolling all-at-once cutover cutover-handoff rolling-handoff all-at-once-handoff control cutover-stop gunicorn"}
 
 # shellcheck source=../bench-lib.sh
 . "$top/scripts/bench-lib.sh"
@@ -121,7 +123,7 @@ start() {
         [ "$1" = control ] && mode=cutover
         hold= handoff=
         [ "$1" = cutover-stop ] && hold="env -u FORKPOOL_HOLD_FD"
-        case $1 in cutover-handoff | control) handoff=--handoff ;; esac
+        case $1 in *-handoff | control) handoff=--handoff ;; esac
         # shellcheck disable=SC2086
         "$BIN/tcplisten" -1 127.0.0.1 0 "$BIN/forkpool" -v -n "$WORKERS" -m "$mode" -d 3 \
             -t 10000 -k 10000 -p "$STATE/current" -S "$STATE/status" $handoff \
@@ -231,6 +233,7 @@ row() {
     gunicorn) label="gunicorn, HUP" ;;
     cutover-stop) label="forkpool -m cutover, SIGSTOP only (app ignores the hold fd)" ;;
     cutover-handoff) label="forkpool -m cutover --handoff (kept connections handed over)" ;;
+    *-handoff) label="forkpool -m ${1%-handoff} --handoff" ;;
     control) label="control: cutover --handoff, no deploys (50 ms waits instead)" ;;
     *) label="forkpool -m $1" ;;
     esac

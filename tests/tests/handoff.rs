@@ -10,7 +10,8 @@
 //! verified switch (--confirm-timeout), the parked generation hands its kept
 //! connections to the new one at the park (TSTP: the app stops accepting,
 //! finishes what it holds, hands over, says `parked`), and a revert hands
-//! them all back, none closed.
+//! them all back, none closed. With -m rolling --handoff the clients keep
+//! their connections over deploys too.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,9 +32,9 @@ fn switch(site: &Path, id: &str) {
     switch_current(site, id, LONG);
 }
 
-/// tcplisten + forkpool -m cutover --handoff, 4 workers of `current`, each
-/// `wrap` (words before the release's `./run`: `env -u ...` for an app that
-/// does not take part).
+/// tcplisten + forkpool -m MODE --handoff (cutover unless said), 4 workers
+/// of `current`, each `wrap` (words before the release's `./run`: `env -u
+/// ...` for an app that does not take part).
 struct Site {
     p: Proc,
     port: u16,
@@ -48,6 +49,11 @@ impl Site {
 
     /// As start, with more forkpool options (`extra`).
     fn start_with(dir: &Path, wrap: &[&str], extra: &[&str]) -> Site {
+        Site::start_mode(dir, "cutover", wrap, extra)
+    }
+
+    /// As start_with, in reload mode `mode`.
+    fn start_mode(dir: &Path, mode: &str, wrap: &[&str], extra: &[&str]) -> Site {
         let st = dir.join("status");
         let mut c = cmd("tcplisten");
         c.args(["-1", "127.0.0.1", "0"]).arg(bin("forkpool"));
@@ -56,7 +62,7 @@ impl Site {
             "-n",
             "4",
             "-m",
-            "cutover",
+            mode,
             "--handoff",
             "-d",
             "3",
@@ -107,13 +113,18 @@ impl Site {
 
 /// 5 deploys under 16 keep-alive clients: the probe's JSON.
 fn deploys_under_probe(tag: &str, wrap: &[&str]) -> (String, String) {
+    deploys_under_probe_in(tag, "cutover", wrap)
+}
+
+/// As deploys_under_probe, in reload mode `mode`.
+fn deploys_under_probe_in(tag: &str, mode: &str, wrap: &[&str]) -> (String, String) {
     let dir = TempDir::new(tag);
     let d = dir.path();
     for g in 1..=6 {
         make_release(d, &format!("r{g}"), "");
     }
     switch(d, "r1");
-    let site = Site::start(d, wrap);
+    let site = Site::start_mode(d, mode, wrap, &[]);
     let probe = Probe::spawn(
         site.port,
         &["-c", "16", "--json", "-t", "30000"],
@@ -151,6 +162,19 @@ fn deploys_hand_every_kept_connection_over_nothing_retried() {
     assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
     // The 16 clients' first connections served every request of 5 deploys.
     assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");
+}
+
+/// Rolling (`-m rolling --handoff`): each old worker hands its kept
+/// connections over as it retires, one at a time, to the new generation's
+/// ready workers; the clients keep their connections as in a cutover, and
+/// none sees the old release after the new (a connection, once moved, is
+/// served by the new generation only; no client connects again).
+#[test]
+fn a_rolling_deploy_hands_every_kept_connection_over_too() {
+    let (json, log) = deploys_under_probe_in("handoff-rolling", "rolling", &[]);
+    assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
+    assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");
+    assert!(log.contains("handed "), "{log}");
 }
 
 #[test]
