@@ -44,16 +44,11 @@ struct Site {
 
 impl Site {
     fn start(dir: &Path, wrap: &[&str]) -> Site {
-        Site::start_with(dir, wrap, &[])
+        Site::start_with(dir, "cutover", wrap, &[])
     }
 
-    /// As start, with more forkpool options (`extra`).
-    fn start_with(dir: &Path, wrap: &[&str], extra: &[&str]) -> Site {
-        Site::start_mode(dir, "cutover", wrap, extra)
-    }
-
-    /// As start_with, in reload mode `mode`.
-    fn start_mode(dir: &Path, mode: &str, wrap: &[&str], extra: &[&str]) -> Site {
+    /// As start, in reload mode `mode`, with more forkpool options (`extra`).
+    fn start_with(dir: &Path, mode: &str, wrap: &[&str], extra: &[&str]) -> Site {
         let st = dir.join("status");
         let mut c = cmd("tcplisten");
         c.args(["-1", "127.0.0.1", "0"]).arg(bin("forkpool"));
@@ -111,20 +106,15 @@ impl Site {
     }
 }
 
-/// 5 deploys under 16 keep-alive clients: the probe's JSON.
-fn deploys_under_probe(tag: &str, wrap: &[&str]) -> (String, String) {
-    deploys_under_probe_in(tag, "cutover", wrap)
-}
-
-/// As deploys_under_probe, in reload mode `mode`.
-fn deploys_under_probe_in(tag: &str, mode: &str, wrap: &[&str]) -> (String, String) {
+/// 5 deploys in reload mode `mode` under 16 keep-alive clients: the probe's JSON.
+fn deploys_under_probe(tag: &str, mode: &str, wrap: &[&str]) -> (String, String) {
     let dir = TempDir::new(tag);
     let d = dir.path();
     for g in 1..=6 {
         make_release(d, &format!("r{g}"), "");
     }
     switch(d, "r1");
-    let site = Site::start_mode(d, mode, wrap, &[]);
+    let site = Site::start_with(d, mode, wrap, &[]);
     let probe = Probe::spawn(
         site.port,
         &["-c", "16", "--json", "-t", "30000"],
@@ -158,7 +148,7 @@ fn deploys_under_probe_in(tag: &str, mode: &str, wrap: &[&str]) -> (String, Stri
 /// what waits on its end when it stops: 0 in 35 runs under a load of 14 to 21.
 #[test]
 fn deploys_hand_every_kept_connection_over_nothing_retried() {
-    let (json, log) = deploys_under_probe("handoff", &[]);
+    let (json, log) = deploys_under_probe("handoff", "cutover", &[]);
     assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
     // The 16 clients' first connections served every request of 5 deploys.
     assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");
@@ -171,7 +161,7 @@ fn deploys_hand_every_kept_connection_over_nothing_retried() {
 /// served by the new generation only; no client connects again).
 #[test]
 fn a_rolling_deploy_hands_every_kept_connection_over_too() {
-    let (json, log) = deploys_under_probe_in("handoff-rolling", "rolling", &[]);
+    let (json, log) = deploys_under_probe("handoff-rolling", "rolling", &[]);
     assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
     assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");
     assert!(log.contains("handed "), "{log}");
@@ -179,7 +169,11 @@ fn a_rolling_deploy_hands_every_kept_connection_over_too() {
 
 #[test]
 fn an_app_that_does_not_take_part_deploys_as_without_the_option() {
-    let (json, _) = deploys_under_probe("handoff-no", &["env", "-u", "FORKPOOL_HANDOFF_FD"]);
+    let (json, _) = deploys_under_probe(
+        "handoff-no",
+        "cutover",
+        &["env", "-u", "FORKPOOL_HANDOFF_FD"],
+    );
     // Its kept connections are closed at each stop, as without --handoff.
     assert!(json_count(&json, "connects") > 16, "{json}");
 }
@@ -343,7 +337,12 @@ fn verified_deploy(
     switch(d, "r1");
     let control = d.join("control");
     let control = control.to_str().expect("path");
-    let site = Site::start_with(d, &[], &["-C", control, "--confirm-timeout", "20000"]);
+    let site = Site::start_with(
+        d,
+        "cutover",
+        &[],
+        &["-C", control, "--confirm-timeout", "20000"],
+    );
     let probe = Probe::spawn(
         site.port,
         &["-c", "16", "--json", "-t", "30000"],
