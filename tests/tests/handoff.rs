@@ -49,8 +49,21 @@ impl Site {
 
     /// As start, in reload mode `mode`, with more forkpool options (`extra`).
     fn start_with(dir: &Path, mode: &str, wrap: &[&str], extra: &[&str]) -> Site {
+        Site::start_under(dir, mode, wrap, extra, &[])
+    }
+
+    /// As start_with, the whole chain run by `pre` (words before tcplisten:
+    /// `prlimit --nofile=...`).
+    fn start_under(dir: &Path, mode: &str, wrap: &[&str], extra: &[&str], pre: &[&str]) -> Site {
         let st = dir.join("status");
-        let mut c = cmd("tcplisten");
+        let mut c = match pre.split_first() {
+            Some((prog, args)) => {
+                let mut c = std::process::Command::new(prog);
+                c.args(args).arg(bin("tcplisten"));
+                c
+            }
+            None => cmd("tcplisten"),
+        };
         c.args(["-1", "127.0.0.1", "0"]).arg(bin("forkpool"));
         c.args(["-v", "-S"]).arg(&st).args(extra);
         c.args([
@@ -176,6 +189,99 @@ fn an_app_that_does_not_take_part_deploys_as_without_the_option() {
     );
     // Its kept connections are closed at each stop, as without --handoff.
     assert!(json_count(&json, "connects") > 16, "{json}");
+}
+
+/// A deploy under 60 keep-alive clients, the chain run with descriptor
+/// limit `nofile` (prlimit's `soft:hard`): the probe's JSON, the log, the
+/// site (still running).
+fn deploy_under_limit(tag: &str, nofile: &str) -> (String, String, Site, TempDir) {
+    let dir = TempDir::new(tag);
+    let d = dir.path();
+    make_release(d, "r1", "");
+    make_release(d, "r2", "");
+    switch(d, "r1");
+    let arg = format!("--nofile={nofile}");
+    let site = Site::start_under(d, "cutover", &[], &[], &["prlimit", &arg]);
+    let probe = Probe::spawn(
+        site.port,
+        &["-c", "60", "--json", "-t", "30000"],
+        true,
+        d.join("probe.err"),
+        LONG,
+    );
+    probe.wait_seen("r1");
+    site.deploy("r2", 2);
+    probe.wait_seen("r2");
+    let (_, json) = probe.stop();
+    eprintln!("{tag}: {json}");
+    assert_eq!(json_count(&json, "mixed"), 0, "{json}");
+    let log = site.log();
+    (json, log, site, dir)
+}
+
+/// A process's "Max open files" (soft, hard) from /proc/PID/limits.
+fn nofile_of(pid: i32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let mut w = line["Max open files".len()..].split_whitespace();
+    (w.next().unwrap().to_string(), w.next().unwrap().to_string())
+}
+
+/// At a cutover every kept connection of the pool passes through forkpool
+/// at once: with a soft limit below the clients (here 64 for 60 clients,
+/// forkpool's own 25 or so descriptors beside them) the kernel closed those
+/// it had no descriptor for, without a word: requests retried, and failed
+/// (reset) where the client's next request had come. forkpool --handoff
+/// now raises its soft limit to the hard one; its workers keep the one
+/// they were given.
+#[test]
+fn the_hand_over_is_not_bound_by_a_low_soft_descriptor_limit() {
+    let (json, log, site, _dir) = deploy_under_limit("handoff-nofile", "64:");
+    assert_eq!(json_count(&json, "failed"), 0, "{json}\n{log}");
+    assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
+    assert_eq!(json_count(&json, "connects"), 60, "{json}\n{log}");
+    assert!(!log.contains("no descriptor left"), "{log}");
+    let (soft, hard) = nofile_of(site.p.pid().as_raw());
+    assert_eq!(soft, hard, "forkpool's limit is raised");
+    for pid in PoolStatus::read(&site.st).gen_pids(2, "ready") {
+        assert_eq!(
+            nofile_of(pid).0,
+            "64",
+            "worker {pid} keeps the limit it was given"
+        );
+    }
+    // An in-place upgrade: the next image is given 64 too, raises it again,
+    // and its workers get 64.
+    site.p.signal(Signal::SIGUSR2);
+    let upgraded = wait_until(LONG, || {
+        let st = PoolStatus::read(&site.st);
+        st.get("upgrade") == "ok" && st.num("upgrades") == 1
+    });
+    assert!(upgraded, "no upgrade\n{}", site.log());
+    make_release(&site.dir, "r3", "");
+    site.deploy("r3", 3);
+    assert_eq!(nofile_of(site.p.pid().as_raw()), (hard.clone(), hard));
+    for pid in PoolStatus::read(&site.st).gen_pids(3, "ready") {
+        assert_eq!(nofile_of(pid).0, "64", "worker {pid} after the upgrade");
+    }
+}
+
+/// With the hard limit as low (nothing to raise), what forkpool has no
+/// descriptor for is closed by the kernel (a client whose next request had
+/// come sees a reset: the page says so), and a warning says how many and
+/// why.
+#[test]
+fn connections_closed_for_want_of_a_descriptor_are_told() {
+    let (json, log, _site, _dir) = deploy_under_limit("handoff-nofile-hard", "64:64");
+    let closed = json_count(&json, "retried") + json_count(&json, "failed");
+    assert!(closed > 0, "{json}\n{log}");
+    assert!(
+        log.contains("handed-over connections: no descriptor left for them (limit 64)"),
+        "{log}"
+    );
 }
 
 /// One GET request for `path`.

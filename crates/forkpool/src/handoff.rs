@@ -31,6 +31,11 @@ pub struct Handoff {
     /// Counted for `-v`: passed on, closed after the bound.
     pub passed: u64,
     pub expired: u64,
+    /// Closed by the kernel on their way in: forkpool had no descriptor
+    /// left for them (a warning says so).
+    pub lost: u64,
+    /// How many of `lost` a warning has told.
+    pub lost_told: u64,
 }
 
 impl Handoff {
@@ -42,6 +47,7 @@ impl Handoff {
             match handoff::recv(end) {
                 Received::Conn(fd) => self.waiting.push_back((fd, now, slot)),
                 Received::Nothing => {}
+                Received::Lost => self.lost += 1,
                 Received::Empty => return true,
                 Received::Closed => return false,
             }

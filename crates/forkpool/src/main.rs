@@ -181,6 +181,12 @@ fn parse_options() -> (Config, Settings, usize) {
 
 fn main() {
     let (cfg, settings, workers) = parse_options();
+    // --handoff: at a deploy every kept connection of the pool passes
+    // through forkpool; its soft descriptor limit up to the hard one (the
+    // workers, and a next image, get the one it was given).
+    if cfg.handoff {
+        unixtool::raise_nofile(u64::MAX);
+    }
     // Handed a state by an in-place upgrade (USR2)? In check mode, exits here.
     let handed = upgrade::handed(&settings);
     // forkpool's own supervisor (systemd Type=notify): taken out of the

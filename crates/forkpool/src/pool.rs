@@ -219,6 +219,13 @@ fn accepts(w: &Worker) -> bool {
     w.phase == WorkerPhase::Ready && !w.held && w.retired.is_none()
 }
 
+/// This process's soft descriptor limit.
+fn nofile_soft() -> Option<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
 /// A fresh start's upgrade bookkeeping.
 pub fn fresh_upgrade() -> Upgrade {
     Upgrade::new(TOOL.name)
@@ -648,6 +655,18 @@ impl Pool {
             .filter(|w| Some(w.generation) == newest)
             .filter_map(|w| Some((w.slot, self.procs.get(w.id)?.handoff.as_ref()?.as_fd())))
             .collect();
+        // Not only with -v: connections closed for want of a descriptor
+        // (taken in here or from a worker's end as it was reaped) say the
+        // limit is too low for the pool's clients.
+        let h = &mut self.handoff;
+        if h.lost > h.lost_told {
+            TOOL.warn(format_args!(
+                "closed {} handed-over connections: no descriptor left for them (limit {}); raise forkpool's descriptor limit",
+                h.lost - h.lost_told,
+                nofile_soft().map_or("unknown".to_string(), |n| n.to_string())
+            ));
+            h.lost_told = h.lost;
+        }
         let (passed, expired) = (self.handoff.passed, self.handoff.expired);
         let switching = self.switching();
         self.handoff.pass_on(&takers, now, switching);

@@ -178,15 +178,8 @@ fn evict_oldest(conns: &mut Vec<Conn>) -> bool {
 /// hard limit (1,000 idle clients must not exhaust a soft limit of 1,024),
 /// less a few for itself, at most [`MAX_CONNECTIONS`].
 fn connection_limit() -> usize {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+    let Some(have) = unixtool::raise_nofile(MAX_CONNECTIONS as u64 + 64) else {
         return 256;
-    };
-    let want = hard.min(MAX_CONNECTIONS as u64 + 64);
-    let have = if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
-        want
-    } else {
-        soft
     };
     (have.saturating_sub(32) as usize).clamp(16, MAX_CONNECTIONS)
 }

@@ -58,6 +58,10 @@ pub enum Received {
     Conn(OwnedFd),
     /// A message without a descriptor (ignored by the caller).
     Nothing,
+    /// A message whose descriptor the kernel closed (MSG_CTRUNC): this
+    /// process had no descriptor left for it (EMFILE). The connection is
+    /// lost; the caller says so.
+    Lost,
     /// Nothing waits now.
     Empty,
     /// The other end is closed (or the socket failed).
@@ -96,10 +100,12 @@ pub fn recv(sock: BorrowedFd) -> Received {
         }
     }
     let empty = msg.bytes == 0;
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
     let mut got = got.into_iter();
     match got.next() {
         Some(fd) => Received::Conn(fd),
         None if empty => Received::Closed,
+        None if truncated => Received::Lost,
         None => Received::Nothing,
     }
 }

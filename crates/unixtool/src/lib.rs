@@ -199,6 +199,49 @@ pub fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// A raised descriptor limit: the soft limit the process was given and the
+/// one it raised it to ([`raise_nofile`]).
+static NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// Raise this process's soft descriptor limit to `want`, at most its hard
+/// limit (never lowered; a process that polls needs no select(2)-sized
+/// limit, and a soft limit of 1,024 is the common default). What it execs
+/// afterwards, a child or a new image of itself, gets the soft limit the
+/// process was given ([`restore_nofile`], called by the exec functions
+/// here). Returns the soft limit it has now; None if it cannot be read.
+pub fn raise_nofile(want: u64) -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let want = want.min(hard);
+    if want <= soft {
+        return Some(soft);
+    }
+    if setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_err() {
+        return Some(soft);
+    }
+    // Once: a second raise keeps the limit first given as the one to restore.
+    let _ = NOFILE.set((soft, want));
+    Some(want)
+}
+
+/// Before an exec: the soft descriptor limit back to what the process was
+/// given, if it raised it. After a failed exec, [`reraise_nofile`].
+pub fn restore_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let (Some(&(given, _)), Ok((_, hard))) = (NOFILE.get(), getrlimit(Resource::RLIMIT_NOFILE)) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, given, hard);
+    }
+}
+
+/// After a failed exec: the raised soft limit again.
+pub fn reraise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let (Some(&(_, raised)), Ok((_, hard))) = (NOFILE.get(), getrlimit(Resource::RLIMIT_NOFILE))
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, raised.min(hard), hard);
+    }
+}
+
 /// execvp `argv`; returns only on failure, with the errno. SIGPIPE, which the
 /// Rust runtime ignores (and an ignored disposition survives exec), is put back
 /// to its default first, so prog starts as it would from a shell.
@@ -216,9 +259,13 @@ pub fn exec_errno(argv: &[OsString]) -> Errno {
     let Ok(cprog) = CString::new(prog.as_bytes()) else {
         return Errno::EINVAL;
     };
+    restore_nofile();
     match nix::unistd::execvp(&cprog, &cargs) {
         Ok(never) => match never {},
-        Err(e) => e,
+        Err(e) => {
+            reraise_nofile();
+            e
+        }
     }
 }
 

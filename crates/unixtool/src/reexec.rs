@@ -422,9 +422,14 @@ fn exec_path(exe: &Path, argv: &[OsString]) -> Errno {
     let Ok(cargs) = cargs else {
         return Errno::EINVAL;
     };
+    // The next image raises its own limit, from the one this one was given.
+    crate::restore_nofile();
     match nix::unistd::execv(&cexe, &cargs) {
         Ok(never) => match never {},
-        Err(e) => e,
+        Err(e) => {
+            crate::reraise_nofile();
+            e
+        }
     }
 }
 

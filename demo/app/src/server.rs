@@ -522,6 +522,7 @@ impl<'a> Server<'a> {
     /// Connections forkpool hands over: idle ones of this loop from now on;
     /// while stopping, handed back.
     fn take_handed(&mut self) {
+        let mut lost = 0;
         while let Some(h) = self.handoff {
             match unixtool::handoff::recv(h.as_fd()) {
                 unixtool::handoff::Received::Conn(fd) => {
@@ -532,12 +533,19 @@ impl<'a> Server<'a> {
                     }
                 }
                 unixtool::handoff::Received::Nothing => {}
-                unixtool::handoff::Received::Empty => return,
+                // The kernel closed it: this worker had no descriptor left.
+                unixtool::handoff::Received::Lost => lost += 1,
+                unixtool::handoff::Received::Empty => break,
                 unixtool::handoff::Received::Closed => {
                     let _ = self.epoll.delete(h);
                     self.handoff = None;
                 }
             }
+        }
+        if lost > 0 {
+            TOOL.warn(format_args!(
+                "closed {lost} handed-over connections: no descriptor left for them (raise the descriptor limit)"
+            ));
         }
     }
 
@@ -745,7 +753,7 @@ pub fn hand_back_waiting(h: BorrowedFd) {
     loop {
         match unixtool::handoff::recv(h) {
             unixtool::handoff::Received::Conn(fd) => hand_back(h, fd),
-            unixtool::handoff::Received::Nothing => {}
+            unixtool::handoff::Received::Nothing | unixtool::handoff::Received::Lost => {}
             unixtool::handoff::Received::Empty | unixtool::handoff::Received::Closed => return,
         }
     }
