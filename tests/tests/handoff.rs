@@ -269,19 +269,18 @@ fn the_hand_over_is_not_bound_by_a_low_soft_descriptor_limit() {
     }
 }
 
-/// With the hard limit as low (nothing to raise), what forkpool has no
-/// descriptor for is closed by the kernel (a client whose next request had
-/// come sees a reset: the page says so), and a warning says how many and
-/// why.
+/// With the hard limit as low (nothing to raise), forkpool takes in only
+/// what it has descriptors for and leaves the rest on the workers' ends
+/// until what it holds has gone on: none is lost. (Taking in all of them,
+/// it lost 17 to 40 a deploy here, each closed by the kernel: a retry, or
+/// a reset where the client's next request had come.)
 #[test]
-fn connections_closed_for_want_of_a_descriptor_are_told() {
+fn with_a_low_hard_limit_forkpool_takes_in_what_it_has_room_for_and_loses_none() {
     let (json, log, _site, _dir) = deploy_under_limit("handoff-nofile-hard", "64:64");
-    let closed = json_count(&json, "retried") + json_count(&json, "failed");
-    assert!(closed > 0, "{json}\n{log}");
-    assert!(
-        log.contains("handed-over connections: no descriptor left for them (limit 64)"),
-        "{log}"
-    );
+    assert_eq!(json_count(&json, "failed"), 0, "{json}\n{log}");
+    assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
+    assert_eq!(json_count(&json, "connects"), 60, "{json}\n{log}");
+    assert!(!log.contains("no descriptor left"), "{log}");
 }
 
 /// One GET request for `path`.

@@ -10,16 +10,55 @@
 //! a cutover until the release, it waits: the switch itself is bounded by
 //! the drain deadline); then it is closed, as a stop closes it without the
 //! hand-over. While the pool stops, no worker will take it: closed
-//! [`BOUND`] after it came.
+//! [`BOUND`] after it came. forkpool takes in no more than it has
+//! descriptors for ([`room`], [`RESERVE`] kept for its own work): the rest
+//! waits on the workers' ends, in the kernel, until what it holds has gone
+//! on (an end whose worker was reaped meanwhile is kept until it is read to
+//! its end); taken in without one, the kernel would close it.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use unixtool::handoff::{self, Received};
 
 /// How long a connection waits for a worker of the accepting generation.
 pub const BOUND: Duration = Duration::from_millis(1000);
+
+/// Descriptors kept free for forkpool's own work (a worker's start takes
+/// six, the status file one).
+pub const RESERVE: u64 = 32;
+
+/// How many descriptors forkpool may take in now: its soft limit less
+/// [`RESERVE`] less those open. Counted in /proc/self/fd unless the lowest
+/// free number (`any` dup'd finds it) leaves more than 65,536 (a raised
+/// limit): the lowest free number alone misses what is open above a hole
+/// (with 64, it let 17 more in than there was room for). None: no limit
+/// could be read (take what comes).
+pub fn room(any: BorrowedFd) -> Option<usize> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    use nix::sys::resource::{getrlimit, Resource};
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let lowest = match fcntl(any.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(0)) {
+        Ok(n) => {
+            let _ = nix::unistd::close(n);
+            n as u64
+        }
+        // None free at all (EMFILE): no room.
+        Err(_) => return Some(0),
+    };
+    let left = soft.saturating_sub(RESERVE);
+    let open = if left.saturating_sub(lowest) > 65_536 {
+        lowest
+    } else {
+        // (less the directory's own descriptor)
+        match std::fs::read_dir("/proc/self/fd") {
+            Ok(d) => (d.count() as u64).saturating_sub(1),
+            Err(_) => return Some(0),
+        }
+    };
+    Some(left.saturating_sub(open) as usize)
+}
 
 /// The connections taken in and not yet passed on.
 #[derive(Default)]
@@ -36,22 +75,61 @@ pub struct Handoff {
     pub lost: u64,
     /// How many of `lost` a warning has told.
     pub lost_told: u64,
+    /// How many more may be taken in now ([`room`]; None: no bound).
+    pub room: Option<usize>,
+    /// Set when a take_in stopped for want of room (more may wait).
+    pub held_back: bool,
+    /// Ends of reaped workers with connections still on them.
+    orphans: Vec<(OwnedFd, usize)>,
 }
 
 impl Handoff {
     /// Take in every connection waiting on `end` (forkpool's end of one
     /// worker's pair; `slot`: that worker's). False: the worker closed its
     /// end (forget it).
+    /// Taken in no further than [`Handoff::room`] allows (but one when
+    /// nothing waits here, so that a pass goes on): then `held_back`, and
+    /// true (the rest waits on the end).
     pub fn take_in(&mut self, end: BorrowedFd, slot: usize, now: Instant) -> bool {
         loop {
+            if self.room == Some(0) && !self.waiting.is_empty() {
+                self.held_back = true;
+                return true;
+            }
             match handoff::recv(end) {
-                Received::Conn(fd) => self.waiting.push_back((fd, now, slot)),
+                Received::Conn(fd) => {
+                    self.room = self.room.map(|r| r.saturating_sub(1));
+                    self.waiting.push_back((fd, now, slot));
+                }
                 Received::Nothing => {}
                 Received::Lost => self.lost += 1,
                 Received::Empty => return true,
                 Received::Closed => return false,
             }
         }
+    }
+
+    /// The end of a reaped worker (`slot` its): what is on it taken in;
+    /// kept if some of it was held back, closed once read to its end.
+    pub fn take_in_last(&mut self, end: OwnedFd, slot: usize, now: Instant) {
+        if self.take_in(end.as_fd(), slot, now) {
+            self.orphans.push((end, slot));
+        }
+    }
+
+    /// Take in from the ends of reaped workers; each dropped once read to
+    /// its end (or, being no longer held back, found empty).
+    pub fn take_in_orphans(&mut self, now: Instant) {
+        let mut orphans = std::mem::take(&mut self.orphans);
+        orphans.retain(|(end, slot)| {
+            let was = self.held_back;
+            self.held_back = false;
+            let open = self.take_in(end.as_fd(), *slot, now);
+            let keep = open && self.held_back;
+            self.held_back |= was;
+            keep
+        });
+        self.orphans.append(&mut orphans);
     }
 
     /// Pass what waits on to `takers` (their slots and forkpool's ends): each
@@ -239,6 +317,63 @@ mod tests {
         assert_eq!(h.expired, 0);
         h.pass_on(&[], t0 + BOUND, false);
         assert_eq!((h.expired, h.next_deadline()), (1, None));
+    }
+
+    #[test]
+    fn take_in_stops_at_its_room_and_the_rest_waits_on_the_end() {
+        let t0 = Instant::now();
+        let (ours, theirs) = pair();
+        let (a_ours, a_theirs) = pair();
+        let mut keep = Vec::new();
+        for _ in 0..3 {
+            let (client, server) = UnixStream::pair().unwrap();
+            handoff::send(theirs.as_fd(), server.as_fd()).unwrap();
+            keep.push(client);
+        }
+        let mut h = Handoff {
+            room: Some(1),
+            ..Handoff::default()
+        };
+        assert!(h.take_in(ours.as_fd(), 0, t0));
+        assert!(h.held_back);
+        assert_eq!(h.waiting.len(), 1);
+        h.pass_on(&[(0, a_ours.as_fd())], t0, false);
+        // Room again: the next one, and so on; none lost.
+        for _ in 0..2 {
+            (h.room, h.held_back) = (Some(1), false);
+            assert!(h.take_in(ours.as_fd(), 0, t0));
+            h.pass_on(&[(0, a_ours.as_fd())], t0, false);
+        }
+        (h.room, h.held_back) = (Some(1), false);
+        assert!(h.take_in(ours.as_fd(), 0, t0));
+        assert!(!h.held_back);
+        assert_eq!((h.passed, h.lost), (3, 0));
+        assert_eq!(std::iter::from_fn(|| received(&a_theirs)).count(), 3);
+    }
+
+    #[test]
+    fn a_reaped_workers_end_is_kept_until_read_to_its_end() {
+        let t0 = Instant::now();
+        let (ours, theirs) = pair();
+        let mut keep = Vec::new();
+        for _ in 0..2 {
+            let (client, server) = UnixStream::pair().unwrap();
+            handoff::send(theirs.as_fd(), server.as_fd()).unwrap();
+            keep.push(client);
+        }
+        drop(theirs);
+        // No room: one is taken in all the same (nothing waits here), the
+        // other stays on the end, which is kept.
+        let mut h = Handoff {
+            room: Some(0),
+            ..Handoff::default()
+        };
+        h.take_in_last(ours, 3, t0);
+        assert_eq!((h.waiting.len(), h.orphans.len()), (1, 1));
+        h.room = Some(5);
+        h.take_in_orphans(t0);
+        assert_eq!((h.waiting.len(), h.orphans.len()), (2, 0));
+        assert!(h.waiting.iter().all(|(_, _, slot)| *slot == 3));
     }
 
     #[test]

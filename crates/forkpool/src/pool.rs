@@ -34,6 +34,10 @@ use crate::workers::{Launch, Process, Processes};
 /// While a park is under way: how often /proc is looked at.
 const PARK_LOOK: Duration = Duration::from_millis(1);
 
+/// --handoff: how soon connections held back for want of room (the
+/// accepting workers' ends full) are looked at again.
+const HELD_BACK_LOOK: Duration = Duration::from_millis(10);
+
 pub struct Config {
     pub prog: Vec<OsString>,
     /// `-d`, `--notify`, `-a`, `-t`.
@@ -367,7 +371,9 @@ impl Pool {
         // see their stop signal. What they send waits on forkpool's ends;
         // the first turn after the release takes it in (hand_over runs every
         // turn), as does the reaping of a worker that ends meanwhile.
-        if !self.switching() {
+        // Nor while some is held back for want of room: the ends stay
+        // readable; a look again in HELD_BACK_LOOK instead (next_deadline).
+        if !self.switching() && !self.handoff.held_back {
             fds.extend(
                 self.procs
                     .list
@@ -393,6 +399,10 @@ impl Pool {
             reexec::check_wait(&self.upgrade).1,
             self.status.as_ref().and_then(|s| s.next_heartbeat()),
             self.handoff.next_deadline(),
+            // --handoff: connections held back for want of room.
+            self.handoff
+                .held_back
+                .then(|| Instant::now() + HELD_BACK_LOOK),
             // A park under way: /proc is looked at again in a millisecond.
             self.policy
                 .verify
@@ -607,10 +617,15 @@ impl Pool {
                 continue;
             };
             // What it handed over before it ended is taken in before its
-            // end closes (--handoff).
-            if let Some(h) = self.procs.get(id).and_then(|p| p.handoff.as_ref()) {
-                self.handoff
-                    .take_in(h.as_fd(), self.policy.worker(id).map_or(0, |w| w.slot), now);
+            // end closes (--handoff); what there is no room for yet keeps
+            // the end open until it is.
+            let end = (self.procs.list.iter_mut())
+                .find(|p| p.id == id)
+                .and_then(|p| p.handoff.take());
+            if let Some(end) = end {
+                let slot = self.policy.worker(id).map_or(0, |w| w.slot);
+                self.handoff.room = crate::handoff::room(end.as_fd());
+                self.handoff.take_in_last(end, slot, now);
             }
             // Gone first: no signal of the actions below reaches its pid.
             self.procs.remove(id);
@@ -631,6 +646,60 @@ impl Pool {
         if !self.cfg.handoff {
             return;
         }
+        let (passed, expired) = (self.handoff.passed, self.handoff.expired);
+        // Rounds: what forkpool has no room for waits on the ends; it is
+        // taken in as what it holds goes on (handoff.rs, room).
+        loop {
+            let before = self.handoff.passed;
+            self.handoff.held_back = false;
+            self.hand_over_round(now);
+            if !self.handoff.held_back || self.handoff.passed == before {
+                break;
+            }
+        }
+        // Not only with -v: connections closed for want of a descriptor
+        // (taken in here or from a worker's end as it was reaped) say the
+        // limit is too low for the pool's clients.
+        let h = &mut self.handoff;
+        if h.lost > h.lost_told {
+            TOOL.warn(format_args!(
+                "closed {} handed-over connections: no descriptor left for them (limit {}); raise forkpool's descriptor limit",
+                h.lost - h.lost_told,
+                nofile_soft().map_or("unknown".to_string(), |n| n.to_string())
+            ));
+            h.lost_told = h.lost;
+        }
+        if self.cfg.verbose && self.handoff.expired > expired {
+            TOOL.info(format_args!(
+                "closed {} handed-over connections no worker took within {}ms",
+                self.handoff.expired - expired,
+                crate::handoff::BOUND.as_millis()
+            ));
+        }
+        if self.cfg.verbose && self.handoff.passed > passed {
+            let newest = self
+                .policy
+                .workers
+                .iter()
+                .filter(|w| accepts(w))
+                .map(|w| w.generation)
+                .max();
+            TOOL.info(format_args!(
+                "handed {} connections to generation {}",
+                self.handoff.passed - passed,
+                newest.unwrap_or(0)
+            ));
+        }
+    }
+
+    /// One round of hand_over: take in (as far as there is room), pass on.
+    fn hand_over_round(&mut self, now: Instant) {
+        let any = self.procs.list.iter().find_map(|p| p.handoff.as_ref());
+        self.handoff.room = match any {
+            Some(end) => crate::handoff::room(end.as_fd()),
+            None => None,
+        };
+        self.handoff.take_in_orphans(now);
         for p in &mut self.procs.list {
             let slot = self.policy.worker(p.id).map_or(0, |w| w.slot);
             let open = p
@@ -655,35 +724,8 @@ impl Pool {
             .filter(|w| Some(w.generation) == newest)
             .filter_map(|w| Some((w.slot, self.procs.get(w.id)?.handoff.as_ref()?.as_fd())))
             .collect();
-        // Not only with -v: connections closed for want of a descriptor
-        // (taken in here or from a worker's end as it was reaped) say the
-        // limit is too low for the pool's clients.
-        let h = &mut self.handoff;
-        if h.lost > h.lost_told {
-            TOOL.warn(format_args!(
-                "closed {} handed-over connections: no descriptor left for them (limit {}); raise forkpool's descriptor limit",
-                h.lost - h.lost_told,
-                nofile_soft().map_or("unknown".to_string(), |n| n.to_string())
-            ));
-            h.lost_told = h.lost;
-        }
-        let (passed, expired) = (self.handoff.passed, self.handoff.expired);
         let switching = self.switching();
         self.handoff.pass_on(&takers, now, switching);
-        if self.cfg.verbose && self.handoff.expired > expired {
-            TOOL.info(format_args!(
-                "closed {} handed-over connections no worker took within {}ms",
-                self.handoff.expired - expired,
-                crate::handoff::BOUND.as_millis()
-            ));
-        }
-        if self.cfg.verbose && self.handoff.passed > passed {
-            TOOL.info(format_args!(
-                "handed {} connections to generation {}",
-                self.handoff.passed - passed,
-                newest.unwrap_or(0)
-            ));
-        }
     }
 
     /// After the signals of one turn: whether an upgrade is under way
