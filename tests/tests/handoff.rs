@@ -210,6 +210,9 @@ fn deploy_under_limit(tag: &str, nofile: &str) -> (String, String, Site, TempDir
         LONG,
     );
     probe.wait_seen("r1");
+    // Every client connected before the deploy: all 60 are handed over.
+    let all = wait_until(LONG, || served_connections(site.port) >= 60);
+    assert!(all, "{} connections", served_connections(site.port));
     site.deploy("r2", 2);
     probe.wait_seen("r2");
     let (_, json) = probe.stop();
@@ -217,6 +220,20 @@ fn deploy_under_limit(tag: &str, nofile: &str) -> (String, String, Site, TempDir
     assert_eq!(json_count(&json, "mixed"), 0, "{json}");
     let log = site.log();
     (json, log, site, dir)
+}
+
+/// Established connections the server side holds on `port` (/proc/net/tcp).
+fn served_connections(port: u16) -> usize {
+    let local = format!(":{port:04X} ");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && format!("{} ", f[1]).ends_with(&local) && f[3] == "01"
+        })
+        .count()
 }
 
 /// A process's "Max open files" (soft, hard) from /proc/PID/limits.
