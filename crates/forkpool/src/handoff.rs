@@ -75,8 +75,12 @@ pub struct Handoff {
     pub lost: u64,
     /// How many of `lost` a warning has told.
     pub lost_told: u64,
-    /// How many more may be taken in now ([`room`]; None: no bound).
+    /// How many more may be taken in now (None: no bound).
     pub room: Option<usize>,
+    /// Whether [`room`] is to be looked up at the first connection of a
+    /// round (`room` None until then): a round with nothing to take in,
+    /// most of them, costs no look.
+    pub look_up_room: bool,
     /// Set when a take_in stopped for want of room (more may wait).
     pub held_back: bool,
     /// Ends of reaped workers with connections still on them.
@@ -98,6 +102,10 @@ impl Handoff {
             }
             match handoff::recv(end) {
                 Received::Conn(fd) => {
+                    if std::mem::take(&mut self.look_up_room) {
+                        // (this one in already: room for it is not counted)
+                        self.room = room(fd.as_fd()).map(|r| r + 1);
+                    }
                     self.room = self.room.map(|r| r.saturating_sub(1));
                     self.waiting.push_back((fd, now, slot));
                 }

@@ -624,7 +624,7 @@ impl Pool {
                 .and_then(|p| p.handoff.take());
             if let Some(end) = end {
                 let slot = self.policy.worker(id).map_or(0, |w| w.slot);
-                self.handoff.room = crate::handoff::room(end.as_fd());
+                (self.handoff.room, self.handoff.look_up_room) = (None, true);
                 self.handoff.take_in_last(end, slot, now);
             }
             // Gone first: no signal of the actions below reaches its pid.
@@ -694,11 +694,7 @@ impl Pool {
 
     /// One round of hand_over: take in (as far as there is room), pass on.
     fn hand_over_round(&mut self, now: Instant) {
-        let any = self.procs.list.iter().find_map(|p| p.handoff.as_ref());
-        self.handoff.room = match any {
-            Some(end) => crate::handoff::room(end.as_fd()),
-            None => None,
-        };
+        (self.handoff.room, self.handoff.look_up_room) = (None, true);
         self.handoff.take_in_orphans(now);
         for p in &mut self.procs.list {
             let slot = self.policy.worker(p.id).map_or(0, |w| w.slot);
