@@ -282,6 +282,12 @@ impl Pool {
                             },
                         }
                     };
+                    // The time the fork returned, not the turn's: one fork
+                    // took 12 s in the kernel (BENCHMARKS.md, 2026-12-07).
+                    let now = match event {
+                        Event::Started { .. } => Instant::now(),
+                        _ => now,
+                    };
                     self.handle(now, event);
                 }
                 Action::Retire {

@@ -7,9 +7,13 @@ use super::*;
 
 impl Policy {
     /// The [`Action::Start`] of `id` forked `pid`.
-    pub(super) fn started(&mut self, id: WorkerId, pid: i32) {
+    pub(super) fn started(&mut self, id: WorkerId, pid: i32, now: Instant) {
         if let Some(i) = self.index(id) {
             self.workers[i].pid = pid;
+            // Its time starts now, when the fork returned: a fork that took
+            // seconds in the kernel is not the worker's (its readiness
+            // deadline, its age).
+            self.workers[i].started = now;
             let w = &self.workers[i];
             let msg = format!(
                 "worker {} (generation {}) started as pid {pid}",

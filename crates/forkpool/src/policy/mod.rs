@@ -283,7 +283,7 @@ impl Policy {
                 Then::NextTurn
             }
             Event::Started { worker, pid } => {
-                self.started(worker, pid);
+                self.started(worker, pid, now);
                 Then::NextTurn
             }
             Event::StartFailed { worker, reason } => {

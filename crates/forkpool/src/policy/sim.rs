@@ -37,6 +37,9 @@ pub(super) struct Sim {
     pub(super) next_pid: i32,
     /// Every action so far, in order.
     pub(super) log: Vec<Action>,
+    /// How long after the turn that asked for it a fork returns (the
+    /// kernel's fork can take seconds: BENCHMARKS.md, 2026-12-07).
+    pub(super) fork_takes: Duration,
 }
 
 impl Sim {
@@ -49,6 +52,7 @@ impl Sim {
             now: t0,
             next_pid: 100,
             log,
+            fork_takes: Duration::ZERO,
         };
         sim.step();
         sim
@@ -71,7 +75,7 @@ impl Sim {
             if let Action::Start { worker, .. } = &a {
                 self.next_pid += 1;
                 let more = self.p.handle(
-                    self.now,
+                    self.now + self.fork_takes,
                     Event::Started {
                         worker: *worker,
                         pid: self.next_pid,

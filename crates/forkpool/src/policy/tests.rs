@@ -307,6 +307,26 @@ fn a_new_generation_that_misses_the_readiness_deadline_is_abandoned() {
     );
 }
 
+/// A fork that took seconds (forkpool 12 s in the kernel's fork on a
+/// busy machine) is not the worker's time: its readiness deadline starts
+/// when the fork returned. Counted from the turn that asked for it, the
+/// workers of a reload failed as "not ready after 12.3s" the moment forkpool
+/// ran again, one of them forked a moment before.
+#[test]
+fn a_workers_readiness_deadline_starts_when_its_fork_returned() {
+    let mut s = Sim::serving(Mode::AllAtOnce);
+    s.at(1000);
+    s.fork_takes = Duration::from_secs(2);
+    s.hup("r2");
+    s.at(1000 + 2_000 + 29_999);
+    assert!(s.tick().is_empty());
+    assert!(matches!(s.p.reload, Reload::Running { .. }));
+    s.at(1000 + 2_000 + 30_000);
+    let a = s.tick();
+    assert!(warned(&a, "not ready after 30.0s"));
+    assert_eq!(s.p.reload, Reload::Failed);
+}
+
 #[test]
 fn a_hup_that_cannot_resolve_the_pin_fails_at_once_and_starts_nothing() {
     let mut s = Sim::serving(Mode::Rolling);
