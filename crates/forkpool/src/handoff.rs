@@ -117,6 +117,12 @@ impl Handoff {
         }
     }
 
+    /// A round of taking in begins: its room is looked up at its first
+    /// connection, nothing held back yet.
+    pub fn begin_round(&mut self) {
+        (self.room, self.look_up_room, self.held_back) = (None, true, false);
+    }
+
     /// The end of a reaped worker (`slot` its): what is on it taken in;
     /// kept if some of it was held back, closed once read to its end.
     pub fn take_in_last(&mut self, end: OwnedFd, slot: usize, now: Instant) {

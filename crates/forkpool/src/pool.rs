@@ -630,7 +630,7 @@ impl Pool {
                 .and_then(|p| p.handoff.take());
             if let Some(end) = end {
                 let slot = self.policy.worker(id).map_or(0, |w| w.slot);
-                (self.handoff.room, self.handoff.look_up_room) = (None, true);
+                self.handoff.begin_round();
                 self.handoff.take_in_last(end, slot, now);
             }
             // Gone first: no signal of the actions below reaches its pid.
@@ -657,7 +657,6 @@ impl Pool {
         // taken in as what it holds goes on (handoff.rs, room).
         loop {
             let before = self.handoff.passed;
-            self.handoff.held_back = false;
             self.hand_over_round(now);
             if !self.handoff.held_back || self.handoff.passed == before {
                 break;
@@ -700,7 +699,7 @@ impl Pool {
 
     /// One round of hand_over: take in (as far as there is room), pass on.
     fn hand_over_round(&mut self, now: Instant) {
-        (self.handoff.room, self.handoff.look_up_room) = (None, true);
+        self.handoff.begin_round();
         self.handoff.take_in_orphans(now);
         for p in &mut self.procs.list {
             let slot = self.policy.worker(p.id).map_or(0, |w| w.slot);
