@@ -1,6 +1,6 @@
 //! forkpool --handoff (issue 30), with the real binaries: tcplisten + forkpool
-//! -m cutover --handoff + the demo app. Under 16 keep-alive clients, deploys
-//! close no connection (the clients made 16 connections in all) and cost
+//! -m cutover --handoff + the demo app. Under 16 keep-alive clients, 20
+//! deploys close no connection (the clients made 16 connections in all) and cost
 //! nothing: 0 failed, mixed, flapping, retried; the same run with an app that
 //! does not take part (FORKPOOL_HANDOFF_FD removed) still deploys, its
 //! connections closed as without the option; a connection handed over in the
@@ -11,7 +11,10 @@
 //! connections to the new one at the park (TSTP: the app stops accepting,
 //! finishes what it holds, hands over, says `parked`), and a revert hands
 //! them all back, none closed. With -m rolling --handoff the clients keep
-//! their connections over deploys too.
+//! their connections over deploys too. With a descriptor limit below the
+//! clients (64, soft or soft and hard, for 60 of them) none is lost either:
+//! forkpool raises its own, its workers keep theirs, and it takes in only
+//! what it has room for.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -119,11 +122,12 @@ impl Site {
     }
 }
 
-/// 5 deploys in reload mode `mode` under 16 keep-alive clients: the probe's JSON.
-fn deploys_under_probe(tag: &str, mode: &str, wrap: &[&str]) -> (String, String) {
+/// `deploys` deploys in reload mode `mode` under 16 keep-alive clients: the
+/// probe's JSON.
+fn deploys_under_probe(tag: &str, mode: &str, wrap: &[&str], deploys: u64) -> (String, String) {
     let dir = TempDir::new(tag);
     let d = dir.path();
-    for g in 1..=6 {
+    for g in 1..=deploys + 1 {
         make_release(d, &format!("r{g}"), "");
     }
     switch(d, "r1");
@@ -136,7 +140,7 @@ fn deploys_under_probe(tag: &str, mode: &str, wrap: &[&str]) -> (String, String)
         LONG,
     );
     probe.wait_seen("r1");
-    for g in 2..=6u64 {
+    for g in 2..=deploys + 1 {
         let id = format!("r{g}");
         site.deploy(&id, g);
         probe.wait_seen(&id);
@@ -161,7 +165,8 @@ fn deploys_under_probe(tag: &str, mode: &str, wrap: &[&str]) -> (String, String)
 /// what waits on its end when it stops: 0 in 35 runs under a load of 14 to 21.
 #[test]
 fn deploys_hand_every_kept_connection_over_nothing_retried() {
-    let (json, log) = deploys_under_probe("handoff", "cutover", &[]);
+    // The issue's test: 16 keep-alive clients, 20 deploys.
+    let (json, log) = deploys_under_probe("handoff", "cutover", &[], 20);
     assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
     // The 16 clients' first connections served every request of 5 deploys.
     assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");
@@ -174,7 +179,7 @@ fn deploys_hand_every_kept_connection_over_nothing_retried() {
 /// served by the new generation only; no client connects again).
 #[test]
 fn a_rolling_deploy_hands_every_kept_connection_over_too() {
-    let (json, log) = deploys_under_probe("handoff-rolling", "rolling", &[]);
+    let (json, log) = deploys_under_probe("handoff-rolling", "rolling", &[], 5);
     assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
     assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");
     assert!(log.contains("handed "), "{log}");
@@ -186,6 +191,7 @@ fn an_app_that_does_not_take_part_deploys_as_without_the_option() {
         "handoff-no",
         "cutover",
         &["env", "-u", "FORKPOOL_HANDOFF_FD"],
+        5,
     );
     // Its kept connections are closed at each stop, as without --handoff.
     assert!(json_count(&json, "connects") > 16, "{json}");
