@@ -27,7 +27,7 @@ pub const BOUND: Duration = Duration::from_millis(1000);
 
 /// Descriptors kept free for forkpool's own work (a worker's start takes
 /// six, the status file one).
-pub const RESERVE: u64 = 32;
+const RESERVE: u64 = 32;
 
 /// How many descriptors forkpool may take in now: its soft limit less
 /// [`RESERVE`] less those open. Counted in /proc/self/fd unless the lowest
@@ -35,10 +35,9 @@ pub const RESERVE: u64 = 32;
 /// limit): the lowest free number alone misses what is open above a hole
 /// (with 64, it let 17 more in than there was room for). None: no limit
 /// could be read (take what comes).
-pub fn room(any: BorrowedFd) -> Option<usize> {
+fn room(any: BorrowedFd) -> Option<usize> {
     use nix::fcntl::{fcntl, FcntlArg};
-    use nix::sys::resource::{getrlimit, Resource};
-    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let soft = unixtool::nofile_soft()?;
     let lowest = match fcntl(any.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(0)) {
         Ok(n) => {
             let _ = nix::unistd::close(n);
@@ -76,11 +75,11 @@ pub struct Handoff {
     /// How many of `lost` a warning has told.
     pub lost_told: u64,
     /// How many more may be taken in now (None: no bound).
-    pub room: Option<usize>,
+    room: Option<usize>,
     /// Whether [`room`] is to be looked up at the first connection of a
     /// round (`room` None until then): a round with nothing to take in,
     /// most of them, costs no look.
-    pub look_up_room: bool,
+    look_up_room: bool,
     /// Set when a take_in stopped for want of room (more may wait).
     pub held_back: bool,
     /// Ends of reaped workers with connections still on them.

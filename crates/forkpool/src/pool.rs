@@ -223,13 +223,6 @@ fn accepts(w: &Worker) -> bool {
     w.phase == WorkerPhase::Ready && !w.held && w.retired.is_none()
 }
 
-/// This process's soft descriptor limit.
-fn nofile_soft() -> Option<u64> {
-    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .ok()
-        .map(|(soft, _)| soft)
-}
-
 /// A fresh start's upgrade bookkeeping.
 pub fn fresh_upgrade() -> Upgrade {
     Upgrade::new(TOOL.name)
@@ -670,7 +663,7 @@ impl Pool {
             TOOL.warn(format_args!(
                 "closed {} handed-over connections: no descriptor left for them (limit {}); raise forkpool's descriptor limit",
                 h.lost - h.lost_told,
-                nofile_soft().map_or("unknown".to_string(), |n| n.to_string())
+                unixtool::nofile_soft().map_or("unknown".to_string(), |n| n.to_string())
             ));
             h.lost_told = h.lost;
         }

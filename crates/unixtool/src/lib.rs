@@ -207,8 +207,7 @@ static NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
 /// limit (never lowered; a process that polls needs no select(2)-sized
 /// limit, and a soft limit of 1,024 is the common default). What it execs
 /// afterwards, a child or a new image of itself, gets the soft limit the
-/// process was given ([`restore_nofile`], called by the exec functions
-/// here). Returns the soft limit it has now; None if it cannot be read.
+/// process was given (the exec functions here run under [`exec_as_given`]). Returns the soft limit it has now; None if it cannot be read.
 pub fn raise_nofile(want: u64) -> Option<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
@@ -224,22 +223,30 @@ pub fn raise_nofile(want: u64) -> Option<u64> {
     Some(want)
 }
 
-/// Before an exec: the soft descriptor limit back to what the process was
-/// given, if it raised it. After a failed exec, [`reraise_nofile`].
-pub fn restore_nofile() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let (Some(&(given, _)), Ok((_, hard))) = (NOFILE.get(), getrlimit(Resource::RLIMIT_NOFILE)) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, given, hard);
-    }
+/// This process's soft descriptor limit, if it can be read.
+pub fn nofile_soft() -> Option<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
 }
 
-/// After a failed exec: the raised soft limit again.
-pub fn reraise_nofile() {
+/// Run `exec` (an exec that returns only on failure) with the soft
+/// descriptor limit the process was given, if it raised it; the raised one
+/// again after a failed exec.
+pub(crate) fn exec_as_given(exec: impl FnOnce() -> Errno) -> Errno {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let (Some(&(_, raised)), Ok((_, hard))) = (NOFILE.get(), getrlimit(Resource::RLIMIT_NOFILE))
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, raised.min(hard), hard);
-    }
+    let Some(&(given, raised)) = NOFILE.get() else {
+        return exec();
+    };
+    let set = |soft: u64| {
+        if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard);
+        }
+    };
+    set(given);
+    let err = exec();
+    set(raised);
+    err
 }
 
 /// execvp `argv`; returns only on failure, with the errno. SIGPIPE, which the
@@ -259,14 +266,10 @@ pub fn exec_errno(argv: &[OsString]) -> Errno {
     let Ok(cprog) = CString::new(prog.as_bytes()) else {
         return Errno::EINVAL;
     };
-    restore_nofile();
-    match nix::unistd::execvp(&cprog, &cargs) {
+    exec_as_given(|| match nix::unistd::execvp(&cprog, &cargs) {
         Ok(never) => match never {},
-        Err(e) => {
-            reraise_nofile();
-            e
-        }
-    }
+        Err(e) => e,
+    })
 }
 
 /// The positional arguments: `first` (the value lexopt already returned) and

@@ -423,14 +423,10 @@ fn exec_path(exe: &Path, argv: &[OsString]) -> Errno {
         return Errno::EINVAL;
     };
     // The next image raises its own limit, from the one this one was given.
-    crate::restore_nofile();
-    match nix::unistd::execv(&cexe, &cargs) {
+    crate::exec_as_given(|| match nix::unistd::execv(&cexe, &cargs) {
         Ok(never) => match never {},
-        Err(e) => {
-            crate::reraise_nofile();
-            e
-        }
-    }
+        Err(e) => e,
+    })
 }
 
 /// Test hook `*_UPGRADE_PAUSE_MS`: the milliseconds to pause between

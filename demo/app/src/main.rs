@@ -203,7 +203,7 @@ fn parse_options() -> Options {
 /// The soft limit on open files, less 32 for the listener, the files being
 /// served and the rest; at least 1.
 fn default_max_connections() -> usize {
-    let limit = sys::open_files_limit().unwrap_or(1024);
+    let limit = unixtool::nofile_soft().unwrap_or(1024);
     limit.saturating_sub(32).clamp(1, 1_000_000) as usize
 }
 

@@ -244,14 +244,6 @@ pub fn reset_on_close(fd: BorrowedFd) {
     let _ = socket::setsockopt(&fd, sockopt::Linger, &abort);
 }
 
-/// The soft limit on open descriptors (RLIMIT_NOFILE), if it can be read.
-pub fn open_files_limit() -> Option<u64> {
-    use nix::sys::resource::{getrlimit, Resource};
-    getrlimit(Resource::RLIMIT_NOFILE)
-        .ok()
-        .map(|(soft, _)| soft)
-}
-
 /// --workers: fork; Some(pid) in the parent, None in the child.
 pub fn fork() -> Result<Option<Pid>, Errno> {
     // SAFETY: the app has no other thread at this point, so the child may run any
