@@ -5,7 +5,9 @@
 //!
 //! 1. the control FIFO replaced by a file or a symlink, then an upgrade to a
 //!    good build: the pool runs on (the FIFO's descriptor is handed over);
-//!    a new image that fails after the exec runs the previous one again;
+//!    a new image that fails after the exec runs the previous one again,
+//!    which (with --handoff) gives its workers the descriptor limit it was
+//!    given;
 //! 2. a check whose program leaves a child holding its pipes is bounded, and
 //!    the pool (loop-forever) supervises meanwhile;
 //! 3. a program that exits 0 without reading the state is refused;
@@ -149,6 +151,79 @@ fn item1_a_new_image_that_fails_after_the_exec_runs_the_previous_one_again() {
     let (code, out) = chain.poolctl(&["upgrade", "-t", "60"]);
     assert_eq!(code, 0, "{out}\n{}", chain.log());
     assert_ne!(chain.status().get("version"), version);
+}
+
+/// A process's soft "Max open files" from /proc/PID/limits.
+fn nofile_soft_of(pid: i32) -> String {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = (limits.lines())
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// forkpool --handoff raises its descriptor limit and gives its workers the
+/// one it was given; the previous image, run again after a new one failed
+/// after the exec, did not get that one back (only the exec to the new image
+/// put it back) and gave its next workers its raised limit.
+#[test]
+fn item1_the_previous_image_run_again_gives_its_workers_the_limit_they_were_given() {
+    let t = TempDir::new("h2-fail-after-exec-nofile");
+    let b = build_b(t.path(), "forkpool");
+    let other = t.join("other-version");
+    script(
+        &other,
+        &format!(
+            "#!/bin/bash\nsed '1s/^forkpool-state .*/forkpool-state 999/' /proc/self/fd/$FORKPOOL_STATE_FD > \"$0.state\"\nexec {{fd}}< \"$0.state\"\nFORKPOOL_STATE_FD=$fd exec '{}' \"$@\"\n",
+            b.display()
+        ),
+    );
+    make_release(t.path(), "r1", "");
+    make_release(t.path(), "r2", "");
+    std::os::unix::fs::symlink("releases/r1", t.join("current")).expect("current");
+    let wrap = [std::ffi::OsStr::new("prlimit"), "--nofile=64:".as_ref()];
+    let chain = Chain::start_wrapped(
+        t.path(),
+        &wrap,
+        "forkpool",
+        &[
+            "-n",
+            "2",
+            "-d",
+            "3",
+            "-m",
+            "cutover",
+            "-C",
+            "control",
+            "-p",
+            "current",
+            "--handoff",
+        ],
+        &["./run"],
+        &[("FORKPOOL_UPGRADE_PAUSE_MS", "1500")],
+    );
+    chain.settled(2);
+    install(&b, &chain.exe);
+    chain.p.signal(Signal::SIGUSR2);
+    chain.wait_log("signals blocked, pausing");
+    install(&other, &chain.exe);
+    let failed = wait_until(LONG, || chain.status().get("upgrade") == "failed");
+    assert!(failed, "{:?}\n{}", chain.status().kv, chain.log());
+    // A reload: the next workers are the previous image's.
+    switch_current(t.path(), "r2", LONG);
+    chain.p.signal(Signal::SIGHUP);
+    let served = wait_until(LONG, || {
+        let s = chain.status();
+        s.num("serving_generation") == 2 && s.gen_pids(2, "ready").len() == 2
+    });
+    assert!(served, "{:?}\n{}", chain.status().kv, chain.log());
+    for pid in chain.status().gen_pids(2, "ready") {
+        assert_eq!(nofile_soft_of(pid), "64", "worker {pid}\n{}", chain.log());
+    }
 }
 
 // ------------------------------------------------------------------ item 2

@@ -773,29 +773,33 @@ pub fn fall_back(tool: &crate::Tool, names: &Names, why: String) -> ! {
             CString::new(kv).ok()
         })
         .collect();
-    // SAFETY: exe_fd is open (checked); execveat with an empty path and
-    // AT_EMPTY_PATH runs the file it refers to, or returns an error.
-    let err = unsafe {
-        let argp: Vec<*const libc::c_char> = args
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let envp: Vec<*const libc::c_char> = envs
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        libc::syscall(
-            libc::SYS_execveat,
-            exe_fd,
-            c"".as_ptr(),
-            argp.as_ptr(),
-            envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        );
-        Errno::last()
-    };
+    // The previous image, as the next one, starts from the limit this one
+    // was given (it raises its own).
+    let err = crate::exec_as_given(|| {
+        // SAFETY: exe_fd is open (checked); execveat with an empty path and
+        // AT_EMPTY_PATH runs the file it refers to, or returns an error.
+        unsafe {
+            let argp: Vec<*const libc::c_char> = args
+                .iter()
+                .map(|a| a.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect();
+            let envp: Vec<*const libc::c_char> = envs
+                .iter()
+                .map(|a| a.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect();
+            libc::syscall(
+                libc::SYS_execveat,
+                exe_fd,
+                c"".as_ptr(),
+                argp.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            Errno::last()
+        }
+    });
     tool.fatal(
         crate::EXIT_TEMPORARY,
         format_args!(
