@@ -109,3 +109,66 @@ pub fn recv(sock: BorrowedFd) -> Received {
         None => Received::Nothing,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    const CHILD: &str = "UNIXTOOL_HANDOFF_LOST_CHILD";
+
+    // The kernel closes a handed descriptor the receiver has no room for
+    // and says so with MSG_CTRUNC: recv tells it as Lost, not as a message
+    // without one. Run in a process of its own (the test binary again,
+    // this one test alone), since the descriptor limit is the process's.
+    #[test]
+    fn a_descriptor_the_receiver_has_no_room_for_is_lost() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "handoff::tests::lost_child",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("1 passed"), "{text}");
+    }
+
+    #[test]
+    #[ignore = "run by a_descriptor_the_receiver_has_no_room_for_is_lost"]
+    fn lost_child() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        let (a, b) = pair().unwrap();
+        let (conn, _other) = pair().unwrap();
+        send(a.as_fd(), conn.as_fd()).unwrap();
+        send(a.as_fd(), conn.as_fd()).unwrap();
+        // The lowest free descriptor as the soft limit: none left below it.
+        let next = nix::unistd::dup(conn.as_raw_fd()).unwrap();
+        nix::unistd::close(next).unwrap();
+        let lowest = next as u64;
+        let (_, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, lowest, hard)
+            .unwrap();
+        assert!(matches!(recv(b.as_fd()), Received::Lost));
+        // With room again, the next message's descriptor arrives.
+        nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            lowest + 1,
+            hard,
+        )
+        .unwrap();
+        assert!(matches!(recv(b.as_fd()), Received::Conn(_)));
+        assert!(matches!(recv(b.as_fd()), Received::Empty));
+    }
+}
