@@ -625,9 +625,14 @@ fn notify_socket_gets_ready_path_and_abstract() {
 
 /// Start the app held by a pipe on its fd 3 (FORKPOOL_HOLD_FD=3); the write end.
 fn start_held(root: &Path) -> (App, OwnedFd) {
+    start_held_with(root, |_| {})
+}
+
+fn start_held_with(root: &Path, setup: impl FnOnce(&mut Command)) -> (App, OwnedFd) {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let rfd = r.as_raw_fd();
     let app = start_with(root, &[], move |c| {
+        setup(c);
         c.env("FORKPOOL_HOLD_FD", "3");
         // SAFETY: the closure runs in the child between fork and exec and calls only
         // fcntl(2) and dup2(2), which are async-signal-safe; it allocates nothing.
@@ -672,6 +677,84 @@ fn held_app_is_ready_but_accepts_only_when_let_go() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let r = read_response(&mut s).expect("answered once let go");
         assert_eq!(r.body(), "r1\n");
+    }
+}
+
+/// The value of `key` in /proc/PID/sched (policy, prio, se.slice).
+fn sched_field(pid: i32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/sched")).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// sched_setattr(2) of this thread: policy, nice, slice (0: the default).
+fn set_sched(policy: u32, nice: i32, slice: u64) -> std::io::Result<()> {
+    // struct sched_attr, its first published size (48 bytes).
+    let a: [u64; 6] = [
+        48 | (u64::from(policy) << 32),
+        0,
+        u64::from(nice as u32),
+        slice,
+        0,
+        0,
+    ];
+    // SAFETY: `a` is 48 bytes laid out as struct sched_attr (size and policy,
+    // flags, nice and priority, runtime, deadline, period); the kernel only
+    // reads it. A raw system call: async-signal-safe, allocates nothing.
+    if unsafe { libc::syscall(libc::SYS_sched_setattr, 0, a.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+// A held worker asks the kernel for its shortest scheduler slice (0.1 ms), so
+// that at its release it runs before the threads that asked for longer ones,
+// and puts the slice it had back 20 ms after the release, its policy and nice
+// value kept throughout; with no request coming, the loop wakes for it.
+#[test]
+fn a_held_app_asks_for_a_short_slice_until_20ms_after_its_release() {
+    let me = std::process::id() as i32;
+    let Some(default) = sched_field(me, "se.slice") else {
+        eprintln!("skipped: no se.slice in /proc/PID/sched (no EEVDF slices, or no sched debug)");
+        return;
+    };
+    let t = TempDir::new("app-slice");
+    release(&t.join("r1"), "r1");
+    // (policy, nice, slice) given to the app; policy, prio, slice before.
+    let cases = [
+        (None, (0, 120, default)),
+        (Some((3, 3, 5_000_000)), (3, 123, 5_000_000)),
+    ];
+    for (given, (policy, prio, before)) in cases {
+        let (app, w) = start_held_with(&t.join("r1"), move |c| {
+            if let Some((p, n, s)) = given {
+                // SAFETY: set_sched is one system call; nothing else runs.
+                unsafe { c.pre_exec(move || set_sched(p, n, s)) };
+            }
+        });
+        let pid = app.p.pid().as_raw();
+        let field = |k: &str| sched_field(pid, k);
+        assert!(
+            integration_tests::wait_until(Duration::from_secs(5), || field("se.slice")
+                == Some(100_000)),
+            "held, slice {:?}",
+            field("se.slice")
+        );
+        assert_eq!((field("policy"), field("prio")), (Some(policy), Some(prio)));
+        let released = Instant::now();
+        nix::unistd::write(&w, b"x").unwrap();
+        assert!(
+            integration_tests::wait_until(Duration::from_secs(5), || field("se.slice")
+                == Some(before)),
+            "released, slice {:?}",
+            field("se.slice")
+        );
+        assert!(released.elapsed() >= Duration::from_millis(20));
+        assert_eq!((field("policy"), field("prio")), (Some(policy), Some(prio)));
+        assert_eq!(get(app.port, "/release").body(), "r1\n");
     }
 }
 

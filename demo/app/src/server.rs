@@ -101,6 +101,8 @@ pub struct Server<'a> {
     /// read in the next round, after the others' (one request each a round).
     again: Vec<usize>,
     served: u64,
+    /// A released worker's short slice and when to put the one before back.
+    slice_back: Option<(Instant, sys::Slice)>,
 }
 
 /// How the loop ended.
@@ -149,15 +151,30 @@ impl<'a> Server<'a> {
             quit: false,
             again: Vec::new(),
             served: 0,
+            slice_back: None,
         };
         s.listen(true)?;
         Ok(s)
+    }
+
+    /// Put `slice` (what `sys::shorten_slice` took) back at `at`.
+    pub fn restore_slice_at(&mut self, at: Instant, slice: sys::Slice) {
+        self.slice_back = Some((at, slice));
     }
 
     /// Serve until stopped and drained, or QUIT.
     pub fn run(&mut self) -> End {
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
+            if self
+                .slice_back
+                .as_ref()
+                .is_some_and(|(at, _)| Instant::now() >= *at)
+            {
+                if let Some((_, slice)) = self.slice_back.take() {
+                    slice.restore();
+                }
+            }
             if self.stop_at.is_some() && self.open == 0 {
                 if self.parking {
                     match self.parked() {
@@ -240,7 +257,8 @@ impl<'a> Server<'a> {
             self.timers.pop();
         }
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        [timer, self.life.next_ping(), self.paused_until]
+        let slice = self.slice_back.as_ref().map(|(at, _)| *at);
+        [timer, self.life.next_ping(), self.paused_until, slice]
             .into_iter()
             .flatten()
             .min()

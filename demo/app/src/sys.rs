@@ -322,3 +322,73 @@ pub fn open_beneath(
     // SAFETY: `fd` was just returned by openat2: open, and ours alone.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
+
+/// `struct sched_attr` as `sched_setattr(2)` has it (its first published
+/// size, 48 bytes: what is read and written here).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+const SCHED_OTHER: u32 = 0;
+const SCHED_BATCH: u32 = 3;
+const SCHED_IDLE: u32 = 5;
+const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
+
+fn sched_attr() -> Option<SchedAttr> {
+    let mut a = SchedAttr::default();
+    // SAFETY: `a` is a writable sched_attr of the size passed; the kernel
+    // writes at most that many bytes; pid 0 is this thread.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            &mut a as *mut SchedAttr,
+            std::mem::size_of::<SchedAttr>() as libc::c_uint,
+            0,
+        )
+    };
+    (r == 0).then_some(a)
+}
+
+fn set_sched_attr(mut a: SchedAttr) {
+    a.size = std::mem::size_of::<SchedAttr>() as u32;
+    a.flags &= SCHED_FLAG_RESET_ON_FORK;
+    // SAFETY: `a` is a whole sched_attr whose size field says its size; the
+    // kernel only reads it; pid 0 is this thread.
+    let _ = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &a as *const SchedAttr, 0) };
+}
+
+/// This thread's scheduler slice as it was before `shorten_slice`, to put back.
+pub struct Slice(SchedAttr);
+
+/// Ask the kernel for a slice of `ns` for this thread: the length of CPU
+/// time it asks for at a time, by which Linux's scheduler (EEVDF, 6.12 on)
+/// sets how soon a waking thread runs, the shorter the sooner. Its policy
+/// and nice value stay. None where there is nothing to shorten: a kernel
+/// that reports no slice, a policy not of the fair class (real time), or a
+/// slice as short already. Needs no privilege.
+pub fn shorten_slice(ns: u64) -> Option<Slice> {
+    let was = sched_attr()?;
+    if ![SCHED_OTHER, SCHED_BATCH, SCHED_IDLE].contains(&was.policy) || was.runtime <= ns {
+        return None;
+    }
+    set_sched_attr(SchedAttr { runtime: ns, ..was });
+    Some(Slice(was))
+}
+
+impl Slice {
+    /// The slice it had before (as its length: a slice left to the kernel's
+    /// default comes back as a slice of that length).
+    pub fn restore(self) {
+        set_sched_attr(self.0);
+    }
+}
