@@ -691,19 +691,32 @@ fn sched_field(pid: i32, key: &str) -> Option<u64> {
 
 /// sched_setattr(2) of this thread: policy, nice, slice (0: the default).
 fn set_sched(policy: u32, nice: i32, slice: u64) -> std::io::Result<()> {
-    // struct sched_attr, its first published size (48 bytes).
-    let a: [u64; 6] = [
-        48 | (u64::from(policy) << 32),
-        0,
-        u64::from(nice as u32),
-        slice,
-        0,
-        0,
-    ];
-    // SAFETY: `a` is 48 bytes laid out as struct sched_attr (size and policy,
-    // flags, nice and priority, runtime, deadline, period); the kernel only
-    // reads it. A raw system call: async-signal-safe, allocates nothing.
-    if unsafe { libc::syscall(libc::SYS_sched_setattr, 0, a.as_ptr(), 0) } == 0 {
+    /// struct sched_attr, its first published size (48 bytes).
+    #[repr(C)]
+    struct Attr {
+        size: u32,
+        policy: u32,
+        flags: u64,
+        nice: i32,
+        priority: u32,
+        runtime: u64,
+        deadline: u64,
+        period: u64,
+    }
+    let a = Attr {
+        size: std::mem::size_of::<Attr>() as u32,
+        policy,
+        flags: 0,
+        nice,
+        priority: 0,
+        runtime: slice,
+        deadline: 0,
+        period: 0,
+    };
+    // SAFETY: `a` is a whole struct sched_attr whose size field says its
+    // size; the kernel only reads it. A raw system call: async-signal-safe,
+    // allocates nothing.
+    if unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &a as *const Attr, 0) } == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
