@@ -168,7 +168,7 @@ fn deploys_hand_every_kept_connection_over_nothing_retried() {
     // The test: 16 keep-alive clients, 20 deploys.
     let (json, log) = deploys_under_probe("handoff", "cutover", &[], 20);
     assert_eq!(json_count(&json, "retried"), 0, "{json}\n{log}");
-    // The 16 clients' first connections served every request of 5 deploys.
+    // The 16 clients' first connections served every request of 20 deploys.
     assert_eq!(json_count(&json, "connects"), 16, "{json}\n{log}");
 }
 
