@@ -97,15 +97,11 @@ fn item1_the_fifo_replaced_by_a_file_or_a_symlink_then_an_upgrade_the_pool_runs_
     assert_eq!(chain.status().get("version"), version, "back on build A");
 }
 
-#[test]
-fn item1_a_new_image_that_fails_after_the_exec_runs_the_previous_one_again() {
-    let t = TempDir::new("h2-fail-after-exec");
-    let b = build_b(t.path(), "forkpool");
-    // The build swapped in after the check passed (while the signals are
-    // blocked for the exec): it runs build B on the state with its version
-    // line rewritten, which B refuses after the exec (bash: a free
-    // descriptor, above those the state names).
-    let other = t.join("other-version");
+/// A script in `dir` that runs build `b` on the hand-over with its version
+/// line rewritten, which `b` refuses after the exec (bash: a free
+/// descriptor, above those the state names); its path.
+fn refused_after_exec(dir: &Path, b: &Path) -> PathBuf {
+    let other = dir.join("other-version");
     script(
         &other,
         &format!(
@@ -113,6 +109,16 @@ fn item1_a_new_image_that_fails_after_the_exec_runs_the_previous_one_again() {
             b.display()
         ),
     );
+    other
+}
+
+#[test]
+fn item1_a_new_image_that_fails_after_the_exec_runs_the_previous_one_again() {
+    let t = TempDir::new("h2-fail-after-exec");
+    let b = build_b(t.path(), "forkpool");
+    // The build swapped in after the check passed (while the signals are
+    // blocked for the exec).
+    let other = refused_after_exec(t.path(), &b);
     let chain = cutover_chain(&t, &[("FORKPOOL_UPGRADE_PAUSE_MS", "1500")]);
     let before = chain.settled(2);
     let version = before.get("version").to_string();
@@ -174,14 +180,7 @@ fn nofile_soft_of(pid: i32) -> String {
 fn item1_the_previous_image_run_again_gives_its_workers_the_limit_they_were_given() {
     let t = TempDir::new("h2-fail-after-exec-nofile");
     let b = build_b(t.path(), "forkpool");
-    let other = t.join("other-version");
-    script(
-        &other,
-        &format!(
-            "#!/bin/bash\nsed '1s/^forkpool-state .*/forkpool-state 999/' /proc/self/fd/$FORKPOOL_STATE_FD > \"$0.state\"\nexec {{fd}}< \"$0.state\"\nFORKPOOL_STATE_FD=$fd exec '{}' \"$@\"\n",
-            b.display()
-        ),
-    );
+    let other = refused_after_exec(t.path(), &b);
     make_release(t.path(), "r1", "");
     make_release(t.path(), "r2", "");
     std::os::unix::fs::symlink("releases/r1", t.join("current")).expect("current");

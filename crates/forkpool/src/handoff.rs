@@ -217,6 +217,17 @@ mod tests {
         handoff::pair().unwrap()
     }
 
+    /// `n` connections sent on a worker's end; their client ends.
+    fn send_conns(end: &OwnedFd, n: usize) -> Vec<UnixStream> {
+        (0..n)
+            .map(|_| {
+                let (client, server) = UnixStream::pair().unwrap();
+                handoff::send(end.as_fd(), server.as_fd()).unwrap();
+                client
+            })
+            .collect()
+    }
+
     /// What the worker's end received, as a stream.
     fn received(worker_end: &OwnedFd) -> Option<UnixStream> {
         match handoff::recv(worker_end.as_fd()) {
@@ -231,12 +242,7 @@ mod tests {
         let (old_ours, old_theirs) = pair();
         let (a_ours, a_theirs) = pair();
         let (b_ours, b_theirs) = pair();
-        let mut clients = Vec::new();
-        for _ in 0..4 {
-            let (client, server) = UnixStream::pair().unwrap();
-            handoff::send(old_theirs.as_fd(), server.as_fd()).unwrap();
-            clients.push(client);
-        }
+        let mut clients = send_conns(&old_theirs, 4);
         let mut h = Handoff::default();
         assert!(h.take_in(old_ours.as_fd(), 9, t0));
         assert_eq!(h.next_deadline(), Some(t0 + BOUND));
@@ -267,11 +273,7 @@ mod tests {
         // Three from the worker of slot 1, one from slot 0: the spread the
         // kernel's accepts made stays the same over the deploy.
         for (end, n) in [(&old1_theirs, 3), (&old0_theirs, 1)] {
-            for _ in 0..n {
-                let (client, server) = UnixStream::pair().unwrap();
-                handoff::send(end.as_fd(), server.as_fd()).unwrap();
-                keep.push(client);
-            }
+            keep.extend(send_conns(end, n));
         }
         let mut h = Handoff::default();
         assert!(h.take_in(old1_ours.as_fd(), 1, t0));
@@ -337,12 +339,7 @@ mod tests {
         let t0 = Instant::now();
         let (ours, theirs) = pair();
         let (a_ours, a_theirs) = pair();
-        let mut keep = Vec::new();
-        for _ in 0..3 {
-            let (client, server) = UnixStream::pair().unwrap();
-            handoff::send(theirs.as_fd(), server.as_fd()).unwrap();
-            keep.push(client);
-        }
+        let _keep = send_conns(&theirs, 3);
         let mut h = Handoff {
             room: Some(1),
             ..Handoff::default()
@@ -368,12 +365,7 @@ mod tests {
     fn a_reaped_workers_end_is_kept_until_read_to_its_end() {
         let t0 = Instant::now();
         let (ours, theirs) = pair();
-        let mut keep = Vec::new();
-        for _ in 0..2 {
-            let (client, server) = UnixStream::pair().unwrap();
-            handoff::send(theirs.as_fd(), server.as_fd()).unwrap();
-            keep.push(client);
-        }
+        let _keep = send_conns(&theirs, 2);
         drop(theirs);
         // No room: one is taken in all the same (nothing waits here), the
         // other stays on the end, which is kept.
